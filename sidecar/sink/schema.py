@@ -1,0 +1,103 @@
+"""The recorded-data contract: DuckDB tables written by the sink and read by analysis.
+
+Forward-only migrations keyed by ``schema_version``; columns may grow, renames are migrations.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+__all__ = ["SCHEMA_VERSION", "TENSOR_TYPE", "migrate"]
+
+SCHEMA_VERSION = 1
+
+#: One decoded tensor (OIP input or output). Numbers go to ``data``, BYTES to ``text``.
+TENSOR_TYPE = "STRUCT(name VARCHAR, datatype VARCHAR, shape BIGINT[], data DOUBLE[], text VARCHAR[])"
+
+_V1 = f"""
+CREATE TABLE IF NOT EXISTS configs (
+    config_version VARCHAR,      -- sha256 prefix of the canonical config
+    ts TIMESTAMP,                -- UTC, when it was accepted
+    config_json VARCHAR          -- canonical config (secrets removed)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id VARCHAR,
+    ts TIMESTAMP,                -- UTC, when the call arrived
+    route VARCHAR,               -- the route's match pattern
+    method VARCHAR,              -- full gRPC method, /pkg.Svc/Method
+    unit_id VARCHAR,
+    experiment VARCHAR,
+    variant VARCHAR,
+    exposed BOOLEAN,
+    config_version VARCHAR,
+    trace_id VARCHAR,
+    span_id VARCHAR,
+    status VARCHAR,              -- gRPC status code name returned to the caller
+    latency_ms DOUBLE,           -- as seen by the sidecar, arrival to answer
+    request_size INTEGER,
+    request_bytes BLOB,          -- only when storage.record_bytes
+    inputs {TENSOR_TYPE}[]       -- decoded inputs (codec oip), else NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    request_id VARCHAR,
+    ts TIMESTAMP,                -- UTC, when the backend call started
+    route VARCHAR,
+    method VARCHAR,
+    backend VARCHAR,
+    backend_version VARCHAR,
+    role VARCHAR,                -- primary|shadow|variant|stable|canary|fallback|replay
+    served BOOLEAN,              -- this call's answer went to the caller
+    status VARCHAR,              -- gRPC status code name, or DROPPED (mirror full)
+    latency_ms DOUBLE,
+    request_size INTEGER,
+    response_size INTEGER,
+    response_bytes BLOB,         -- only when storage.record_bytes
+    error VARCHAR,               -- status details or the reason it was dropped
+    outputs {TENSOR_TYPE}[],     -- decoded outputs (codec oip), else NULL
+    output DOUBLE[],             -- the compared output tensor, flattened
+    score DOUBLE,                -- scalar summary: the value, or output[score_index]
+    label VARCHAR,               -- class: argmax index of a vector, or a BYTES value
+    config_version VARCHAR
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    event_id VARCHAR,
+    unit_id VARCHAR,
+    request_id VARCHAR,
+    metric VARCHAR,
+    value DOUBLE,
+    ts TIMESTAMP,
+    received_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS audit (
+    ts TIMESTAMP,
+    actor VARCHAR,
+    action VARCHAR,
+    route VARCHAR,
+    reason VARCHAR,
+    config_version VARCHAR,
+    detail VARCHAR               -- JSON
+);
+"""
+
+_MIGRATIONS: dict[int, str] = {1: _V1}
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring ``con`` forward to :data:`SCHEMA_VERSION`; return the version found before."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)"
+    )
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    found = int(row[0]) if row and row[0] is not None else 0
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {found} is newer than this shadowcar ({SCHEMA_VERSION})"
+        )
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        con.execute("BEGIN TRANSACTION")
+        con.execute(_MIGRATIONS[version])
+        con.execute(
+            "INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)", [version]
+        )
+        con.execute("COMMIT")
+    return found
