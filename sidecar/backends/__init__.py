@@ -1,0 +1,5 @@
+"""Backends: named, versioned model endpoints called with raw bytes."""
+
+from sidecar.backends.channel import Backend, CallOutcome, Metadata
+
+__all__ = ["Backend", "CallOutcome", "Metadata"]

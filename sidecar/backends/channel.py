@@ -1,0 +1,120 @@
+"""Backend clients: one grpc.aio channel per backend, raw bytes in and out.
+
+A call never raises for a gRPC failure: it returns a :class:`CallOutcome` whose status,
+details and metadata are the backend's own, so they can reach the caller unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from sidecar.config import BackendConfig
+
+__all__ = ["Backend", "CallOutcome", "Metadata"]
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+_OK = grpc.StatusCode.OK
+
+
+@dataclass(slots=True)
+class CallOutcome:
+    """What one backend call produced."""
+
+    code: grpc.StatusCode
+    details: str | None
+    response: bytes | None
+    initial_metadata: Metadata
+    trailing_metadata: Metadata
+    started: float
+    latency_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.code is _OK
+
+
+def _as_tuples(md: Any) -> Metadata:
+    if not md:
+        return ()
+    return tuple((m[0], m[1]) for m in md)
+
+
+class Backend:
+    """A named, versioned model endpoint and the channel that reaches it."""
+
+    def __init__(self, config: BackendConfig, *, max_message_bytes: int) -> None:
+        self.name = config.name
+        self.version = config.version
+        self.target = config.target
+        self.config = config
+        self._channel = grpc.aio.insecure_channel(
+            config.target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._closed = False
+
+    def _method(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        stub = self._methods.get(method)
+        if stub is None:
+            # No serializers: bytes pass through untouched.
+            stub = self._channel.unary_unary(method)
+            self._methods[method] = stub
+        return stub
+
+    async def call(
+        self, method: str, request: bytes, *, timeout: float, metadata: Metadata
+    ) -> CallOutcome:
+        """Call ``method`` with raw ``request`` bytes; never raises for gRPC errors."""
+        started = time.time()
+        t0 = time.perf_counter()
+        call = self._method(method)(request, timeout=timeout, metadata=metadata)
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as exc:
+            return CallOutcome(
+                exc.code(),
+                exc.details(),
+                None,
+                _as_tuples(exc.initial_metadata()),
+                _as_tuples(exc.trailing_metadata()),
+                started,
+                (time.perf_counter() - t0) * 1000,
+            )
+        latency = (time.perf_counter() - t0) * 1000
+        return CallOutcome(
+            _OK,
+            None,
+            response,
+            _as_tuples(await call.initial_metadata()),
+            _as_tuples(await call.trailing_metadata()),
+            started,
+            latency,
+        )
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Try to connect within ``timeout``; True when the channel is ready."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def connectivity(self) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect=False)
+
+    async def aclose(self, grace: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._channel.close(grace)

@@ -1,0 +1,145 @@
+"""Reading, validating and versioning a configuration file.
+
+Errors name the field path (``routes[1].shadows[0].sample_percent: ...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from sidecar.config.models import Config
+from sidecar.errors import ConfigError
+
+__all__ = ["LoadedConfig", "canonical_json", "load_config", "parse_config"]
+
+ADMIN_TOKEN_ENV = "SHADOWCAR_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated configuration with its version (hash of its canonical form)."""
+
+    config: Config
+    version: str
+    source: str
+
+    @property
+    def admin_token(self) -> str | None:
+        env = os.environ.get(ADMIN_TOKEN_ENV)
+        if env:
+            return env
+        token = self.config.admin.token
+        return token.get_secret_value() if token is not None else None
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")
+
+
+def _cross_check(config: Config) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    names: dict[str, int] = {}
+    for i, backend in enumerate(config.backends):
+        if backend.name in names:
+            problems.append(
+                (f"backends[{i}].name", f"duplicate backend name {backend.name!r}")
+            )
+        names.setdefault(backend.name, i)
+    known = ", ".join(sorted(names))
+    matches: set[str] = set()
+    for r, route in enumerate(config.routes):
+        if route.match in matches:
+            problems.append((f"routes[{r}].match", f"duplicate route {route.match!r}"))
+        matches.add(route.match)
+        if route.primary not in names:
+            problems.append(
+                (f"routes[{r}].primary", f"unknown backend {route.primary!r} (known: {known})")
+            )
+        seen: set[str] = set()
+        for s, shadow in enumerate(route.shadows):
+            where = f"routes[{r}].shadows[{s}].backend"
+            if shadow.backend not in names:
+                problems.append((where, f"unknown backend {shadow.backend!r} (known: {known})"))
+            elif shadow.backend == route.primary:
+                problems.append((where, "a shadow cannot be the route's primary"))
+            elif shadow.backend in seen:
+                problems.append((where, f"backend {shadow.backend!r} is mirrored twice"))
+            seen.add(shadow.backend)
+    return problems
+
+
+def canonical_json(config: Config) -> str:
+    """The canonical form that versions a config; secrets are masked."""
+    data = config.model_dump(mode="json")
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def parse_config(data: Any, source: str = "") -> LoadedConfig:
+    """Validate already-parsed YAML/JSON data."""
+    if not isinstance(data, dict):
+        raise ConfigError([("", "the top level must be a mapping")], source)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        paths = [_path(tuple(e["loc"])) for e in errors]
+        problems = [
+            (path, _message(dict(e)))
+            for path, e in zip(paths, errors, strict=True)
+            # A failed item also makes its list "too short"; the item's error says it all.
+            if not (
+                e["type"] == "too_short"
+                and any(other.startswith(path + "[") for other in paths)
+            )
+        ]
+        raise ConfigError(problems, source) from None
+    problems = _cross_check(config)
+    if problems:
+        raise ConfigError(problems, source)
+    # The secret is part of the version only through its hash, never in clear.
+    canonical = canonical_json(config)
+    token = config.admin.token.get_secret_value() if config.admin.token else ""
+    digest = hashlib.sha256(canonical.encode())
+    digest.update(hashlib.sha256(token.encode()).digest())
+    return LoadedConfig(config=config, version=digest.hexdigest()[:12], source=source)
+
+
+def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
+    """Read and validate a YAML file; raise ConfigError naming the problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read {source}: {exc.strerror or exc}")], source) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([("", f"YAML syntax error at {where}{problem}")], source) from None
+    return parse_config(data, source)

@@ -1,0 +1,131 @@
+"""The configuration contract: pydantic models for the YAML file (DESIGN.md section 3).
+
+Every field carries a one-line description; models are frozen and reject unknown keys.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+__all__ = [
+    "AdminConfig",
+    "BackendConfig",
+    "Config",
+    "MirrorShadowConfig",
+    "RouteConfig",
+    "ShutdownConfig",
+    "StorageConfig",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$")
+_MATCH = re.compile(r"^(\*|/[A-Za-z0-9_.]+/(\*|[A-Za-z0-9_]+))$")
+
+
+def _check_hostport(value: str) -> str:
+    if not _HOSTPORT.match(value):
+        raise ValueError(f"must be host:port, got {value!r}")
+    port = int(value.rsplit(":", 1)[1])
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Percent = Annotated[float, Field(ge=0, le=100)]
+PositiveMs = Annotated[int, Field(gt=0, le=3_600_000)]
+
+
+class AdminConfig(_Model):
+    listen: str | None = Field("127.0.0.1:9901", description="admin HTTP address; null disables")
+    token: SecretStr | None = Field(
+        None, description="bearer token for mutations (or env SHADOWCAR_ADMIN_TOKEN)"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return None if value is None else _check_hostport(value)
+
+
+class StorageConfig(_Model):
+    path: str = Field("shadowcar.duckdb", description="DuckDB file the sink writes")
+    flush_interval_ms: PositiveMs = Field(200, description="longest time a record waits to be written")
+    buffer_rows: int = Field(
+        100_000, ge=100, le=10_000_000, description="records held before new ones are dropped"
+    )
+    batch_rows: int = Field(
+        5_000, ge=1, le=1_000_000, description="pending records that trigger an early flush"
+    )
+    record_bytes: bool = Field(False, description="also store raw request and response bytes")
+
+
+class ShutdownConfig(_Model):
+    grace_s: float = Field(10.0, ge=0, le=600, description="time in-flight calls get to finish")
+    sink_timeout_s: float = Field(30.0, gt=0, le=600, description="time the final flush may take")
+
+
+class BackendConfig(_Model):
+    name: str = Field(description="unique backend name used by routes")
+    version: str = Field(min_length=1, max_length=128, description="immutable model version")
+    target: str = Field(description="host:port of the model's gRPC server")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("must be 1-63 of letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        return _check_hostport(value)
+
+
+class MirrorShadowConfig(_Model):
+    backend: str = Field(description="name of the shadow backend")
+    sample_percent: Percent = Field(100.0, description="share of requests mirrored, by request id")
+    timeout_ms: PositiveMs = Field(1000, description="deadline of each shadow call")
+    max_in_flight: int = Field(64, ge=1, le=100_000, description="cap on concurrent shadow calls")
+    replica: bool = Field(False, description="same model as the primary: measures the noise floor")
+
+
+class RouteConfig(_Model):
+    match: str = Field(description="'/pkg.Svc/Method', '/pkg.Svc/*' or '*'")
+    primary: str = Field(description="name of the backend that serves")
+    timeout_ms: PositiveMs = Field(1000, description="deadline of the serving call")
+    codec: Literal["oip", "raw"] = Field("raw", description="how recorded bytes are decoded")
+    compare_output: str | None = Field(None, description="output tensor compared (default first)")
+    score_index: int = Field(-1, description="element of a vector output used as its score")
+    shadows: tuple[MirrorShadowConfig, ...] = Field((), description="backends mirrored to")
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, value: str) -> str:
+        if not _MATCH.match(value):
+            raise ValueError("must be '/pkg.Service/Method', '/pkg.Service/*' or '*'")
+        return value
+
+
+class Config(_Model):
+    listen: str = Field("0.0.0.0:50051", description="gRPC address callers use")
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="admin HTTP API")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="recording")
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig, description="stop behaviour")
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=1 << 30, description="largest message received or sent"
+    )
+    backends: tuple[BackendConfig, ...] = Field(min_length=1, description="model endpoints")
+    routes: tuple[RouteConfig, ...] = Field(min_length=1, description="what happens per method")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_hostport(value)

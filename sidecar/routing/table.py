@@ -1,0 +1,117 @@
+"""Routes: which backend serves a method and which shadows it is mirrored to.
+
+A :class:`RouteTable` is built once per config version; lookups are dict hits.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+from sidecar.backends import Backend
+from sidecar.codecs import codec_for
+from sidecar.config import Config, MirrorShadowConfig, RouteConfig
+from sidecar.sink import Decoding
+
+__all__ = ["RoutePlan", "RouteTable", "ShadowLane", "sample_bucket"]
+
+BUCKETS = 10_000
+
+
+def sample_bucket(request_id: str) -> int:
+    """The request's mirror bucket in [0, 10000): CRC-32 (zlib) of its id modulo 10000.
+
+    Unsalted on purpose: every shadow at the same percentage sees the same requests, so
+    pairs line up across shadows (and with a replica's noise floor)."""
+    return zlib.crc32(request_id.encode()) % BUCKETS
+
+
+@dataclass(eq=False)
+class ShadowLane:
+    """One shadow of one route, with its live in-flight count and counters."""
+
+    backend: Backend
+    config: MirrorShadowConfig
+    threshold: int
+    timeout_s: float
+    in_flight: int = 0
+    sampled: int = 0
+    sent: int = 0
+    dropped: int = 0
+    errored: int = 0
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "sampled": self.sampled,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "errored": self.errored,
+            "in_flight": self.in_flight,
+        }
+
+
+@dataclass(eq=False)
+class RoutePlan:
+    """Everything the hot path needs for one route, prebuilt."""
+
+    config: RouteConfig
+    primary: Backend
+    shadows: tuple[ShadowLane, ...]
+    timeout_s: float
+    decoding: Decoding
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def match(self) -> str:
+        return self.config.match
+
+
+class RouteTable:
+    """Method -> route, by exact method, then service wildcard, then '*'."""
+
+    def __init__(self, config: Config, backends: dict[str, Backend]) -> None:
+        self._exact: dict[str, RoutePlan] = {}
+        self._service: dict[str, RoutePlan] = {}
+        self._default: RoutePlan | None = None
+        self.plans: list[RoutePlan] = []
+        for route in config.routes:
+            plan = RoutePlan(
+                config=route,
+                primary=backends[route.primary],
+                shadows=tuple(
+                    ShadowLane(
+                        backend=backends[s.backend],
+                        config=s,
+                        threshold=round(s.sample_percent * BUCKETS / 100),
+                        timeout_s=s.timeout_ms / 1000,
+                    )
+                    for s in route.shadows
+                ),
+                timeout_s=route.timeout_ms / 1000,
+                decoding=Decoding(
+                    codec=codec_for(route.codec),
+                    compare_output=route.compare_output,
+                    score_index=route.score_index,
+                    record_bytes=config.storage.record_bytes,
+                ),
+            )
+            self.plans.append(plan)
+            if route.match == "*":
+                self._default = plan
+            elif route.match.endswith("/*"):
+                self._service[route.match[:-1]] = plan
+            else:
+                self._exact[route.match] = plan
+
+    def match(self, method: str) -> RoutePlan | None:
+        """The route for a full method name ``/pkg.Svc/Method``, or None."""
+        plan = self._exact.get(method)
+        if plan is not None:
+            return plan
+        cut = method.rfind("/")
+        if cut > 0:
+            plan = self._service.get(method[: cut + 1])
+            if plan is not None:
+                return plan
+        return self._default

@@ -1,0 +1,82 @@
+"""The gRPC transport: a generic handler that hands raw bytes to the forwarding core.
+
+It only translates between ``grpc.aio`` and :class:`Dispatch`; no routing logic lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from sidecar.routing import RoutePlan
+from sidecar.server.forwarding import REQUEST_ID, Dispatch, reply_metadata
+
+__all__ = ["ProxyHandler"]
+
+log = logging.getLogger(__name__)
+
+Behavior = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
+
+
+class ProxyHandler(grpc.GenericRpcHandler):
+    """Answers every method: routed ones are forwarded, others get UNIMPLEMENTED."""
+
+    def __init__(self, dispatch: Dispatch) -> None:
+        self._dispatch = dispatch
+        self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
+
+    def swap(self, dispatch: Dispatch) -> None:
+        """Serve new calls from ``dispatch``; calls in flight finish on the old one."""
+        self._dispatch = dispatch
+        self._handlers = {}
+
+    @property
+    def dispatch(self) -> Dispatch:
+        return self._dispatch
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+        method = handler_call_details.method
+        handlers = self._handlers
+        handler = handlers.get(method)
+        if handler is None:
+            dispatch = self._dispatch
+            plan = dispatch.routes.match(method)
+            behavior = _unrouted(method) if plan is None else _forward(dispatch, plan, method)
+            handler = grpc.unary_unary_rpc_method_handler(behavior)
+            if len(handlers) < 10_000:  # unrouted names come from callers: bound the cache
+                handlers[method] = handler
+        return handler
+
+
+def _unrouted(method: str) -> Behavior:
+    async def behavior(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"method {method} is not routed by this sidecar"
+        )
+        raise AssertionError("unreachable")  # abort always raises
+
+    return behavior
+
+
+def _forward(dispatch: Dispatch, plan: RoutePlan, method: str) -> Behavior:
+    async def behavior(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        answer = await dispatch.forward(
+            plan, method, request, context.invocation_metadata() or (), context.time_remaining()
+        )
+        outcome = answer.outcome
+        await context.send_initial_metadata(
+            (*reply_metadata(outcome.initial_metadata), (REQUEST_ID, answer.request_id))
+        )
+        trailing = reply_metadata(outcome.trailing_metadata)
+        if outcome.response is not None and outcome.ok:
+            if trailing:
+                context.set_trailing_metadata(trailing)
+            return outcome.response
+        await context.abort(outcome.code, outcome.details or "", trailing)
+        raise AssertionError("unreachable")
+
+    return behavior

@@ -1,0 +1,201 @@
+"""The recording sink: a bounded in-memory buffer and one writer thread that owns DuckDB.
+
+The hot path only appends to a list (dropping and counting when full); the writer
+flushes on ``flush_interval_ms`` or as soon as ``batch_rows`` records wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from sidecar.config import StorageConfig
+from sidecar.errors import SinkError
+from sidecar.sink.records import AuditRecord, CallRecord, ConfigRecord, RequestRecord
+from sidecar.sink.schema import migrate
+from sidecar.sink.writer import write_batch
+
+__all__ = ["DuckDBSink", "SinkStats"]
+
+log = logging.getLogger(__name__)
+
+_TABLES = ("configs", "requests", "calls", "audit")
+
+
+@dataclass
+class SinkStats:
+    """Counters a sink keeps; read by metrics and the demo summary."""
+
+    accepted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TABLES, 0))
+    written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TABLES, 0))
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TABLES, 0))
+    flushes: int = 0
+    last_flush_ms: float = 0.0
+    write_errors: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": dict(self.accepted),
+            "written": dict(self.written),
+            "dropped": dict(self.dropped),
+            "flushes": self.flushes,
+            "last_flush_ms": round(self.last_flush_ms, 3),
+            "write_errors": self.write_errors,
+            "last_error": self.last_error,
+        }
+
+
+class DuckDBSink:
+    """Records requests and calls into one DuckDB file; an async context manager."""
+
+    def __init__(self, settings: StorageConfig) -> None:
+        self._settings = settings
+        self._path = settings.path
+        self._limit = settings.buffer_rows
+        self._batch = settings.batch_rows
+        self._interval = settings.flush_interval_ms / 1000.0
+        # deque.append and popleft are atomic: the hot path never takes a lock.
+        self._pending: dict[str, deque[Any]] = {t: deque() for t in _TABLES}
+        self._wake = threading.Event()
+        self._stopping = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self.stats = SinkStats()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def open(self) -> None:
+        """Open (or create) the file, migrate it and start the writer thread."""
+        if self._thread is not None:
+            return
+        path = Path(self._path)
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(path))
+            migrate(self._con)
+        except (duckdb.Error, OSError, RuntimeError) as exc:
+            raise SinkError(f"cannot open recording database {self._path}: {exc}") from exc
+        self._thread = threading.Thread(target=self._run, name="shadowcar-sink", daemon=True)
+        self._thread.start()
+
+    async def __aenter__(self) -> DuckDBSink:
+        self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self, timeout: float = 30.0) -> None:
+        """Flush every accepted record and close the file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        await asyncio.to_thread(thread.join, timeout)
+        if thread.is_alive():
+            log.error("sink writer did not finish within %.1fs; records may be lost", timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Synchronous variant of :meth:`aclose` for non-async callers."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._stopping = True
+            self._wake.set()
+            self._thread.join(timeout)
+
+    # -- hot path --------------------------------------------------------------
+    def _put(self, table: str, row: Any) -> None:
+        pending = self._pending[table]
+        if len(pending) >= self._limit or self._stopping:
+            self.stats.dropped[table] += 1
+            return
+        pending.append(row)
+        self.stats.accepted[table] += 1
+        if len(pending) == self._batch:
+            self._wake.set()
+
+    def record_request(self, row: RequestRecord) -> None:
+        self._put("requests", row)
+
+    def record_call(self, row: CallRecord) -> None:
+        self._put("calls", row)
+
+    def record_config(self, version: str, config_json: str) -> None:
+        self._put("configs", ConfigRecord(version, time.time(), config_json))
+
+    def record_audit(self, row: AuditRecord) -> None:
+        self._put("audit", row)
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(len(v) for v in self._pending.values())
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    # -- writer thread -----------------------------------------------------------
+    def _swap(self) -> dict[str, list[Any]]:
+        taken = {}
+        for table in _TABLES:
+            pending = self._pending[table]
+            n = len(pending)
+            if n:
+                popleft = pending.popleft
+                taken[table] = [popleft() for _ in range(n)]
+        return taken
+
+    def _flush(self) -> None:
+        taken = self._swap()
+        if not taken or self._con is None:
+            return
+        started = time.perf_counter()
+        for table, rows in taken.items():
+            try:
+                write_batch(self._con, table, rows)
+            except Exception as exc:  # the writer must survive any bad batch
+                self.stats.write_errors += 1
+                self.stats.dropped[table] += len(rows)
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("sink could not write %d %s rows: %s", len(rows), table, exc)
+            else:
+                self.stats.written[table] += len(rows)
+        self.stats.flushes += 1
+        self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                self._flush()
+            # Late appends raced with the stop flag: one more swap takes them.
+            self._flush()
+            self._flush()
+        finally:
+            con, self._con = self._con, None
+            if con is not None:
+                try:
+                    con.execute("CHECKPOINT")
+                finally:
+                    con.close()
+
+    def flush_now(self) -> None:
+        """Ask the writer to flush at once (used by tests and the admin API)."""
+        self._wake.set()

@@ -1,0 +1,74 @@
+"""The records the hot path hands to the sink: plain named tuples, cheap to build.
+
+Decoding of the bytes they carry happens later, in the writer thread.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from sidecar.codecs import Codec
+
+__all__ = ["AuditRecord", "CallRecord", "ConfigRecord", "Decoding", "RequestRecord"]
+
+
+class Decoding(NamedTuple):
+    """How a route's bytes are decoded when written (shared by all its records)."""
+
+    codec: Codec | None
+    compare_output: str | None
+    score_index: int
+    record_bytes: bool
+
+
+class RequestRecord(NamedTuple):
+    request_id: str
+    ts: float
+    route: str
+    method: str
+    unit_id: str | None
+    experiment: str | None
+    variant: str | None
+    exposed: bool
+    config_version: str
+    trace_id: str | None
+    span_id: str | None
+    status: str
+    latency_ms: float
+    request: bytes
+    decoding: Decoding
+
+
+class CallRecord(NamedTuple):
+    request_id: str
+    ts: float
+    route: str
+    method: str
+    backend: str
+    backend_version: str
+    role: str
+    served: bool
+    status: str
+    latency_ms: float | None
+    request_size: int
+    response: bytes | None
+    error: str | None
+    config_version: str
+    decoding: Decoding
+
+
+class ConfigRecord(NamedTuple):
+    config_version: str
+    ts: float
+    config_json: str
+
+
+class AuditRecord(NamedTuple):
+    ts: float
+    actor: str
+    action: str
+    route: str | None
+    reason: str | None
+    config_version: str
+    detail: str | None

@@ -1,0 +1,158 @@
+"""Turning buffered records into Arrow batches and DuckDB rows (runs in the writer thread).
+
+Decoding (codecs) happens here, off the caller's path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from sidecar.codecs import CodecError, summarize
+from sidecar.sink.records import AuditRecord, CallRecord, ConfigRecord, RequestRecord
+
+__all__ = ["write_batch"]
+
+log = logging.getLogger(__name__)
+
+_TENSOR = pa.struct(
+    [
+        ("name", pa.string()),
+        ("datatype", pa.string()),
+        ("shape", pa.list_(pa.int64())),
+        ("data", pa.list_(pa.float64())),
+        ("text", pa.list_(pa.string())),
+    ]
+)
+_TENSORS = pa.list_(_TENSOR)
+
+
+def _timestamps(values: Sequence[float]) -> pa.Array:
+    micros = (np.asarray(values, dtype=np.float64) * 1e6).astype(np.int64)
+    return pa.array(micros, type=pa.timestamp("us"))
+
+
+def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
+    inputs: list[list[dict[str, Any]] | None] = []
+    raw: list[bytes | None] = []
+    for row in rows:
+        dec = row.decoding
+        tensors = None
+        if dec.codec is not None:
+            try:
+                decoded = dec.codec.decode_request(row.request)
+            except CodecError:
+                decoded = None
+            if decoded is not None:
+                tensors = [t.as_row() for t in decoded]
+        inputs.append(tensors)
+        raw.append(row.request if dec.record_bytes else None)
+    cols = list(zip(*rows, strict=True))
+    f = RequestRecord._fields
+    return pa.table(
+        {
+            "request_id": pa.array(cols[f.index("request_id")], pa.string()),
+            "ts": _timestamps(cols[f.index("ts")]),
+            "route": pa.array(cols[f.index("route")], pa.string()),
+            "method": pa.array(cols[f.index("method")], pa.string()),
+            "unit_id": pa.array(cols[f.index("unit_id")], pa.string()),
+            "experiment": pa.array(cols[f.index("experiment")], pa.string()),
+            "variant": pa.array(cols[f.index("variant")], pa.string()),
+            "exposed": pa.array(cols[f.index("exposed")], pa.bool_()),
+            "config_version": pa.array(cols[f.index("config_version")], pa.string()),
+            "trace_id": pa.array(cols[f.index("trace_id")], pa.string()),
+            "span_id": pa.array(cols[f.index("span_id")], pa.string()),
+            "status": pa.array(cols[f.index("status")], pa.string()),
+            "latency_ms": pa.array(cols[f.index("latency_ms")], pa.float64()),
+            "request_size": pa.array([len(r.request) for r in rows], pa.int32()),
+            "request_bytes": pa.array(raw, pa.binary()),
+            "inputs": pa.array(inputs, _TENSORS),
+        }
+    )
+
+
+def _calls_table(rows: Sequence[CallRecord]) -> pa.Table:
+    outputs: list[list[dict[str, Any]] | None] = []
+    output: list[list[float] | None] = []
+    score: list[float | None] = []
+    label: list[str | None] = []
+    errors: list[str | None] = []
+    raw: list[bytes | None] = []
+    for row in rows:
+        dec = row.decoding
+        error = row.error
+        tensors = summary = None
+        if dec.codec is not None and row.response is not None:
+            try:
+                decoded = dec.codec.decode_response(row.response)
+            except CodecError as exc:
+                decoded = None
+                error = f"undecodable response: {exc}"
+            if decoded is not None:
+                tensors = [t.as_row() for t in decoded]
+                summary = summarize(decoded, dec.compare_output, dec.score_index)
+        outputs.append(tensors)
+        output.append(summary.output if summary else None)
+        score.append(summary.score if summary else None)
+        label.append(summary.label if summary else None)
+        errors.append(error)
+        raw.append(row.response if dec.record_bytes else None)
+    cols = list(zip(*rows, strict=True))
+    f = CallRecord._fields
+    return pa.table(
+        {
+            "request_id": pa.array(cols[f.index("request_id")], pa.string()),
+            "ts": _timestamps(cols[f.index("ts")]),
+            "route": pa.array(cols[f.index("route")], pa.string()),
+            "method": pa.array(cols[f.index("method")], pa.string()),
+            "backend": pa.array(cols[f.index("backend")], pa.string()),
+            "backend_version": pa.array(cols[f.index("backend_version")], pa.string()),
+            "role": pa.array(cols[f.index("role")], pa.string()),
+            "served": pa.array(cols[f.index("served")], pa.bool_()),
+            "status": pa.array(cols[f.index("status")], pa.string()),
+            "latency_ms": pa.array(cols[f.index("latency_ms")], pa.float64()),
+            "request_size": pa.array(cols[f.index("request_size")], pa.int32()),
+            "response_size": pa.array(
+                [None if r.response is None else len(r.response) for r in rows], pa.int32()
+            ),
+            "response_bytes": pa.array(raw, pa.binary()),
+            "error": pa.array(errors, pa.string()),
+            "outputs": pa.array(outputs, _TENSORS),
+            "output": pa.array(output, pa.list_(pa.float64())),
+            "score": pa.array(score, pa.float64()),
+            "label": pa.array(label, pa.string()),
+            "config_version": pa.array(cols[f.index("config_version")], pa.string()),
+        }
+    )
+
+
+def _plain_table(rows: Sequence[ConfigRecord | AuditRecord]) -> pa.Table:
+    fields = type(rows[0])._fields
+    cols = list(zip(*rows, strict=True))
+    data: dict[str, pa.Array] = {}
+    for name, col in zip(fields, cols, strict=True):
+        data[name] = _timestamps(col) if name == "ts" else pa.array(col, pa.string())
+    return pa.table(data)
+
+
+_BUILDERS = {
+    "requests": _requests_table,
+    "calls": _calls_table,
+    "configs": _plain_table,
+    "audit": _plain_table,
+}
+
+
+def write_batch(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Any]) -> None:
+    """Append ``rows`` to ``table`` in one Arrow insert."""
+    batch = _BUILDERS[table](rows)
+    con.register("_shadowcar_batch", batch)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _shadowcar_batch")
+    finally:
+        con.unregister("_shadowcar_batch")
