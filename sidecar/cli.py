@@ -26,7 +26,8 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a declared dependency on Linux
         return asyncio.run(coro)
-    return asyncio.run(coro, loop_factory=uvloop.new_event_loop)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 async def _serve(config_path: str) -> int:

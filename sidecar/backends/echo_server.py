@@ -29,6 +29,7 @@ class _State:
         default_factory=lambda: deque(maxlen=256)
     )
     seen_methods: deque[str] = field(default_factory=lambda: deque(maxlen=256))
+    seen_time_remaining: deque[float | None] = field(default_factory=lambda: deque(maxlen=256))
 
 
 class _Handler(grpc.GenericRpcHandler):
@@ -49,6 +50,7 @@ class _Handler(grpc.GenericRpcHandler):
                 md = tuple(context.invocation_metadata() or ())
                 state.seen_metadata.append(md)
                 state.seen_methods.append(method)
+                state.seen_time_remaining.append(context.time_remaining())
                 opts = dict(md)
                 if state.hang:
                     await asyncio.Event().wait()
@@ -95,6 +97,10 @@ class EchoServer:
     @property
     def seen_methods(self) -> list[str]:
         return list(self._state.seen_methods)
+
+    @property
+    def seen_time_remaining(self) -> list[float | None]:
+        return list(self._state.seen_time_remaining)
 
     def set_delay(self, delay_ms: float) -> None:
         self._state.delay_ms = delay_ms

@@ -192,7 +192,7 @@ class DuckDBSink:
             con, self._con = self._con, None
             if con is not None:
                 try:
-                    con.execute("CHECKPOINT")
+                    con.execute("CHECKPOINT").fetchall()
                 finally:
                     con.close()
 

@@ -84,20 +84,24 @@ _MIGRATIONS: dict[int, str] = {1: _V1}
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
     """Bring ``con`` forward to :data:`SCHEMA_VERSION`; return the version found before."""
+    # Every execute() is read to its end: DuckDB 2 refuses new work on a connection
+    # that still holds an unfinished result.
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)"
-    )
-    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
-    found = int(row[0]) if row and row[0] is not None else 0
+    ).fetchall()
+    rows = con.execute("SELECT max(version) FROM schema_version").fetchall()
+    found = int(rows[0][0]) if rows and rows[0][0] is not None else 0
     if found > SCHEMA_VERSION:
         raise RuntimeError(
             f"database schema version {found} is newer than this shadowcar ({SCHEMA_VERSION})"
         )
     for version in range(found + 1, SCHEMA_VERSION + 1):
-        con.execute("BEGIN TRANSACTION")
-        con.execute(_MIGRATIONS[version])
+        con.execute("BEGIN TRANSACTION").fetchall()
+        for statement in _MIGRATIONS[version].split(";"):
+            if statement.strip():
+                con.execute(statement).fetchall()
         con.execute(
             "INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)", [version]
-        )
-        con.execute("COMMIT")
+        ).fetchall()
+        con.execute("COMMIT").fetchall()
     return found

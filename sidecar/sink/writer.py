@@ -153,6 +153,6 @@ def write_batch(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Any])
     batch = _BUILDERS[table](rows)
     con.register("_shadowcar_batch", batch)
     try:
-        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _shadowcar_batch")
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _shadowcar_batch").fetchall()
     finally:
         con.unregister("_shadowcar_batch")
