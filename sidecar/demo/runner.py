@@ -1,0 +1,221 @@
+"""``sidecar demo``: built-in models, the sidecar in front, real traffic, and a summary.
+
+Starts three OIP model servers on free loopback ports (a numpy primary, a retrained shadow,
+and a slow, flaky shadow), the sidecar in front of them, sends traffic through a real gRPC
+client with a progress bar, shuts down cleanly and summarises the DuckDB file it wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import grpc
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sidecar.app import Sidecar
+from sidecar.config import parse_config
+from sidecar.demo.models import build_infer_request, make_demo_models, start_model_server
+
+__all__ = ["demo_config", "run_demo", "summarize_recording"]
+
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+N_FEATURES = 8
+
+
+def demo_config(db_path: Path, targets: dict[str, str]) -> dict[str, Any]:
+    """The demo topology: one OIP route with two shadows, and a pass-through for the rest."""
+    return {
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
+        "storage": {"path": str(db_path), "flush_interval_ms": 200},
+        "backends": [
+            {"name": "fraud-v7", "version": "7.0.1", "target": targets["fraud-v7"]},
+            {"name": "fraud-v8", "version": "8.0.0-rc1", "target": targets["fraud-v8"]},
+            {"name": "fraud-v9-flaky", "version": "9.0.0-dev", "target": targets["fraud-v9-flaky"]},
+        ],
+        "routes": [
+            {
+                "match": METHOD,
+                "primary": "fraud-v7",
+                "timeout_ms": 500,
+                "codec": "oip",
+                "shadows": [
+                    {"backend": "fraud-v8", "sample_percent": 100, "timeout_ms": 500,
+                     "max_in_flight": 64},
+                    {"backend": "fraud-v9-flaky", "sample_percent": 50, "timeout_ms": 60,
+                     "max_in_flight": 8},
+                ],
+            },
+            {"match": "/inference.GRPCInferenceService/*", "primary": "fraud-v7"},
+        ],
+    }
+
+
+async def _send_traffic(
+    port: int, requests: int, concurrency: int, console: Console
+) -> tuple[int, int]:
+    rng = np.random.default_rng(2026)
+    features = rng.standard_normal((requests, N_FEATURES)).astype(np.float32)
+    payloads = [build_infer_request("demo", row, raw=bool(i % 2)) for i, row in enumerate(features)]
+    ok = failed = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(METHOD)
+        with Progress(
+            TextColumn("[bold]sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        ) as progress:
+            task = progress.add_task("requests", total=requests)
+
+            async def worker() -> None:
+                nonlocal ok, failed
+                while True:
+                    try:
+                        i = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    try:
+                        await infer(payloads[i], timeout=5)
+                        ok += 1
+                    except grpc.aio.AioRpcError:
+                        failed += 1
+                    progress.advance(task)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok, failed
+
+
+def summarize_recording(db_path: Path) -> dict[str, Any]:
+    """The demo's summary, computed in SQL from the recorded file."""
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        requests = con.execute(
+            "SELECT count(*) FROM requests WHERE method = ?", [METHOD]
+        ).fetchall()[0][0]
+        shadows = con.execute(
+            """
+            SELECT backend,
+                   count(*) AS mirrored,
+                   count(*) FILTER (WHERE status = 'DROPPED') AS dropped,
+                   count(*) FILTER (WHERE status NOT IN ('OK', 'DROPPED')) AS errored
+            FROM calls WHERE role = 'shadow' GROUP BY backend ORDER BY backend
+            """
+        ).fetchall()
+        latency = con.execute(
+            """
+            SELECT backend, role, count(*),
+                   quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.99)
+            FROM calls WHERE status = 'OK' AND method = ?
+            GROUP BY backend, role ORDER BY role, backend
+            """,
+            [METHOD],
+        ).fetchall()
+        agreement = con.execute(
+            """
+            SELECT s.backend, count(*), avg(CASE WHEN p.label = s.label THEN 1.0 ELSE 0.0 END),
+                   avg(abs(p.score - s.score))
+            FROM calls p JOIN calls s USING (request_id)
+            WHERE p.role = 'primary' AND s.role = 'shadow'
+              AND p.status = 'OK' AND s.status = 'OK' AND p.label IS NOT NULL
+            GROUP BY s.backend ORDER BY s.backend
+            """
+        ).fetchall()
+    finally:
+        con.close()
+    return {
+        "requests": requests,
+        "shadows": [
+            {"backend": b, "mirrored": m, "dropped": d, "errored": e} for b, m, d, e in shadows
+        ],
+        "latency_ms": [
+            {"backend": b, "role": r, "n": n, "p50": p50, "p99": p99}
+            for b, r, n, p50, p99 in latency
+        ],
+        "agreement": [
+            {"shadow": b, "pairs": n, "agreement": a, "mean_abs_diff": d}
+            for b, n, a, d in agreement
+        ],
+    }
+
+
+def _print_summary(console: Console, summary: dict[str, Any], db_path: Path) -> None:
+    console.print(f"\n[bold]Recorded {summary['requests']} requests[/] in {db_path}")
+    mirror = Table(title="Mirroring per shadow")
+    for col in ("shadow", "mirrored", "dropped", "errored"):
+        mirror.add_column(col, justify="right" if col != "shadow" else "left")
+    for row in summary["shadows"]:
+        mirror.add_row(row["backend"], str(row["mirrored"]), str(row["dropped"]),
+                       str(row["errored"]))
+    console.print(mirror)
+    lat = Table(title="Latency per backend (successful calls)")
+    for col in ("backend", "role", "calls", "p50 ms", "p99 ms"):
+        lat.add_column(col, justify="left" if col in ("backend", "role") else "right")
+    for row in summary["latency_ms"]:
+        lat.add_row(row["backend"], row["role"], str(row["n"]), f"{row['p50']:.2f}",
+                    f"{row['p99']:.2f}")
+    console.print(lat)
+    agree = Table(title="Primary vs shadow on the same requests")
+    for col in ("shadow", "pairs", "decisions agree", "mean |score diff|"):
+        agree.add_column(col, justify="left" if col == "shadow" else "right")
+    for row in summary["agreement"]:
+        agree.add_row(row["shadow"], str(row["pairs"]), f"{row['agreement']:.1%}",
+                      f"{row['mean_abs_diff']:.4f}")
+    console.print(agree)
+
+
+def _analysis_report(console: Console, db_path: Path, out_dir: Path) -> None:
+    """The divergence report in the terminal and as HTML, when the analysis package is there."""
+    try:
+        from analysis.demo_report import divergence_report
+    except ImportError:
+        return
+    divergence_report(console, db_path, out_dir)
+
+
+async def run_demo(requests: int = 3000, concurrency: int = 16, out_dir: str = "demo-out") -> int:
+    """Run the whole demo; returns the exit code (0 when every answer came back)."""
+    console = Console()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    db_path = out / "shadowcar.duckdb"
+    for stale in (db_path, Path(f"{db_path}.wal")):
+        stale.unlink(missing_ok=True)  # one demo run, one file
+
+    primary_model, retrained = make_demo_models(N_FEATURES)
+    started = time.perf_counter()
+    servers = [
+        await start_model_server(primary_model),
+        await start_model_server(retrained, seed=1),
+        await start_model_server(retrained, delay_ms=40, jitter_ms=35, fail_rate=0.15, seed=2),
+    ]
+    names = ("fraud-v7", "fraud-v8", "fraud-v9-flaky")
+    targets = {name: s.target for name, s in zip(names, servers, strict=True)}
+    console.print("[bold]Shadowcar demo[/]: models " + ", ".join(
+        f"{n} on {t}" for n, t in targets.items()))
+    try:
+        sidecar = Sidecar(parse_config(demo_config(db_path, targets), source="<demo>"))
+        await sidecar.start()
+        try:
+            console.print(f"sidecar on 127.0.0.1:{sidecar.port}, admin on "
+                          f"127.0.0.1:{sidecar.admin.port if sidecar.admin else '-'}")
+            ok, failed = await _send_traffic(sidecar.port, requests, concurrency, console)
+        finally:
+            await sidecar.aclose()
+    finally:
+        for server in servers:
+            await server.aclose()
+    elapsed = time.perf_counter() - started
+    console.print(f"{ok} answered, {failed} failed in {elapsed:.1f}s; sidecar shut down cleanly")
+    summary = summarize_recording(db_path)
+    _print_summary(console, summary, db_path)
+    _analysis_report(console, db_path, out)
+    return 0 if failed == 0 and summary["requests"] == requests else 1
