@@ -14,6 +14,7 @@ from typing import Any
 
 from sidecar.config import load_config
 from sidecar.errors import ConfigError, ShadowcarError
+from sidecar.telemetry.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -30,10 +31,11 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         return runner.run(coro)
 
 
-async def _serve(config_path: str) -> int:
+async def _serve(config_path: str, log_level: str, log_format: str | None) -> int:
     from sidecar.app import Sidecar
 
     loaded = load_config(config_path)
+    configure_logging(log_level, log_format or loaded.config.telemetry.log_format)
     sidecar = Sidecar(loaded)
     try:
         await sidecar.start()
@@ -45,7 +47,8 @@ async def _serve(config_path: str) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    return run_async(_serve(args.config))
+    fmt = args.log_format
+    return run_async(_serve(args.config, args.log_level, fmt))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -77,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sidecar", description="Shadowcar: shadow, A/B and canary testing for gRPC models."
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=None,
+        help="log line format (default: the config's telemetry.log_format, else text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the sidecar")
@@ -108,10 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format or "text")
     try:
         code: int = args.func(args)
     except ConfigError as exc:

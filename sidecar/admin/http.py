@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib import resources
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from sidecar.telemetry import prometheus
 
 if TYPE_CHECKING:
     from sidecar.app import Sidecar
@@ -37,6 +40,8 @@ class AdminServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/v1/config", self._config)
         app.router.add_get("/v1/stats", self._stats)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/", self._dashboard)
         self._runner = web.AppRunner(app, access_log=None)
         self._closed = False
 
@@ -62,8 +67,10 @@ class AdminServer:
         reasons = []
         if sc.draining:
             reasons.append("draining")
-        if sc.sink.stats.write_errors and sc.sink.stats.last_error:
-            reasons.append(f"sink: {sc.sink.stats.last_error}")
+        if not sc.sink.writable:
+            reasons.append(f"sink not writable: {sc.sink.stats.last_error or 'writer stopped'}")
+        if not sc.primaries_ready:
+            reasons.append("primary backend not reachable yet")
         if reasons:
             return _json({"status": "not ready", "reasons": reasons}, status=503)
         return _json({"status": "ready", "config_version": sc.loaded.version})
@@ -75,3 +82,11 @@ class AdminServer:
 
     async def _stats(self, request: web.Request) -> web.Response:
         return _json(self._sidecar.stats())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        text = self._sidecar.metrics.render()
+        return web.Response(text=text, headers={"Content-Type": prometheus.CONTENT_TYPE})
+
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        page = resources.files("sidecar.admin").joinpath("static/dashboard.html").read_text()
+        return web.Response(text=page, content_type="text/html")

@@ -9,6 +9,8 @@ from sidecar.config.models import (
     RouteConfig,
     ShutdownConfig,
     StorageConfig,
+    TelemetryConfig,
+    TracesConfig,
 )
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "RouteConfig",
     "ShutdownConfig",
     "StorageConfig",
+    "TelemetryConfig",
+    "TracesConfig",
     "canonical_json",
     "load_config",
     "parse_config",

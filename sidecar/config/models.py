@@ -18,6 +18,8 @@ __all__ = [
     "RouteConfig",
     "ShutdownConfig",
     "StorageConfig",
+    "TelemetryConfig",
+    "TracesConfig",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -56,7 +58,9 @@ class AdminConfig(_Model):
 
 class StorageConfig(_Model):
     path: str = Field("shadowcar.duckdb", description="DuckDB file the sink writes")
-    flush_interval_ms: PositiveMs = Field(200, description="longest time a record waits to be written")
+    flush_interval_ms: PositiveMs = Field(
+        200, description="longest time a record waits to be written"
+    )
     buffer_rows: int = Field(
         100_000, ge=100, le=10_000_000, description="records held before new ones are dropped"
     )
@@ -69,6 +73,34 @@ class StorageConfig(_Model):
 class ShutdownConfig(_Model):
     grace_s: float = Field(10.0, ge=0, le=600, description="time in-flight calls get to finish")
     sink_timeout_s: float = Field(30.0, gt=0, le=600, description="time the final flush may take")
+
+
+class TracesConfig(_Model):
+    exporter: Literal["none", "otlp", "console"] = Field(
+        "none", description="span exporter; env OTEL_TRACES_EXPORTER overrides"
+    )
+    endpoint: str | None = Field(
+        None, description="OTLP/gRPC endpoint; env OTEL_EXPORTER_OTLP_ENDPOINT overrides"
+    )
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="parent-based ratio sampler; env OTEL_TRACES_SAMPLER overrides"
+    )
+    max_queue_size: int = Field(2048, ge=16, le=1_000_000, description="spans buffered for export")
+
+
+class MetricsConfig(_Model):
+    otlp: bool = Field(False, description="also push metrics over OTLP/gRPC")
+    export_interval_s: float = Field(15.0, gt=0, le=3600, description="OTLP push interval")
+
+
+class TelemetryConfig(_Model):
+    service_name: str = Field("shadowcar", description="service.name; env OTEL_SERVICE_NAME wins")
+    traces: TracesConfig = Field(default_factory=TracesConfig, description="tracing")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="metrics")
+    log_format: Literal["text", "json"] = Field("text", description="log lines: text or JSON")
+    health_window: int = Field(
+        1000, ge=10, le=1_000_000, description="pairs and latencies in the live rolling window"
+    )
 
 
 class BackendConfig(_Model):
@@ -119,6 +151,9 @@ class Config(_Model):
     admin: AdminConfig = Field(default_factory=AdminConfig, description="admin HTTP API")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="recording")
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig, description="stop behaviour")
+    telemetry: TelemetryConfig = Field(
+        default_factory=TelemetryConfig, description="traces, metrics, logs"
+    )
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, le=1 << 30, description="largest message received or sent"
     )

@@ -11,9 +11,16 @@ import logging
 import time
 from collections.abc import Callable
 
+import grpc
+from opentelemetry.context import Context
+from opentelemetry.trace import Span
+
 from sidecar.backends import CallOutcome, Metadata
 from sidecar.routing import RoutePlan, ShadowLane
 from sidecar.sink import CallRecord
+from sidecar.telemetry.tracing import Tracing, rpc_attributes
+
+CallCounts = dict[tuple[str, str, str, str], int]
 
 __all__ = ["Mirror"]
 
@@ -25,8 +32,16 @@ SHADOW_METADATA = ("x-shadow", "true")
 class Mirror:
     """Starts shadow calls and owns their tasks until they end."""
 
-    def __init__(self, record: Callable[[CallRecord], None]) -> None:
+    def __init__(
+        self,
+        record: Callable[[CallRecord], None],
+        *,
+        counts: CallCounts | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._record = record
+        self._counts: CallCounts = counts if counts is not None else {}
+        self._tracing = tracing
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -43,6 +58,7 @@ class Mirror:
         request_id: str,
         bucket: int,
         config_version: str,
+        trace_parent: Context | None = None,
     ) -> None:
         """Start a shadow call for every lane of ``plan`` that samples this request."""
         shadow_md: Metadata | None = None
@@ -52,6 +68,7 @@ class Mirror:
             lane.sampled += 1
             if lane.in_flight >= lane.config.max_in_flight or self._closing:
                 lane.dropped += 1
+                self._count(plan, lane, "DROPPED")
                 self._record(
                     CallRecord(
                         request_id, time.time(), plan.match, method, lane.backend.name,
@@ -63,10 +80,19 @@ class Mirror:
                 continue
             if shadow_md is None:
                 shadow_md = (*metadata, SHADOW_METADATA)
+            span: Span | None = None
+            lane_md = shadow_md
+            if self._tracing is not None and trace_parent is not None:
+                span, injected = self._tracing.start_client(
+                    f"{lane.backend.name} {method[1:]}", trace_parent,
+                    {**lane.span_attributes, **rpc_attributes(method)},
+                )
+                lane_md = (*shadow_md, *injected)
             lane.in_flight += 1
             lane.sent += 1
             task = asyncio.get_running_loop().create_task(
-                self._shadow(plan, lane, method, request, shadow_md, request_id, config_version)
+                self._shadow(plan, lane, method, request, lane_md, request_id, config_version,
+                             span)
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -80,14 +106,18 @@ class Mirror:
         metadata: Metadata,
         request_id: str,
         config_version: str,
+        span: Span | None,
     ) -> None:
         started = time.time()
         outcome: CallOutcome | None = None
+        code = grpc.StatusCode.INTERNAL
         try:
             outcome = await lane.backend.call(
                 method, request, timeout=lane.timeout_s, metadata=metadata
             )
         except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            self._count(plan, lane, "CANCELLED")
             self._record(
                 CallRecord(
                     request_id, started, plan.match, method, lane.backend.name,
@@ -99,6 +129,7 @@ class Mirror:
             raise
         except Exception as exc:  # a broken shadow must never escape into the loop
             lane.errored += 1
+            self._count(plan, lane, "INTERNAL")
             self._record(
                 CallRecord(
                     request_id, started, plan.match, method, lane.backend.name,
@@ -109,8 +140,14 @@ class Mirror:
             )
         finally:
             lane.in_flight -= 1
+            if span is not None:
+                span.set_attribute("shadowcar.backend", lane.backend.name)
+                span.set_attribute("shadowcar.backend.version", lane.backend.version)
+                Tracing.end(span, outcome.code if outcome is not None else code,
+                            outcome.details if outcome is not None else None)
         if outcome is None:
             return
+        self._count(plan, lane, outcome.code.name)
         if not outcome.ok:
             lane.errored += 1
         self._record(
@@ -120,6 +157,10 @@ class Mirror:
                 len(request), outcome.response, outcome.details, config_version, plan.decoding,
             )
         )
+
+    def _count(self, plan: RoutePlan, lane: ShadowLane, status: str) -> None:
+        key = (plan.match, lane.backend.name, "shadow", status)
+        self._counts[key] = self._counts.get(key, 0) + 1
 
     async def aclose(self, timeout: float) -> None:
         """Let running shadows end by their own deadlines (at most ``timeout``), then

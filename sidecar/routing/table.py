@@ -39,6 +39,19 @@ class ShadowLane:
     sent: int = 0
     dropped: int = 0
     errored: int = 0
+    _span_attributes: dict[str, object] | None = None
+
+    @property
+    def span_attributes(self) -> dict[str, object]:
+        """Client-span attributes of this lane, built once."""
+        attrs = self._span_attributes
+        if attrs is None:
+            host, _, port = self.backend.target.rpartition(":")
+            attrs = self._span_attributes = {
+                "rpc.system": "grpc", "server.address": host.strip("[]"), "server.port": int(port),
+                "shadowcar.role": "shadow", "shadowcar.shadow": True,
+            }
+        return attrs
 
     def counters(self) -> dict[str, int]:
         return {

@@ -9,16 +9,28 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
-
+import grpc
+from opentelemetry.context import Context
 
 from sidecar.backends import CallOutcome, Metadata
 from sidecar.mirror import Mirror
 from sidecar.routing import RoutePlan, RouteTable, sample_bucket
 from sidecar.routing.table import BUCKETS
 from sidecar.sink import CallRecord, DuckDBSink, RequestRecord
+from sidecar.telemetry.logs import current_request
+from sidecar.telemetry.tracing import TRACE_KEYS, Tracing, host_port, rpc_attributes
 
-__all__ = ["HOP_BY_HOP", "Dispatch", "forward_metadata", "new_request_id"]
+__all__ = [
+    "HOP_BY_HOP",
+    "REQUEST_ID",
+    "Answer",
+    "CallCounts",
+    "Dispatch",
+    "forward_metadata",
+    "new_request_id",
+]
 
 #: Metadata that belongs to one HTTP/2 hop (or to gRPC itself) and is never forwarded.
 HOP_BY_HOP = frozenset(
@@ -31,17 +43,27 @@ HOP_BY_HOP = frozenset(
 )
 REQUEST_ID = "x-request-id"
 
+#: (route, backend, role, status) -> calls; plain ints bumped on the hot path.
+CallCounts = dict[tuple[str, str, str, str], int]
+
 
 def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-def forward_metadata(incoming: Metadata) -> tuple[Metadata, str]:
-    """Metadata to forward (hop-by-hop keys removed) and the request id (honoured or new)."""
+def forward_metadata(
+    incoming: Metadata, carrier: dict[str, str] | None = None
+) -> tuple[Metadata, str]:
+    """Metadata to forward (hop-by-hop and trace keys removed) and the request id (honoured
+    or new). Trace keys go to ``carrier`` when one is given, to be replaced by the sidecar's."""
     out: list[tuple[str, str | bytes]] = []
     request_id = None
     for key, value in incoming:
         if key in HOP_BY_HOP or key[0] == ":":
+            continue
+        if key in TRACE_KEYS and carrier is not None:
+            if isinstance(value, str):
+                carrier[key] = value
             continue
         if key == REQUEST_ID and isinstance(value, str) and value:
             if request_id is not None:
@@ -73,12 +95,40 @@ class Dispatch:
     """The sidecar's behaviour for one config version: routes plus where records go."""
 
     def __init__(
-        self, routes: RouteTable, version: str, sink: DuckDBSink, mirror: Mirror
+        self,
+        routes: RouteTable,
+        version: str,
+        sink: DuckDBSink,
+        mirror: Mirror,
+        *,
+        counts: CallCounts,
+        tracing: Tracing | None = None,
+        listen: tuple[str, int] = ("", 0),
     ) -> None:
         self.routes = routes
         self.version = version
         self._sink = sink
         self._mirror = mirror
+        self._counts = counts
+        self._tracing = tracing
+        self._listen = listen
+        self._span_attrs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def span_attributes(self, method: str, backend_target: str | None, role: str) -> dict[str, Any]:
+        """Prebuilt span attributes per (method, target) so the hot path only looks them up."""
+        key = (method, f"{backend_target}|{role}")
+        attrs = self._span_attrs.get(key)
+        if attrs is None:
+            attrs = rpc_attributes(method)
+            if backend_target is None:
+                attrs["server.address"], attrs["server.port"] = self._listen
+            else:
+                host, port = host_port(backend_target)
+                attrs.update({"server.address": host, "server.port": port,
+                              "shadowcar.role": role, "shadowcar.shadow": role == "shadow"})
+            if len(self._span_attrs) < 10_000:
+                self._span_attrs[key] = attrs
+        return attrs
 
     async def forward(
         self,
@@ -91,30 +141,60 @@ class Dispatch:
         """Serve one unary call from ``plan``'s primary and mirror it."""
         arrived = time.time()
         t0 = time.perf_counter()
-        metadata, request_id = forward_metadata(incoming)
+        tracing = self._tracing
+        carrier: dict[str, str] | None = {} if tracing is not None else None
+        metadata, request_id = forward_metadata(incoming, carrier)
         timeout = plan.timeout_s
         if time_remaining is not None and time_remaining < timeout:
             timeout = max(time_remaining, 0.0005)
         plan.requests += 1
+        primary = plan.primary
+        server_ctx: Context | None = None
+        trace_id = span_id = None
+        primary_md = metadata
+        if tracing is not None:
+            server_span, server_ctx = tracing.start_server(
+                method[1:], tracing.extract(carrier), self.span_attributes(method, None, "")
+            )
+            server_span.set_attribute("shadowcar.request_id", request_id)
+            trace_id, span_id = tracing.ids(server_span)
+            client_span, injected = tracing.start_client(
+                f"{primary.name} {method[1:]}", server_ctx,
+                self.span_attributes(method, primary.target, "primary"),
+            )
+            client_span.set_attribute("shadowcar.backend", primary.name)
+            client_span.set_attribute("shadowcar.backend.version", primary.version)
+            primary_md = (*metadata, *injected)
+        current_request.set((request_id, trace_id))
         if plan.shadows:
             bucket = 0
             if any(lane.threshold < BUCKETS for lane in plan.shadows):
                 bucket = sample_bucket(request_id)
-            self._mirror.start(plan, method, request, metadata, request_id, bucket, self.version)
-        primary = plan.primary
+            self._mirror.start(
+                plan, method, request, metadata, request_id, bucket, self.version, server_ctx
+            )
         status = "CANCELLED"
+        outcome: CallOutcome | None = None
         try:
-            outcome = await primary.call(method, request, timeout=timeout, metadata=metadata)
+            outcome = await primary.call(method, request, timeout=timeout, metadata=primary_md)
             status = outcome.code.name
         finally:
             # Recorded even when the caller goes away mid-call (status CANCELLED).
+            if tracing is not None:
+                code = outcome.code if outcome is not None else grpc.StatusCode.CANCELLED
+                details = outcome.details if outcome is not None else None
+                tracing.end(client_span, code, details)
+                tracing.end(server_span, code, details)
             self._sink.record_request(
                 RequestRecord(
                     request_id, arrived, plan.match, method, None, None, None, False,
-                    self.version, None, None, status, (time.perf_counter() - t0) * 1000,
+                    self.version, trace_id, span_id, status, (time.perf_counter() - t0) * 1000,
                     request, plan.decoding,
                 )
             )
+            key = (plan.match, primary.name, "primary", status)
+            counts = self._counts
+            counts[key] = counts.get(key, 0) + 1
         if not outcome.ok:
             plan.errors[status] = plan.errors.get(status, 0) + 1
         self._sink.record_call(
@@ -125,6 +205,3 @@ class Dispatch:
             )
         )
         return Answer(outcome, request_id)
-
-
-

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from sidecar.config import StorageConfig
 from sidecar.errors import SinkError
 from sidecar.sink.records import AuditRecord, CallRecord, ConfigRecord, RequestRecord
 from sidecar.sink.schema import migrate
-from sidecar.sink.writer import write_batch
+from sidecar.sink.writer import CallObserver, write_batch
 
 __all__ = ["DuckDBSink", "SinkStats"]
 
@@ -57,7 +58,11 @@ class SinkStats:
 class DuckDBSink:
     """Records requests and calls into one DuckDB file; an async context manager."""
 
-    def __init__(self, settings: StorageConfig) -> None:
+    def __init__(
+        self, settings: StorageConfig, *, on_call: CallObserver | None = None
+    ) -> None:
+        self._on_call = on_call
+        self.on_flush: Callable[[float], None] | None = None
         self._settings = settings
         self._path = settings.path
         self._limit = settings.buffer_rows
@@ -68,6 +73,7 @@ class DuckDBSink:
         self._wake = threading.Event()
         self._stopping = False
         self._closed = False
+        self._last_flush_failed = False
         self._thread: threading.Thread | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self.stats = SinkStats()
@@ -147,6 +153,12 @@ class DuckDBSink:
         return sum(len(v) for v in self._pending.values())
 
     @property
+    def writable(self) -> bool:
+        """The writer runs and its last flush did not fail."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return alive and not self._last_flush_failed
+
+    @property
     def path(self) -> str:
         return self._path
 
@@ -166,18 +178,23 @@ class DuckDBSink:
         if not taken or self._con is None:
             return
         started = time.perf_counter()
+        failed = False
         for table, rows in taken.items():
             try:
-                write_batch(self._con, table, rows)
+                write_batch(self._con, table, rows, self._on_call)
             except Exception as exc:  # the writer must survive any bad batch
+                failed = True
                 self.stats.write_errors += 1
                 self.stats.dropped[table] += len(rows)
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("sink could not write %d %s rows: %s", len(rows), table, exc)
             else:
                 self.stats.written[table] += len(rows)
+        self._last_flush_failed = failed
         self.stats.flushes += 1
         self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
+        if self.on_flush is not None:
+            self.on_flush(self.stats.last_flush_ms)
 
     def _run(self) -> None:
         try:

@@ -12,7 +12,9 @@ __all__ = ["SCHEMA_VERSION", "TENSOR_TYPE", "migrate"]
 SCHEMA_VERSION = 1
 
 #: One decoded tensor (OIP input or output). Numbers go to ``data``, BYTES to ``text``.
-TENSOR_TYPE = "STRUCT(name VARCHAR, datatype VARCHAR, shape BIGINT[], data DOUBLE[], text VARCHAR[])"
+TENSOR_TYPE = (
+    "STRUCT(name VARCHAR, datatype VARCHAR, shape BIGINT[], data DOUBLE[], text VARCHAR[])"
+)
 
 _V1 = f"""
 CREATE TABLE IF NOT EXISTS configs (

@@ -6,7 +6,7 @@ Decoding (codecs) happens here, off the caller's path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import duckdb
@@ -16,7 +16,10 @@ import pyarrow as pa
 from sidecar.codecs import CodecError, summarize
 from sidecar.sink.records import AuditRecord, CallRecord, ConfigRecord, RequestRecord
 
-__all__ = ["write_batch"]
+__all__ = ["CallObserver", "write_batch"]
+
+#: Called by the writer thread for each call written: (record, score, label).
+CallObserver = Callable[[CallRecord, float | None, str | None], None]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
     )
 
 
-def _calls_table(rows: Sequence[CallRecord]) -> pa.Table:
+def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None) -> pa.Table:
     outputs: list[list[dict[str, Any]] | None] = []
     output: list[list[float] | None] = []
     score: list[float | None] = []
@@ -100,6 +103,8 @@ def _calls_table(rows: Sequence[CallRecord]) -> pa.Table:
         output.append(summary.output if summary else None)
         score.append(summary.score if summary else None)
         label.append(summary.label if summary else None)
+        if on_call is not None:
+            on_call(row, score[-1], label[-1])
         errors.append(error)
         raw.append(row.response if dec.record_bytes else None)
     cols = list(zip(*rows, strict=True))
@@ -140,17 +145,19 @@ def _plain_table(rows: Sequence[ConfigRecord | AuditRecord]) -> pa.Table:
     return pa.table(data)
 
 
-_BUILDERS = {
-    "requests": _requests_table,
-    "calls": _calls_table,
-    "configs": _plain_table,
-    "audit": _plain_table,
-}
-
-
-def write_batch(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Any]) -> None:
-    """Append ``rows`` to ``table`` in one Arrow insert."""
-    batch = _BUILDERS[table](rows)
+def write_batch(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    rows: Sequence[Any],
+    on_call: CallObserver | None = None,
+) -> None:
+    """Append ``rows`` to ``table`` in one Arrow insert; ``on_call`` sees each decoded call."""
+    if table == "calls":
+        batch = _calls_table(rows, on_call)
+    elif table == "requests":
+        batch = _requests_table(rows)
+    else:
+        batch = _plain_table(rows)
     con.register("_shadowcar_batch", batch)
     try:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _shadowcar_batch").fetchall()

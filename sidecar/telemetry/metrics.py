@@ -1,0 +1,178 @@
+"""Metrics: OpenTelemetry instruments over the sidecar's own counters.
+
+Hot-path counts are plain integers the sidecar already keeps; observable instruments read
+them at collection time, so collecting costs the caller nothing. Latency histograms are fed
+by the writer thread. Exposed as Prometheus text and optionally pushed over OTLP.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+
+from sidecar.config import TelemetryConfig
+from sidecar.telemetry import prometheus
+
+if TYPE_CHECKING:
+    from sidecar.app import Sidecar
+
+__all__ = ["LATENCY_BUCKETS_MS", "Metrics"]
+
+LATENCY_BUCKETS_MS = (
+    0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 40, 60, 100, 150, 250, 400, 600, 1000, 2500, 5000,
+    10000,
+)
+
+Callback = Callable[[CallbackOptions], Iterable[Observation]]
+
+
+class Metrics:
+    """The sidecar's meter provider and instruments; ``render()`` gives Prometheus text."""
+
+    def __init__(self, settings: TelemetryConfig, sidecar: Sidecar) -> None:
+        self._sidecar = sidecar
+        self._reader = InMemoryMetricReader()
+        readers: list[MetricReader] = [self._reader]
+        if settings.metrics.otlp:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter,
+            )
+
+            readers.append(
+                PeriodicExportingMetricReader(
+                    OTLPMetricExporter(timeout=5),
+                    export_interval_millis=settings.metrics.export_interval_s * 1000,
+                )
+            )
+        service = os.environ.get("OTEL_SERVICE_NAME") or settings.service_name
+        self.provider = MeterProvider(
+            metric_readers=readers,
+            resource=Resource.create({"service.name": service}),
+            views=[
+                View(
+                    instrument_name="shadowcar.*latency*",
+                    aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_MS),
+                ),
+                View(
+                    instrument_name="shadowcar.sink.flush_duration",
+                    aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_MS),
+                ),
+            ],
+        )
+        meter = self.provider.get_meter("shadowcar")
+        self.call_latency = meter.create_histogram(
+            "shadowcar.call.latency_ms", unit="ms",
+            description="backend call latency by route, backend and role",
+        )
+        self.flush_duration = meter.create_histogram(
+            "shadowcar.sink.flush_duration", unit="ms", description="time one sink flush took"
+        )
+        observables: list[tuple[str, str, Callback, bool]] = [
+            ("shadowcar.calls", "backend calls by route, backend, role and status",
+             self._calls, True),
+            ("shadowcar.requests", "requests received by route", self._requests, True),
+            ("shadowcar.mirror.sampled", "requests sampled for a shadow", self._lane("sampled"),
+             True),
+            ("shadowcar.mirror.sent", "shadow copies sent", self._lane("sent"), True),
+            ("shadowcar.mirror.dropped", "shadow copies dropped (cap or shutdown)",
+             self._lane("dropped"), True),
+            ("shadowcar.mirror.errored", "shadow calls that failed", self._lane("errored"), True),
+            ("shadowcar.sink.rows_written", "rows written by table", self._sink("written"), True),
+            ("shadowcar.sink.rows_dropped", "rows dropped by table", self._sink("dropped"), True),
+        ]
+        for name, desc, callback, _ in observables:
+            meter.create_observable_counter(name, callbacks=[callback], description=desc)
+        meter.create_observable_gauge(
+            "shadowcar.mirror.in_flight", callbacks=[self._lane_gauge],
+            description="shadow calls in flight",
+        )
+        meter.create_observable_gauge(
+            "shadowcar.sink.queue_depth", callbacks=[self._queue_depth],
+            description="records waiting to be written",
+        )
+        meter.create_observable_gauge(
+            "shadowcar.pair.agreement", callbacks=[self._pair("agreement")],
+            description="share of recent pairs whose class agrees (rolling window)",
+        )
+        meter.create_observable_gauge(
+            "shadowcar.pair.mean_abs_diff", callbacks=[self._pair("mean_abs_diff")],
+            description="mean |shadow - primary| score over recent pairs (rolling window)",
+        )
+
+    # -- callbacks (run at collection time, never on the hot path) -----------------------
+    def _calls(self, options: CallbackOptions) -> Iterable[Observation]:
+        for (route, backend, role, status), n in list(self._sidecar.call_counts.items()):
+            yield Observation(
+                n, {"route": route, "backend": backend, "role": role, "status": status}
+            )
+
+    def _requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        for plan in self._sidecar.route_plans():
+            yield Observation(plan.requests, {"route": plan.match})
+
+    def _lane(self, counter: str) -> Callback:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            for plan in self._sidecar.route_plans():
+                for lane in plan.shadows:
+                    yield Observation(
+                        getattr(lane, counter),
+                        {"route": plan.match, "shadow": lane.backend.name},
+                    )
+
+        return callback
+
+    def _lane_gauge(self, options: CallbackOptions) -> Iterable[Observation]:
+        for plan in self._sidecar.route_plans():
+            for lane in plan.shadows:
+                yield Observation(
+                    lane.in_flight, {"route": plan.match, "shadow": lane.backend.name}
+                )
+
+    def _sink(self, which: str) -> Callback:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            counts: dict[str, int] = getattr(self._sidecar.sink.stats, which)
+            for table, n in counts.items():
+                yield Observation(n, {"table": table})
+
+        return callback
+
+    def _queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._sidecar.sink.queue_depth)
+
+    def _pair(self, field: str) -> Callback:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            for pair in self._sidecar.health.pairs():
+                value = pair[field]
+                if value is not None:
+                    yield Observation(
+                        value,
+                        {"route": pair["route"], "primary": pair["primary"],
+                         "shadow": pair["shadow"]},
+                    )
+
+        return callback
+
+    # -- exposition --------------------------------------------------------------------
+    def render(self) -> str:
+        return prometheus.render(self._reader.get_metrics_data())
+
+    def observe_call(self, route: str, backend: str, role: str, latency_ms: float) -> None:
+        """Called by the writer thread for each recorded call."""
+        self.call_latency.record(latency_ms, {"route": route, "backend": backend, "role": role})
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"pairs": self._sidecar.health.pairs()}

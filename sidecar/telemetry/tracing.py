@@ -1,0 +1,179 @@
+"""Tracing: one server span per call, a client span per backend call, W3C propagation.
+
+Configured by the config's ``telemetry.traces`` and the standard ``OTEL_*`` variables (which
+win). Export failures are said once in the log; the span queue is bounded, so a missing
+collector costs neither memory nor the caller's latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from sidecar.config import TelemetryConfig
+
+__all__ = ["TRACE_KEYS", "Tracing"]
+
+log = logging.getLogger(__name__)
+
+#: Metadata keys that carry trace context; replaced by the sidecar's own on the way out.
+TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
+
+_PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
+
+class _SayOnceExporter(SpanExporter):
+    """Wraps an exporter so that an unreachable collector is logged once, not per batch."""
+
+    def __init__(self, inner: SpanExporter, endpoint: str) -> None:
+        self._inner = inner
+        self._endpoint = endpoint
+        self._failing = False
+        self.failures = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception as exc:  # an exporter must never take the worker thread down
+            result = SpanExportResult.FAILURE
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "export failed"
+        if result is SpanExportResult.FAILURE:
+            self.failures += 1
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "trace export to %s is failing (%s); spans are dropped until it recovers",
+                    self._endpoint, reason,
+                )
+        elif self._failing:
+            self._failing = False
+            log.info("trace export to %s recovered", self._endpoint)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _otlp_exporter(endpoint: str | None) -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    # Quiet the exporter's own per-retry warnings; _SayOnceExporter reports instead.
+    logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter").setLevel(logging.ERROR)
+    if endpoint is None:
+        return OTLPSpanExporter(timeout=5)
+    return OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://")
+                            or "://" not in endpoint, timeout=5)
+
+
+class Tracing:
+    """The sidecar's tracer, propagator and span helpers (no global state is touched)."""
+
+    def __init__(
+        self, settings: TelemetryConfig, *, exporter: SpanExporter | None = None
+    ) -> None:
+        env = os.environ
+        service = env.get("OTEL_SERVICE_NAME") or settings.service_name
+        resource = Resource.create({"service.name": service})
+        kwargs: dict[str, Any] = {"resource": resource}
+        if not env.get("OTEL_TRACES_SAMPLER"):
+            # Without the variable, the config's ratio; with it, the SDK reads it itself.
+            kwargs["sampler"] = ParentBased(TraceIdRatioBased(settings.traces.sample_ratio))
+        self.provider = TracerProvider(**kwargs)
+        self.export_target = "none"
+        if exporter is not None:
+            self.provider.add_span_processor(SimpleSpanProcessor(exporter))
+            self.export_target = "in-process"
+        else:
+            kind = env.get("OTEL_TRACES_EXPORTER") or settings.traces.exporter
+            endpoint = (
+                env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or settings.traces.endpoint
+            )
+            chosen: SpanExporter | None = None
+            if kind == "otlp":
+                chosen = _SayOnceExporter(_otlp_exporter(endpoint), endpoint or "default")
+            elif kind == "console":
+                chosen = ConsoleSpanExporter()
+            if chosen is not None:
+                self.provider.add_span_processor(
+                    BatchSpanProcessor(chosen, max_queue_size=settings.traces.max_queue_size)
+                )
+                self.export_target = kind if kind != "otlp" else f"otlp {endpoint or 'default'}"
+        self.tracer = self.provider.get_tracer("shadowcar")
+
+    # -- per call --------------------------------------------------------------------
+    def extract(self, carrier: dict[str, str] | None) -> Context | None:
+        return _PROPAGATOR.extract(carrier) if carrier else None
+
+    def start_server(
+        self, name: str, parent: Context | None, attributes: dict[str, Any]
+    ) -> tuple[Span, Context]:
+        span = self.tracer.start_span(
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+        )
+        return span, trace.set_span_in_context(span, parent)
+
+    def start_client(
+        self, name: str, parent: Context, attributes: dict[str, Any]
+    ) -> tuple[Span, tuple[tuple[str, str], ...]]:
+        """A client span and the metadata that carries it to the backend."""
+        span = self.tracer.start_span(
+            name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
+        )
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span, parent))
+        return span, tuple(carrier.items())
+
+    @staticmethod
+    def end(span: Span, code: grpc.StatusCode, details: str | None = None) -> None:
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, details or code.name))
+        span.end()
+
+    @staticmethod
+    def ids(span: Span) -> tuple[str | None, str | None]:
+        ctx = span.get_span_context()
+        if not ctx.is_valid:
+            return None, None
+        return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+def rpc_attributes(method: str) -> dict[str, str]:
+    """``rpc.system``, ``rpc.service`` and ``rpc.method`` of a full method name."""
+    service, _, name = method.lstrip("/").partition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+def host_port(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    return host.strip("[]"), int(port)
