@@ -122,7 +122,11 @@ class Tracing:
                 chosen = ConsoleSpanExporter()
             if chosen is not None:
                 self.provider.add_span_processor(
-                    BatchSpanProcessor(chosen, max_queue_size=settings.traces.max_queue_size)
+                    BatchSpanProcessor(
+                        chosen,
+                        max_queue_size=settings.traces.max_queue_size,
+                        max_export_batch_size=min(512, settings.traces.max_queue_size),
+                    )
                 )
                 self.export_target = kind if kind != "otlp" else f"otlp {endpoint or 'default'}"
         self.tracer = self.provider.get_tracer("shadowcar")

@@ -1,0 +1,75 @@
+"""The dashboard page, in real headless Chromium, shows live numbers from /v1/stats."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="needs Debian chromium and chromium-driver (.ci/run installs them)",
+    ),
+]
+
+
+def _browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+async def test_dashboard_shows_live_traffic(echo, start_sidecar, channel_to, tmp_path) -> None:
+    primary, shadow = await echo(), await echo(hang=True)
+    sc = await start_sidecar(
+        {"p": primary.target, "s": shadow.target},
+        [{"match": "/pkg.Model/*", "primary": "p",
+          "shadows": [{"backend": "s", "max_in_flight": 2, "timeout_ms": 5000}]}],
+    )
+    stub = channel_to(sc.port).unary_unary("/pkg.Model/Predict")
+    for _ in range(25):
+        await stub(b"x")
+    url = f"http://127.0.0.1:{sc.admin.port}/"
+    driver = await asyncio.to_thread(_browser)
+    try:
+        await asyncio.to_thread(driver.get, url)
+
+        def read(selector: str) -> str:
+            # Read in one script: the page re-renders every second, so element handles go stale.
+            return str(driver.execute_script(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';",
+                selector,
+            ))
+
+        for _ in range(100):
+            if await asyncio.to_thread(read, '[data-kpi="requests"]') == "25":
+                break
+            await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(read, '[data-kpi="requests"]') == "25"
+        assert await asyncio.to_thread(read, '[data-dropped="s"]') == "23"
+        # Live: more traffic shows up without reloading the page.
+        for _ in range(5):
+            await stub(b"y")
+        for _ in range(50):
+            if await asyncio.to_thread(read, '[data-kpi="requests"]') == "30":
+                break
+            await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(read, '[data-kpi="requests"]') == "30"
+        png = tmp_path / "dashboard.png"
+        await asyncio.to_thread(driver.save_screenshot, str(png))
+        assert png.stat().st_size > 1000
+    finally:
+        await asyncio.to_thread(driver.quit)

@@ -1,0 +1,163 @@
+"""Traces: the span tree, W3C propagation to backends, recorded trace ids, OTLP export."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import duckdb
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from sidecar.app import Sidecar
+from sidecar.config import parse_config
+from tests.conftest import sidecar_config
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
+
+
+async def _wait(predicate, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_span_tree_attributes_and_propagation(echo, tmp_path, channel_to) -> None:
+    primary, shadow = await echo(), await echo()
+    exporter = InMemorySpanExporter()
+    db = tmp_path / "t.duckdb"
+    loaded = parse_config(
+        sidecar_config(
+            db, {"p": primary.target, "s": shadow.target},
+            [{"match": "/pkg.Model/*", "primary": "p", "shadows": [{"backend": "s"}]}],
+        )
+    )
+    async with Sidecar(loaded, span_exporter=exporter) as sc:
+        stub = channel_to(sc.port).unary_unary("/pkg.Model/Predict")
+        call = stub(b"x", metadata=(("traceparent", TRACEPARENT), ("baggage", "tenant=acme")))
+        await call
+        request_id = dict(await call.initial_metadata())["x-request-id"]
+        await _wait(lambda: len(exporter.get_finished_spans()) == 3)
+    spans = exporter.get_finished_spans()
+    server = [s for s in spans if s.kind == SpanKind.SERVER]
+    clients = [s for s in spans if s.kind == SpanKind.CLIENT]
+    assert len(server) == 1 and len(clients) == 2
+    srv = server[0]
+    assert format(srv.context.trace_id, "032x") == CALLER_TRACE
+    assert srv.parent is not None and format(srv.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert srv.attributes["rpc.system"] == "grpc"
+    assert srv.attributes["rpc.service"] == "pkg.Model"
+    assert srv.attributes["rpc.method"] == "Predict"
+    assert srv.attributes["rpc.grpc.status_code"] == 0
+    assert srv.attributes["server.port"] == sc.port
+    assert srv.attributes["shadowcar.request_id"] == request_id
+    by_role = {c.attributes["shadowcar.role"]: c for c in clients}
+    assert set(by_role) == {"primary", "shadow"}
+    for role, span in by_role.items():
+        assert span.parent.span_id == srv.context.span_id
+        assert span.context.trace_id == srv.context.trace_id
+        assert span.attributes["shadowcar.shadow"] is (role == "shadow")
+        assert span.attributes["rpc.method"] == "Predict"
+    assert by_role["primary"].attributes["shadowcar.backend"] == "p"
+    assert by_role["primary"].attributes["shadowcar.backend.version"] == "p-v1"
+    assert by_role["shadow"].attributes["shadowcar.backend"] == "s"
+    # Each backend received the caller's trace id, parented on its own client span.
+    for backend, role in ((primary, "primary"), (shadow, "shadow")):
+        md = dict(backend.seen_metadata[-1])
+        version, trace_id, parent_id, _ = md["traceparent"].split("-")
+        assert trace_id == CALLER_TRACE
+        assert parent_id == format(by_role[role].context.span_id, "016x")
+        assert "tenant=acme" in md["baggage"]
+    # The recorded request leads to its trace, and back.
+    con = duckdb.connect(str(db), read_only=True)
+    row = con.execute(
+        "SELECT trace_id, span_id FROM requests WHERE request_id = ?", [request_id]
+    ).fetchall()
+    con.close()
+    assert row == [(CALLER_TRACE, format(srv.context.span_id, "016x"))]
+
+
+async def test_error_status_is_on_the_spans(echo, tmp_path, channel_to) -> None:
+    primary = await echo()
+    exporter = InMemorySpanExporter()
+    loaded = parse_config(
+        sidecar_config(tmp_path / "e.duckdb", {"p": primary.target}, [{"match": "*", "primary": "p"}])
+    )
+    async with Sidecar(loaded, span_exporter=exporter) as sc:
+        stub = channel_to(sc.port).unary_unary("/a.B/C")
+        try:
+            await stub(b"x", metadata=(("x-echo-status", "NOT_FOUND"),))
+        except grpc.aio.AioRpcError:
+            pass
+        await _wait(lambda: len(exporter.get_finished_spans()) == 2)
+    for span in exporter.get_finished_spans():
+        assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+        assert not span.status.is_ok
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self) -> None:
+        self.spans: list[object] = []
+
+    async def Export(self, request, context):  # noqa: N802 - the proto's name
+        for resource_spans in request.resource_spans:
+            for scope in resource_spans.scope_spans:
+                self.spans.extend(scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_spans_reach_a_real_otlp_grpc_receiver(echo, tmp_path, channel_to) -> None:
+    collector = _Collector()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        primary = await echo()
+        data = sidecar_config(
+            tmp_path / "o.duckdb", {"p": primary.target}, [{"match": "*", "primary": "p"}]
+        )
+        data["telemetry"] = {
+            "traces": {"exporter": "otlp", "endpoint": f"http://127.0.0.1:{port}"}
+        }
+        async with Sidecar(parse_config(data)) as sc:
+            stub = channel_to(sc.port).unary_unary("/a.B/C")
+            for _ in range(5):
+                await stub(b"x", metadata=(("traceparent", TRACEPARENT),))
+        # Shutdown flushes the batch processor.
+        assert len(collector.spans) == 10
+        assert {s.trace_id.hex() for s in collector.spans} == {CALLER_TRACE}
+        assert {s.name for s in collector.spans} >= {"a.B/C", "p a.B/C"}
+    finally:
+        await server.stop(0)
+
+
+async def test_unreachable_collector_is_logged_once_and_serving_goes_on(
+    echo, tmp_path, channel_to, caplog
+) -> None:
+    primary = await echo()
+    gone = grpc.aio.server()
+    dead_port = gone.add_insecure_port("127.0.0.1:0")  # bound, never started: refuses
+    data = sidecar_config(
+        tmp_path / "n.duckdb", {"p": primary.target}, [{"match": "*", "primary": "p"}]
+    )
+    data["telemetry"] = {
+        "traces": {"exporter": "otlp", "endpoint": f"http://127.0.0.1:{dead_port}",
+                   "max_queue_size": 64}
+    }
+    caplog.set_level(logging.WARNING, logger="sidecar.telemetry.tracing")
+    async with Sidecar(parse_config(data)) as sc:
+        stub = channel_to(sc.port).unary_unary("/a.B/C")
+        answers = [await stub(str(i).encode()) for i in range(300)]
+        assert answers == [str(i).encode() for i in range(300)]
+        processor = sc.tracing.provider._active_span_processor._span_processors[0]
+        # The queue is bounded: spans beyond it are dropped, not held.
+        assert len(processor._batch_processor._queue) <= 64
+    failing = [r for r in caplog.records if "trace export" in r.getMessage()]
+    assert len(failing) == 1
+    await gone.stop(0)
