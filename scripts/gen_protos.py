@@ -121,7 +121,10 @@ def generate(out: Path = _OUT_DIR, src: Path = _PROTO_SRC) -> list[Path]:
             if path.is_file():
                 text = _rewrite_imports(path.read_text(encoding="utf-8"), modules)
                 produced[path.relative_to(staging)] = text
-    for rel in sorted({p.parent for p in produced}):
+    # Every directory up to ``out`` needs an ``__init__.py``: setuptools does not descend
+    # into directories without one, so ``protos/shadowcar/v1/*.proto`` would not ship.
+    packages = {parent for p in produced for parent in p.parents}
+    for rel in sorted(packages):
         init = rel / "__init__.py"
         produced.setdefault(init, _INIT_TEXT)
 

@@ -8,8 +8,11 @@ in-flight calls -> let shadows end -> close channels -> flush the sink -> close 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import signal
+import time
 from typing import Any
 
 import grpc
@@ -18,14 +21,19 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from sidecar.admin import AdminServer
+from sidecar.assignment import UnitKey
 from sidecar.backends import Backend
+from sidecar.canary import CanaryController, CanaryState, evidence_from
 from sidecar.config import LoadedConfig, canonical_json
-from sidecar.errors import ShadowcarError
+from sidecar.config.experiments import CanaryConfig
+from sidecar.config.reload import check_reload
+from sidecar.errors import ConfigError, ShadowcarError
 from sidecar.mirror import Mirror
+from sidecar.outcomes import OutcomeIngest, add_feedback_service
 from sidecar.routing import RoutePlan, RouteTable
 from sidecar.server import Dispatch, ProxyHandler
 from sidecar.server.forwarding import CallCounts
-from sidecar.sink import CallRecord, DuckDBSink
+from sidecar.sink import AuditRecord, CallRecord, CanaryStateRecord, DuckDBSink
 from sidecar.telemetry import Metrics, ModelHealth, Tracing
 from sidecar.telemetry.tracing import host_port
 
@@ -39,10 +47,22 @@ HEALTH_SERVICE = health.SERVICE_NAME  # grpc.health.v1.Health
 class Sidecar:
     """One running sidecar; an async context manager with an idempotent ``aclose``."""
 
-    def __init__(self, loaded: LoadedConfig, *, span_exporter: SpanExporter | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        span_exporter: SpanExporter | None = None,
+        config_path: str | None = None,
+    ) -> None:
         self.loaded = loaded
+        self.config_path = config_path
         cfg = loaded.config
         self.call_counts: CallCounts = {}
+        self.assignments: dict[tuple[str, str, str], int] = {}
+        self.canaries: dict[str, CanaryController] = {}
+        self._canary_tasks: dict[str, asyncio.Task[None]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
         self.health = ModelHealth(cfg.telemetry.health_window)
         self.tracing = Tracing(cfg.telemetry, exporter=span_exporter)
         self.metrics = Metrics(cfg.telemetry, self)
@@ -51,6 +71,11 @@ class Sidecar:
         self.mirror = Mirror(self.sink.record_call, counts=self.call_counts, tracing=self.tracing)
         self.backends: dict[str, Backend] = {}
         self.health_servicer = health.aio.HealthServicer()
+        oc = cfg.outcomes
+        self.outcomes = OutcomeIngest(
+            self.sink, max_events=oc.max_events, recent_ids=oc.recent_ids,
+            max_future_s=oc.max_future_s,
+        )
         self._server: grpc.aio.Server | None = None
         self._handler: ProxyHandler | None = None
         self._readiness: asyncio.Task[None] | None = None
@@ -65,6 +90,124 @@ class Sidecar:
     def dispatch(self) -> Dispatch:
         assert self._handler is not None, "sidecar not started"
         return self._handler.dispatch
+
+    # -- canaries --------------------------------------------------------------------
+    def _sync_canaries(self, loaded: LoadedConfig) -> None:
+        """Controllers for the config's canaries: unchanged ones are kept (with their state
+        and task), new ones resume a persisted state when its canary key matches."""
+        persisted = self.sink.latest_canary_states()
+        wanted: dict[str, CanaryController] = {}
+        for route in loaded.config.routes:
+            if route.canary is None:
+                continue
+            key = canary_key(route.canary)
+            current = self.canaries.get(route.match)
+            if current is not None and canary_key(current.config) == key:
+                wanted[route.match] = current
+                continue
+            restored = None
+            saved = persisted.get(route.match)
+            if saved is not None and saved[0] == key:
+                _, state, step_index, step_started, last = saved
+                restored = CanaryState(state, int(step_index), float(step_started),
+                                       json.loads(last) if last else None)
+                log.info("canary %s resumes: %s at step %d", route.match, state, step_index + 1)
+            wanted[route.match] = CanaryController(
+                route.match, route.canary, UnitKey.of(route.unit),
+                persist=self._persist_canary, evidence=evidence_from(self.sink.cursor),
+                restored=restored,
+            )
+            if restored is None:
+                self._persist_canary(route.match, None, wanted[route.match].state, "sidecar",
+                                     "start", "canary configured")
+        for match in set(self.canaries) - set(wanted):
+            task = self._canary_tasks.pop(match, None)
+            if task is not None:
+                task.cancel()
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+        self.canaries = wanted
+
+    def _start_canary_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        for match, controller in self.canaries.items():
+            task = self._canary_tasks.get(match)
+            if task is None or task.done():
+                self._canary_tasks[match] = loop.create_task(controller.run())
+
+    def _persist_canary(
+        self, route: str, old: CanaryState | None, new: CanaryState, actor: str, action: str,
+        reason: str,
+    ) -> None:
+        controller = self.canaries.get(route)
+        cfg = controller.config if controller is not None else next(
+            r.canary for r in self.loaded.config.routes if r.match == route and r.canary
+        )
+        now = time.time()
+        self.sink.record_canary_state(
+            CanaryStateRecord(
+                now, route, canary_key(cfg), new.state, new.step_index, new.step_started,
+                json.dumps(new.last_decision, default=str) if new.last_decision else None,
+                self.loaded.version,
+            )
+        )
+        self.audit(actor, f"canary.{action}", route, reason, {
+            "old": old.to_dict() if old else None, "new": new.to_dict(),
+            "candidate": cfg.candidate, "stable": cfg.stable,
+        })
+
+    def audit(
+        self, actor: str, action: str, route: str | None, reason: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Write one audit row (who did what, why, under which config version)."""
+        self.sink.record_audit(
+            AuditRecord(time.time(), actor, action, route, reason, self.loaded.version,
+                        json.dumps(detail, default=str) if detail is not None else None)
+        )
+
+    # -- reload ----------------------------------------------------------------------
+    async def reload(self, loaded: LoadedConfig, *, actor: str, reason: str) -> bool:
+        """Serve ``loaded`` from now on; in-flight calls finish on the config they started
+        with, unchanged backends keep their channels. Raises ConfigError (the old config
+        keeps serving). Returns False when the config is unchanged."""
+        async with self._reload_lock:
+            old = self.loaded
+            check_reload(old.config, loaded.config)
+            if loaded.version == old.version:
+                return False
+            cfg = loaded.config
+            backends: dict[str, Backend] = {}
+            for b in cfg.backends:
+                current = self.backends.get(b.name)
+                if current is not None and current.config == b:
+                    backends[b.name] = current
+                else:
+                    backends[b.name] = Backend(b, max_message_bytes=cfg.max_message_bytes)
+            retired = [b for name, b in self.backends.items() if backends.get(name) is not b]
+            self.loaded = loaded
+            self._sync_canaries(loaded)
+            routes = RouteTable(cfg, backends, self.canaries)
+            assert self._handler is not None
+            self._handler.swap(
+                Dispatch(
+                    routes, loaded.version, self.sink, self.mirror,
+                    counts=self.call_counts, tracing=self.tracing, listen=self._listen,
+                    assignments=self.assignments,
+                )
+            )
+            self.backends = backends
+            self._start_canary_tasks()
+            self.sink.record_config(loaded.version, canonical_json(cfg))
+            self.audit(actor, "config.reload", None, reason,
+                       {"old_version": old.version, "new_version": loaded.version})
+            grace = cfg.shutdown.grace_s
+            for backend in retired:
+                task = asyncio.get_running_loop().create_task(backend.aclose(grace))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+            log.info("config reloaded: %s -> %s by %s", old.version, loaded.version, actor)
+            return True
 
     def route_plans(self) -> list[RoutePlan]:
         return list(self._handler.dispatch.routes.plans) if self._handler is not None else []
@@ -84,7 +227,8 @@ class Sidecar:
         self.sink.record_config(self.loaded.version, canonical_json(cfg))
         for backend in cfg.backends:
             self.backends[backend.name] = Backend(backend, max_message_bytes=cfg.max_message_bytes)
-        routes = RouteTable(cfg, self.backends)
+        self._sync_canaries(self.loaded)
+        routes = RouteTable(cfg, self.backends, self.canaries)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -94,8 +238,9 @@ class Sidecar:
         )
         # The sidecar's own services come first, so a '*' route never shadows them.
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._server)
+        feedback = add_feedback_service(self._server, self.outcomes)
         reflection.enable_server_reflection(
-            (HEALTH_SERVICE, reflection.SERVICE_NAME), self._server
+            (HEALTH_SERVICE, feedback, reflection.SERVICE_NAME), self._server
         )
         try:
             self.port = self._server.add_insecure_port(cfg.listen)
@@ -104,15 +249,18 @@ class Sidecar:
         if self.port == 0:
             raise ShadowcarError(f"listen: cannot bind {cfg.listen}")
         host, _ = host_port(cfg.listen)
+        self._listen = (host, self.port)
         dispatch = Dispatch(
             routes, self.loaded.version, self.sink, self.mirror,
-            counts=self.call_counts, tracing=self.tracing, listen=(host, self.port),
+            counts=self.call_counts, tracing=self.tracing, listen=self._listen,
+            assignments=self.assignments,
         )
         self._handler = ProxyHandler(dispatch)
         self._server.add_generic_rpc_handlers([self._handler])
         await self.health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         self._readiness = asyncio.get_running_loop().create_task(self._watch_primaries())
+        self._start_canary_tasks()
         if cfg.admin.listen is not None:
             self.admin = AdminServer(self, cfg.admin.listen)
             await self.admin.start()
@@ -142,17 +290,41 @@ class Sidecar:
         self._stopped.set()
 
     async def run_until_stopped(self) -> None:
-        """Serve until SIGTERM/SIGINT (or :meth:`request_stop`), then shut down."""
+        """Serve until SIGTERM/SIGINT (or :meth:`request_stop`), then shut down. SIGHUP
+        reloads the config file."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self._reload_file("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             await self._stopped.wait()
             log.info("stop requested; draining")
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            for task in reloads:
+                task.cancel()
+            await asyncio.gather(*reloads, return_exceptions=True)
             await self.aclose()
+
+    async def _reload_file(self, actor: str) -> None:
+        from sidecar.config import load_config
+
+        if self.config_path is None:
+            log.warning("reload asked but the sidecar was not started from a file")
+            return
+        try:
+            await self.reload(load_config(self.config_path), actor=actor, reason="signal")
+        except ConfigError as exc:
+            log.error("reload rejected; the previous config keeps serving: %s", exc)
+            self.audit(actor, "config.reload_rejected", None, str(exc))
 
     async def aclose(self) -> None:
         """Ordered shutdown, each step with its deadline. Idempotent."""
@@ -161,9 +333,10 @@ class Sidecar:
         self._closed = True
         self.draining = True
         cfg = self.loaded.config
-        if self._readiness is not None:
-            self._readiness.cancel()
-            await asyncio.gather(self._readiness, return_exceptions=True)
+        owned = [t for t in (self._readiness, *self._canary_tasks.values()) if t is not None]
+        for task in owned:
+            task.cancel()
+        await asyncio.gather(*owned, return_exceptions=True)
         if self._server is not None:
             await self.health_servicer.enter_graceful_shutdown()
             # Stops accepting at once; in-flight calls get the grace period.
@@ -174,6 +347,8 @@ class Sidecar:
         await self.mirror.aclose(timeout=shadow_deadline + 0.5)
         for backend in self.backends.values():
             await backend.aclose()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.admin is not None:
             await self.admin.aclose()
         await self.sink.aclose(timeout=cfg.shutdown.sink_timeout_s)
@@ -184,6 +359,44 @@ class Sidecar:
             "shutdown complete: %s requests and %s calls written, %s dropped",
             stats.written["requests"], stats.written["calls"], sum(stats.dropped.values()),
         )
+
+    def experiments(self) -> list[dict[str, Any]]:
+        """Every experiment with its layout and exposures so far."""
+        out = []
+        for plan in self.route_plans():
+            if plan.assigner is None:
+                continue
+            for exp in plan.assigner.experiments:
+                out.append({
+                    "route": plan.match,
+                    "name": exp.name,
+                    "salt": exp.salt,
+                    "coverage": exp.config.coverage,
+                    "namespace": exp.config.namespace.model_dump() if exp.config.namespace
+                    else None,
+                    "holdout_percent": self.loaded.config.assignment.holdout_percent,
+                    "variants": [
+                        {"name": a.name, "backend": a.backend, "buckets": [a.start, a.end],
+                         "share": (a.end - a.start) / 10_000,
+                         "exposed": self.assignments.get((plan.match, exp.name, a.name), 0)}
+                        for a in exp.arms
+                    ],
+                })
+        return out
+
+    def read_audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Recent audit rows, newest first, including those not yet flushed."""
+        self.sink.wait_flushed()
+        cur = self.sink.cursor()
+        try:
+            rows = cur.execute(
+                "SELECT ts, actor, action, route, reason, config_version, detail FROM audit "
+                "ORDER BY ts DESC LIMIT ?", [limit]
+            ).fetchall()
+        finally:
+            cur.close()
+        keys = ("ts", "actor", "action", "route", "reason", "config_version", "detail")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def stats(self) -> dict[str, Any]:
         """Live counters and model health for the admin API, dashboard and demo."""
@@ -205,8 +418,8 @@ class Sidecar:
                         }
                         for lane in plan.shadows
                     },
-                    "canary": None,
-                    "experiment": None,
+                    "canary": plan.canary.status() if plan.canary is not None else None,
+                    "experiment": _experiment_view(plan),
                 }
             )
         return {
@@ -219,3 +432,22 @@ class Sidecar:
             "mirror_in_flight": self.mirror.in_flight,
             "sink": {**self.sink.stats.as_dict(), "queue_depth": self.sink.queue_depth},
         }
+
+
+def _experiment_view(plan: RoutePlan) -> dict[str, Any] | None:
+    """The first experiment of a route, shaped for the dashboard's split bar."""
+    if plan.assigner is None or not plan.assigner.experiments:
+        return None
+    exp = plan.assigner.experiments[0]
+    return {
+        "name": exp.name,
+        "variants": [
+            {"name": a.name, "backend": a.backend, "share": share}
+            for a, share in zip(exp.arms, exp.shares().values(), strict=True)
+        ],
+    }
+
+
+def canary_key(config: CanaryConfig) -> str:
+    """Identity of a canary's configuration: persisted state resumes only for the same one."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]

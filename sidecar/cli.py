@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import json
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from sidecar.config import load_config
@@ -36,7 +40,7 @@ async def _serve(config_path: str, log_level: str, log_format: str | None) -> in
 
     loaded = load_config(config_path)
     configure_logging(log_level, log_format or loaded.config.telemetry.log_format)
-    sidecar = Sidecar(loaded)
+    sidecar = Sidecar(loaded, config_path=config_path)
     try:
         await sidecar.start()
     except BaseException:
@@ -75,6 +79,76 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return run_report(args)
 
 
+def _client(args: argparse.Namespace) -> Any:
+    from sidecar.admin.client import AdminClient
+
+    return AdminClient(args.admin, args.token)
+
+
+def _actor() -> str:
+    return os.environ.get("USER") or getpass.getuser() or "cli"
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    text = None
+    if args.config is not None:
+        text = Path(args.config).read_text(encoding="utf-8")
+        load_config(args.config)  # fail here, naming the field, before sending anything
+    result = _client(args).reload(text, args.reason, _actor())
+    state = "reloaded" if result.get("changed") else "unchanged"
+    print(f"{state}: serving config {result['version']}")
+    return 0
+
+
+def _cmd_canary(args: argparse.Namespace) -> int:
+    if args.action != "status" and not args.reason:
+        print("error: --reason is required for a canary action", file=sys.stderr)
+        return 2
+    status = _client(args).canary(args.action, args.route, args.reason or "", _actor())
+    decision = status.get("last_decision") or {}
+    print(
+        f"{status['route']}: {status['state']}, step {status['step_index'] + 1}/"
+        f"{len(status['steps'])}, candidate {status['candidate']} at {status['share']:.0%}"
+    )
+    if decision:
+        print(f"last decision: {decision.get('decision')} - "
+              + "; ".join(decision.get("reasons", [])))
+    if args.json:
+        print(json.dumps(status, indent=1))
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    if args.db is not None:
+        import duckdb
+
+        con = duckdb.connect(args.db, read_only=True)
+        try:
+            rows = con.execute(
+                "SELECT ts, actor, action, route, reason, config_version, detail FROM audit "
+                "ORDER BY ts DESC LIMIT ?", [args.limit]
+            ).fetchall()
+        finally:
+            con.close()
+        keys = ("ts", "actor", "action", "route", "reason", "config_version", "detail")
+        entries = [dict(zip(keys, r, strict=True)) for r in rows]
+    else:
+        entries = _client(args).audit(args.limit)
+    if args.json:
+        print(json.dumps(entries, indent=1, default=str))
+        return 0
+    for e in entries:
+        print(f"{e['ts']}  {e['actor']:<12} {e['action']:<22} {e['route'] or '-':<40} "
+              f"{e['reason'] or ''}")
+    return 0
+
+
+def _admin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--admin", default=None,
+                   help="admin API base URL (default $SHADOWCAR_ADMIN or http://127.0.0.1:9901)")
+    p.add_argument("--token", default=None, help="bearer token (default $SHADOWCAR_ADMIN_TOKEN)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sidecar", description="Shadowcar: shadow, A/B and canary testing for gRPC models."
@@ -99,6 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=16, help="calls in flight")
     demo.add_argument("--out", default="demo-out", help="directory for the DuckDB file and report")
     demo.set_defaults(func=_cmd_demo)
+
+    reload = sub.add_parser("reload", help="validate and hot-reload a running sidecar's config")
+    reload.add_argument("--config", default=None,
+                        help="send this file (default: the sidecar re-reads its own file)")
+    reload.add_argument("--reason", default="cli", help="why, for the audit log")
+    _admin_args(reload)
+    reload.set_defaults(func=_cmd_reload)
+
+    canary = sub.add_parser("canary", help="status or control of a route's canary")
+    canary.add_argument("action", choices=("status", "promote", "pause", "resume", "rollback"))
+    canary.add_argument("route", help="the route's match, e.g. /pkg.Svc/Method")
+    canary.add_argument("--reason", default=None, help="why (required for actions)")
+    canary.add_argument("--json", action="store_true", help="also print the full status")
+    _admin_args(canary)
+    canary.set_defaults(func=_cmd_canary)
+
+    audit = sub.add_parser("audit", help="list reloads, promotions, rollbacks, pauses")
+    audit.add_argument("--db", default=None, help="read a (stopped) sidecar's DuckDB file")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--json", action="store_true")
+    _admin_args(audit)
+    audit.set_defaults(func=_cmd_audit)
 
     try:
         from analysis.cli import add_report_parser

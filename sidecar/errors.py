@@ -5,6 +5,7 @@
     ├── RoutingError           no route matches a method                     -> UNIMPLEMENTED
     ├── BackendError           a backend call could not be made               -> UNAVAILABLE
     ├── OverloadError          a bounded resource is full                     -> RESOURCE_EXHAUSTED
+    ├── BatchTooLarge          an outcome batch over its limit (also ValueError) -> INVALID_ARGUMENT
     └── SinkError              the recording database cannot be opened/written
 
 Foreign exceptions are translated at the boundary with ``raise X from exc``.
@@ -16,6 +17,7 @@ import grpc
 
 __all__ = [
     "BackendError",
+    "BatchTooLarge",
     "ConfigError",
     "OverloadError",
     "RoutingError",
@@ -52,6 +54,18 @@ class OverloadError(ShadowcarError):
     """A bounded resource (queue, in-flight cap) is full."""
 
 
+class BatchTooLarge(ShadowcarError, ValueError):
+    """A batch holds more events than allowed; nothing of it was stored.
+
+    Transports answer HTTP 413 or gRPC INVALID_ARGUMENT.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"events: a batch may hold at most {limit} events, got {size}; split it")
+
+
 class SinkError(ShadowcarError):
     """The recording database could not be opened or written."""
 
@@ -60,6 +74,7 @@ _STATUS: dict[type[ShadowcarError], grpc.StatusCode] = {
     RoutingError: grpc.StatusCode.UNIMPLEMENTED,
     BackendError: grpc.StatusCode.UNAVAILABLE,
     OverloadError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    BatchTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

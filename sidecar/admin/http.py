@@ -1,17 +1,25 @@
-"""The admin HTTP API (aiohttp): health, readiness, config and live stats.
+"""The admin HTTP API (aiohttp): health, metrics, config, control, outcomes, dashboard.
 
-Bound to loopback by default; the transport only translates, the sidecar holds the state.
+Bound to loopback by default. When a token is configured (config ``admin.token`` or env
+``SHADOWCAR_ADMIN_TOKEN``) every POST needs ``Authorization: Bearer TOKEN`` (401 without).
+Handlers only translate; the sidecar holds the state.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import yaml
 from aiohttp import web
 
+from sidecar.config import parse_config
+from sidecar.errors import ConfigError
 from sidecar.telemetry import prometheus
 
 if TYPE_CHECKING:
@@ -21,9 +29,18 @@ __all__ = ["AdminServer"]
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CANARY_ACTIONS = ("promote", "rollback", "pause", "resume")
+
 
 def _json(data: object, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=1))
+    return web.json_response(
+        data, status=status, dumps=lambda d: json.dumps(d, indent=1, default=str)
+    )
+
+
+def _error(status: int, reason: str, **extra: Any) -> web.Response:
+    return _json({"error": reason, **extra}, status=status)
 
 
 class AdminServer:
@@ -35,13 +52,20 @@ class AdminServer:
         self._host = host.strip("[]")
         self._port = int(port)
         self.port = 0
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/v1/config", self._config)
-        app.router.add_get("/v1/stats", self._stats)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/", self._dashboard)
+        app = web.Application(middlewares=[self._auth], client_max_size=8 * 1024 * 1024)
+        r = app.router
+        r.add_get("/", self._dashboard)
+        r.add_get("/healthz", self._healthz)
+        r.add_get("/readyz", self._readyz)
+        r.add_get("/metrics", self._metrics)
+        r.add_get("/v1/stats", self._stats)
+        r.add_get("/v1/config", self._config)
+        r.add_post("/v1/config", self._reload)
+        r.add_get("/v1/experiments", self._experiments)
+        r.add_get("/v1/canaries", self._canaries)
+        r.add_post("/v1/canaries/{route:.+}/{action}", self._canary_action)
+        r.add_post("/v1/outcomes", self._outcomes)
+        r.add_get("/v1/audit", self._audit)
         self._runner = web.AppRunner(app, access_log=None)
         self._closed = False
 
@@ -59,6 +83,25 @@ class AdminServer:
         self._closed = True
         await self._runner.cleanup()
 
+    # -- auth --------------------------------------------------------------------------
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method in ("POST", "PUT", "DELETE", "PATCH"):
+            token = self._sidecar.loaded.admin_token
+            if token is not None:
+                given = request.headers.get("Authorization", "")
+                scheme, _, value = given.partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    value.strip().encode(), token.encode()
+                ):
+                    return _error(401, "a bearer token is required for this endpoint")
+        return await handler(request)
+
+    # -- reads -------------------------------------------------------------------------
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        page = resources.files("sidecar.admin").joinpath("static/dashboard.html").read_text()
+        return web.Response(text=page, content_type="text/html")
+
     async def _healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "alive"})
 
@@ -75,18 +118,95 @@ class AdminServer:
             return _json({"status": "not ready", "reasons": reasons}, status=503)
         return _json({"status": "ready", "config_version": sc.loaded.version})
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        text = self._sidecar.metrics.render()
+        return web.Response(text=text, headers={"Content-Type": prometheus.CONTENT_TYPE})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return _json(self._sidecar.stats())
+
     async def _config(self, request: web.Request) -> web.Response:
         sc = self._sidecar
         data = sc.loaded.config.model_dump(mode="json")  # SecretStr dumps as '**********'
         return _json({"version": sc.loaded.version, "config": data})
 
-    async def _stats(self, request: web.Request) -> web.Response:
-        return _json(self._sidecar.stats())
+    async def _experiments(self, request: web.Request) -> web.Response:
+        return _json({"experiments": self._sidecar.experiments()})
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        text = self._sidecar.metrics.render()
-        return web.Response(text=text, headers={"Content-Type": prometheus.CONTENT_TYPE})
+    async def _canaries(self, request: web.Request) -> web.Response:
+        return _json({"canaries": [c.status() for c in self._sidecar.canaries.values()]})
 
-    async def _dashboard(self, request: web.Request) -> web.Response:
-        page = resources.files("sidecar.admin").joinpath("static/dashboard.html").read_text()
-        return web.Response(text=page, content_type="text/html")
+    async def _audit(self, request: web.Request) -> web.Response:
+        try:
+            limit = min(int(request.query.get("limit", "100")), 10_000)
+        except ValueError:
+            return _error(400, "limit: must be an integer")
+        rows = await asyncio.to_thread(self._sidecar.read_audit, limit)
+        return _json({"audit": rows})
+
+    # -- mutations ----------------------------------------------------------------------
+    async def _body_json(self, request: web.Request) -> dict[str, Any] | web.Response:
+        text = await request.text()
+        if not text.strip():
+            return {}
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return _error(400, f"body is not valid JSON: {exc.msg} at position {exc.pos}")
+        if not isinstance(data, dict):
+            return _error(400, "body must be a JSON object")
+        return data
+
+    async def _canary_action(self, request: web.Request) -> web.Response:
+        route = request.match_info["route"]
+        action = request.match_info["action"]
+        if action not in CANARY_ACTIONS:
+            return _error(404, f"unknown action {action!r} (one of {', '.join(CANARY_ACTIONS)})")
+        controller = self._sidecar.canaries.get(route)
+        if controller is None:
+            return _error(404, f"no canary on route {route!r}")
+        body = await self._body_json(request)
+        if isinstance(body, web.Response):
+            return body
+        reason = str(body.get("reason") or "")
+        actor = str(body.get("actor") or request.remote or "admin")
+        try:
+            await controller.act(action, actor, reason)  # type: ignore[arg-type]
+        except ValueError as exc:
+            return _error(409, str(exc))
+        return _json(controller.status())
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        sc = self._sidecar
+        text = await request.text()
+        body_reason = request.query.get("reason", "")
+        actor = request.query.get("actor") or request.remote or "admin"
+        try:
+            if text.strip():
+                try:
+                    data = yaml.safe_load(text)
+                except yaml.YAMLError as exc:
+                    return _error(400, f"config is not valid YAML/JSON: {exc}")
+                loaded = parse_config(data, source="POST /v1/config")
+            else:
+                if sc.config_path is None:
+                    return _error(400, "no body and no config file to re-read")
+                from sidecar.config import load_config
+
+                loaded = load_config(sc.config_path)
+            changed = await sc.reload(loaded, actor=actor, reason=body_reason or "admin API")
+        except ConfigError as exc:
+            return _error(
+                400, "config rejected; the previous config keeps serving",
+                problems=[{"path": p, "message": m} for p, m in exc.problems],
+                version=sc.loaded.version,
+            )
+        return _json({"version": sc.loaded.version, "changed": changed})
+
+    async def _outcomes(self, request: web.Request) -> web.StreamResponse:
+        ingest = self._sidecar.outcomes
+        if ingest is None:
+            return _error(503, "outcome ingestion is not available")
+        from sidecar.outcomes.http import handle_post_outcomes
+
+        return await handle_post_outcomes(request, ingest)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sidecar.config.models import Config
+from sidecar.config.models import Config, RouteConfig
 from sidecar.errors import ConfigError
 
 __all__ = ["LoadedConfig", "canonical_json", "load_config", "parse_config"]
@@ -89,6 +89,59 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
             elif shadow.backend in seen:
                 problems.append((where, f"backend {shadow.backend!r} is mirrored twice"))
             seen.add(shadow.backend)
+        problems.extend(_check_tests(r, route, names, known))
+    return problems
+
+
+def _check_tests(
+    r: int, route: RouteConfig, names: dict[str, int], known: str
+) -> list[tuple[str, str]]:
+    """Experiments and canaries: backends exist, layers do not overlap, no mixing."""
+    problems: list[tuple[str, str]] = []
+    experiments = route.all_experiments
+    where_of = {}
+    for e, exp in enumerate(route.experiments):
+        where_of[id(exp)] = f"routes[{r}].experiments[{e}]"
+    if route.experiment is not None:
+        where_of[id(route.experiment)] = f"routes[{r}].experiment"
+    for exp in experiments:
+        where = where_of[id(exp)]
+        for v, variant in enumerate(exp.variants):
+            if variant.backend not in names:
+                problems.append((
+                    f"{where}.variants[{v}].backend",
+                    f"unknown backend {variant.backend!r} (known: {known})",
+                ))
+    exp_names = [e.name for e in experiments]
+    for name in {n for n in exp_names if exp_names.count(n) > 1}:
+        problems.append((f"routes[{r}].experiments", f"experiment {name!r} appears twice"))
+    for i, a in enumerate(experiments):
+        for b in experiments[i + 1:]:
+            na, nb = a.namespace, b.namespace
+            if na is None or nb is None:
+                problems.append((
+                    where_of[id(b)] + ".namespace",
+                    f"experiments {a.name!r} and {b.name!r} share a route: give both a "
+                    "namespace with disjoint ranges",
+                ))
+            elif na.name == nb.name and na.start < nb.end and nb.start < na.end:
+                problems.append((
+                    where_of[id(b)] + ".namespace",
+                    f"overlaps {a.name!r} in namespace {na.name!r}",
+                ))
+    canary = route.canary
+    if canary is not None:
+        where = f"routes[{r}].canary"
+        for key in ("stable", "candidate"):
+            name = getattr(canary, key)
+            if name not in names:
+                problems.append((f"{where}.{key}", f"unknown backend {name!r} (known: {known})"))
+        if canary.stable != route.primary:
+            problems.append((f"{where}.stable", "must be the route's primary"))
+        if canary.candidate == canary.stable:
+            problems.append((f"{where}.candidate", "must differ from stable"))
+        if experiments:
+            problems.append((where, "a route runs either experiments or a canary, not both"))
     return problems
 
 

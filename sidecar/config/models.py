@@ -10,6 +10,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from sidecar.config.experiments import (
+    AssignmentConfig,
+    CanaryConfig,
+    ExperimentConfig,
+    UnitSource,
+)
+
 __all__ = [
     "AdminConfig",
     "BackendConfig",
@@ -103,6 +110,14 @@ class TelemetryConfig(_Model):
     )
 
 
+class OutcomesConfig(_Model):
+    max_events: int = Field(10_000, ge=1, le=1_000_000, description="events in one batch at most")
+    recent_ids: int = Field(
+        100_000, ge=0, le=10_000_000, description="event ids remembered to report duplicates"
+    )
+    max_future_s: float = Field(300, ge=0, description="how far ahead an event's ts may be")
+
+
 class BackendConfig(_Model):
     name: str = Field(description="unique backend name used by routes")
     version: str = Field(min_length=1, max_length=128, description="immutable model version")
@@ -137,6 +152,16 @@ class RouteConfig(_Model):
     compare_output: str | None = Field(None, description="output tensor compared (default first)")
     score_index: int = Field(-1, description="element of a vector output used as its score")
     shadows: tuple[MirrorShadowConfig, ...] = Field((), description="backends mirrored to")
+    unit: UnitSource | tuple[UnitSource, ...] | None = Field(
+        None, description="default unit key of this route's experiments and canary"
+    )
+    experiment: ExperimentConfig | None = Field(None, description="one A/B experiment")
+    experiments: tuple[ExperimentConfig, ...] = Field((), description="several, in namespaces")
+    canary: CanaryConfig | None = Field(None, description="gradual rollout with rollback")
+
+    @property
+    def all_experiments(self) -> tuple[ExperimentConfig, ...]:
+        return ((self.experiment,) if self.experiment else ()) + self.experiments
 
     @field_validator("match")
     @classmethod
@@ -153,6 +178,12 @@ class Config(_Model):
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig, description="stop behaviour")
     telemetry: TelemetryConfig = Field(
         default_factory=TelemetryConfig, description="traces, metrics, logs"
+    )
+    outcomes: OutcomesConfig = Field(
+        default_factory=OutcomesConfig, description="outcome feedback ingestion"
+    )
+    assignment: AssignmentConfig = Field(
+        default_factory=AssignmentConfig, description="holdout shared by all experiments"
     )
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, le=1 << 30, description="largest message received or sent"

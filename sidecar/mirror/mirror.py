@@ -15,7 +15,7 @@ import grpc
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
-from sidecar.backends import CallOutcome, Metadata
+from sidecar.backends import Backend, CallOutcome, Metadata
 from sidecar.routing import RoutePlan, ShadowLane
 from sidecar.sink import CallRecord
 from sidecar.telemetry.tracing import Tracing, rpc_attributes
@@ -59,11 +59,13 @@ class Mirror:
         bucket: int,
         config_version: str,
         trace_parent: Context | None = None,
+        serving: Backend | None = None,
     ) -> None:
-        """Start a shadow call for every lane of ``plan`` that samples this request."""
+        """Start a shadow call for every lane of ``plan`` that samples this request (never
+        to the backend that is serving it)."""
         shadow_md: Metadata | None = None
         for lane in plan.shadows:
-            if bucket >= lane.threshold:
+            if bucket >= lane.threshold or lane.backend is serving or not lane.active:
                 continue
             lane.sampled += 1
             if lane.in_flight >= lane.config.max_in_flight or self._closing:

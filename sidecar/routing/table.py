@@ -8,7 +8,9 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
+from sidecar.assignment import RouteAssigner, UnitKey
 from sidecar.backends import Backend
+from sidecar.canary import CanaryController
 from sidecar.codecs import codec_for
 from sidecar.config import Config, MirrorShadowConfig, RouteConfig
 from sidecar.sink import Decoding
@@ -39,7 +41,14 @@ class ShadowLane:
     sent: int = 0
     dropped: int = 0
     errored: int = 0
+    #: Set on the implicit lane that mirrors stable traffic to a canary's candidate.
+    canary: CanaryController | None = None
     _span_attributes: dict[str, object] | None = None
+
+    @property
+    def active(self) -> bool:
+        """A canary's mirror lane stops once the canary has ended."""
+        return self.canary is None or self.canary.state.state in ("running", "paused")
 
     @property
     def span_attributes(self) -> dict[str, object]:
@@ -72,6 +81,9 @@ class RoutePlan:
     shadows: tuple[ShadowLane, ...]
     timeout_s: float
     decoding: Decoding
+    backends: dict[str, Backend] = field(default_factory=dict)
+    assigner: RouteAssigner | None = None
+    canary: CanaryController | None = None
     requests: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -83,24 +95,56 @@ class RoutePlan:
 class RouteTable:
     """Method -> route, by exact method, then service wildcard, then '*'."""
 
-    def __init__(self, config: Config, backends: dict[str, Backend]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backends: dict[str, Backend],
+        canaries: dict[str, CanaryController] | None = None,
+    ) -> None:
         self._exact: dict[str, RoutePlan] = {}
         self._service: dict[str, RoutePlan] = {}
         self._default: RoutePlan | None = None
         self.plans: list[RoutePlan] = []
+        canaries = canaries or {}
         for route in config.routes:
+            lanes = [
+                ShadowLane(
+                    backend=backends[s.backend],
+                    config=s,
+                    threshold=round(s.sample_percent * BUCKETS / 100),
+                    timeout_s=s.timeout_ms / 1000,
+                )
+                for s in route.shadows
+            ]
+            canary = canaries.get(route.match)
+            if canary is not None and route.canary is not None and route.canary.mirror_stable:
+                cc = route.canary
+                if all(lane.backend.name != cc.candidate for lane in lanes):
+                    lanes.append(
+                        ShadowLane(
+                            backend=backends[cc.candidate],
+                            config=MirrorShadowConfig(
+                                backend=cc.candidate, sample_percent=100,
+                                timeout_ms=cc.mirror_timeout_ms,
+                                max_in_flight=cc.mirror_max_in_flight,
+                            ),
+                            threshold=BUCKETS,
+                            timeout_s=cc.mirror_timeout_ms / 1000,
+                            canary=canary,
+                        )
+                    )
+            experiments = route.all_experiments
+            route_unit = UnitKey.of(route.unit)
             plan = RoutePlan(
                 config=route,
                 primary=backends[route.primary],
-                shadows=tuple(
-                    ShadowLane(
-                        backend=backends[s.backend],
-                        config=s,
-                        threshold=round(s.sample_percent * BUCKETS / 100),
-                        timeout_s=s.timeout_ms / 1000,
-                    )
-                    for s in route.shadows
+                shadows=tuple(lanes),
+                backends=backends,
+                assigner=(
+                    RouteAssigner(route.primary, experiments, route_unit, config.assignment)
+                    if experiments else None
                 ),
+                canary=canary,
                 timeout_s=route.timeout_ms / 1000,
                 decoding=Decoding(
                     codec=codec_for(route.codec),

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from opentelemetry.context import Context
 
+from sidecar.assignment import Decision
 from sidecar.backends import CallOutcome, Metadata
 from sidecar.mirror import Mirror
 from sidecar.routing import RoutePlan, RouteTable, sample_bucket
@@ -85,10 +86,12 @@ def reply_metadata(md: Metadata) -> Metadata:
 
 @dataclass(slots=True)
 class Answer:
-    """What the caller gets: the serving backend's outcome and the request id."""
+    """What the caller gets: the serving backend's outcome, the request id, and the
+    assignment to tell the caller about (when the request was exposed)."""
 
     outcome: CallOutcome
     request_id: str
+    decision: Decision | None = None
 
 
 class Dispatch:
@@ -104,6 +107,7 @@ class Dispatch:
         counts: CallCounts,
         tracing: Tracing | None = None,
         listen: tuple[str, int] = ("", 0),
+        assignments: dict[tuple[str, str, str], int] | None = None,
     ) -> None:
         self.routes = routes
         self.version = version
@@ -113,6 +117,8 @@ class Dispatch:
         self._tracing = tracing
         self._listen = listen
         self._span_attrs: dict[tuple[str, str], dict[str, Any]] = {}
+        #: (route, experiment, variant) -> exposed requests; read by metrics.
+        self.assignments: dict[tuple[str, str, str], int] = assignments if assignments is not None else {}
 
     def span_attributes(self, method: str, backend_target: str | None, role: str) -> dict[str, Any]:
         """Prebuilt span attributes per (method, target) so the hot path only looks them up."""
@@ -149,6 +155,18 @@ class Dispatch:
             timeout = max(time_remaining, 0.0005)
         plan.requests += 1
         primary = plan.primary
+        role = "primary"
+        decision: Decision | None = None
+        if plan.assigner is not None:
+            decision = plan.assigner.decide(metadata, request, request_id)
+        elif plan.canary is not None:
+            decision = plan.canary.decide(metadata, request, request_id)
+        if decision is not None:
+            primary = plan.backends[decision.backend]
+            role = decision.role
+            if decision.exposed:
+                akey = (plan.match, decision.experiment or "", decision.variant or "")
+                self.assignments[akey] = self.assignments.get(akey, 0) + 1
         server_ctx: Context | None = None
         trace_id = span_id = None
         primary_md = metadata
@@ -160,7 +178,7 @@ class Dispatch:
             trace_id, span_id = tracing.ids(server_span)
             client_span, injected = tracing.start_client(
                 f"{primary.name} {method[1:]}", server_ctx,
-                self.span_attributes(method, primary.target, "primary"),
+                self.span_attributes(method, primary.target, role),
             )
             client_span.set_attribute("shadowcar.backend", primary.name)
             client_span.set_attribute("shadowcar.backend.version", primary.version)
@@ -171,7 +189,8 @@ class Dispatch:
             if any(lane.threshold < BUCKETS for lane in plan.shadows):
                 bucket = sample_bucket(request_id)
             self._mirror.start(
-                plan, method, request, metadata, request_id, bucket, self.version, server_ctx
+                plan, method, request, metadata, request_id, bucket, self.version, server_ctx,
+                primary,
             )
         status = "CANCELLED"
         outcome: CallOutcome | None = None
@@ -185,14 +204,17 @@ class Dispatch:
                 details = outcome.details if outcome is not None else None
                 tracing.end(client_span, code, details)
                 tracing.end(server_span, code, details)
+            d = decision
             self._sink.record_request(
                 RequestRecord(
-                    request_id, arrived, plan.match, method, None, None, None, False,
+                    request_id, arrived, plan.match, method,
+                    d.unit_id if d else None, d.experiment if d else None,
+                    d.variant if d else None, d.exposed if d else False,
                     self.version, trace_id, span_id, status, (time.perf_counter() - t0) * 1000,
                     request, plan.decoding,
                 )
             )
-            key = (plan.match, primary.name, "primary", status)
+            key = (plan.match, primary.name, role, status)
             counts = self._counts
             counts[key] = counts.get(key, 0) + 1
         if not outcome.ok:
@@ -200,8 +222,8 @@ class Dispatch:
         self._sink.record_call(
             CallRecord(
                 request_id, outcome.started, plan.match, method, primary.name, primary.version,
-                "primary", True, status, outcome.latency_ms, len(request), outcome.response,
+                role, True, status, outcome.latency_ms, len(request), outcome.response,
                 outcome.details, self.version, plan.decoding,
             )
         )
-        return Answer(outcome, request_id)
+        return Answer(outcome, request_id, decision if decision and decision.exposed else None)

@@ -68,9 +68,15 @@ def _forward(dispatch: Dispatch, plan: RoutePlan, method: str) -> Behavior:
             plan, method, request, context.invocation_metadata() or (), context.time_remaining()
         )
         outcome = answer.outcome
-        await context.send_initial_metadata(
-            (*reply_metadata(outcome.initial_metadata), (REQUEST_ID, answer.request_id))
-        )
+        initial = (*reply_metadata(outcome.initial_metadata), (REQUEST_ID, answer.request_id))
+        decision = answer.decision
+        if decision is not None:
+            initial = (
+                *initial,
+                ("x-experiment", decision.experiment or ""),
+                ("x-variant", decision.variant or ""),
+            )
+        await context.send_initial_metadata(initial)
         trailing = reply_metadata(outcome.trailing_metadata)
         if outcome.response is not None and outcome.ok:
             if trailing:

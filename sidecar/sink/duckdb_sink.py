@@ -20,7 +20,14 @@ import duckdb
 
 from sidecar.config import StorageConfig
 from sidecar.errors import SinkError
-from sidecar.sink.records import AuditRecord, CallRecord, ConfigRecord, RequestRecord
+from sidecar.sink.records import (
+    AuditRecord,
+    CallRecord,
+    CanaryStateRecord,
+    ConfigRecord,
+    OutcomeRecord,
+    RequestRecord,
+)
 from sidecar.sink.schema import migrate
 from sidecar.sink.writer import CallObserver, write_batch
 
@@ -28,7 +35,7 @@ __all__ = ["DuckDBSink", "SinkStats"]
 
 log = logging.getLogger(__name__)
 
-_TABLES = ("configs", "requests", "calls", "audit")
+_TABLES = ("configs", "requests", "calls", "audit", "outcomes", "canary_state")
 
 
 @dataclass
@@ -148,6 +155,34 @@ class DuckDBSink:
     def record_audit(self, row: AuditRecord) -> None:
         self._put("audit", row)
 
+    def record_canary_state(self, row: CanaryStateRecord) -> None:
+        self._put("canary_state", row)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A separate connection to the same database, for reads from another thread."""
+        if self._con is None:
+            raise SinkError("the recording database is not open")
+        return self._con.cursor()
+
+    def latest_canary_states(self) -> dict[str, tuple[Any, ...]]:
+        """route -> (canary_key, state, step_index, step_started, last_decision JSON)."""
+        cur = self.cursor()
+        try:
+            rows = cur.execute(
+                "SELECT route, canary_key, state, step_index, step_started, last_decision "
+                "FROM canary_state QUALIFY row_number() OVER (PARTITION BY route "
+                "ORDER BY ts DESC) = 1"
+            ).fetchall()
+        finally:
+            cur.close()
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    def record_outcome(self, row: OutcomeRecord) -> bool:
+        """Queue one validated outcome; False when the buffer is full (dropped, counted)."""
+        before = self.stats.dropped["outcomes"]
+        self._put("outcomes", row)
+        return self.stats.dropped["outcomes"] == before
+
     @property
     def queue_depth(self) -> int:
         return sum(len(v) for v in self._pending.values())
@@ -216,3 +251,19 @@ class DuckDBSink:
     def flush_now(self) -> None:
         """Ask the writer to flush at once (used by tests and the admin API)."""
         self._wake.set()
+
+    def wait_flushed(self, timeout: float = 5.0) -> bool:
+        """Block (in a worker thread) until every record accepted before the call is
+        written or dropped; True when that happened within ``timeout``."""
+        target = dict(self.stats.accepted)
+        deadline = time.monotonic() + timeout
+        while True:
+            done = all(
+                self.stats.written[t] + self.stats.dropped[t] >= n for t, n in target.items()
+            )
+            if done:
+                return True
+            if time.monotonic() > deadline or not self.writable:
+                return False
+            self._wake.set()
+            time.sleep(0.005)

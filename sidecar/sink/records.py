@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from sidecar.codecs import Codec
 
-__all__ = ["AuditRecord", "CallRecord", "ConfigRecord", "Decoding", "RequestRecord"]
+__all__ = [
+    "AuditRecord",
+    "CallRecord",
+    "CanaryStateRecord",
+    "ConfigRecord",
+    "Decoding",
+    "OutcomeRecord",
+    "RequestRecord",
+]
 
 
 class Decoding(NamedTuple):
@@ -62,6 +70,29 @@ class ConfigRecord(NamedTuple):
     config_version: str
     ts: float
     config_json: str
+
+
+class OutcomeRecord(NamedTuple):
+    """A later observed result for a unit or a request (ingested, validated)."""
+
+    event_id: str
+    unit_id: str | None
+    request_id: str | None
+    metric: str
+    value: float
+    ts: float
+    received_at: float
+
+
+class CanaryStateRecord(NamedTuple):
+    ts: float
+    route: str
+    canary_key: str
+    state: str
+    step_index: int
+    step_started: float
+    last_decision: str | None
+    config_version: str
 
 
 class AuditRecord(NamedTuple):

@@ -70,6 +70,16 @@ CREATE TABLE IF NOT EXISTS outcomes (
     ts TIMESTAMP,
     received_at TIMESTAMP
 );
+CREATE TABLE IF NOT EXISTS canary_state (
+    ts TIMESTAMP,
+    route VARCHAR,
+    canary_key VARCHAR,          -- hash of the canary's config: state resumes only for it
+    state VARCHAR,               -- running|paused|rolled_back|promoted
+    step_index INTEGER,
+    step_started DOUBLE,         -- epoch seconds
+    last_decision VARCHAR,       -- JSON
+    config_version VARCHAR
+);
 CREATE TABLE IF NOT EXISTS audit (
     ts TIMESTAMP,
     actor VARCHAR,

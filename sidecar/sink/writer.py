@@ -14,7 +14,10 @@ import numpy as np
 import pyarrow as pa
 
 from sidecar.codecs import CodecError, summarize
-from sidecar.sink.records import AuditRecord, CallRecord, ConfigRecord, RequestRecord
+from sidecar.sink.records import (
+    CallRecord,
+    RequestRecord,
+)
 
 __all__ = ["CallObserver", "write_batch"]
 
@@ -136,13 +139,32 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
     )
 
 
-def _plain_table(rows: Sequence[ConfigRecord | AuditRecord]) -> pa.Table:
+def _plain_table(rows: Sequence[Any]) -> pa.Table:
     fields = type(rows[0])._fields
     cols = list(zip(*rows, strict=True))
     data: dict[str, pa.Array] = {}
     for name, col in zip(fields, cols, strict=True):
-        data[name] = _timestamps(col) if name == "ts" else pa.array(col, pa.string())
+        if name in ("ts", "received_at"):
+            data[name] = _timestamps(col)
+        elif name in ("value", "step_started"):
+            data[name] = pa.array(col, pa.float64())
+        elif name == "step_index":
+            data[name] = pa.array(col, pa.int32())
+        else:
+            data[name] = pa.array(col, pa.string())
     return pa.table(data)
+
+
+# event_id makes ingestion idempotent: a repeated id (in the batch or already stored) is
+# skipped; the first one wins.
+_OUTCOMES_INSERT = """
+INSERT INTO outcomes BY NAME
+SELECT b.* EXCLUDE (_n) FROM (
+    SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY received_at) AS _n
+    FROM _shadowcar_batch
+) b
+WHERE b._n = 1 AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.event_id = b.event_id)
+"""
 
 
 def write_batch(
@@ -160,6 +182,9 @@ def write_batch(
         batch = _plain_table(rows)
     con.register("_shadowcar_batch", batch)
     try:
-        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _shadowcar_batch").fetchall()
+        if table == "outcomes":
+            con.execute(_OUTCOMES_INSERT).fetchall()
+        else:
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _shadowcar_batch").fetchall()
     finally:
         con.unregister("_shadowcar_batch")

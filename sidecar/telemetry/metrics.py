@@ -91,8 +91,25 @@ class Metrics:
             ("shadowcar.sink.rows_written", "rows written by table", self._sink("written"), True),
             ("shadowcar.sink.rows_dropped", "rows dropped by table", self._sink("dropped"), True),
         ]
+        for which in ("accepted", "rejected", "duplicates", "dropped"):
+            observables.append((
+                f"shadowcar.outcomes.{which}", f"outcome events {which}",
+                self._outcomes(which), True,
+            ))
         for name, desc, callback, _ in observables:
             meter.create_observable_counter(name, callbacks=[callback], description=desc)
+        meter.create_observable_counter(
+            "shadowcar.assignments", callbacks=[self._assignments],
+            description="exposed requests by route, experiment and variant",
+        )
+        meter.create_observable_gauge(
+            "shadowcar.canary.share", callbacks=[self._canary_share],
+            description="fraction of units the canary candidate serves",
+        )
+        meter.create_observable_gauge(
+            "shadowcar.canary.state", callbacks=[self._canary_state],
+            description="1 for the canary's current state (label state), 0 otherwise",
+        )
         meter.create_observable_gauge(
             "shadowcar.mirror.in_flight", callbacks=[self._lane_gauge],
             description="shadow calls in flight",
@@ -120,6 +137,27 @@ class Metrics:
     def _requests(self, options: CallbackOptions) -> Iterable[Observation]:
         for plan in self._sidecar.route_plans():
             yield Observation(plan.requests, {"route": plan.match})
+
+    def _outcomes(self, which: str) -> Callback:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(getattr(self._sidecar.outcomes, f"{which}_total"))
+
+        return callback
+
+    def _assignments(self, options: CallbackOptions) -> Iterable[Observation]:
+        for (route, experiment, variant), n in list(self._sidecar.assignments.items()):
+            yield Observation(n, {"route": route, "experiment": experiment, "variant": variant})
+
+    def _canary_share(self, options: CallbackOptions) -> Iterable[Observation]:
+        for route, canary in list(self._sidecar.canaries.items()):
+            yield Observation(canary.share / 100, {"route": route,
+                                                   "candidate": canary.config.candidate})
+
+    def _canary_state(self, options: CallbackOptions) -> Iterable[Observation]:
+        for route, canary in list(self._sidecar.canaries.items()):
+            for state in ("running", "paused", "rolled_back", "promoted"):
+                yield Observation(int(canary.state.state == state),
+                                  {"route": route, "state": state})
 
     def _lane(self, counter: str) -> Callback:
         def callback(options: CallbackOptions) -> Iterable[Observation]:

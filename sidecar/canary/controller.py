@@ -1,0 +1,220 @@
+"""The canary controller: traffic share by unit hash, a scheduled guardrail evaluation, and
+manual actions — every decision persisted and audited.
+
+States: ``running`` (climbing steps), ``paused`` (share frozen, no evaluation),
+``rolled_back`` (share 0 at once: the stable serves everyone), ``promoted`` (after the last
+step: the candidate is the route's primary).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from sidecar.assignment import Decision, UnitKey, bucket
+from sidecar.backends import Metadata
+from sidecar.canary.guardrails import Evaluation, Evidence, gather_evidence, judge
+from sidecar.config.experiments import CanaryConfig
+
+__all__ = ["CanaryController", "CanaryState", "Persist"]
+
+log = logging.getLogger(__name__)
+
+State = Literal["running", "paused", "rolled_back", "promoted"]
+Action = Literal["promote", "rollback", "pause", "resume"]
+
+
+@dataclass(frozen=True)
+class CanaryState:
+    """What survives a restart."""
+
+    state: State
+    step_index: int
+    step_started: float
+    last_decision: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "step_index": self.step_index,
+            "step_started": self.step_started,
+            "last_decision": self.last_decision,
+        }
+
+
+#: Writes a state change: (route, old, new, actor, action, reason) -> None.
+Persist = Callable[[str, CanaryState, CanaryState, str, str, str], None]
+#: Evidence for (route, candidate, stable, since, stable_since) from the live recording.
+EvidenceSource = Callable[[str, str, str, float, float], Awaitable[Evidence]]
+
+
+class CanaryController:
+    """One route's canary; ``decide`` runs on the hot path, ``run`` is its owned task."""
+
+    def __init__(
+        self,
+        route: str,
+        config: CanaryConfig,
+        route_unit: UnitKey,
+        *,
+        persist: Persist,
+        evidence: EvidenceSource,
+        restored: CanaryState | None = None,
+    ) -> None:
+        self.route = route
+        self.config = config
+        self.unit = UnitKey.of(config.unit) if config.unit is not None else route_unit
+        self.salt = config.salt or f"canary:{route}"
+        self._persist = persist
+        self._evidence = evidence
+        self._lock = asyncio.Lock()
+        if restored is not None and restored.step_index >= len(config.steps):
+            restored = replace(restored, step_index=len(config.steps) - 1)
+        self.state = restored or CanaryState("running", 0, time.time())
+        self._threshold = self._compute_threshold()
+        self.evaluations = 0
+
+    # -- hot path ------------------------------------------------------------------
+    @property
+    def share(self) -> float:
+        """Percent of units the candidate serves now."""
+        s = self.state
+        if s.state == "rolled_back":
+            return 0.0
+        if s.state == "promoted":
+            return 100.0
+        return self.config.steps[s.step_index]
+
+    def _compute_threshold(self) -> int:
+        return round(self.share * 100)
+
+    def decide(self, metadata: Metadata, request: bytes, request_id: str) -> Decision:
+        state = self.state.state
+        cfg = self.config
+        if state == "promoted":
+            return Decision(cfg.candidate, "primary", None, None, None, False)
+        if state == "rolled_back":
+            return Decision(cfg.stable, "primary", None, None, None, False)
+        unit = self.unit.extract(metadata, request, request_id)
+        if unit is None:
+            return Decision(cfg.stable, "primary", None, None, None, False)
+        if bucket(self.salt, unit) < self._threshold:
+            return Decision(cfg.candidate, "canary", unit, "canary", "canary", True)
+        return Decision(cfg.stable, "stable", unit, "canary", "stable", True)
+
+    # -- state changes -------------------------------------------------------------
+    def _apply(self, new: CanaryState, actor: str, action: str, reason: str) -> None:
+        old = self.state
+        self.state = new
+        self._threshold = self._compute_threshold()
+        self._persist(self.route, old, new, actor, action, reason)
+        log.info("canary %s: %s by %s (%s) -> %s at %.0f%%", self.route, action, actor,
+                 reason, new.state, self.share)
+
+    def _advance(self, evaluation: dict[str, Any], actor: str, reason: str) -> None:
+        s = self.state
+        if s.step_index + 1 >= len(self.config.steps):
+            self._apply(replace(s, state="promoted", last_decision=evaluation), actor,
+                        "promote", reason)
+        else:
+            self._apply(CanaryState(s.state, s.step_index + 1, time.time(), evaluation), actor,
+                        "promote", reason)
+
+    async def act(self, action: Action, actor: str, reason: str) -> CanaryState:
+        """A manual action from the admin API; raises ValueError when not allowed now."""
+        async with self._lock:
+            s = self.state
+            manual = {"decision": action, "reasons": [reason or "manual"], "actor": actor}
+            if s.state in ("rolled_back", "promoted") and action != "rollback":
+                raise ValueError(f"canary is {s.state}; {action} does nothing")
+            if action == "rollback":
+                if s.state == "rolled_back":
+                    raise ValueError("canary is already rolled back")
+                self._apply(replace(s, state="rolled_back", last_decision=manual), actor,
+                            action, reason)
+            elif action == "promote":
+                self._advance(manual, actor, reason)
+            elif action == "pause":
+                if s.state == "paused":
+                    raise ValueError("canary is already paused")
+                self._apply(replace(s, state="paused", last_decision=manual), actor, action,
+                            reason)
+            elif action == "resume":
+                if s.state != "paused":
+                    raise ValueError("canary is not paused")
+                self._apply(replace(s, state="running", step_started=time.time(),
+                                    last_decision=manual), actor, action, reason)
+            else:
+                raise ValueError(f"unknown action {action!r}")
+            return self.state
+
+    async def evaluate(self) -> Evaluation | None:
+        """One scheduled look: gather evidence, judge, and act on the verdict."""
+        async with self._lock:
+            s = self.state
+            if s.state != "running":
+                return None
+            stable_since = s.step_started if self.share < 100 else 0.0
+            evidence = await self._evidence(
+                self.route, self.config.candidate, self.config.stable, s.step_started,
+                stable_since,
+            )
+            if self.state is not s:  # changed while we were reading
+                return None
+            result = judge(evidence, self.config, elapsed_s=time.time() - s.step_started,
+                           share=self.share)
+            self.evaluations += 1
+            summary = result.to_dict()
+            reason = "; ".join(result.reasons)
+            if result.decision == "rollback":
+                self._apply(replace(s, state="rolled_back", last_decision=summary),
+                            "controller", "rollback", reason)
+            elif result.decision == "promote":
+                self._advance(summary, "controller", reason)
+            else:
+                self.state = replace(s, last_decision=summary)
+            return result
+
+    async def run(self) -> None:
+        """The owned evaluation loop; ends when cancelled (its owner awaits it)."""
+        while True:
+            await asyncio.sleep(self.config.evaluation_interval_s)
+            try:
+                await self.evaluate()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one failed look must not end the canary
+                log.exception("canary %s: evaluation failed", self.route)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "route": self.route,
+            "stable": self.config.stable,
+            "candidate": self.config.candidate,
+            "steps": list(self.config.steps),
+            "share": self.share / 100,
+            "evaluations": self.evaluations,
+            **self.state.to_dict(),
+        }
+
+
+def evidence_from(cursor_factory: Callable[[], Any]) -> EvidenceSource:
+    """An :data:`EvidenceSource` over a DuckDB cursor factory, run in a worker thread."""
+
+    async def source(
+        route: str, candidate: str, stable: str, since: float, stable_since: float
+    ) -> Evidence:
+        def query() -> Evidence:
+            cur = cursor_factory()
+            try:
+                return gather_evidence(cur, route, candidate, stable, since, stable_since)
+            finally:
+                cur.close()
+
+        return await asyncio.to_thread(query)
+
+    return source

@@ -1,0 +1,181 @@
+"""Canaries end to end with real model servers: automatic rollback, promotion through every
+step to primary, resume after restart, and every decision in the audit table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import duckdb
+import grpc
+import numpy as np
+import pytest
+
+from sidecar.app import Sidecar
+from sidecar.config import parse_config
+from sidecar.demo.models import build_infer_request, make_demo_models, start_model_server
+from tests.conftest import sidecar_config
+
+pytestmark = pytest.mark.slow
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _config(db, stable: str, candidate: str, **canary) -> dict:
+    spec = {
+        "stable": "stable", "candidate": "candidate", "steps": [20, 50, 100],
+        "step_min_duration_s": 0.2, "step_min_requests": 60, "evaluation_interval_s": 0.1,
+        "unit": {"metadata": "x-user-id"},
+        "guardrails": {"error_rate_margin": 0.05, "max_disagreement": 0.2,
+                       "max_latency_p99_ratio": 5, "min_latency_samples": 50},
+    }
+    spec.update(canary)
+    return sidecar_config(
+        db, {"stable": stable, "candidate": candidate},
+        [{"match": METHOD, "primary": "stable", "codec": "oip", "canary": spec}],
+        storage={"path": str(db), "flush_interval_ms": 20},
+    )
+
+
+async def _drive(sc: Sidecar, until, max_requests: int = 6000, budget_s: float = 60) -> int:
+    """Send requests from distinct users until ``until()`` holds (bounded)."""
+    rng = np.random.default_rng(3)
+    payloads = [build_infer_request("demo", rng.standard_normal(8)) for _ in range(64)]
+    sent = 0
+    deadline = time.monotonic() + budget_s
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sc.port}") as ch:
+        stub = ch.unary_unary(METHOD)
+
+        async def one(i: int) -> None:
+            try:
+                await stub(payloads[i % 64], metadata=(("x-user-id", f"user-{i}"),), timeout=5)
+            except grpc.aio.AioRpcError:
+                pass
+
+        while sent < max_requests and time.monotonic() < deadline and not until():
+            await asyncio.gather(*(one(sent + k) for k in range(20)))
+            sent += 20
+    return sent
+
+
+def _audit(db) -> list[tuple[str, str, str]]:
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute("SELECT action, actor, detail FROM audit ORDER BY ts").fetchall()
+    con.close()
+    return rows
+
+
+async def test_failing_candidate_is_rolled_back(tmp_path) -> None:
+    model, _ = make_demo_models()
+    stable = await start_model_server(model)
+    bad = await start_model_server(model, fail_rate=0.2, seed=5)
+    db = tmp_path / "rollback.duckdb"
+    try:
+        sc = Sidecar(parse_config(_config(db, stable.target, bad.target)))
+        await sc.start()
+        canary = sc.canaries[METHOD]
+        sent = await _drive(sc, lambda: canary.state.state == "rolled_back")
+        assert canary.state.state == "rolled_back", canary.status()
+        decision = canary.state.last_decision
+        assert decision["decision"] == "rollback"
+        assert any("error rate" in r for r in decision["reasons"])
+        # Rollback set the share to 0 at once: the candidate serves nobody now.
+        calls_before = bad.calls
+        await _drive(sc, lambda: False, max_requests=100)
+        assert bad.calls == calls_before
+        assert canary.share == 0
+        await sc.aclose()
+    finally:
+        await stable.aclose()
+        await bad.aclose()
+    actions = [a for a, _, _ in _audit(db)]
+    assert actions[0] == "canary.start" and "canary.rollback" in actions
+    assert sent < 6000
+
+
+async def test_healthy_candidate_is_promoted_to_primary(tmp_path) -> None:
+    model, _ = make_demo_models()
+    stable = await start_model_server(model)
+    good = await start_model_server(model)
+    db = tmp_path / "promote.duckdb"
+    try:
+        sc = Sidecar(parse_config(_config(db, stable.target, good.target)))
+        await sc.start()
+        canary = sc.canaries[METHOD]
+        seen_steps = set()
+
+        def done() -> bool:
+            seen_steps.add(canary.state.step_index)
+            return canary.state.state == "promoted"
+
+        await _drive(sc, done)
+        assert canary.state.state == "promoted", canary.state.last_decision
+        assert seen_steps >= {0, 1, 2}
+        # After the last step the candidate is the primary for everyone.
+        stable_before = stable.calls
+        await _drive(sc, lambda: False, max_requests=60)
+        assert stable.calls == stable_before
+        await sc.aclose()
+    finally:
+        await stable.aclose()
+        await good.aclose()
+    rows = _audit(db)
+    promotions = [json.loads(d) for a, actor, d in rows if a == "canary.promote"]
+    assert len(promotions) == 3
+    assert [p["new"]["step_index"] for p in promotions] == [1, 2, 2]
+    assert promotions[-1]["new"]["state"] == "promoted"
+    con = duckdb.connect(str(db), read_only=True)
+    roles = dict(con.execute(
+        "SELECT role, count(*) FROM calls WHERE served GROUP BY role").fetchall())
+    con.close()
+    assert roles.get("canary", 0) > 0 and roles.get("stable", 0) > 0
+    assert roles.get("primary", 0) >= 60  # the promoted candidate as primary
+
+
+async def test_restart_mid_canary_resumes_and_manual_actions_are_audited(tmp_path) -> None:
+    model, _ = make_demo_models()
+    stable = await start_model_server(model)
+    cand = await start_model_server(model)
+    db = tmp_path / "resume.duckdb"
+    data = _config(db, stable.target, cand.target, step_min_duration_s=3600)
+    data["admin"]["token"] = "t0ken"
+    try:
+        sc = Sidecar(parse_config(data))
+        await sc.start()
+        base = f"http://127.0.0.1:{sc.admin.port}/v1/canaries/"
+        route = METHOD.replace("/", "%2F")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + route + "/promote", json={"reason": "x"}) as resp:
+                assert resp.status == 401  # no token
+            auth = {"Authorization": "Bearer t0ken"}
+            async with http.post(base + route + "/promote", json={"reason": "looks good"},
+                                 headers=auth) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["step_index"] == 1
+            async with http.post(base + route + "/pause", json={"reason": "lunch"},
+                                 headers=auth) as resp:
+                assert resp.status == 200
+            async with http.post(base + route + "/resume", json={"reason": "back"},
+                                 headers=auth) as resp:
+                assert resp.status == 200
+            async with http.post(base + route + "/resume", json={}, headers=auth) as resp:
+                assert resp.status == 409  # not paused
+            async with http.post(base + "%2Fno.Such%2FRoute/promote", json={},
+                                 headers=auth) as resp:
+                assert resp.status == 404
+        await sc.aclose()
+
+        again = Sidecar(parse_config(data))
+        await again.start()
+        status = again.canaries[METHOD].status()
+        assert (status["state"], status["step_index"], status["share"]) == ("running", 1, 0.5)
+        await again.aclose()
+    finally:
+        await stable.aclose()
+        await cand.aclose()
+    actions = [(a, actor) for a, actor, _ in _audit(db)]
+    assert ("canary.promote", "127.0.0.1") in actions
+    assert [a for a, _ in actions if a.startswith("canary.")] == [
+        "canary.start", "canary.promote", "canary.pause", "canary.resume"
+    ]
