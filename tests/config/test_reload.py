@@ -1,0 +1,159 @@
+"""Hot reload: validated first, a bad config keeps the old one serving, in-flight calls
+finish on their config, unchanged backends keep their channels, versions are immutable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+import yaml
+
+from sidecar.app import Sidecar
+from sidecar.config import parse_config
+from tests.conftest import sidecar_config
+
+
+async def _post(port: int, text: str, token: str | None = "tok") -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"http://127.0.0.1:{port}/v1/config?reason=test", data=text,
+                             headers=headers) as resp:
+            return resp.status, await resp.json()
+
+
+async def test_reload_through_the_admin_api(echo, tmp_path, channel_to) -> None:
+    a, b = await echo(delay_ms=400), await echo()
+    data = sidecar_config(tmp_path / "r.duckdb", {"a": a.target, "b": b.target},
+                          [{"match": "*", "primary": "a"}])
+    data["admin"]["token"] = "tok"
+    sc = Sidecar(parse_config(data))
+    await sc.start()
+    try:
+        stub = channel_to(sc.port).unary_unary("/x.Y/Z")
+        old_version = sc.loaded.version
+        channel_b = sc.backends["b"]
+        in_flight = asyncio.ensure_future(stub(b"slow"))
+        await asyncio.sleep(0.1)  # the slow call is on its way to a
+        new = dict(data, routes=[{"match": "*", "primary": "b"}])
+        status, body = await _post(sc.admin.port, yaml.safe_dump(new), token=None)
+        assert status == 401
+        status, body = await _post(sc.admin.port, yaml.safe_dump(new))
+        assert status == 200 and body["changed"] is True and body["version"] != old_version
+        assert await stub(b"new") == b"new"
+        assert b.calls == 1  # new calls follow the new config
+        assert await in_flight == b"slow"  # the old call finished on the old config
+        assert a.calls == 1
+        assert sc.backends["b"] is channel_b  # unchanged backend kept its channel
+
+        bad = dict(new, routes=[{"match": "*", "primary": "ghost"}])
+        status, body = await _post(sc.admin.port, yaml.safe_dump(bad))
+        assert status == 400
+        assert body["problems"][0]["path"] == "routes[0].primary"
+        assert body["version"] == sc.loaded.version
+        assert await stub(b"still") == b"still" and b.calls == 2
+
+        moved = json.loads(json.dumps(new))
+        moved["backends"][0]["target"] = b.target  # a's version pointed elsewhere
+        status, body = await _post(sc.admin.port, yaml.safe_dump(moved))
+        assert status == 400
+        assert body["problems"][0]["path"] == "backends[0].target"
+        assert "immutable" in body["problems"][0]["message"]
+
+        relisten = dict(new, listen="127.0.0.1:1")
+        status, body = await _post(sc.admin.port, yaml.safe_dump(relisten))
+        assert status == 400 and body["problems"][0]["path"] == "listen"
+
+        status, body = await _post(sc.admin.port, "{not: [valid")
+        assert status == 400
+        rows = await asyncio.to_thread(sc.read_audit, 10)
+        reloads = [r for r in rows if r["action"] == "config.reload"]
+        assert len(reloads) == 1
+        detail = json.loads(reloads[0]["detail"])
+        assert detail == {"old_version": old_version, "new_version": sc.loaded.version}
+    finally:
+        await sc.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@pytest.mark.subprocess
+async def test_sighup_and_cli_reload_and_audit(echo, tmp_path) -> None:
+    a, b = await echo(), await echo()
+    admin = _free_port()
+    data = sidecar_config(tmp_path / "h.duckdb", {"a": a.target, "b": b.target},
+                          [{"match": "*", "primary": "a"}])
+    data["listen"] = f"127.0.0.1:{_free_port()}"
+    data["admin"] = {"listen": f"127.0.0.1:{admin}"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "--config", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{admin}"
+
+    async def version() -> str:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "/v1/config") as resp:
+                return (await resp.json())["version"]
+
+    try:
+        for _ in range(200):
+            try:
+                first = await version()
+                break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+        path.write_text(yaml.safe_dump(dict(data, routes=[{"match": "*", "primary": "b"}])))
+        os.kill(proc.pid, signal.SIGHUP)
+        for _ in range(100):
+            if await version() != first:
+                break
+            await asyncio.sleep(0.05)
+        second = await version()
+        assert second != first
+        path.write_text("routes: [broken")
+        os.kill(proc.pid, signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert await version() == second  # the bad file changed nothing
+        good = tmp_path / "good.yaml"
+        good.write_text(yaml.safe_dump(data))
+        res = await asyncio.to_thread(_cli, "reload", "--admin", base, "--config", str(good),
+                                      "--reason", "back to a")
+        assert res.returncode == 0, res.stderr
+        assert "reloaded" in res.stdout and await version() == first
+        res = await asyncio.to_thread(_cli, "audit", "--admin", base, "--json")
+        assert res.returncode == 0, res.stderr
+        actions = [e["action"] for e in json.loads(res.stdout)]
+        assert actions[:3] == ["config.reload", "config.reload_rejected", "config.reload"]
+        bad_cli = await asyncio.to_thread(_cli, "reload", "--admin", base, "--config",
+                                          str(path))
+        assert bad_cli.returncode == 2 and "YAML syntax" in bad_cli.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    t0 = time.time()
+    res = _cli("audit", "--db", str(tmp_path / "h.duckdb"))
+    assert res.returncode == 0 and "config.reload_rejected" in res.stdout
+    assert time.time() - t0 < 30
