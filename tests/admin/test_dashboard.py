@@ -73,3 +73,61 @@ async def test_dashboard_shows_live_traffic(echo, start_sidecar, channel_to, tmp
         assert png.stat().st_size > 1000
     finally:
         await asyncio.to_thread(driver.quit)
+
+
+async def test_rollback_click_changes_the_canary(echo, start_sidecar, tmp_path) -> None:
+    stable, cand = await echo(), await echo()
+    sc = await start_sidecar(
+        {"stable": stable.target, "cand": cand.target},
+        [{"match": "/pkg.Model/Predict", "primary": "stable",
+          "canary": {"stable": "stable", "candidate": "cand", "steps": [10, 100],
+                     "step_min_duration_s": 3600, "evaluation_interval_s": 3600}}],
+        admin={"listen": "127.0.0.1:0", "token": "click-token"},
+    )
+    canary = sc.canaries["/pkg.Model/Predict"]
+    assert canary.state.state == "running"
+    driver = await asyncio.to_thread(_browser)
+    try:
+        await asyncio.to_thread(driver.get, f"http://127.0.0.1:{sc.admin.port}/")
+
+        def click_rollback() -> bool:
+            from selenium.webdriver.common.by import By
+
+            buttons = driver.find_elements(By.CSS_SELECTOR, '[data-action="rollback"]')
+            if not buttons:
+                return False
+            driver.find_element(By.ID, "token").send_keys("click-token")
+            buttons[0].click()
+            alert = driver.switch_to.alert  # the reason prompt
+            alert.send_keys("dashboard test")
+            alert.accept()
+            return True
+
+        for _ in range(50):
+            try:
+                if await asyncio.to_thread(click_rollback):
+                    break
+            except Exception:  # the page re-rendered under the click; try again
+                pass
+            await asyncio.sleep(0.1)
+        for _ in range(50):
+            if canary.state.state == "rolled_back":
+                break
+            await asyncio.sleep(0.1)
+        assert canary.state.state == "rolled_back"
+        assert canary.state.last_decision["reasons"] == ["dashboard test"]
+        # The page shows the new state on its next refresh.
+        for _ in range(50):
+            shown = await asyncio.to_thread(
+                driver.execute_script,
+                "const e = document.querySelector('[data-canary-state]');"
+                "return e ? e.textContent : '';",
+            )
+            if shown == "rolled_back":
+                break
+            await asyncio.sleep(0.1)
+        assert shown == "rolled_back"
+        png = tmp_path / "canary.png"
+        await asyncio.to_thread(driver.save_screenshot, str(png))
+    finally:
+        await asyncio.to_thread(driver.quit)
