@@ -187,7 +187,7 @@ class Sidecar:
             retired = [b for name, b in self.backends.items() if backends.get(name) is not b]
             self.loaded = loaded
             self._sync_canaries(loaded)
-            routes = RouteTable(cfg, backends, self.canaries)
+            routes = RouteTable(cfg, backends, self.canaries, loaded.static_fallbacks)
             assert self._handler is not None
             self._handler.swap(
                 Dispatch(
@@ -228,7 +228,7 @@ class Sidecar:
         for backend in cfg.backends:
             self.backends[backend.name] = Backend(backend, max_message_bytes=cfg.max_message_bytes)
         self._sync_canaries(self.loaded)
-        routes = RouteTable(cfg, self.backends, self.canaries)
+        routes = RouteTable(cfg, self.backends, self.canaries, self.loaded.static_fallbacks)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -409,6 +409,10 @@ class Sidecar:
                     "primary_version": plan.primary.version,
                     "requests": plan.requests,
                     "errors": dict(plan.errors),
+                    "in_flight": plan.in_flight,
+                    "shed": plan.shed,
+                    "fallbacks": plan.fallbacks,
+                    "fallback_failed": plan.fallback_failed,
                     "shadows": {
                         lane.backend.name: {
                             **lane.counters(),

@@ -48,6 +48,9 @@ def sidecar_config(
         ],
         "routes": routes,
     }
+    override = extra.pop("backends_override", None)
+    if override is not None:  # full backend entries (breakers, versions, ...)
+        data["backends"] = override
     data.update(extra)
     return data
 

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from sidecar.config import BackendConfig
+from sidecar.resilience.breaker import CircuitBreaker
 
 __all__ = ["Backend", "CallOutcome", "Metadata"]
 
@@ -62,6 +63,7 @@ class Backend:
             ],
         )
         self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self.breaker = CircuitBreaker(config.breaker)
         self._closed = False
 
     def _method(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from sidecar.config.models import Config, RouteConfig
 from sidecar.errors import ConfigError
+from sidecar.resilience.fallback import load_static_fallback
 
 __all__ = ["LoadedConfig", "canonical_json", "load_config", "parse_config"]
 
@@ -25,11 +26,13 @@ ADMIN_TOKEN_ENV = "SHADOWCAR_ADMIN_TOKEN"
 
 @dataclass(frozen=True, slots=True)
 class LoadedConfig:
-    """A validated configuration with its version (hash of its canonical form)."""
+    """A validated configuration with its version (hash of its canonical form), and the
+    static fallback responses it names, encoded once (route match -> bytes)."""
 
     config: Config
     version: str
     source: str
+    static_fallbacks: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def admin_token(self) -> str | None:
@@ -129,6 +132,13 @@ def _check_tests(
                     where_of[id(b)] + ".namespace",
                     f"overlaps {a.name!r} in namespace {na.name!r}",
                 ))
+    fb = route.fallback
+    if fb is not None and fb.backend is not None:
+        if fb.backend not in names:
+            problems.append((f"routes[{r}].fallback.backend",
+                             f"unknown backend {fb.backend!r} (known: {known})"))
+        elif fb.backend == route.primary:
+            problems.append((f"routes[{r}].fallback.backend", "must differ from the primary"))
     canary = route.canary
     if canary is not None:
         where = f"routes[{r}].canary"
@@ -151,7 +161,24 @@ def canonical_json(config: Config) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def parse_config(data: Any, source: str = "") -> LoadedConfig:
+def _static_fallbacks(config: Config, base: Path) -> tuple[dict[str, bytes], list]:
+    found: dict[str, bytes] = {}
+    problems: list[tuple[str, str]] = []
+    for r, route in enumerate(config.routes):
+        fb = route.fallback
+        if fb is None or fb.static is None:
+            continue
+        path = Path(fb.static)
+        if not path.is_absolute():
+            path = base / path
+        try:
+            found[route.match] = load_static_fallback(path, route.codec)
+        except ValueError as exc:
+            problems.append((f"routes[{r}].fallback.static", str(exc)))
+    return found, problems
+
+
+def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> LoadedConfig:
     """Validate already-parsed YAML/JSON data."""
     if not isinstance(data, dict):
         raise ConfigError([("", "the top level must be a mapping")], source)
@@ -171,6 +198,8 @@ def parse_config(data: Any, source: str = "") -> LoadedConfig:
         ]
         raise ConfigError(problems, source) from None
     problems = _cross_check(config)
+    statics, more = _static_fallbacks(config, base_dir or Path.cwd())
+    problems.extend(more)
     if problems:
         raise ConfigError(problems, source)
     # The secret is part of the version only through its hash, never in clear.
@@ -178,7 +207,11 @@ def parse_config(data: Any, source: str = "") -> LoadedConfig:
     token = config.admin.token.get_secret_value() if config.admin.token else ""
     digest = hashlib.sha256(canonical.encode())
     digest.update(hashlib.sha256(token.encode()).digest())
-    return LoadedConfig(config=config, version=digest.hexdigest()[:12], source=source)
+    for match in sorted(statics):  # a changed fallback file is a new version
+        digest.update(hashlib.sha256(statics[match]).digest())
+    return LoadedConfig(
+        config=config, version=digest.hexdigest()[:12], source=source, static_fallbacks=statics
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
@@ -195,4 +228,4 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([("", f"YAML syntax error at {where}{problem}")], source) from None
-    return parse_config(data, source)
+    return parse_config(data, source, base_dir=Path(path).resolve().parent)

@@ -16,6 +16,8 @@ from sidecar.config.experiments import (
     ExperimentConfig,
     UnitSource,
 )
+from sidecar.resilience.breaker import BreakerConfig
+from sidecar.resilience.fallback import FallbackConfig
 
 __all__ = [
     "AdminConfig",
@@ -122,6 +124,9 @@ class BackendConfig(_Model):
     name: str = Field(description="unique backend name used by routes")
     version: str = Field(min_length=1, max_length=128, description="immutable model version")
     target: str = Field(description="host:port of the model's gRPC server")
+    breaker: BreakerConfig = Field(
+        default_factory=BreakerConfig, description="circuit breaker towards this backend"
+    )
 
     @field_validator("name")
     @classmethod
@@ -158,6 +163,13 @@ class RouteConfig(_Model):
     experiment: ExperimentConfig | None = Field(None, description="one A/B experiment")
     experiments: tuple[ExperimentConfig, ...] = Field((), description="several, in namespaces")
     canary: CanaryConfig | None = Field(None, description="gradual rollout with rollback")
+    fallback: FallbackConfig | None = Field(None, description="answer when the backend fails")
+    max_concurrent: int | None = Field(
+        None, ge=1, le=1_000_000, description="calls in flight before RESOURCE_EXHAUSTED"
+    )
+    deadline_margin_ms: int = Field(
+        5, ge=0, le=10_000, description="kept back from the caller's deadline for the answer"
+    )
 
     @property
     def all_experiments(self) -> tuple[ExperimentConfig, ...]:

@@ -68,15 +68,22 @@ class Mirror:
             if bucket >= lane.threshold or lane.backend is serving or not lane.active:
                 continue
             lane.sampled += 1
-            if lane.in_flight >= lane.config.max_in_flight or self._closing:
+            why = None
+            if self._closing:
+                why = "closing"
+            elif lane.in_flight >= lane.config.max_in_flight:
+                why = "max_in_flight reached"
+            elif not lane.backend.breaker.allow():
+                why = "circuit open"
+                lane.breaker_skipped += 1
+            if why is not None:
                 lane.dropped += 1
                 self._count(plan, lane, "DROPPED")
                 self._record(
                     CallRecord(
                         request_id, time.time(), plan.match, method, lane.backend.name,
                         lane.backend.version, "shadow", False, "DROPPED", None, len(request),
-                        None, "closing" if self._closing else "max_in_flight reached",
-                        config_version, plan.decoding,
+                        None, why, config_version, plan.decoding,
                     )
                 )
                 continue
@@ -148,7 +155,9 @@ class Mirror:
                 Tracing.end(span, outcome.code if outcome is not None else code,
                             outcome.details if outcome is not None else None)
         if outcome is None:
+            lane.backend.breaker.record(True)
             return
+        lane.backend.breaker.record(outcome.code.name in plan.failure_codes)
         self._count(plan, lane, outcome.code.name)
         if not outcome.ok:
             lane.errored += 1

@@ -18,6 +18,7 @@ from sidecar.sink import Decoding
 __all__ = ["RoutePlan", "RouteTable", "ShadowLane", "sample_bucket"]
 
 BUCKETS = 10_000
+DEFAULT_FAILURES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
 
 
 def sample_bucket(request_id: str) -> int:
@@ -41,6 +42,7 @@ class ShadowLane:
     sent: int = 0
     dropped: int = 0
     errored: int = 0
+    breaker_skipped: int = 0
     #: Set on the implicit lane that mirrors stable traffic to a canary's candidate.
     canary: CanaryController | None = None
     _span_attributes: dict[str, object] | None = None
@@ -68,6 +70,7 @@ class ShadowLane:
             "sent": self.sent,
             "dropped": self.dropped,
             "errored": self.errored,
+            "breaker_skipped": self.breaker_skipped,
             "in_flight": self.in_flight,
         }
 
@@ -84,7 +87,19 @@ class RoutePlan:
     backends: dict[str, Backend] = field(default_factory=dict)
     assigner: RouteAssigner | None = None
     canary: CanaryController | None = None
+    fallback_backend: Backend | None = None
+    fallback_static: bytes | None = None
+    fallback_timeout_s: float = 0.0
+    #: Serving statuses that send a call to the fallback (empty: no fallback).
+    fallback_codes: frozenset[str] = frozenset()
+    #: Statuses that count as the backend's failure for its circuit breaker.
+    failure_codes: frozenset[str] = DEFAULT_FAILURES
+    margin_s: float = 0.005
     requests: int = 0
+    in_flight: int = 0
+    shed: int = 0
+    fallbacks: int = 0
+    fallback_failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -100,6 +115,7 @@ class RouteTable:
         config: Config,
         backends: dict[str, Backend],
         canaries: dict[str, CanaryController] | None = None,
+        static_fallbacks: dict[str, bytes] | None = None,
     ) -> None:
         self._exact: dict[str, RoutePlan] = {}
         self._service: dict[str, RoutePlan] = {}
@@ -145,6 +161,7 @@ class RouteTable:
                     if experiments else None
                 ),
                 canary=canary,
+                margin_s=route.deadline_margin_ms / 1000,
                 timeout_s=route.timeout_ms / 1000,
                 decoding=Decoding(
                     codec=codec_for(route.codec),
@@ -153,6 +170,15 @@ class RouteTable:
                     record_bytes=config.storage.record_bytes,
                 ),
             )
+            fb = route.fallback
+            if fb is not None:
+                plan.fallback_codes = frozenset(fb.on)
+                plan.failure_codes = frozenset(fb.on)
+                plan.fallback_timeout_s = fb.timeout_ms / 1000
+                if fb.backend is not None:
+                    plan.fallback_backend = backends[fb.backend]
+                else:
+                    plan.fallback_static = (static_fallbacks or {})[route.match]
             self.plans.append(plan)
             if route.match == "*":
                 self._default = plan

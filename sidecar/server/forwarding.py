@@ -144,16 +144,66 @@ class Dispatch:
         incoming: Metadata,
         time_remaining: float | None,
     ) -> Answer:
-        """Serve one unary call from ``plan``'s primary and mirror it."""
+        """Serve one unary call (primary, variant or canary; fallback when it fails) and
+        mirror it. Sheds load at the route's concurrency cap."""
         arrived = time.time()
         t0 = time.perf_counter()
         tracing = self._tracing
         carrier: dict[str, str] | None = {} if tracing is not None else None
         metadata, request_id = forward_metadata(incoming, carrier)
-        timeout = plan.timeout_s
-        if time_remaining is not None and time_remaining < timeout:
-            timeout = max(time_remaining, 0.0005)
         plan.requests += 1
+        limit = plan.config.max_concurrent
+        if limit is not None and plan.in_flight >= limit:
+            return self._shed(plan, method, request, request_id, arrived, t0, limit)
+        plan.in_flight += 1
+        try:
+            return await self._serve(
+                plan, method, request, metadata, request_id, carrier, time_remaining,
+                arrived, t0,
+            )
+        finally:
+            plan.in_flight -= 1
+
+    def _shed(
+        self, plan: RoutePlan, method: str, request: bytes, request_id: str, arrived: float,
+        t0: float, limit: int,
+    ) -> Answer:
+        plan.shed += 1
+        status = "RESOURCE_EXHAUSTED"
+        details = f"route {plan.match} is at its limit of {limit} concurrent calls"
+        self._sink.record_request(
+            RequestRecord(
+                request_id, arrived, plan.match, method, None, None, None, False, self.version,
+                None, None, status, (time.perf_counter() - t0) * 1000, request, plan.decoding,
+            )
+        )
+        key = (plan.match, "", "shed", status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        outcome = CallOutcome(grpc.StatusCode.RESOURCE_EXHAUSTED, details, None, (), (),
+                              arrived, 0.0)
+        return Answer(outcome, request_id, None)
+
+    async def _serve(
+        self,
+        plan: RoutePlan,
+        method: str,
+        request: bytes,
+        metadata: Metadata,
+        request_id: str,
+        carrier: dict[str, str] | None,
+        time_remaining: float | None,
+        arrived: float,
+        t0: float,
+    ) -> Answer:
+        tracing = self._tracing
+        deadline = None if time_remaining is None else t0 + time_remaining
+        timeout = plan.timeout_s
+        if time_remaining is not None:
+            reserve = 0.0
+            if plan.fallback_backend is not None:
+                reserve = min(plan.fallback_timeout_s, 0.5 * time_remaining)
+            budget = time_remaining - plan.margin_s - reserve
+            timeout = max(min(timeout, budget), 0.0005)
         primary = plan.primary
         role = "primary"
         decision: Decision | None = None
@@ -194,15 +244,33 @@ class Dispatch:
             )
         status = "CANCELLED"
         outcome: CallOutcome | None = None
+        served: CallOutcome | None = None
         try:
-            outcome = await primary.call(method, request, timeout=timeout, metadata=primary_md)
-            status = outcome.code.name
+            breaker = primary.breaker
+            if breaker.allow():
+                outcome = await primary.call(method, request, timeout=timeout,
+                                             metadata=primary_md)
+                breaker.record(outcome.code.name in plan.failure_codes)
+            else:
+                outcome = CallOutcome(
+                    grpc.StatusCode.UNAVAILABLE, f"circuit open for backend {primary.name}",
+                    None, (), (), time.time(), 0.0,
+                )
+            if tracing is not None:
+                tracing.end(client_span, outcome.code, outcome.details)
+            served = outcome
+            if not outcome.ok and outcome.code.name in plan.fallback_codes:
+                served = await self._fallback(
+                    plan, method, request, metadata, request_id, outcome, deadline, server_ctx
+                )
+            status = served.code.name
         finally:
             # Recorded even when the caller goes away mid-call (status CANCELLED).
             if tracing is not None:
-                code = outcome.code if outcome is not None else grpc.StatusCode.CANCELLED
-                details = outcome.details if outcome is not None else None
-                tracing.end(client_span, code, details)
+                code = served.code if served is not None else grpc.StatusCode.CANCELLED
+                details = served.details if served is not None else None
+                if outcome is None:
+                    tracing.end(client_span, code, details)
                 tracing.end(server_span, code, details)
             d = decision
             self._sink.record_request(
@@ -214,16 +282,72 @@ class Dispatch:
                     request, plan.decoding,
                 )
             )
-            key = (plan.match, primary.name, role, status)
+            first = outcome.code.name if outcome is not None else status
+            key = (plan.match, primary.name, role, first)
             counts = self._counts
             counts[key] = counts.get(key, 0) + 1
-        if not outcome.ok:
+        if not served.ok:
             plan.errors[status] = plan.errors.get(status, 0) + 1
         self._sink.record_call(
             CallRecord(
                 request_id, outcome.started, plan.match, method, primary.name, primary.version,
-                role, True, status, outcome.latency_ms, len(request), outcome.response,
-                outcome.details, self.version, plan.decoding,
+                role, served is outcome, outcome.code.name, outcome.latency_ms, len(request),
+                outcome.response, outcome.details, self.version, plan.decoding,
             )
         )
-        return Answer(outcome, request_id, decision if decision and decision.exposed else None)
+        return Answer(served, request_id, decision if decision and decision.exposed else None)
+
+    async def _fallback(
+        self,
+        plan: RoutePlan,
+        method: str,
+        request: bytes,
+        metadata: Metadata,
+        request_id: str,
+        failed: CallOutcome,
+        deadline: float | None,
+        server_ctx: Context | None,
+    ) -> CallOutcome:
+        """The route's fallback answer after ``failed``; the failure itself when none fits."""
+        reason = f"fallback after {failed.code.name}: {failed.details or ''}".strip()
+        static = plan.fallback_static
+        if static is not None:
+            answer = CallOutcome(grpc.StatusCode.OK, None, static, (), (), time.time(), 0.0)
+            name, version = "static", "static"
+        else:
+            backend = plan.fallback_backend
+            assert backend is not None
+            timeout = plan.fallback_timeout_s
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.perf_counter() - plan.margin_s)
+            if timeout <= 0 or not backend.breaker.allow():
+                plan.fallback_failed += 1
+                return failed
+            md = metadata
+            span = None
+            if self._tracing is not None and server_ctx is not None:
+                span, injected = self._tracing.start_client(
+                    f"{backend.name} {method[1:]}", server_ctx,
+                    self.span_attributes(method, backend.target, "fallback"),
+                )
+                md = (*metadata, *injected)
+            answer = await backend.call(method, request, timeout=timeout, metadata=md)
+            backend.breaker.record(answer.code.name in plan.failure_codes)
+            if span is not None:
+                Tracing.end(span, answer.code, answer.details)
+            name, version = backend.name, backend.version
+        plan.fallbacks += 1
+        key = (plan.match, name, "fallback", answer.code.name)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        self._sink.record_call(
+            CallRecord(
+                request_id, answer.started, plan.match, method, name, version, "fallback",
+                answer.ok, answer.code.name, answer.latency_ms, len(request), answer.response,
+                reason if answer.ok else f"{reason}; then {answer.details}", self.version,
+                plan.decoding,
+            )
+        )
+        if not answer.ok:
+            plan.fallback_failed += 1
+            return failed if answer.code is grpc.StatusCode.DEADLINE_EXCEEDED else answer
+        return answer

@@ -137,12 +137,16 @@ async def test_broken_shadow_never_reaches_the_caller(
             assert await stub(str(i).encode()) == str(i).encode()
     await sc.aclose()
     con = duckdb.connect(str(db), read_only=True)
-    statuses = {
-        r[0] for r in con.execute("SELECT status FROM calls WHERE role = 'shadow'").fetchall()
-    }
-    expected = {"dead": {"UNAVAILABLE"}, "failing": {"INTERNAL"}, "slow": {"DEADLINE_EXCEEDED"}}
-    assert statuses == expected[kind]
+    rows = con.execute("SELECT status, error FROM calls WHERE role = 'shadow'").fetchall()
     con.close()
+    statuses = {status for status, _ in rows}
+    expected = {"dead": "UNAVAILABLE", "failing": "INTERNAL", "slow": "DEADLINE_EXCEEDED"}
+    assert len(rows) == 10
+    assert expected[kind] in statuses
+    # A shadow that keeps failing trips its circuit breaker: later copies are skipped
+    # (recorded as DROPPED, "circuit open") instead of being sent.
+    assert statuses <= {expected[kind], "DROPPED"}
+    assert all(err == "circuit open" for status, err in rows if status == "DROPPED")
 
 
 async def test_several_shadows_each_get_a_copy(echo, start_sidecar, channel_to) -> None:

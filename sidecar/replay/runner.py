@@ -1,0 +1,293 @@
+"""Re-sending recorded requests to a candidate backend, paced and bounded, with progress.
+
+Each answer becomes a ``calls`` row with role ``replay`` under the ORIGINAL request id, so
+``sidecar report divergence`` pairs it with the recorded primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from sidecar.backends import Backend, CallOutcome
+from sidecar.config import BackendConfig
+from sidecar.replay.source import (
+    RecordedRequest,
+    ReplayInputError,
+    ReplaySource,
+    RouteDecoding,
+)
+from sidecar.replay.store import ReplayStore
+from sidecar.sink import CallRecord
+
+__all__ = ["ReplayOptions", "ReplayResult", "default_out", "new_run_id", "replay"]
+
+log = logging.getLogger(__name__)
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+ROLE = "replay"
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """One replay: what to read, where to send it, how fast, where to write."""
+
+    source: str
+    route: str
+    target: str
+    backend_name: str
+    backend_version: str
+    run_id: str
+    out: str
+    since: str | None = None
+    until: str | None = None
+    rate: float | None = None
+    concurrency: int = 8
+    timeout_s: float = 5.0
+    limit: int | None = None
+    codec: str | None = None
+    record_bytes: bool = False
+    flush_rows: int = 200
+    flush_interval_s: float = 1.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What a replay did; ``interrupted`` means it can be resumed with the same run id."""
+
+    run_id: str
+    out: str
+    selected: int
+    already_done: int
+    sent: int
+    ok: int
+    interrupted: bool
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def default_out(source: str, run_id: str) -> str:
+    """``replay-RUNID.duckdb`` beside the source file (or beside the Parquet directory)."""
+    parent = Path(os.path.abspath(source.rstrip("/"))).parent
+    return str(parent / f"replay-{run_id}.duckdb")
+
+
+class _Pacer:
+    """At most ``rate`` starts per second across all workers (None: no limit)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            start = max(self._next, now)
+            self._next = start + self._interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+def _validate(options: ReplayOptions) -> None:
+    if not _RUN_ID.match(options.run_id):
+        raise ReplayInputError("--run-id must be 1-63 letters, digits, '.', '_' or '-'")
+    if options.concurrency < 1:
+        raise ReplayInputError("--concurrency must be at least 1")
+    if options.rate is not None and options.rate <= 0:
+        raise ReplayInputError("--rate must be positive")
+    if os.path.abspath(options.out) == os.path.abspath(options.source):
+        raise ReplayInputError("--out must not be the source file")
+    try:
+        BackendConfig(name=options.backend_name, version=options.backend_version,
+                      target=options.target)
+    except ValueError as exc:
+        raise ReplayInputError(f"invalid candidate backend: {exc}") from exc
+
+
+async def replay(options: ReplayOptions, *, stop: asyncio.Event | None = None) -> ReplayResult:
+    """Run (or resume) one replay. Setting ``stop`` (SIGINT does, in the main thread) ends it
+    after the calls in flight; what was answered is written, the rest is left for a resume."""
+    _validate(options)
+    stop = stop or asyncio.Event()
+    source = ReplaySource(options.source, options.route, since=options.since,
+                          until=options.until)
+    store = None
+    backend = None
+    try:
+        store = ReplayStore(options.out, options.run_id)
+        others = store.other_runs()
+        if others:
+            log.warning("%s also holds replay runs %s: their rows pair with the same primaries",
+                        options.out, ", ".join(others))
+        store.copy_configs(source)
+        by_version, latest = source.decodings()
+        if options.codec is not None:
+            by_version, latest = {}, RouteDecoding(options.codec, None, -1)
+        done = store.done()
+        selected = source.count()
+        backend = Backend(
+            BackendConfig(name=options.backend_name, version=options.backend_version,
+                          target=options.target),
+            max_message_bytes=options.max_message_bytes,
+        )
+        run = _Run(options, source, store, backend, stop, by_version, latest)
+        todo = max(0, selected - len(done))
+        if options.limit is not None:
+            todo = min(todo, options.limit)
+        with _SignalStop(stop):
+            sent = await run.go(done, todo)
+        ok = run.ok
+        return ReplayResult(options.run_id, options.out, selected, len(done), sent, ok,
+                            interrupted=stop.is_set())
+    finally:
+        if backend is not None:
+            await backend.aclose()
+        if store is not None:
+            store.close()
+        source.close()
+
+
+class _SignalStop:
+    """SIGINT sets the stop event while the replay runs (main thread only)."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self._installed = False
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self._stop.set)
+                self._installed = True
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix loop
+                pass
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+
+
+class _Run:
+    """The workers, the pacer and the batched writes of one replay."""
+
+    def __init__(self, options: ReplayOptions, source: ReplaySource, store: ReplayStore,
+                 backend: Backend, stop: asyncio.Event, by_version: dict[str, RouteDecoding],
+                 latest: RouteDecoding) -> None:
+        self.o = options
+        self.source = source
+        self.store = store
+        self.backend = backend
+        self.stop = stop
+        self.by_version = by_version
+        self.latest = latest
+        self.pacer = _Pacer(options.rate)
+        self.pending: list[CallRecord] = []
+        self.last_flush = time.monotonic()
+        self.ok = 0
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def _decoding(self, request: RecordedRequest) -> RouteDecoding:
+        found = self.by_version.get(request.config_version or "")
+        return found if found is not None else self.latest
+
+    async def go(self, done: set[str], todo: int) -> int:
+        queue: asyncio.Queue[RecordedRequest | None] = asyncio.Queue(self.o.concurrency * 2)
+        console = Console(stderr=True)
+        with Progress(
+            TextColumn(f"[bold]replay {self.o.run_id}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+            disable=not self.o.progress,
+        ) as progress:
+            bar = progress.add_task("replay", total=todo)
+            workers = [asyncio.create_task(self._worker(queue, progress, bar))
+                       for _ in range(self.o.concurrency)]
+            try:
+                await self._feed(queue, done, todo)
+            finally:
+                for _ in workers:
+                    await queue.put(None)
+                await asyncio.gather(*workers)
+                self._flush(force=True)
+        if self.error is not None:
+            raise self.error
+        return self.sent
+
+    async def _feed(self, queue: asyncio.Queue[RecordedRequest | None], done: set[str],
+                    todo: int) -> None:
+        fed = 0
+        for request in self.source.requests(done):
+            if self.stop.is_set() or fed >= todo:
+                return
+            await self.pacer.wait()
+            if self.stop.is_set():
+                return
+            await queue.put(request)
+            fed += 1
+
+    async def _worker(self, queue: asyncio.Queue[RecordedRequest | None], progress: Progress,
+                      bar: TaskID) -> None:
+        while (request := await queue.get()) is not None:
+            if self.stop.is_set():
+                continue  # drain: queued but not sent, left for a resume
+            try:
+                self._answered(request, await self._send(request))
+                progress.advance(bar)
+            except Exception as exc:  # stop the run; the feeder must not wait on a dead pool
+                self.error = self.error or exc
+                self.stop.set()
+
+    async def _send(self, request: RecordedRequest) -> CallOutcome:
+        return await self.backend.call(
+            request.method, request.body, timeout=self.o.timeout_s,
+            metadata=(("x-request-id", request.request_id), ("x-shadow", "true"),
+                      ("x-replay-run", self.o.run_id)),
+        )
+
+    def _answered(self, request: RecordedRequest, outcome: CallOutcome) -> None:
+        decoding = self._decoding(request).decoding(self.o.record_bytes)
+        # ts is the original request's, so time windows hold the pair together.
+        self.pending.append(CallRecord(
+            request.request_id, request.ts, self.o.route, request.method,
+            self.backend.name, self.backend.version, ROLE, False, outcome.code.name,
+            outcome.latency_ms, len(request.body), outcome.response, outcome.details,
+            request.config_version or "", decoding,
+        ))
+        self.sent += 1
+        self.ok += outcome.ok
+        self._flush()
+
+    def _flush(self, *, force: bool = False) -> None:
+        due = (len(self.pending) >= self.o.flush_rows
+               or time.monotonic() - self.last_flush >= self.o.flush_interval_s)
+        if not self.pending or not (force or due):
+            return
+        rows, self.pending = self.pending, []
+        self.store.write(self.source, rows, time.time())
+        self.last_flush = time.monotonic()

@@ -1,0 +1,219 @@
+"""Recorded traffic to replay: requests with their bytes, and how each route was decoded.
+
+Reads a stopped sidecar's DuckDB file or a Parquet export through ``analysis.load``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from sidecar.codecs import codec_for
+from sidecar.errors import ShadowcarError
+from sidecar.sink import Decoding
+
+__all__ = [
+    "PRIMARY_SQL",
+    "RecordedRequest",
+    "ReplayInputError",
+    "ReplaySource",
+    "RouteDecoding",
+]
+
+#: Calls whose output is the request's primary answer (as analysis.divergence reads it).
+PRIMARY_SQL = "(role = 'primary' OR (served AND role IN ('variant', 'stable', 'canary')))"
+_PAGE_ROWS = 500
+
+
+class ReplayInputError(ShadowcarError):
+    """The source, its recorded data or the arguments cannot give a replay (exit 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One recorded request to send again."""
+
+    request_id: str
+    ts: float
+    method: str
+    body: bytes
+    config_version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecoding:
+    """How a route's responses were decoded under one config version."""
+
+    codec: str
+    compare_output: str | None
+    score_index: int
+
+    def decoding(self, record_bytes: bool) -> Decoding:
+        return Decoding(codec_for(self.codec), self.compare_output, self.score_index,
+                        record_bytes)
+
+
+RAW = RouteDecoding("raw", None, -1)
+
+
+def route_decoding(config_json: str, route: str) -> RouteDecoding | None:
+    """The route's codec settings in a recorded canonical config, None when it has no route."""
+    try:
+        config = json.loads(config_json)
+    except ValueError:
+        return None
+    routes = config.get("routes") if isinstance(config, dict) else None
+    for entry in routes or []:
+        if isinstance(entry, dict) and entry.get("match") == route:
+            codec = entry.get("codec") or "raw"
+            return RouteDecoding(
+                codec if codec in ("oip", "raw") else "raw",
+                entry.get("compare_output"),
+                int(entry.get("score_index", -1)),
+            )
+    return None
+
+
+class ReplaySource:
+    """A recorded source opened read-only; iterates one route's requests that carry bytes."""
+
+    def __init__(self, location: str, route: str, *, since: str | None = None,
+                 until: str | None = None) -> None:
+        try:
+            from analysis.load import AnalysisSourceError, open_source, time_filter
+        except ImportError as exc:  # pragma: no cover - analysis ships with the sidecar
+            raise ReplayInputError("replay needs the analysis package") from exc
+        if not os.path.exists(location):
+            raise ReplayInputError(f"--from {location!r}: no such file or directory")
+        self.location = location
+        self.route = route
+        try:
+            if os.path.isdir(location):
+                self.con = open_source(parquet=location)
+            else:
+                self.con = open_source(db=location)
+            self._where = time_filter(since, until)
+        except AnalysisSourceError as exc:
+            raise ReplayInputError(str(exc)) from exc
+        self._check()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def columns(self, table: str) -> list[str]:
+        present = self.con.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [table]
+        ).fetchall()
+        if not present[0][0]:
+            return []
+        return [str(r[0]) for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
+
+    def _check(self) -> None:
+        cols = self.columns("requests")
+        if not cols:
+            raise ReplayInputError(f"{self.location!r} has no recorded requests table")
+        if "request_bytes" not in cols:
+            raise ReplayInputError(
+                f"{self.location!r} has no request_bytes column: export with "
+                "storage.export.include_bytes: true (and record with storage.record_bytes: true)"
+            )
+        total, with_bytes = self.con.execute(
+            f"SELECT count(*), count(request_bytes) FROM requests WHERE route = ? "
+            f"AND {self._where}", [self.route]
+        ).fetchall()[0]
+        if not total:
+            routes = [str(r[0]) for r in self.con.execute(
+                "SELECT DISTINCT route FROM requests ORDER BY 1 LIMIT 20").fetchall()]
+            raise ReplayInputError(
+                f"no recorded requests for route {self.route!r} in the window "
+                f"(routes recorded: {', '.join(routes) or 'none'})"
+            )
+        if not with_bytes:
+            raise ReplayInputError(
+                f"none of the {total} recorded requests of route {self.route!r} kept their "
+                "bytes: replay needs traffic recorded with storage.record_bytes: true"
+            )
+
+    def count(self) -> int:
+        """Requests of the route in the window that carry bytes."""
+        rows = self.con.execute(
+            f"SELECT count(*) FROM requests WHERE route = ? AND request_bytes IS NOT NULL "
+            f"AND {self._where}", [self.route]
+        ).fetchall()
+        return int(rows[0][0])
+
+    def requests(self, skip: set[str]) -> Iterator[RecordedRequest]:
+        """Requests in (ts, request_id) order, a page at a time; ids in ``skip`` are left out.
+
+        Pages are read to their end before they are yielded (DuckDB 2 wants every result
+        consumed before the connection does other work)."""
+        last: tuple[Any, str] | None = None
+        while True:
+            after = "TRUE" if last is None else "(ts > ? OR (ts = ? AND request_id > ?))"
+            params: list[Any] = [self.route]
+            if last is not None:
+                params += [last[0], last[0], last[1]]
+            rows = self.con.execute(
+                "SELECT request_id, ts, epoch(ts), method, request_bytes, config_version "
+                f"FROM requests WHERE route = ? AND request_bytes IS NOT NULL AND {self._where} "
+                f"AND {after} ORDER BY ts, request_id LIMIT {_PAGE_ROWS}", params
+            ).fetchall()
+            if not rows:
+                return
+            for rid, _ts, epoch, method, body, version in rows:
+                if rid not in skip:
+                    yield RecordedRequest(str(rid), float(epoch), str(method), bytes(body),
+                                          version)
+            last = (rows[-1][1], str(rows[-1][0]))
+
+    def decodings(self) -> tuple[dict[str, RouteDecoding], RouteDecoding]:
+        """Per config version, the route's decoding; and the newest one as the default."""
+        if "config_json" not in self.columns("configs"):
+            return {}, RAW
+        rows = self.con.execute(
+            "SELECT config_version, config_json FROM configs ORDER BY ts NULLS FIRST"
+        ).fetchall()
+        found: dict[str, RouteDecoding] = {}
+        latest = RAW
+        for version, text in rows:
+            decoded = route_decoding(str(text), self.route) if text is not None else None
+            if decoded is not None:
+                found[str(version)] = decoded
+                latest = decoded
+        return found, latest
+
+    def originals(self, table: str, ids: list[str], columns: list[str]) -> pa.Table:
+        """Recorded rows of ``table`` for ``ids``: requests, or the primary calls."""
+        keep = [c for c in columns if c in set(self.columns(table))]
+        select = ", ".join(f'"{c}"' for c in keep)
+        where = "request_id IN (SELECT unnest(?))"
+        if table == "calls":
+            where += f" AND {PRIMARY_SQL}"
+        return self.con.sql(
+            f"SELECT {select} FROM {table} WHERE {where}", params=[ids]
+        ).to_arrow_table()
+
+    def configs(self, columns: list[str]) -> pa.Table | None:
+        have = set(self.columns("configs"))
+        if not have:
+            return None
+        keep = ", ".join(f'"{c}"' for c in columns if c in have)
+        return self.con.sql(f"SELECT DISTINCT {keep} FROM configs").to_arrow_table()
+
+
+def connect_out(path: str) -> duckdb.DuckDBPyConnection:
+    """Open (or create) the replay output file and bring it to the recorded schema."""
+    from sidecar.sink import migrate
+
+    try:
+        con = duckdb.connect(path)
+        migrate(con)
+    except (duckdb.Error, OSError, RuntimeError) as exc:
+        raise ReplayInputError(f"cannot open replay output {path!r}: {exc}") from exc
+    return con
