@@ -210,7 +210,14 @@ class DuckDBSink:
 
     def _flush(self) -> None:
         taken = self._swap()
-        if not taken or self._con is None:
+        if not taken:
+            return
+        if self._con is None:
+            self._recover()
+        if self._con is None:  # still cannot open: drop and count, try again next time
+            for table, rows in taken.items():
+                self.stats.dropped[table] += len(rows)
+            self._last_flush_failed = True
             return
         started = time.perf_counter()
         failed = False
@@ -226,10 +233,35 @@ class DuckDBSink:
             else:
                 self.stats.written[table] += len(rows)
         self._last_flush_failed = failed
+        if failed:
+            self._recover()
         self.stats.flushes += 1
         self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
         if self.on_flush is not None:
             self.on_flush(self.stats.last_flush_ms)
+
+    def _recover(self) -> None:
+        """After a failed write: keep the connection if it still answers, else reopen the
+        file (a fatal error invalidates a DuckDB connection). Writing resumes by itself."""
+        con = self._con
+        try:
+            if con is not None:
+                con.execute("SELECT 1").fetchall()
+                return
+        except duckdb.Error:
+            pass
+        try:
+            if con is not None:
+                con.close()
+        except duckdb.Error:
+            pass
+        try:
+            self._con = duckdb.connect(str(self._path))
+            migrate(self._con)
+            log.warning("sink reopened %s after a write failure", self._path)
+        except (duckdb.Error, OSError, RuntimeError) as exc:
+            self._con = None
+            self.stats.last_error = f"reopen failed: {exc}"
 
     def _run(self) -> None:
         try:

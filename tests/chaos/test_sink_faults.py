@@ -1,0 +1,71 @@
+"""The sink cannot write (file size limit = disk full): serving goes on, records are
+dropped and counted, readiness says so, and writing resumes by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+
+import duckdb
+import grpc
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
+LIMIT = 1_200_000  # bytes any file of the child may reach: a tiny "disk"
+
+
+def _limit_files() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, resource.RLIM_INFINITY))
+
+
+async def test_disk_full_degrades_then_recovers(echo, sidecar_process, tmp_path) -> None:
+    primary = await echo()
+    db = tmp_path / "full.duckdb"
+    sc = sidecar_process({
+        "storage": {"path": str(db), "flush_interval_ms": 50, "record_bytes": True},
+        "backends": [{"name": "p", "version": "1", "target": primary.target}],
+        "routes": [{"match": "*", "primary": "p"}],
+    }, preexec=_limit_files)
+    await sc.wait_ready()
+    answered = 0
+    degraded = None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sc.port}") as ch:
+        stub = ch.unary_unary("/m.S/P")
+        body = b"z" * 4000
+        for i in range(3000):
+            assert await stub(body) == body  # serving goes on whatever the sink does
+            answered += 1
+            if i % 50 == 0:
+                status, ready = await sc.get("/readyz")
+                if status == 503:
+                    degraded = ready
+                    break
+        assert degraded is not None, "the file limit was never reached"
+        assert any("sink not writable" in r for r in degraded["reasons"])
+        for _ in range(100):
+            assert await stub(body) == body
+            answered += 1
+        _, stats = await sc.get("/v1/stats")
+        assert sum(stats["sink"]["dropped"].values()) > 0
+        # The "disk" is freed: lift the limit on the running process.
+        resource.prlimit(sc.proc.pid, resource.RLIMIT_FSIZE,
+                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        for _ in range(200):
+            assert await stub(b"after") == b"after"
+            answered += 1
+            status, _ = await sc.get("/readyz")
+            if status == 200:
+                break
+            await asyncio.sleep(0.02)
+        assert status == 200
+        for i in range(20):
+            await stub(b"late", metadata=(("x-request-id", f"late-{i}"),))
+    assert sc.stop() == 0
+    con = duckdb.connect(str(db), read_only=True)
+    late = con.execute(
+        "SELECT count(*) FROM requests WHERE request_id LIKE 'late-%'").fetchall()[0][0]
+    total = con.execute("SELECT count(*) FROM requests").fetchall()[0][0]
+    con.close()
+    assert late == 20  # writing resumed by itself
+    assert 0 < total < answered
