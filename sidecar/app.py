@@ -23,8 +23,9 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from sidecar.admin import AdminServer
 from sidecar.assignment import UnitKey
 from sidecar.backends import Backend
+from sidecar.backends.tls import backend_credentials, server_credentials
 from sidecar.canary import CanaryController, CanaryState, evidence_from
-from sidecar.config import LoadedConfig, canonical_json
+from sidecar.config import BackendConfig, LoadedConfig, canonical_json
 from sidecar.config.experiments import CanaryConfig
 from sidecar.config.reload import check_reload
 from sidecar.errors import ConfigError, ShadowcarError
@@ -90,6 +91,12 @@ class Sidecar:
     def dispatch(self) -> Dispatch:
         assert self._handler is not None, "sidecar not started"
         return self._handler.dispatch
+
+    @staticmethod
+    def _backend(loaded: LoadedConfig, config: BackendConfig) -> Backend:
+        creds, options = backend_credentials(loaded, config.name)
+        return Backend(config, max_message_bytes=loaded.config.max_message_bytes,
+                       credentials=creds, options=options)
 
     # -- canaries --------------------------------------------------------------------
     def _sync_canaries(self, loaded: LoadedConfig) -> None:
@@ -183,11 +190,12 @@ class Sidecar:
                 if current is not None and current.config == b:
                     backends[b.name] = current
                 else:
-                    backends[b.name] = Backend(b, max_message_bytes=cfg.max_message_bytes)
+                    backends[b.name] = self._backend(loaded, b)
             retired = [b for name, b in self.backends.items() if backends.get(name) is not b]
             self.loaded = loaded
             self._sync_canaries(loaded)
-            routes = RouteTable(cfg, backends, self.canaries, loaded.static_fallbacks)
+            routes = RouteTable(cfg, backends, self.canaries, loaded.static_fallbacks,
+                                loaded.redaction_keys)
             assert self._handler is not None
             self._handler.swap(
                 Dispatch(
@@ -226,9 +234,10 @@ class Sidecar:
         self.sink.open()
         self.sink.record_config(self.loaded.version, canonical_json(cfg))
         for backend in cfg.backends:
-            self.backends[backend.name] = Backend(backend, max_message_bytes=cfg.max_message_bytes)
+            self.backends[backend.name] = self._backend(self.loaded, backend)
         self._sync_canaries(self.loaded)
-        routes = RouteTable(cfg, self.backends, self.canaries, self.loaded.static_fallbacks)
+        routes = RouteTable(cfg, self.backends, self.canaries, self.loaded.static_fallbacks,
+                            self.loaded.redaction_keys)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -242,8 +251,12 @@ class Sidecar:
         reflection.enable_server_reflection(
             (HEALTH_SERVICE, feedback, reflection.SERVICE_NAME), self._server
         )
+        creds = server_credentials(self.loaded)
         try:
-            self.port = self._server.add_insecure_port(cfg.listen)
+            if creds is None:
+                self.port = self._server.add_insecure_port(cfg.listen)
+            else:
+                self.port = self._server.add_secure_port(cfg.listen, creds)
         except RuntimeError as exc:
             raise ShadowcarError(f"listen: cannot bind {cfg.listen}: {exc}") from exc
         if self.port == 0:

@@ -71,7 +71,14 @@ class AdminServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        import os
+
+        from sidecar.backends.tls import admin_ssl_context
+
+        base = os.path.dirname(os.path.abspath(self._sidecar.config_path or "."))
+        ctx = admin_ssl_context(self._sidecar.loaded, base if self._sidecar.config_path
+                                else os.getcwd())
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=ctx)
         await site.start()
         server = site._server  # aiohttp exposes the bound socket only here
         sockets = getattr(server, "sockets", None) or []

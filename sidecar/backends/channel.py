@@ -49,19 +49,30 @@ def _as_tuples(md: Any) -> Metadata:
 class Backend:
     """A named, versioned model endpoint and the channel that reaches it."""
 
-    def __init__(self, config: BackendConfig, *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        config: BackendConfig,
+        *,
+        max_message_bytes: int,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.name = config.name
         self.version = config.version
         self.target = config.target
         self.config = config
-        self._channel = grpc.aio.insecure_channel(
-            config.target,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.enable_retries", 0),
-            ],
-        )
+        channel_options: list[tuple[str, object]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 0),
+            *(options or []),
+        ]
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(config.target, options=channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                config.target, credentials, options=channel_options
+            )
         self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self.breaker = CircuitBreaker(config.breaker)
         self._closed = False

@@ -33,6 +33,10 @@ class LoadedConfig:
     version: str
     source: str
     static_fallbacks: dict[str, bytes] = field(default_factory=dict)
+    #: Contents of the files the config names (TLS material), by field path.
+    files: dict[str, bytes] = field(default_factory=dict)
+    #: Redaction keys by route match (read from the environment at load).
+    redaction_keys: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def admin_token(self) -> str | None:
@@ -178,6 +182,49 @@ def _static_fallbacks(config: Config, base: Path) -> tuple[dict[str, bytes], lis
     return found, problems
 
 
+def _files(config: Config, base: Path) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
+    wanted: list[tuple[str, str | None]] = []
+    for tls, where in ((config.tls, "tls"), (config.admin.tls, "admin.tls")):
+        if tls is not None:
+            wanted += [(f"{where}.cert", tls.cert), (f"{where}.key", tls.key)]
+            wanted.append((f"{where}.client_ca", getattr(tls, "client_ca", None)))
+    for i, b in enumerate(config.backends):
+        if b.tls is not None:
+            if (b.tls.cert is None) != (b.tls.key is None):
+                wanted.append((f"backends[{i}].tls.key", "\0missing pair"))
+            wanted += [(f"backends[{i}].tls.{k}", getattr(b.tls, k)) for k in ("ca", "cert", "key")]
+    found: dict[str, bytes] = {}
+    problems: list[tuple[str, str]] = []
+    for where, name in wanted:
+        if name is None:
+            continue
+        if name == "\0missing pair":
+            problems.append((where, "give both cert and key for a client certificate"))
+            continue
+        path = Path(name) if Path(name).is_absolute() else base / name
+        try:
+            found[where] = path.read_bytes()
+        except OSError as exc:
+            problems.append((where, f"cannot read {path}: {exc.strerror or exc}"))
+    return found, problems
+
+
+def _redaction_keys(config: Config) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
+    keys: dict[str, bytes] = {}
+    problems: list[tuple[str, str]] = []
+    for r, route in enumerate(config.routes):
+        red = route.redact
+        if red is None or red.mode != "hash":
+            continue
+        value = os.environ.get(red.key_env)
+        if not value:
+            problems.append((f"routes[{r}].redact.key_env",
+                             f"environment variable {red.key_env} is not set"))
+        else:
+            keys[route.match] = value.encode()
+    return keys, problems
+
+
 def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> LoadedConfig:
     """Validate already-parsed YAML/JSON data."""
     if not isinstance(data, dict):
@@ -200,6 +247,10 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     problems = _cross_check(config)
     statics, more = _static_fallbacks(config, base_dir or Path.cwd())
     problems.extend(more)
+    files, more = _files(config, base_dir or Path.cwd())
+    problems.extend(more)
+    keys, more = _redaction_keys(config)
+    problems.extend(more)
     if problems:
         raise ConfigError(problems, source)
     # The secret is part of the version only through its hash, never in clear.
@@ -210,7 +261,8 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     for match in sorted(statics):  # a changed fallback file is a new version
         digest.update(hashlib.sha256(statics[match]).digest())
     return LoadedConfig(
-        config=config, version=digest.hexdigest()[:12], source=source, static_fallbacks=statics
+        config=config, version=digest.hexdigest()[:12], source=source,
+        static_fallbacks=statics, files=files, redaction_keys=keys,
     )
 
 

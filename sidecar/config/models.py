@@ -16,6 +16,7 @@ from sidecar.config.experiments import (
     ExperimentConfig,
     UnitSource,
 )
+from sidecar.config.security import RedactConfig, TlsClientConfig, TlsServerConfig
 from sidecar.resilience.breaker import BreakerConfig
 from sidecar.resilience.fallback import FallbackConfig
 
@@ -55,6 +56,7 @@ PositiveMs = Annotated[int, Field(gt=0, le=3_600_000)]
 
 class AdminConfig(_Model):
     listen: str | None = Field("127.0.0.1:9901", description="admin HTTP address; null disables")
+    tls: TlsServerConfig | None = Field(None, description="serve the admin API over HTTPS")
     token: SecretStr | None = Field(
         None, description="bearer token for mutations (or env SHADOWCAR_ADMIN_TOKEN)"
     )
@@ -127,6 +129,7 @@ class BackendConfig(_Model):
     breaker: BreakerConfig = Field(
         default_factory=BreakerConfig, description="circuit breaker towards this backend"
     )
+    tls: TlsClientConfig | None = Field(None, description="TLS (and mTLS) towards the backend")
 
     @field_validator("name")
     @classmethod
@@ -167,6 +170,7 @@ class RouteConfig(_Model):
     max_concurrent: int | None = Field(
         None, ge=1, le=1_000_000, description="calls in flight before RESOURCE_EXHAUSTED"
     )
+    redact: RedactConfig | None = Field(None, description="what is hidden before recording")
     deadline_margin_ms: int = Field(
         5, ge=0, le=10_000, description="kept back from the caller's deadline for the answer"
     )
@@ -185,6 +189,7 @@ class RouteConfig(_Model):
 
 class Config(_Model):
     listen: str = Field("0.0.0.0:50051", description="gRPC address callers use")
+    tls: TlsServerConfig | None = Field(None, description="TLS (mTLS with client_ca) for callers")
     admin: AdminConfig = Field(default_factory=AdminConfig, description="admin HTTP API")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="recording")
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig, description="stop behaviour")

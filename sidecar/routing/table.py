@@ -14,6 +14,7 @@ from sidecar.canary import CanaryController
 from sidecar.codecs import codec_for
 from sidecar.config import Config, MirrorShadowConfig, RouteConfig
 from sidecar.sink import Decoding
+from sidecar.sink.redaction import Redactor
 
 __all__ = ["RoutePlan", "RouteTable", "ShadowLane", "sample_bucket"]
 
@@ -107,6 +108,16 @@ class RoutePlan:
         return self.config.match
 
 
+def _redactor(route: RouteConfig, keys: dict[str, bytes] | None) -> Redactor | None:
+    red = route.redact
+    if red is None:
+        return None
+    return Redactor(
+        inputs=frozenset(red.inputs), fields=red.fields, unit=red.unit, mode=red.mode,
+        key=(keys or {}).get(route.match),
+    )
+
+
 class RouteTable:
     """Method -> route, by exact method, then service wildcard, then '*'."""
 
@@ -116,6 +127,7 @@ class RouteTable:
         backends: dict[str, Backend],
         canaries: dict[str, CanaryController] | None = None,
         static_fallbacks: dict[str, bytes] | None = None,
+        redaction_keys: dict[str, bytes] | None = None,
     ) -> None:
         self._exact: dict[str, RoutePlan] = {}
         self._service: dict[str, RoutePlan] = {}
@@ -167,7 +179,9 @@ class RouteTable:
                     codec=codec_for(route.codec),
                     compare_output=route.compare_output,
                     score_index=route.score_index,
-                    record_bytes=config.storage.record_bytes,
+                    # A redacted route never keeps raw bytes: they would hold the secret.
+                    record_bytes=config.storage.record_bytes and route.redact is None,
+                    redactor=_redactor(route, redaction_keys),
                 ),
             )
             fb = route.fallback

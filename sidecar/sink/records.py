@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from sidecar.codecs import Codec
+    from sidecar.sink.redaction import Redactor
 
 __all__ = [
     "AuditRecord",
@@ -28,6 +29,7 @@ class Decoding(NamedTuple):
     compare_output: str | None
     score_index: int
     record_bytes: bool
+    redactor: Redactor | None = None
 
 
 class RequestRecord(NamedTuple):

@@ -56,17 +56,24 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
                 decoded = None
             if decoded is not None:
                 tensors = [t.as_row() for t in decoded]
+        if dec.redactor is not None:
+            tensors = dec.redactor.tensors(tensors)
         inputs.append(tensors)
         raw.append(row.request if dec.record_bytes else None)
     cols = list(zip(*rows, strict=True))
     f = RequestRecord._fields
+    units = list(cols[f.index("unit_id")])
+    for i, row in enumerate(rows):
+        red = row.decoding.redactor
+        if red is not None and red.unit:
+            units[i] = red.value(units[i])
     return pa.table(
         {
             "request_id": pa.array(cols[f.index("request_id")], pa.string()),
             "ts": _timestamps(cols[f.index("ts")]),
             "route": pa.array(cols[f.index("route")], pa.string()),
             "method": pa.array(cols[f.index("method")], pa.string()),
-            "unit_id": pa.array(cols[f.index("unit_id")], pa.string()),
+            "unit_id": pa.array(units, pa.string()),
             "experiment": pa.array(cols[f.index("experiment")], pa.string()),
             "variant": pa.array(cols[f.index("variant")], pa.string()),
             "exposed": pa.array(cols[f.index("exposed")], pa.bool_()),

@@ -1,0 +1,53 @@
+"""Redaction before recording: named inputs, the unit id and JSON fields are dropped or
+replaced by a keyed hash (HMAC-SHA256, hex, first 32 characters), in the writer thread.
+
+A keyed hash keeps equal values equal (units stay countable, categories comparable) while
+the value itself cannot be recovered without the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["Redactor"]
+
+
+@dataclass(frozen=True)
+class Redactor:
+    """One route's redaction rules and key."""
+
+    inputs: frozenset[str]
+    fields: tuple[str, ...]
+    unit: bool
+    mode: Literal["hash", "drop"]
+    key: bytes | None
+
+    def value(self, text: str | None) -> str | None:
+        if text is None or self.mode == "drop" or self.key is None:
+            return None
+        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def tensor(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """A decoded tensor row, redacted; None when it is dropped."""
+        if row["name"] not in self.inputs:
+            return row
+        if self.mode == "drop":
+            return None
+        text = row.get("text")
+        data = row.get("data")
+        hashed: list[str] = []
+        if text is not None:
+            hashed = [self.value(t) or "" for t in text]
+        elif data is not None:
+            hashed = [self.value(struct.pack("<d", float(x)).hex()) or "" for x in data]
+        return {**row, "data": None, "text": hashed}
+
+    def tensors(self, rows: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if rows is None:
+            return None
+        out = [self.tensor(r) for r in rows]
+        return [r for r in out if r is not None]
