@@ -75,6 +75,7 @@ class Backend:
             )
         self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self.breaker = CircuitBreaker(config.breaker)
+        self._streams: dict[str, Any] = {}
         self._closed = False
 
     def _method(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
@@ -114,6 +115,20 @@ class Backend:
             started,
             latency,
         )
+
+    def stream(self, kind: str, method: str) -> Any:
+        """A raw-bytes multicallable for a streaming method (``server``, ``client``, ``bidi``)."""
+        key = f"{kind}:{method}"
+        stub = self._streams.get(key)
+        if stub is None:
+            factory = {
+                "server": self._channel.unary_stream,
+                "client": self._channel.stream_unary,
+                "bidi": self._channel.stream_stream,
+            }[kind]
+            stub = factory(method)
+            self._streams[key] = stub
+        return stub
 
     async def wait_ready(self, timeout: float) -> bool:
         """Try to connect within ``timeout``; True when the channel is ready."""

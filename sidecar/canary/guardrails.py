@@ -13,9 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import duckdb
-from scipy import stats
 
-from analysis.significance import cs_multiplier, mixture_rho2
 from sidecar.config.experiments import CanaryConfig
 
 __all__ = ["Evaluation", "Evidence", "gather_evidence", "judge"]
@@ -129,6 +127,9 @@ def _ts(epoch: float) -> Any:
 
 def _error_rate_bounds(ev: Evidence, alpha: float, n_opt: float) -> tuple[float, float, float]:
     """Estimate and confidence-sequence bounds of (candidate - stable) error rate."""
+    # Imported here: statistics load only in a sidecar that runs a canary.
+    from analysis.significance import cs_multiplier, mixture_rho2
+
     nc, ns = ev.n_canary, ev.n_stable
     # Shrunk rates keep the variance positive when no error was seen yet.
     pc = (ev.err_canary + 0.5) / (nc + 1)
@@ -185,6 +186,8 @@ def judge(
         missing.append(f"divergence: {ev.pairs} mirrored pairs (need {MIN_PAIRS})")
     units = ev.units_canary + ev.units_stable
     if units >= MIN_SRM_UNITS and 0 < share < 100:
+        from scipy import stats
+
         expected = [units * share / 100, units * (1 - share / 100)]
         p = float(stats.chisquare([ev.units_canary, ev.units_stable], expected).pvalue)
         figures["srm_p_value"] = p

@@ -79,6 +79,10 @@ class StorageConfig(_Model):
         5_000, ge=1, le=1_000_000, description="pending records that trigger an early flush"
     )
     record_bytes: bool = Field(False, description="also store raw request and response bytes")
+    duckdb_threads: int = Field(
+        1, ge=1, le=64, description="DuckDB worker threads of the sink (keep the cores serving)"
+    )
+    duckdb_memory_limit: str = Field("512MB", description="DuckDB memory limit of the sink")
 
 
 class ShutdownConfig(_Model):
@@ -157,6 +161,9 @@ class RouteConfig(_Model):
     primary: str = Field(description="name of the backend that serves")
     timeout_ms: PositiveMs = Field(1000, description="deadline of the serving call")
     codec: Literal["oip", "raw"] = Field("raw", description="how recorded bytes are decoded")
+    streaming: Literal["unary", "server", "client", "bidi"] = Field(
+        "unary", description="the matched methods' kind; streams pass through with flow control"
+    )
     compare_output: str | None = Field(None, description="output tensor compared (default first)")
     score_index: int = Field(-1, description="element of a vector output used as its score")
     shadows: tuple[MirrorShadowConfig, ...] = Field((), description="backends mirrored to")

@@ -46,6 +46,11 @@ class Mirror:
         self._closing = False
 
     @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        """Every shadow task (unary and streaming) the mirror owns until it ends."""
+        return self._tasks
+
+    @property
     def in_flight(self) -> int:
         return len(self._tasks)
 

@@ -176,7 +176,8 @@ class RouteTable:
                 margin_s=route.deadline_margin_ms / 1000,
                 timeout_s=route.timeout_ms / 1000,
                 decoding=Decoding(
-                    codec=codec_for(route.codec),
+                    # raw: nothing to decode, the writer skips the work entirely
+                    codec=None if route.codec == "raw" else codec_for(route.codec),
                     compare_output=route.compare_output,
                     score_index=route.score_index,
                     # A redacted route never keeps raw bytes: they would hold the secret.

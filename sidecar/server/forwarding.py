@@ -6,6 +6,7 @@ metadata come back unchanged; shadows start beside the primary and are never awa
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass
@@ -112,8 +113,12 @@ class Dispatch:
         self.routes = routes
         self.version = version
         self._sink = sink
+        self.sink = sink
         self._mirror = mirror
+        #: Background tasks of streaming shadows; owned by the mirror's shutdown.
+        self.stream_tasks: set[asyncio.Task[None]] = mirror.tasks
         self._counts = counts
+        self.counts = counts
         self._tracing = tracing
         self._listen = listen
         self._span_attrs: dict[tuple[str, str], dict[str, Any]] = {}

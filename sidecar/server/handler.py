@@ -6,12 +6,14 @@ It only translates between ``grpc.aio`` and :class:`Dispatch`; no routing logic 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
 from sidecar.routing import RoutePlan
 from sidecar.server.forwarding import REQUEST_ID, Dispatch, reply_metadata
+from sidecar.server.streaming import StreamForwarder
 
 __all__ = ["ProxyHandler"]
 
@@ -45,11 +47,42 @@ class ProxyHandler(grpc.GenericRpcHandler):
         if handler is None:
             dispatch = self._dispatch
             plan = dispatch.routes.match(method)
-            behavior = _unrouted(method) if plan is None else _forward(dispatch, plan, method)
-            handler = grpc.unary_unary_rpc_method_handler(behavior)
+            if plan is None:
+                handler = grpc.unary_unary_rpc_method_handler(_unrouted(method))
+            else:
+                handler = _handler_for(dispatch, plan, method)
             if len(handlers) < 10_000:  # unrouted names come from callers: bound the cache
                 handlers[method] = handler
         return handler
+
+
+def _handler_for(
+    dispatch: Dispatch, plan: RoutePlan, method: str
+) -> grpc.RpcMethodHandler[bytes, bytes]:
+    kind = plan.config.streaming
+    if kind == "unary":
+        return grpc.unary_unary_rpc_method_handler(_forward(dispatch, plan, method))
+    streams = StreamForwarder(dispatch)
+    if kind == "server":
+
+        # grpc.aio recognises async generator functions only: relay through one.
+        async def server(request: bytes, context: Any) -> AsyncIterator[bytes]:
+            async for message in streams.server_stream(plan, method, request, context):
+                yield message
+
+        return grpc.unary_stream_rpc_method_handler(server)
+    if kind == "client":
+
+        async def client(requests: AsyncIterator[bytes], context: Any) -> bytes:
+            return await streams.client_stream(plan, method, requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(client)
+
+    async def bidi(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for message in streams.bidi_stream(plan, method, requests, context):
+            yield message
+
+    return grpc.stream_stream_rpc_method_handler(bidi)
 
 
 def _unrouted(method: str) -> Behavior:

@@ -94,7 +94,7 @@ class DuckDBSink:
         if path.parent and not path.parent.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = duckdb.connect(str(path))
+            self._con = self._connect()
             migrate(self._con)
         except (duckdb.Error, OSError, RuntimeError) as exc:
             raise SinkError(f"cannot open recording database {self._path}: {exc}") from exc
@@ -240,6 +240,15 @@ class DuckDBSink:
         if self.on_flush is not None:
             self.on_flush(self.stats.last_flush_ms)
 
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        return duckdb.connect(
+            str(self._path),
+            config={
+                "threads": self._settings.duckdb_threads,
+                "memory_limit": self._settings.duckdb_memory_limit,
+            },
+        )
+
     def _recover(self) -> None:
         """After a failed write: keep the connection if it still answers, else reopen the
         file (a fatal error invalidates a DuckDB connection). Writing resumes by itself."""
@@ -256,7 +265,7 @@ class DuckDBSink:
         except duckdb.Error:
             pass
         try:
-            self._con = duckdb.connect(str(self._path))
+            self._con = self._connect()
             migrate(self._con)
             log.warning("sink reopened %s after a write failure", self._path)
         except (duckdb.Error, OSError, RuntimeError) as exc:

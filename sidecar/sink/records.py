@@ -66,6 +66,8 @@ class CallRecord(NamedTuple):
     error: str | None
     config_version: str
     decoding: Decoding
+    messages: int | None = None
+    first_message_ms: float | None = None
 
 
 class ConfigRecord(NamedTuple):

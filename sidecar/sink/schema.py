@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS calls (
     output DOUBLE[],             -- the compared output tensor, flattened
     score DOUBLE,                -- scalar summary: the value, or output[score_index]
     label VARCHAR,               -- class: argmax index of a vector, or a BYTES value
-    config_version VARCHAR
+    config_version VARCHAR,
+    messages INTEGER,            -- streaming calls: messages received (NULL for unary)
+    first_message_ms DOUBLE      -- streaming calls: time to the first message
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     event_id VARCHAR,

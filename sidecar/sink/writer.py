@@ -142,6 +142,8 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
             "score": pa.array(score, pa.float64()),
             "label": pa.array(label, pa.string()),
             "config_version": pa.array(cols[f.index("config_version")], pa.string()),
+            "messages": pa.array(cols[f.index("messages")], pa.int32()),
+            "first_message_ms": pa.array(cols[f.index("first_message_ms")], pa.float64()),
         }
     )
 

@@ -129,6 +129,12 @@ class Tracing:
                     )
                 )
                 self.export_target = kind if kind != "otlp" else f"otlp {endpoint or 'default'}"
+        if self.export_target == "none" and not env.get("OTEL_TRACES_SAMPLER"):
+            # Nothing would export the spans: record none. Non-recording spans still carry
+            # trace ids, so propagation and the recorded trace_id keep working.
+            from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+            self.provider.sampler = ParentBased(ALWAYS_OFF, remote_parent_sampled=ALWAYS_OFF)
         self.tracer = self.provider.get_tracer("shadowcar")
 
     # -- per call --------------------------------------------------------------------

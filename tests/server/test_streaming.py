@@ -1,0 +1,183 @@
+"""Streaming methods pass through with flow control; server streams can be mirrored."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import duckdb
+import grpc
+import pytest
+
+
+class _StreamBackend(grpc.GenericRpcHandler):
+    """Server stream: the request N times (N from x-count); client stream: the
+    concatenation; bidi: each message upper-cased. Counts what it wrote."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.written = 0
+        self.calls = 0
+
+    def service(self, details):
+        name = details.method.rsplit("/", 1)[1]
+        if name == "Generate":
+            async def gen(request, context):
+                self.calls += 1
+                n = int(dict(context.invocation_metadata()).get("x-count", "3"))
+                await context.send_initial_metadata((("model", "gen-1"),))
+                for i in range(n):
+                    if self.delay_s:
+                        await asyncio.sleep(self.delay_s)
+                    self.written += 1
+                    yield request + str(i).encode()
+                context.set_trailing_metadata((("tokens", str(n)),))
+
+            return grpc.unary_stream_rpc_method_handler(gen)
+        if name == "Upload":
+            async def upload(requests, context):
+                self.calls += 1
+                parts = [m async for m in requests]
+                return b"|".join(parts)
+
+            return grpc.stream_unary_rpc_method_handler(upload)
+        if name == "Chat":
+            async def chat(requests, context):
+                self.calls += 1
+                async for m in requests:
+                    yield m.upper()
+
+            return grpc.stream_stream_rpc_method_handler(chat)
+        if name == "Fail":
+            async def fail(request, context):
+                yield b"one"
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota")
+
+            return grpc.unary_stream_rpc_method_handler(fail)
+        return None
+
+
+async def _serve(handler) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def stream_backends():
+    servers = []
+
+    async def factory(delay_s: float = 0.0):
+        handler = _StreamBackend(delay_s)
+        server, target = await _serve(handler)
+        servers.append(server)
+        return handler, target
+
+    yield factory
+    for s in servers:
+        await s.stop(0)
+
+
+async def test_three_kinds_of_streams_pass_through(stream_backends, start_sidecar, channel_to,
+                                                   tmp_path) -> None:
+    backend, target = await stream_backends()
+    db = tmp_path / "s.duckdb"
+    sc = await start_sidecar(
+        {"p": target},
+        [{"match": "/llm.Svc/Generate", "primary": "p", "streaming": "server"},
+         {"match": "/llm.Svc/Upload", "primary": "p", "streaming": "client"},
+         {"match": "/llm.Svc/Chat", "primary": "p", "streaming": "bidi"},
+         {"match": "/llm.Svc/Fail", "primary": "p", "streaming": "server"}],
+        db_path=db,
+    )
+    ch = channel_to(sc.port)
+    call = ch.unary_stream("/llm.Svc/Generate")(b"tok", metadata=(("x-count", "5"),))
+    got = [m async for m in call]
+    assert got == [b"tok0", b"tok1", b"tok2", b"tok3", b"tok4"]
+    assert ("model", "gen-1") in tuple(await call.initial_metadata())
+    assert "x-request-id" in dict(await call.initial_metadata())
+    assert ("tokens", "5") in tuple(await call.trailing_metadata())
+
+    async def parts():
+        for p in (b"a", b"b", b"c"):
+            yield p
+
+    assert await ch.stream_unary("/llm.Svc/Upload")(parts()) == b"a|b|c"
+    chat = ch.stream_stream("/llm.Svc/Chat")(parts())
+    assert [m async for m in chat] == [b"A", b"B", b"C"]
+    failing = ch.unary_stream("/llm.Svc/Fail")(b"x")
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for m in failing:
+            received.append(m)
+    assert received == [b"one"]
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.details() == "quota"
+    await sc.aclose()
+    con = duckdb.connect(str(db), read_only=True)
+    rows = dict(
+        (m, (s, n)) for m, s, n in con.execute(
+            "SELECT method, status, messages FROM calls").fetchall()
+    )
+    con.close()
+    assert rows["/llm.Svc/Generate"] == ("OK", 5)
+    assert rows["/llm.Svc/Upload"] == ("OK", 1)
+    assert rows["/llm.Svc/Chat"] == ("OK", 3)
+    assert rows["/llm.Svc/Fail"] == ("RESOURCE_EXHAUSTED", 1)
+
+
+async def test_flow_control_is_end_to_end(stream_backends, start_sidecar, channel_to) -> None:
+    backend, target = await stream_backends()
+    sc = await start_sidecar({"p": target},
+                             [{"match": "*", "primary": "p", "streaming": "server",
+                               "timeout_ms": 30_000}])
+    ch = channel_to(sc.port)
+    big = b"x" * 65_536
+    call = ch.unary_stream("/llm.Svc/Generate")(big, metadata=(("x-count", "2000"),))
+    it = call.__aiter__()
+    for _ in range(10):
+        await it.__anext__()
+    await asyncio.sleep(0.5)  # the caller stops reading
+    # With flow control the backend is held back by HTTP/2 windows (a few MB), far from
+    # the 2000 messages (128 MB) it would write if the sidecar buffered without bound.
+    assert backend.written < 400, backend.written
+    call.cancel()
+
+
+async def test_server_stream_mirrored_to_a_slow_shadow_under_load(
+    stream_backends, start_sidecar, channel_to, tmp_path
+) -> None:
+    primary, ptarget = await stream_backends()
+    shadow, starget = await stream_backends(delay_s=0.05)
+    db = tmp_path / "m.duckdb"
+    sc = await start_sidecar(
+        {"p": ptarget, "s": starget},
+        [{"match": "/llm.Svc/Generate", "primary": "p", "streaming": "server",
+          "shadows": [{"backend": "s", "timeout_ms": 5000, "max_in_flight": 8}]}],
+        db_path=db,
+    )
+    ch = channel_to(sc.port)
+
+    async def one(i: int) -> list[bytes]:
+        call = ch.unary_stream("/llm.Svc/Generate")(f"r{i}-".encode(),
+                                                    metadata=(("x-count", "10"),))
+        return [m async for m in call]
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(i) for i in range(40)))
+    elapsed = time.perf_counter() - t0
+    for i, r in enumerate(results):
+        assert r == [f"r{i}-{k}".encode() for k in range(10)]
+    assert elapsed < 0.5 * 10 * 0.05 * 40 / 8  # never waited for the 0.5 s shadow streams
+    lane = sc.stats()["routes"][0]["shadows"]["s"]
+    assert lane["sent"] + lane["dropped"] == 40 and lane["sent"] >= 8
+    await sc.aclose()  # lets the shadow streams end, then flushes
+    con = duckdb.connect(str(db), read_only=True)
+    shadow_rows = con.execute(
+        "SELECT status, messages, first_message_ms FROM calls WHERE role = 'shadow'"
+    ).fetchall()
+    con.close()
+    assert len(shadow_rows) == lane["sent"]
+    assert all(s == "OK" and n == 10 and f >= 40 for s, n, f in shadow_rows)
