@@ -30,6 +30,8 @@ from sidecar.config.experiments import CanaryConfig
 from sidecar.config.reload import check_reload
 from sidecar.errors import ConfigError, ShadowcarError
 from sidecar.mirror import Mirror
+from sidecar.export import PeriodicExport
+from sidecar.notify import WebhookNotifier
 from sidecar.outcomes import OutcomeIngest, add_feedback_service
 from sidecar.routing import RoutePlan, RouteTable
 from sidecar.server import Dispatch, ProxyHandler
@@ -69,6 +71,16 @@ class Sidecar:
         self.metrics = Metrics(cfg.telemetry, self)
         self.sink = DuckDBSink(cfg.storage, on_call=self._observe_call)
         self.sink.on_flush = self.metrics.flush_duration.record
+        self.export = (
+            PeriodicExport(cfg.storage.export, self.sink) if cfg.storage.export.dir else None
+        )
+        self.notifier: WebhookNotifier | None = None
+        if cfg.notify.webhook:
+            n = cfg.notify
+            self.notifier = WebhookNotifier(
+                n.webhook, timeout_s=n.timeout_s, retries=n.retries, backoff_s=n.backoff_s,
+                queue_size=n.queue_size,
+            )
         self.mirror = Mirror(self.sink.record_call, counts=self.call_counts, tracing=self.tracing)
         self.backends: dict[str, Backend] = {}
         self.health_servicer = health.aio.HealthServicer()
@@ -158,6 +170,11 @@ class Sidecar:
                 self.loaded.version,
             )
         )
+        if self.notifier is not None and action in ("rollback", "hold", "gate"):
+            self.notifier.notify({
+                "kind": action, "route": route, "reason": reason, "actor": actor,
+                "candidate": cfg.candidate, "config_version": self.loaded.version, "ts": now,
+            })
         self.audit(actor, f"canary.{action}", route, reason, {
             "old": old.to_dict() if old else None, "new": new.to_dict(),
             "candidate": cfg.candidate, "stable": cfg.stable,
@@ -195,7 +212,7 @@ class Sidecar:
             self.loaded = loaded
             self._sync_canaries(loaded)
             routes = RouteTable(cfg, backends, self.canaries, loaded.static_fallbacks,
-                                loaded.redaction_keys)
+                                loaded.redaction_keys, loaded.contracts)
             assert self._handler is not None
             self._handler.swap(
                 Dispatch(
@@ -232,12 +249,16 @@ class Sidecar:
     async def start(self) -> None:
         cfg = self.loaded.config
         self.sink.open()
+        if self.export is not None:
+            self.export.start()
+        if self.notifier is not None:
+            await self.notifier.__aenter__()
         self.sink.record_config(self.loaded.version, canonical_json(cfg))
         for backend in cfg.backends:
             self.backends[backend.name] = self._backend(self.loaded, backend)
         self._sync_canaries(self.loaded)
         routes = RouteTable(cfg, self.backends, self.canaries, self.loaded.static_fallbacks,
-                            self.loaded.redaction_keys)
+                            self.loaded.redaction_keys, self.loaded.contracts)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -364,7 +385,13 @@ class Sidecar:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.admin is not None:
             await self.admin.aclose()
+        if self.notifier is not None:
+            await self.notifier.aclose()
+        if self.export is not None:
+            await self.export.stop()  # an export must not hold a cursor as the sink closes
         await self.sink.aclose(timeout=cfg.shutdown.sink_timeout_s)
+        if self.export is not None:
+            await self.export.aclose()  # the final export, from the closed file
         await asyncio.to_thread(self.tracing.shutdown)
         await asyncio.to_thread(self.metrics.shutdown)
         stats = self.sink.stats

@@ -143,6 +143,85 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_contract_docs(args: argparse.Namespace) -> int:
+    from sidecar.contracts import contract_markdown, load_contract
+
+    print(contract_markdown(load_contract(args.file)))
+    return 0
+
+
+def _cmd_contract_check(args: argparse.Namespace) -> int:
+    from sidecar.contracts import load_contract
+
+    c = load_contract(args.file)
+    print(f"{args.file}: valid ({c.name}@{c.version}, {len(c.inputs)} inputs, "
+          f"{len(c.outputs)} outputs)")
+    return 0
+
+
+def _open_recorded(args: argparse.Namespace) -> Any:
+    from analysis.load import open_source
+
+    if (args.db is None) == (args.parquet is None):
+        raise ConfigError([("", "give exactly one of --db or --parquet")])
+    return open_source(db=args.db, parquet=args.parquet)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from sidecar.provenance import models_listing
+
+    rows = models_listing(_open_recorded(args))
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Model versions")
+    for col in ("backend", "version", "first seen", "last seen", "roles", "provenance"):
+        table.add_column(col)
+    for r in rows:
+        roles = ", ".join(f"{k}:{v.get('calls', 0)}" for k, v in (r.get("roles") or {}).items())
+        prov = r.get("provenance") or {}
+        table.add_row(str(r.get("backend")), str(r.get("version")), str(r.get("first_seen")),
+                      str(r.get("last_seen")), roles,
+                      ", ".join(f"{k}={v}" for k, v in prov.items() if v) or "-")
+    Console().print(table)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from sidecar.config import canonical_json
+    from sidecar.triggers import evaluate_triggers
+
+    loaded = load_config(args.config)
+    con = _open_recorded(args)
+    results = evaluate_triggers(con, loaded.config.triggers, canonical_json(loaded.config),
+                                dt.datetime.now(dt.UTC))
+    fired = [r for r in results if r.fired]
+    if args.json:
+        print(json.dumps([r.as_event() for r in results], indent=1, default=str))
+    else:
+        for r in results:
+            print(f"{'FIRED' if r.fired else 'quiet':<6} {r.name:<24} {r.kind:<11} {r.message}")
+    if args.notify and fired and loaded.config.notify.webhook:
+        run_async(_notify(loaded.config.notify, [r.as_event() for r in fired]))
+    return 1 if fired else 0
+
+
+async def _notify(settings: Any, events: list[dict[str, Any]]) -> int:
+    from sidecar.notify import WebhookNotifier
+
+    async with WebhookNotifier(settings.webhook, timeout_s=settings.timeout_s,
+                               retries=settings.retries, backoff_s=settings.backoff_s,
+                               queue_size=settings.queue_size) as notifier:
+        for event in events:
+            notifier.notify(event)
+    return 0
+
+
 def _admin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin", default=None,
                    help="admin API base URL (default $SHADOWCAR_ADMIN or http://127.0.0.1:9901)")
@@ -195,6 +274,37 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true")
     _admin_args(audit)
     audit.set_defaults(func=_cmd_audit)
+
+    from sidecar.gold import add_gold_parser
+    from sidecar.replay import add_replay_parser
+
+    add_replay_parser(sub)
+    add_gold_parser(sub)
+
+    contract = sub.add_parser("contract", help="data contracts")
+    contract_sub = contract.add_subparsers(dest="contract_command", required=True)
+    docs = contract_sub.add_parser("docs", help="render a contract file as Markdown")
+    docs.add_argument("file")
+    docs.set_defaults(func=_cmd_contract_docs)
+    check = contract_sub.add_parser("check", help="validate a contract file")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_contract_check)
+
+    models = sub.add_parser("models", help="every model version, its provenance, when it served")
+    models.add_argument("--db", default=None, help="a (stopped) sidecar's DuckDB file")
+    models.add_argument("--parquet", default=None, help="an exported Parquet directory")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=_cmd_models)
+
+    check_cmd = sub.add_parser(
+        "check", help="evaluate the config's retraining triggers (exit 1 when one fires)"
+    )
+    check_cmd.add_argument("config", help="YAML config holding the triggers")
+    check_cmd.add_argument("--db", default=None, help="DuckDB file (a copy or a stopped one)")
+    check_cmd.add_argument("--parquet", default=None, help="an exported Parquet directory")
+    check_cmd.add_argument("--json", action="store_true")
+    check_cmd.add_argument("--notify", action="store_true", help="send fired ones to the webhook")
+    check_cmd.set_defaults(func=_cmd_check)
 
     try:
         from analysis.cli import add_report_parser

@@ -8,28 +8,57 @@ from __future__ import annotations
 
 from typing import Final, Protocol, runtime_checkable
 
+from sidecar.codecs.descriptor import (
+    DESCRIPTOR_PREFIX,
+    DescriptorCodec,
+    MethodCodec,
+    json_tensors,
+    read_descriptor_set,
+)
+from sidecar.codecs.fieldpath import extract, leaf_paths, parse_path, summarize_json
 from sidecar.codecs.oip import (
     OutputSummary,
     decode_infer_request,
     decode_infer_response,
     summarize,
 )
+from sidecar.codecs.reflection import (
+    REFLECTION,
+    ReflectionError,
+    load_reflection_descriptors,
+    reflection_codec,
+    route_json_codec,
+)
 from sidecar.codecs.tensor import DATATYPES, CodecError, Datatype, Tensor
 
 __all__ = [
     "CODEC_NAMES",
     "DATATYPES",
+    "DESCRIPTOR_PREFIX",
+    "REFLECTION",
     "Codec",
     "CodecError",
     "Datatype",
+    "DescriptorCodec",
+    "MethodCodec",
     "OipCodec",
     "OutputSummary",
     "RawCodec",
+    "ReflectionError",
     "Tensor",
     "codec_for",
     "decode_infer_request",
     "decode_infer_response",
+    "extract",
+    "json_tensors",
+    "leaf_paths",
+    "load_reflection_descriptors",
+    "parse_path",
+    "read_descriptor_set",
+    "reflection_codec",
+    "route_json_codec",
     "summarize",
+    "summarize_json",
 ]
 
 

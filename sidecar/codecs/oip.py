@@ -137,7 +137,8 @@ def _decode_tensors(
     for index, wire in enumerate(tensors):
         shape = _shape(wire)
         if raw:
-            if wire.HasField("contents"):
+            # MLServer sends an empty `contents` beside raw contents: empty means absent.
+            if wire.HasField("contents") and wire.contents.ByteSize():
                 raise CodecError(
                     f"{role} {wire.name!r} has typed contents but raw {role} contents are used"
                 )

@@ -14,10 +14,19 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from sidecar.codecs.descriptor import DescriptorCodec
+from sidecar.codecs.descriptor import DESCRIPTOR_PREFIX, DescriptorCodec
 from sidecar.codecs.tensor import CodecError
 
-__all__ = ["ReflectionError", "load_reflection_descriptors", "reflection_codec"]
+__all__ = [
+    "REFLECTION",
+    "ReflectionError",
+    "load_reflection_descriptors",
+    "reflection_codec",
+    "route_json_codec",
+]
+
+#: ``codec: reflection`` reads the descriptors from the route's primary backend at start.
+REFLECTION: Final = "reflection"
 
 #: Services every reflecting server lists that no route decodes.
 _SKIPPED_PREFIXES: Final = ("grpc.reflection.",)
@@ -159,3 +168,29 @@ async def reflection_codec(
     """A :class:`DescriptorCodec` over the descriptors ``target`` reflects (read once)."""
     file_set = await load_reflection_descriptors(target, services, timeout)
     return DescriptorCodec(file_set, method, compare=compare)
+
+
+async def route_json_codec(
+    spec: str,
+    *,
+    match: str,
+    primary_target: str,
+    compare: Sequence[str] = (),
+    timeout: float = 5,
+) -> DescriptorCodec:
+    """The codec a route's ``codec: descriptor:FILE | reflection`` setting names.
+
+    ``match`` is the route's pattern: an exact method becomes the codec's default method,
+    ``/pkg.Svc/*`` limits reflection to that service, ``*`` reflects every service.
+    Raises CodecError (ReflectionError when the backend cannot be asked).
+    """
+    service, _, name = match.lstrip("/").partition("/")
+    method = match if name and name != "*" else None
+    if spec.startswith(DESCRIPTOR_PREFIX):
+        return DescriptorCodec(spec.removeprefix(DESCRIPTOR_PREFIX), method, compare=compare)
+    if spec == REFLECTION:
+        services = [service] if match != "*" else None
+        return await reflection_codec(
+            primary_target, method, services=services, compare=compare, timeout=timeout
+        )
+    raise CodecError(f"codec {spec!r} is neither 'reflection' nor 'descriptor:<file>'")

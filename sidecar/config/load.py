@@ -37,6 +37,8 @@ class LoadedConfig:
     files: dict[str, bytes] = field(default_factory=dict)
     #: Redaction keys by route match (read from the environment at load).
     redaction_keys: dict[str, bytes] = field(default_factory=dict)
+    #: Data contracts by route match (loaded from their own YAML files).
+    contracts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def admin_token(self) -> str | None:
@@ -209,6 +211,28 @@ def _files(config: Config, base: Path) -> tuple[dict[str, bytes], list[tuple[str
     return found, problems
 
 
+def _contracts(config: Config, base: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    from sidecar.contracts import load_contract
+
+    found: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for r, route in enumerate(config.routes):
+        spec = route.contract
+        if spec is None:
+            continue
+        where = f"routes[{r}].contract"
+        if route.codec != "oip":
+            problems.append((f"routes[{r}].codec", "a route with a contract needs codec: oip"))
+            continue
+        path = Path(spec.file) if Path(spec.file).is_absolute() else base / spec.file
+        try:
+            found[route.match] = load_contract(path)
+        except ConfigError as exc:
+            for sub, message in exc.problems:
+                problems.append((f"{where}.{sub}" if sub else f"{where}.file", message))
+    return found, problems
+
+
 def _redaction_keys(config: Config) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
     keys: dict[str, bytes] = {}
     problems: list[tuple[str, str]] = []
@@ -251,6 +275,13 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     problems.extend(more)
     keys, more = _redaction_keys(config)
     problems.extend(more)
+    contracts, more = _contracts(config, base_dir or Path.cwd())
+    problems.extend(more)
+    from sidecar.triggers.config import cross_check_triggers
+
+    problems.extend(cross_check_triggers(
+        config.triggers, {b.name for b in config.backends}, {r.match for r in config.routes}
+    ))
     if problems:
         raise ConfigError(problems, source)
     # The secret is part of the version only through its hash, never in clear.
@@ -260,9 +291,11 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     digest.update(hashlib.sha256(token.encode()).digest())
     for match in sorted(statics):  # a changed fallback file is a new version
         digest.update(hashlib.sha256(statics[match]).digest())
+    for match in sorted(contracts):  # so is a changed contract
+        digest.update(contracts[match].model_dump_json().encode())
     return LoadedConfig(
         config=config, version=digest.hexdigest()[:12], source=source,
-        static_fallbacks=statics, files=files, redaction_keys=keys,
+        static_fallbacks=statics, files=files, redaction_keys=keys, contracts=contracts,
     )
 
 

@@ -17,8 +17,11 @@ from sidecar.config.experiments import (
     UnitSource,
 )
 from sidecar.config.security import RedactConfig, TlsClientConfig, TlsServerConfig
+from sidecar.export.settings import ExportConfig
+from sidecar.provenance import ModelProvenance
 from sidecar.resilience.breaker import BreakerConfig
 from sidecar.resilience.fallback import FallbackConfig
+from sidecar.triggers.config import TriggerConfig
 
 __all__ = [
     "AdminConfig",
@@ -83,6 +86,9 @@ class StorageConfig(_Model):
         1, ge=1, le=64, description="DuckDB worker threads of the sink (keep the cores serving)"
     )
     duckdb_memory_limit: str = Field("512MB", description="DuckDB memory limit of the sink")
+    export: ExportConfig = Field(
+        default_factory=ExportConfig, description="fleet Parquet export (hive-partitioned)"
+    )
 
 
 class ShutdownConfig(_Model):
@@ -118,6 +124,21 @@ class TelemetryConfig(_Model):
     )
 
 
+class RouteContractConfig(_Model):
+    file: str = Field(description="contract YAML file (relative to the config file)")
+    mode: Literal["observe", "enforce"] = Field(
+        "observe", description="observe: record violations; enforce: refuse violating calls"
+    )
+
+
+class NotifyConfig(_Model):
+    webhook: str | None = Field(None, description="URL that receives JSON events (POST)")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="one delivery attempt at most")
+    retries: int = Field(3, ge=0, le=20, description="further attempts after the first")
+    backoff_s: float = Field(0.5, ge=0, le=60, description="first wait between attempts")
+    queue_size: int = Field(1000, ge=1, le=1_000_000, description="events waiting at most")
+
+
 class OutcomesConfig(_Model):
     max_events: int = Field(10_000, ge=1, le=1_000_000, description="events in one batch at most")
     recent_ids: int = Field(
@@ -130,6 +151,9 @@ class BackendConfig(_Model):
     name: str = Field(description="unique backend name used by routes")
     version: str = Field(min_length=1, max_length=128, description="immutable model version")
     target: str = Field(description="host:port of the model's gRPC server")
+    provenance: ModelProvenance | None = Field(
+        None, description="where this model version came from (data, code, owner, evaluation)"
+    )
     breaker: BreakerConfig = Field(
         default_factory=BreakerConfig, description="circuit breaker towards this backend"
     )
@@ -178,6 +202,7 @@ class RouteConfig(_Model):
         None, ge=1, le=1_000_000, description="calls in flight before RESOURCE_EXHAUSTED"
     )
     redact: RedactConfig | None = Field(None, description="what is hidden before recording")
+    contract: RouteContractConfig | None = Field(None, description="data contract of the route")
     deadline_margin_ms: int = Field(
         5, ge=0, le=10_000, description="kept back from the caller's deadline for the answer"
     )
@@ -203,6 +228,8 @@ class Config(_Model):
     telemetry: TelemetryConfig = Field(
         default_factory=TelemetryConfig, description="traces, metrics, logs"
     )
+    triggers: tuple[TriggerConfig, ...] = Field((), description="retraining trigger rules")
+    notify: NotifyConfig = Field(default_factory=lambda: NotifyConfig(), description="webhooks")
     outcomes: OutcomesConfig = Field(
         default_factory=OutcomesConfig, description="outcome feedback ingestion"
     )

@@ -183,11 +183,13 @@ def impute(contract: Contract, request_bytes: bytes) -> tuple[bytes, list[str]] 
     request = inference_pb2.ModelInferRequest()
     try:
         request.ParseFromString(request_bytes)
-    except (DecodeError, ValueError) as exc:
+    except DecodeError as exc:
         raise CodecError(f"not a ModelInferRequest: {exc}") from exc
+    except Exception as exc:  # the protobuf backends differ in what else they raise
+        raise CodecError(f"not a ModelInferRequest: {type(exc).__name__}: {exc}") from exc
     present = {tensor.name for tensor in request.inputs}
-    first = request.inputs[0].shape if request.inputs else ()
-    batch = int(first[0]) if len(first) else 1
+    first: list[int] = list(request.inputs[0].shape) if request.inputs else []
+    batch = int(first[0]) if first else 1
     raw = len(request.raw_input_contents) > 0
     imputed: list[str] = []
     for spec in contract.inputs:
@@ -255,7 +257,9 @@ def _raw_bytes(datatype: str, values: list[Scalar]) -> bytes:
         return b"".join(_LENGTH_PREFIX.pack(len(e)) + e for e in encoded)
     numbers = np.asarray([float(v) for v in values], dtype=np.float64)
     if datatype == "BF16":  # bfloat16 is the upper half of an IEEE float32
-        return (numbers.astype("<f4").view("<u4") >> 16).astype("<u2").tobytes()
-    if datatype == "BOOL":
-        return (numbers != 0).astype("|u1").tobytes()
-    return numbers.astype(NUMERIC_DTYPES[datatype]).tobytes()
+        packed = (numbers.astype("<f4").view("<u4") >> 16).astype("<u2")
+    elif datatype == "BOOL":
+        packed = (numbers != 0).astype("|u1")
+    else:
+        packed = numbers.astype(NUMERIC_DTYPES[datatype])
+    return bytes(packed.tobytes())

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from sidecar.errors import SinkError
 from sidecar.export.exporter import CursorFactory, ExportResult, SegmentExporter
 from sidecar.export.settings import ExportConfig
-from sidecar.sink import DuckDBSink
+
+if TYPE_CHECKING:  # the sink imports the config, which mounts ExportConfig: no cycle at run time
+    from sidecar.sink import DuckDBSink
 
 __all__ = ["PeriodicExport", "sink_cursor_factory"]
 

@@ -65,8 +65,9 @@ async def run_cases(
     concurrency: int = 4, timeout_s: float = 5.0, run_id: str | None = None,
 ) -> GoldRun:
     """Send every case to ``target`` (at most ``concurrency`` at once) and judge the answers."""
-    backend = Backend(BackendConfig(name=backend_name, version=backend_version, target=target),
-                      max_message_bytes=1 << 30)
+    backend = Backend(BackendConfig.model_validate(
+        {"name": backend_name, "version": backend_version, "target": target}),
+        max_message_bytes=1 << 30)
     decoding = Decoding(codec_for(codec), None, -1, False)
     limit = asyncio.Semaphore(concurrency)
     run = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]

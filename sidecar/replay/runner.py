@@ -114,6 +114,12 @@ class _Pacer:
             await asyncio.sleep(start - now)
 
 
+def _candidate(options: ReplayOptions) -> BackendConfig:
+    return BackendConfig.model_validate({"name": options.backend_name,
+                                         "version": options.backend_version,
+                                         "target": options.target})
+
+
 def _validate(options: ReplayOptions) -> None:
     if not _RUN_ID.match(options.run_id):
         raise ReplayInputError("--run-id must be 1-63 letters, digits, '.', '_' or '-'")
@@ -124,8 +130,7 @@ def _validate(options: ReplayOptions) -> None:
     if os.path.abspath(options.out) == os.path.abspath(options.source):
         raise ReplayInputError("--out must not be the source file")
     try:
-        BackendConfig(name=options.backend_name, version=options.backend_version,
-                      target=options.target)
+        _candidate(options)
     except ValueError as exc:
         raise ReplayInputError(f"invalid candidate backend: {exc}") from exc
 
@@ -152,8 +157,7 @@ async def replay(options: ReplayOptions, *, stop: asyncio.Event | None = None) -
         done = store.done()
         selected = source.count()
         backend = Backend(
-            BackendConfig(name=options.backend_name, version=options.backend_version,
-                          target=options.target),
+            _candidate(options),
             max_message_bytes=options.max_message_bytes,
         )
         run = _Run(options, source, store, backend, stop, by_version, latest)

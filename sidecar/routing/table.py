@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from sidecar.assignment import RouteAssigner, UnitKey
 from sidecar.backends import Backend
@@ -96,6 +97,9 @@ class RoutePlan:
     #: Statuses that count as the backend's failure for its circuit breaker.
     failure_codes: frozenset[str] = DEFAULT_FAILURES
     margin_s: float = 0.005
+    #: The contract enforced on the hot path (mode enforce), else None.
+    enforce: Any = None
+    contract_refused: int = 0
     requests: int = 0
     in_flight: int = 0
     shed: int = 0
@@ -128,6 +132,7 @@ class RouteTable:
         canaries: dict[str, CanaryController] | None = None,
         static_fallbacks: dict[str, bytes] | None = None,
         redaction_keys: dict[str, bytes] | None = None,
+        contracts: dict[str, Any] | None = None,
     ) -> None:
         self._exact: dict[str, RoutePlan] = {}
         self._service: dict[str, RoutePlan] = {}
@@ -183,8 +188,11 @@ class RouteTable:
                     # A redacted route never keeps raw bytes: they would hold the secret.
                     record_bytes=config.storage.record_bytes and route.redact is None,
                     redactor=_redactor(route, redaction_keys),
+                    contract=(contracts or {}).get(route.match),
                 ),
             )
+            if route.contract is not None and route.contract.mode == "enforce":
+                plan.enforce = plan.decoding.contract
             fb = route.fallback
             if fb is not None:
                 plan.fallback_codes = frozenset(fb.on)

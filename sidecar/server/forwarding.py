@@ -160,14 +160,44 @@ class Dispatch:
         limit = plan.config.max_concurrent
         if limit is not None and plan.in_flight >= limit:
             return self._shed(plan, method, request, request_id, arrived, t0, limit)
+        violations = imputed = None
+        if plan.enforce is not None:
+            request, violations, imputed = _enforce(plan.enforce, request)
+            if violations:
+                return self._refuse(plan, method, request, request_id, arrived, t0,
+                                    violations, imputed)
         plan.in_flight += 1
         try:
             return await self._serve(
                 plan, method, request, metadata, request_id, carrier, time_remaining,
-                arrived, t0,
+                arrived, t0, imputed,
             )
         finally:
             plan.in_flight -= 1
+
+    def _refuse(
+        self, plan: RoutePlan, method: str, request: bytes, request_id: str, arrived: float,
+        t0: float, violations: tuple[Any, ...], imputed: tuple[str, ...] | None,
+    ) -> Answer:
+        """Enforce mode: a request that breaks the contract never reaches the model."""
+        plan.contract_refused += 1
+        status = "INVALID_ARGUMENT"
+        contract = plan.enforce
+        shown = "; ".join(f"{v.field}: {v.rule}: {v.detail}" for v in violations[:5])
+        more = f" (+{len(violations) - 5} more)" if len(violations) > 5 else ""
+        details = f"contract {contract.name}@{contract.version}: {shown}{more}"
+        self._sink.record_request(
+            RequestRecord(
+                request_id, arrived, plan.match, method, None, None, None, False, self.version,
+                None, None, status, (time.perf_counter() - t0) * 1000, request, plan.decoding,
+                violations, imputed,
+            )
+        )
+        key = (plan.match, "", "contract", status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        outcome = CallOutcome(grpc.StatusCode.INVALID_ARGUMENT, details, None, (), (),
+                              arrived, 0.0)
+        return Answer(outcome, request_id, None)
 
     def _shed(
         self, plan: RoutePlan, method: str, request: bytes, request_id: str, arrived: float,
@@ -199,6 +229,7 @@ class Dispatch:
         time_remaining: float | None,
         arrived: float,
         t0: float,
+        imputed: tuple[str, ...] | None = None,
     ) -> Answer:
         tracing = self._tracing
         deadline = None if time_remaining is None else t0 + time_remaining
@@ -264,7 +295,17 @@ class Dispatch:
             if tracing is not None:
                 tracing.end(client_span, outcome.code, outcome.details)
             served = outcome
-            if not outcome.ok and outcome.code.name in plan.fallback_codes:
+            if (plan.enforce is not None and outcome.ok and plan.fallback_codes
+                    and _output_broken(plan.enforce, outcome.response)):
+                plan.errors["CONTRACT"] = plan.errors.get("CONTRACT", 0) + 1
+                broken = CallOutcome(grpc.StatusCode.UNAVAILABLE, "output breaks the contract",
+                                     None, (), (), outcome.started, outcome.latency_ms)
+                served = await self._fallback(
+                    plan, method, request, metadata, request_id, broken, deadline, server_ctx
+                )
+                if served is broken:
+                    served = outcome  # no fallback answer: the model's own answer stands
+            elif not outcome.ok and outcome.code.name in plan.fallback_codes:
                 served = await self._fallback(
                     plan, method, request, metadata, request_id, outcome, deadline, server_ctx
                 )
@@ -284,7 +325,7 @@ class Dispatch:
                     d.unit_id if d else None, d.experiment if d else None,
                     d.variant if d else None, d.exposed if d else False,
                     self.version, trace_id, span_id, status, (time.perf_counter() - t0) * 1000,
-                    request, plan.decoding,
+                    request, plan.decoding, None, imputed,
                 )
             )
             first = outcome.code.name if outcome is not None else status
@@ -356,3 +397,37 @@ class Dispatch:
             plan.fallback_failed += 1
             return failed if answer.code is grpc.StatusCode.DEADLINE_EXCEEDED else answer
         return answer
+
+
+def _enforce(
+    contract: Any, request: bytes
+) -> tuple[bytes, tuple[Any, ...], tuple[str, ...] | None]:
+    """Impute declared defaults, then check the inputs: (request, violations, imputed)."""
+    from sidecar.codecs import CodecError
+    from sidecar.codecs.oip import decode_infer_request
+    from sidecar.contracts import Violation, check_inputs, impute
+
+    imputed = None
+    try:
+        fixed = impute(contract, request)
+        if fixed is not None:
+            request, fields = fixed
+            imputed = tuple(fields)
+        found = tuple(check_inputs(contract, decode_infer_request(request)))
+    except CodecError as exc:
+        found = (Violation("request", "datatype", f"not a ModelInferRequest: {exc}"),)
+    return request, found, imputed
+
+
+def _output_broken(contract: Any, response: bytes | None) -> bool:
+    """Enforce mode: does the primary's answer break the contract's output rules?"""
+    if not contract.outputs or response is None:
+        return False
+    from sidecar.codecs import CodecError
+    from sidecar.codecs.oip import decode_infer_response
+    from sidecar.contracts import check_outputs
+
+    try:
+        return bool(check_outputs(contract, decode_infer_response(response)))
+    except CodecError:
+        return True

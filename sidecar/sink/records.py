@@ -5,7 +5,7 @@ Decoding of the bytes they carry happens later, in the writer thread.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from sidecar.codecs import Codec
@@ -30,6 +30,7 @@ class Decoding(NamedTuple):
     score_index: int
     record_bytes: bool
     redactor: Redactor | None = None
+    contract: Any = None
 
 
 class RequestRecord(NamedTuple):
@@ -48,6 +49,10 @@ class RequestRecord(NamedTuple):
     latency_ms: float
     request: bytes
     decoding: Decoding
+    #: Set by enforce mode on the hot path (violations, imputed fields); observe mode fills
+    #: violations in the writer.
+    violations: tuple[Any, ...] | None = None
+    imputed: tuple[str, ...] | None = None
 
 
 class CallRecord(NamedTuple):

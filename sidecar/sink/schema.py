@@ -38,7 +38,10 @@ CREATE TABLE IF NOT EXISTS requests (
     latency_ms DOUBLE,           -- as seen by the sidecar, arrival to answer
     request_size INTEGER,
     request_bytes BLOB,          -- only when storage.record_bytes
-    inputs {TENSOR_TYPE}[]       -- decoded inputs (codec oip), else NULL
+    inputs {TENSOR_TYPE}[],      -- decoded inputs (codec oip), else NULL
+    contract VARCHAR,            -- name@version of the route's data contract
+    violations VARCHAR,          -- JSON [{{field, rule, detail}}] of the inputs, NULL if none
+    imputed VARCHAR              -- JSON [fields] filled from the contract's defaults
 );
 CREATE TABLE IF NOT EXISTS calls (
     request_id VARCHAR,
@@ -60,6 +63,7 @@ CREATE TABLE IF NOT EXISTS calls (
     score DOUBLE,                -- scalar summary: the value, or output[score_index]
     label VARCHAR,               -- class: argmax index of a vector, or a BYTES value
     config_version VARCHAR,
+    violations VARCHAR,          -- JSON [{{field, rule, detail}}] of the outputs, NULL if none
     messages INTEGER,            -- streaming calls: messages received (NULL for unary)
     first_message_ms DOUBLE      -- streaming calls: time to the first message
 );

@@ -5,6 +5,7 @@ Decoding (codecs) happens here, off the caller's path.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,12 +44,23 @@ def _timestamps(values: Sequence[float]) -> pa.Array:
     return pa.array(micros, type=pa.timestamp("us"))
 
 
+def _violations_json(found: Sequence[Any] | None) -> str | None:
+    if not found:
+        return None
+    return json.dumps([{"field": v.field, "rule": v.rule, "detail": v.detail} for v in found])
+
+
 def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
     inputs: list[list[dict[str, Any]] | None] = []
     raw: list[bytes | None] = []
+    contracts: list[str | None] = []
+    violations: list[str | None] = []
+    imputed: list[str | None] = []
     for row in rows:
         dec = row.decoding
         tensors = None
+        contract = dec.contract
+        found = row.violations
         if dec.codec is not None:
             try:
                 decoded = dec.codec.decode_request(row.request)
@@ -56,6 +68,13 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
                 decoded = None
             if decoded is not None:
                 tensors = [t.as_row() for t in decoded]
+                if contract is not None and found is None:
+                    from sidecar.contracts import check_inputs
+
+                    found = tuple(check_inputs(contract, decoded))
+        contracts.append(f"{contract.name}@{contract.version}" if contract is not None else None)
+        violations.append(_violations_json(found))
+        imputed.append(json.dumps(list(row.imputed)) if row.imputed else None)
         if dec.redactor is not None:
             tensors = dec.redactor.tensors(tensors)
         inputs.append(tensors)
@@ -85,6 +104,9 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
             "request_size": pa.array([len(r.request) for r in rows], pa.int32()),
             "request_bytes": pa.array(raw, pa.binary()),
             "inputs": pa.array(inputs, _TENSORS),
+            "contract": pa.array(contracts, pa.string()),
+            "violations": pa.array(violations, pa.string()),
+            "imputed": pa.array(imputed, pa.string()),
         }
     )
 
@@ -96,10 +118,12 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
     label: list[str | None] = []
     errors: list[str | None] = []
     raw: list[bytes | None] = []
+    out_violations: list[str | None] = []
     for row in rows:
         dec = row.decoding
         error = row.error
         tensors = summary = None
+        found: Sequence[Any] | None = None
         if dec.codec is not None and row.response is not None:
             try:
                 decoded = dec.codec.decode_response(row.response)
@@ -109,6 +133,11 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
             if decoded is not None:
                 tensors = [t.as_row() for t in decoded]
                 summary = summarize(decoded, dec.compare_output, dec.score_index)
+                if dec.contract is not None and dec.contract.outputs:
+                    from sidecar.contracts import check_outputs
+
+                    found = check_outputs(dec.contract, decoded)
+        out_violations.append(_violations_json(found))
         outputs.append(tensors)
         output.append(summary.output if summary else None)
         score.append(summary.score if summary else None)
@@ -142,6 +171,7 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
             "score": pa.array(score, pa.float64()),
             "label": pa.array(label, pa.string()),
             "config_version": pa.array(cols[f.index("config_version")], pa.string()),
+            "violations": pa.array(out_violations, pa.string()),
             "messages": pa.array(cols[f.index("messages")], pa.int32()),
             "first_message_ms": pa.array(cols[f.index("first_message_ms")], pa.float64()),
         }

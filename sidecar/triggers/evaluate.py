@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 
@@ -178,7 +178,7 @@ def _quality(con: duckdb.DuckDBPyConnection, trigger: QualityTrigger,
     from analysis.quality import analyze_quality
 
     figure = trigger.bound.figure
-    kind = "regression" if figure == "mae" else "binary"
+    kind: Literal["binary", "regression"] = "regression" if figure == "mae" else "binary"
     report = analyze_quality(con, metric=trigger.metric, kind=kind, route=trigger.route,
                              since=now - timedelta(hours=trigger.window_h), until=now)
     rows = [m for m in report.models if m.backend == trigger.model]

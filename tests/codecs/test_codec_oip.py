@@ -301,3 +301,18 @@ def test_codec_for_names_the_codecs() -> None:
     assert raw.decode_response(b"\xff") is None
     with pytest.raises(ValueError, match="'protobuf'"):
         codec_for("protobuf")
+
+
+def test_empty_typed_contents_beside_raw_contents_decode() -> None:
+    """MLServer answers raw requests with raw contents and an empty `contents` message."""
+    import numpy as np
+
+    from sidecar._proto import inference_pb2 as pb
+    from sidecar.codecs.oip import decode_infer_response
+
+    resp = pb.ModelInferResponse(model_name="iris")
+    out = resp.outputs.add(name="predict_proba", datatype="FP64", shape=[1, 3])
+    out.contents.SetInParent()  # present but empty
+    resp.raw_output_contents.append(np.array([0.1, 0.2, 0.7], "<f8").tobytes())
+    (tensor,) = decode_infer_response(resp.SerializeToString())
+    assert tensor.data == [0.1, 0.2, 0.7]

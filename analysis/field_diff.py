@@ -1,0 +1,366 @@
+"""Diffy-style field differences: per decoded field, how often primary and shadow disagree.
+
+DuckDB's JSON functions compare every pair's ``response_json`` field by field in one pass per
+route; a replica shadow's rate beside each field is the noise floor the candidate must beat.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+from scipy import stats
+
+from analysis.distribution import wilson_interval
+from analysis.load import AnalysisSourceError, time_filter
+from analysis.noise_floor import replica_backends
+from analysis.report.json import jsonable
+
+__all__ = ["SCHEMA", "FieldDiff", "FieldDiffReport", "FieldPair", "analyze_field_diff"]
+
+SCHEMA = "shadowcar.report.fields/1"
+
+_PRIMARY_SERVED = "(role = 'primary' OR (served AND role IN ('variant', 'stable', 'canary')))"
+_NUMBER = "('BIGINT', 'UBIGINT', 'HUGEINT', 'DOUBLE')"
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """One field path of one pair: how often the shadow's value differs from the primary's.
+
+    ``diff_rate`` is over all ``n`` pairs (a field missing on both sides is equal);
+    ``present`` counts the pairs where either side has it. ``flag`` (None without a replica)
+    says the rate is above the replica's by a one-sided two-proportion z-test at ``alpha``.
+    """
+
+    path: str
+    present: int
+    differ: int
+    diff_rate: float | None
+    diff_ci: tuple[float, float] | None
+    replica_rate: float | None
+    p_value: float | None
+    flag: bool | None
+
+
+@dataclass(frozen=True)
+class FieldPair:
+    """One (route, primary backend, shadow backend) comparison, field by field.
+
+    ``replica`` names the replica shadow whose rates are the noise floor (the one with the
+    most pairs for this primary), None when the route has none or this shadow is one.
+    """
+
+    route: str
+    primary: str
+    shadow: str
+    is_replica: bool
+    replica: str | None
+    n: int
+    replica_n: int | None
+    fields: tuple[FieldDiff, ...]
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class FieldDiffReport:
+    """All pairs of one field-difference analysis, with its parameters."""
+
+    pairs: tuple[FieldPair, ...]
+    params: dict[str, Any]
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON form, schema ``shadowcar.report.fields/1``."""
+        pairs = []
+        for pair in self.pairs:
+            item = {k: getattr(pair, k) for k in FieldPair.__dataclass_fields__}
+            item["fields"] = [
+                {k: getattr(f, k) for k in FieldDiff.__dataclass_fields__} for f in pair.fields
+            ]
+            pairs.append(item)
+        out: dict[str, Any] = jsonable(
+            {"schema": SCHEMA, "params": self.params, "pairs": pairs, "message": self.message}
+        )
+        return out
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str  # the field path as users write it (sidecar.codecs.fieldpath syntax)
+    jpath: str  # the DuckDB JSON path; '[*]' makes json_extract return a list
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _key(key: str) -> str:
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _leaves(node: Any, name: str, jpath: str, out: list[_Field]) -> None:
+    """Leaf fields of a ``json_group_structure`` result; a list of scalars is one leaf."""
+    if isinstance(node, dict):
+        for key, child in node.items():
+            _leaves(child, f"{name}.{key}" if name else key, f"{jpath}.{_key(key)}", out)
+    elif isinstance(node, list) and node and isinstance(node[0], dict | list):
+        _leaves(node[0], name + "[]", jpath + "[*]", out)
+    elif isinstance(node, list):
+        out.append(_Field(name, jpath + "[*]"))
+    elif name:
+        out.append(_Field(name, jpath))
+
+
+def _resolve(path: str, structure: Any) -> _Field:
+    """A user's path as a JSON path, lists stepped into where the structure has them."""
+    jpath, node = "$", structure
+    for segment in path.split("."):
+        key = segment.split("[", 1)[0]
+        while isinstance(node, list):
+            jpath, node = jpath + "[*]", node[0] if node else None
+        jpath += "." + _key(key)
+        node = node.get(key) if isinstance(node, dict) else None
+        for _ in range(segment.count("[]")):
+            jpath += "[*]"
+            node = node[0] if isinstance(node, list) and node else None
+    if isinstance(node, list):
+        jpath += "[*]"
+    return _Field(path, jpath)
+
+
+def _extracts(found: Sequence[_Field]) -> str:
+    """SQL select items reading every field of one call's ``j``, the document parsed once.
+
+    Fields without a list step share one multi-path ``json_extract`` (one parse per call);
+    DuckDB refuses wildcards there, so each list field has its own.
+    """
+    plain = [f.jpath for f in found if "[*]" not in f.jpath]
+    items = ["json_extract(j, [" + ", ".join(_quote(p) for p in plain) + "]) AS m"] if plain else []
+    items += [
+        f"json_extract(j, {_quote(f.jpath)}) AS w{i}"
+        for i, f in enumerate(found) if "[*]" in f.jpath
+    ]
+    return "".join(", " + item for item in items)
+
+
+def _values(side: str, found: Sequence[_Field]) -> list[str]:
+    """SQL: each field's values on ``side`` (p or s) as a JSON[] list, empty when missing."""
+    out: list[str] = []
+    plain = 0
+    for i, f in enumerate(found):
+        if "[*]" in f.jpath:
+            out.append(f"{side}.w{i}")
+        else:
+            plain += 1
+            out.append(f"list_filter([{side}.m[{plain}]], lambda x: x IS NOT NULL)")
+    return out
+
+
+def _equal(p: str, s: str, atol: float, rtol: float) -> str:
+    """SQL: two JSON[] lists hold the same values, numbers within atol + rtol * |primary|."""
+    close = (
+        f"(json_type({p}[i]) IN {_NUMBER} AND json_type({s}[i]) IN {_NUMBER} AND "
+        f"abs(TRY_CAST({s}[i] AS DOUBLE) - TRY_CAST({p}[i] AS DOUBLE)) "
+        f"<= {atol!r} + {rtol!r} * abs(TRY_CAST({p}[i] AS DOUBLE)))"
+    )
+    return (
+        f"(len({p}) = len({s}) AND coalesce(list_bool_and(list_transform("
+        f"generate_series(1, len({p})), lambda i: {p}[i] = {s}[i] OR {close})), true))"
+    )
+
+
+def _columns(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
+    found = con.execute(
+        "SELECT count(*) FROM (SELECT view_name AS n FROM duckdb_views() UNION ALL "
+        "SELECT table_name FROM duckdb_tables()) WHERE n = ?", [name]
+    ).fetchall()
+    if not found[0][0]:
+        return set()
+    return {str(r[0]) for r in con.execute(f"DESCRIBE {name}").fetchall()}
+
+
+def analyze_field_diff(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    route: str | None = None,
+    fields: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    atol: float = 1e-6,
+    rtol: float = 1e-3,
+    alpha: float = 0.01,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    max_fields: int = 200,
+) -> FieldDiffReport:
+    """Field difference rates of every shadow against its route's primary.
+
+    Pairs join successful (status OK) primary and shadow calls with a decoded
+    ``response_json`` on request_id. ``fields`` defaults to every leaf path found in the
+    route's responses; ``ignore`` drops paths matching any of its globs (``fnmatch``, so
+    ``meta.*`` or ``*.id``); None takes each route's ``ignore_fields`` from the newest
+    recorded config. Cost per route: one scan for the structure, then each call's
+    document is parsed once for all plain fields plus once per list field, and each pair is
+    compared in SQL (no Python loop over rows).
+    """
+    params = {
+        "route": route, "fields": None if fields is None else list(fields),
+        "ignore": None if ignore is None else list(ignore), "atol": atol, "rtol": rtol,
+        "alpha": alpha, "since": since, "until": until, "max_fields": max_fields,
+    }
+    columns = _columns(con, "calls")
+    if not columns:
+        return FieldDiffReport((), params, "the source has no calls table")
+    if "response_json" not in columns:
+        return FieldDiffReport((), params, "calls has no response_json (no JSON codec used)")
+    if (since or until) and "ts" not in columns:
+        raise AnalysisSourceError("since/until need a ts column in calls")
+    where = time_filter(since, until) if since or until else "TRUE"
+    if route is not None:
+        where += f" AND route = {_quote(route)}"
+    primary = _PRIMARY_SERVED if "served" in columns else "role = 'primary'"
+    base = (
+        "SELECT request_id, route, backend, role, j FROM (SELECT *, "
+        "try_cast(response_json AS JSON) AS j FROM calls WHERE status = 'OK' AND "
+        f"response_json IS NOT NULL AND {where}) WHERE j IS NOT NULL"
+    )
+    routes = [str(r[0]) for r in con.execute(
+        f"SELECT DISTINCT route FROM ({base}) WHERE role = 'shadow' ORDER BY route"
+    ).fetchall()]
+    replicas = replica_backends(con)
+    configured = _ignore_fields(con) if ignore is None else {}
+    pairs: list[FieldPair] = []
+    notes: list[str] = []
+    for name in routes:
+        globs = list(ignore) if ignore is not None else configured.get(name, [])
+        built, note = _route_pairs(
+            con, base, primary, name, {**params, "ignore": globs}, replicas.get(name, set())
+        )
+        pairs.extend(built)
+        if note:
+            notes.append(note)
+    message = "; ".join(notes) or None
+    if not pairs:
+        message = message or "no primary/shadow pair has a decoded response on both sides"
+    return FieldDiffReport(tuple(pairs), params, message)
+
+
+def _ignore_fields(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    """Each route's ``ignore_fields`` from the newest ``configs`` row naming the route."""
+    if "config_json" not in _columns(con, "configs"):
+        return {}
+    found: dict[str, list[str]] = {}
+    rows = con.execute("SELECT config_json FROM configs ORDER BY ts DESC NULLS LAST").fetchall()
+    for (text,) in rows:
+        try:
+            config = json.loads(text) if isinstance(text, str) else {}
+        except ValueError:
+            continue
+        for route in (config.get("routes") if isinstance(config, dict) else None) or []:
+            match = route.get("match") if isinstance(route, dict) else None
+            if isinstance(match, str) and match not in found:
+                globs = route.get("ignore_fields") or []
+                found[match] = [str(g) for g in globs if isinstance(g, str)]
+    return found
+
+
+def _route_pairs(
+    con: duckdb.DuckDBPyConnection,
+    base: str,
+    primary: str,
+    route: str,
+    params: dict[str, Any],
+    replicas: set[str],
+) -> tuple[list[FieldPair], str | None]:
+    scope = f"FROM ({base}) WHERE route = {_quote(route)} AND ({primary} OR role = 'shadow')"
+    (structure_text,) = con.execute(f"SELECT json_group_structure(j) {scope}").fetchall()[0]
+    structure = json.loads(structure_text) if structure_text else {}
+    wanted = params["fields"]
+    if wanted is None:
+        found: list[_Field] = []
+        _leaves(structure, "", "$", found)
+    else:
+        found = [_resolve(path, structure) for path in wanted]
+    found = [f for f in found if not any(fnmatch.fnmatchcase(f.name, g) for g in params["ignore"])]
+    found.sort(key=lambda f: f.name)
+    note = None
+    if len(found) > params["max_fields"]:
+        note = f"{route}: {len(found)} fields, the first {params['max_fields']} compared"
+        found = found[: params["max_fields"]]
+    extracts = _extracts(found)
+    values = ", ".join(
+        f"{pv} AS p{i}, {sv} AS s{i}"
+        for i, (pv, sv) in enumerate(zip(_values("p", found), _values("s", found), strict=True))
+    )
+    flags = ", ".join(
+        f"{_equal(f'p{i}', f's{i}', params['atol'], params['rtol'])} AS e{i}, "
+        f"(len(p{i}) > 0 OR len(s{i}) > 0) AS h{i}"
+        for i in range(len(found))
+    )
+    counts = "".join(
+        f", count(*) FILTER (WHERE NOT e{i}) AS d{i}, count(*) FILTER (WHERE h{i}) AS h{i}"
+        for i in range(len(found))
+    )
+    sql = f"""
+        WITH prim AS (SELECT request_id, backend{extracts} FROM ({base})
+                      WHERE route = {_quote(route)} AND {primary}),
+             shad AS (SELECT request_id, backend{extracts} FROM ({base})
+                      WHERE route = {_quote(route)} AND role = 'shadow'),
+             vals AS (SELECT p.backend AS pb, s.backend AS sb{', ' + values if values else ''}
+                      FROM shad s JOIN prim p USING (request_id)),
+             flags AS (SELECT pb, sb{', ' + flags if flags else ''} FROM vals)
+        SELECT pb, sb, count(*) AS n{counts} FROM flags GROUP BY pb, sb ORDER BY sb, pb
+    """
+    rows = con.execute(sql).fetchall()
+    by_pair = {(str(r[0]), str(r[1])): r for r in rows}
+    pairs: list[FieldPair] = []
+    for (pb, sb), row in by_pair.items():
+        n = int(row[2])
+        floor = None
+        if sb not in replicas:
+            floors = [r for (p, s), r in by_pair.items() if p == pb and s in replicas]
+            floor = max(floors, key=lambda r: int(r[2]), default=None)
+        diffs = [_field(f, i, row, floor, params["alpha"]) for i, f in enumerate(found)]
+        diffs.sort(key=lambda d: (-(d.diff_rate or 0.0), d.path))
+        pairs.append(FieldPair(
+            route=route, primary=pb, shadow=sb, is_replica=sb in replicas,
+            replica=None if floor is None else str(floor[1]),
+            n=n, replica_n=None if floor is None else int(floor[2]), fields=tuple(diffs),
+            message=None if found else "no fields to compare",
+        ))
+    return pairs, note
+
+
+def _field(
+    field: _Field, i: int, row: tuple[Any, ...], floor: tuple[Any, ...] | None, alpha: float
+) -> FieldDiff:
+    n, differ, present = int(row[2]), int(row[3 + 2 * i]), int(row[4 + 2 * i])
+    rate = differ / n if n else None
+    replica_rate = p_value = flag = None
+    if floor is not None and int(floor[2]):
+        rn, rd = int(floor[2]), int(floor[3 + 2 * i])
+        replica_rate = rd / rn
+        p_value = _one_sided_p(differ, n, rd, rn)
+        flag = p_value is not None and p_value < alpha
+    return FieldDiff(field.name, present, differ, rate, wilson_interval(differ, n),
+                     replica_rate, p_value, flag)
+
+
+def _one_sided_p(x1: int, n1: int, x2: int, n2: int) -> float | None:
+    """P-value of rate1 > rate2 by the pooled two-proportion z-test (statsmodels' form).
+
+    None when the pooled rate is 0 or 1 (no variance: the rates are equal).
+    """
+    if not n1 or not n2:
+        return None
+    pooled = (x1 + x2) / (n1 + n2)
+    variance = pooled * (1 - pooled) * (1 / n1 + 1 / n2)
+    if variance <= 0:
+        return None
+    z = (x1 / n1 - x2 / n2) / variance**0.5
+    return float(stats.norm.sf(z))
