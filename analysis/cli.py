@@ -1,0 +1,172 @@
+"""The ``report`` command: open a source, run one analysis, render it as table, JSON or HTML.
+
+Mounted as ``sidecar report ...`` by sidecar/cli.py and as ``python -m analysis report ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from analysis.load import DEFAULT_MEMORY_LIMIT, AnalysisSourceError, open_source, parse_time
+
+__all__ = ["EXIT_BAD_INPUT", "add_report_parser", "build_parser", "main", "run_report"]
+
+#: Exit code for bad arguments or an unreadable source (argparse uses it too).
+EXIT_BAD_INPUT = 2
+
+_KINDS = ("divergence", "experiment", "drift")
+_FORMATS = ("table", "json", "html")
+
+
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``report KIND [options]`` to an argparse subparsers object; return its parser."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "report",
+        help="divergence, experiment or drift report from recorded data",
+        description="Analyse recorded traffic: shadow divergence, A/B experiments or input "
+        "drift. Read a stopped sidecar's DuckDB file (--db), its Parquet export (--parquet) "
+        "or your own table (--input).",
+    )
+    parser.add_argument("kind", choices=_KINDS, help="which report")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", metavar="FILE", help="sidecar DuckDB file (opened read-only)")
+    source.add_argument("--parquet", metavar="DIR", help="hive-partitioned Parquet export")
+    source.add_argument("--input", metavar="TABLE",
+                        help="your own Parquet/CSV table (divergence or experiment)")
+    parser.add_argument("--since", help="start, ISO 8601 or an age such as 24h (inclusive)")
+    parser.add_argument("--until", help="end, ISO 8601 or an age (exclusive)")
+    parser.add_argument("--route", help="only this route (its match pattern)")
+    parser.add_argument("--control", metavar="NAME", help="control variant (experiment)")
+    parser.add_argument("--weights", metavar="A=W,B=W",
+                        help="expected traffic weights for the SRM check, e.g. control=50,treat=50")
+    parser.add_argument("--sequential", action="store_true",
+                        help="always-valid sequential intervals (experiment)")
+    parser.add_argument("--cuped", action="store_true",
+                        help="require CUPED variance reduction (experiment)")
+    parser.add_argument("--winsorize", type=float, metavar="P",
+                        help="clip unit values to the [1-P, P] quantiles, 0.5 < P < 1")
+    parser.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (divergence)")
+    parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (divergence)")
+    parser.add_argument("--segment", help="split divergence by a calls or requests column")
+    parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, metavar="SIZE",
+                        help="DuckDB memory cap, e.g. 1GB (it spills to disk beyond it)")
+    parser.add_argument("--format", choices=_FORMATS, default="table", help="output format")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    parser.set_defaults(handler=run_report)
+    return parser
+
+
+def build_parser(prog: str = "python -m analysis") -> argparse.ArgumentParser:
+    """A standalone parser with the ``report`` command."""
+    parser = argparse.ArgumentParser(prog=prog, description="Shadowcar analysis")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_report_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run; argparse exits with code 2 on bad arguments."""
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+class _UsageError(Exception):
+    """An argument that argparse accepted but the report cannot use."""
+
+
+def _weights(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not sep or not name.strip() or not math.isfinite(weight) or weight < 0:
+            raise _UsageError(f"--weights: cannot read {item!r}; use NAME=WEIGHT,NAME=WEIGHT")
+        weights[name.strip()] = weight
+    return weights
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.input and args.kind == "drift":
+        raise _UsageError("drift reads recorded requests: use --db or --parquet")
+    for name in ("atol", "rtol"):
+        value = getattr(args, name)
+        if value is None or not math.isfinite(value) or value < 0:
+            raise _UsageError(f"--{name} must be a finite number >= 0")
+    if args.winsorize is not None and not 0.5 < args.winsorize < 1:
+        raise _UsageError("--winsorize must be between 0.5 and 1 (exclusive)")
+    for name in ("since", "until"):
+        parse_time(getattr(args, name))  # raises AnalysisSourceError with the accepted forms
+
+
+def _analyze(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[str, Any]:
+    if args.kind == "divergence":
+        from analysis.divergence import analyze_divergence
+
+        return analyze_divergence(con, since=args.since, until=args.until, route=args.route,
+                                  atol=args.atol, rtol=args.rtol,
+                                  segment=args.segment).to_dict()
+    if args.kind == "drift":
+        from analysis.drift import analyze_drift
+
+        return analyze_drift(con, since=args.since, until=args.until,
+                             route=args.route).to_dict()
+    try:
+        from analysis.experiment import analyze_experiments
+    except ImportError as exc:
+        raise _UsageError(f"experiment analysis is not available: {exc}") from exc
+    report = analyze_experiments(
+        con, source="table" if args.input else "recorded", since=parse_time(args.since),
+        until=parse_time(args.until), control=args.control, weights=_weights(args.weights),
+        sequential=args.sequential, cuped=True if args.cuped else None,
+        winsorize=args.winsorize,
+    )
+    result: dict[str, Any] = report.to_dict()
+    return result
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Run one report from parsed arguments; 0 on success, 2 on bad arguments or source."""
+    from analysis.report import render
+
+    try:
+        _check(args)
+        _weights(args.weights)
+        con = open_source(db=args.db, parquet=args.parquet, table=args.input, kind=args.kind,
+                          memory_limit=args.memory_limit)
+        try:
+            report = _analyze(con, args)
+        finally:
+            con.close()
+        color = args.format == "table" and not args.output and sys.stdout.isatty()
+        text = render(report, args.kind, args.format, color=color)
+    except (_UsageError, AnalysisSourceError, ValueError) as exc:
+        print(f"report {args.kind}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except duckdb.Error as exc:
+        print(f"report {args.kind}: the source could not be analysed: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.output:
+        try:
+            directory = os.path.dirname(os.path.abspath(args.output))
+            os.makedirs(directory, exist_ok=True)
+            with open(args.output, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            print(f"report {args.kind}: cannot write {args.output}: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0

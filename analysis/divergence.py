@@ -1,0 +1,511 @@
+"""Divergence between a route's primary and each shadow: paired outputs, classes, distributions.
+
+DuckDB reduces the joined pairs to moments and counts; numpy/scipy finish (DESIGN section 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import numpy as np
+from scipy import stats
+
+from analysis.distribution import (
+    DistributionShift,
+    compare_distributions,
+    sort_with_ranks,
+    spearman_sorted,
+    wilson_interval,
+)
+from analysis.load import AnalysisSourceError, time_filter
+from analysis.noise_floor import compare_with_floor, replica_backends
+from analysis.operations import (
+    Operations,
+    backend_operations,
+    error_summary,
+    latency_cdfs,
+    latency_summary,
+)
+from analysis.report.json import jsonable
+
+__all__ = [
+    "SCHEMA",
+    "ClassAgreement",
+    "DivergenceReport",
+    "NumericDivergence",
+    "PairDivergence",
+    "analyze_divergence",
+]
+
+SCHEMA = "shadowcar.report.divergence/1"
+
+#: Roles whose call is the request's primary output (the answer a shadow is compared with).
+_PRIMARY = "(role = 'primary' OR (served AND role IN ('variant', 'stable', 'canary')))"
+#: The calls columns a pair needs; naming them keeps the join's rows narrow.
+_COLUMNS = "request_id, route, backend, score, label, output, latency_ms"
+_MAX_CONFUSION_LABELS = 30
+_TOP_FLIPS = 10
+_HIST_BINS = 30
+
+
+@dataclass(frozen=True)
+class NumericDivergence:
+    """Paired differences ``d = shadow - primary`` of the scalar score."""
+
+    mean_diff: float | None
+    mean_diff_ci: tuple[float, float] | None
+    mae: float | None
+    rmse: float | None
+    max_abs: float | None
+    pearson: float | None
+    spearman: float | None
+    out_of_tolerance: float | None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class ClassAgreement:
+    """Label agreement of the pairs where both sides have a class label."""
+
+    n: int
+    agreement: float | None
+    agreement_ci: tuple[float, float] | None
+    kappa: float | None
+    confusion: dict[str, Any]
+    top_flips: tuple[dict[str, Any], ...]
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class PairDivergence:
+    """One (route, primary backend, shadow backend[, segment]) comparison."""
+
+    route: str
+    primary: str | None
+    shadow: str
+    replica: bool
+    n: int
+    unmatched: int
+    incomplete: int
+    numeric: NumericDivergence | None
+    classes: ClassAgreement | None
+    js_divergence: float | None
+    distribution: DistributionShift | None
+    latency_ms: dict[str, Any]
+    errors: dict[str, Any]
+    noise_floor: dict[str, Any] | None = None
+    flags: tuple[str, ...] = ()
+    segment: dict[str, Any] | None = None
+    plots: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class DivergenceReport:
+    """All pairs of one analysis, with the parameters that produced it."""
+
+    pairs: tuple[PairDivergence, ...]
+    params: dict[str, Any]
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON form, schema ``shadowcar.report.divergence/1``."""
+        return {
+            "schema": SCHEMA,
+            "params": jsonable(self.params),
+            "pairs": [jsonable(_pair_dict(p)) for p in self.pairs],
+            "message": self.message,
+        }
+
+
+def _pair_dict(pair: PairDivergence) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in PairDivergence.__dataclass_fields__:
+        value = getattr(pair, name)
+        if name in ("numeric", "classes", "distribution") and value is not None:
+            value = {k: getattr(value, k) for k in type(value).__dataclass_fields__}
+        out[name] = value
+    return out
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if np.isfinite(number) else None
+
+
+def analyze_divergence(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    route: str | None = None,
+    atol: float = 1e-6,
+    rtol: float = 1e-3,
+    segment: str | None = None,
+) -> DivergenceReport:
+    """Compare every shadow backend with its route's primary over the recorded calls."""
+    params = {"since": since, "until": until, "route": route, "atol": atol, "rtol": rtol,
+              "segment": segment}
+    if not _has_view(con, "calls"):
+        return DivergenceReport((), params, "the source has no calls table")
+    where = time_filter(since, until)
+    if route is not None:
+        where += " AND route = " + _quote(route)
+    seg_sql, seg_join = _segment_sql(con, segment)
+    seg_column = f', "{segment}"' if seg_sql.startswith("s.") else ""
+    vectors = con.execute("SELECT EXISTS (SELECT 1 FROM calls WHERE output IS NOT NULL)")
+    has_vectors = bool(vectors.fetchall()[0][0])
+    columns = _COLUMNS if has_vectors else _COLUMNS.replace(", output", "")
+    base = f"""
+        WITH prim AS (SELECT {columns} FROM calls WHERE {_PRIMARY} AND {where}),
+             shad AS (SELECT {columns}{seg_column} FROM calls WHERE role = 'shadow' AND {where})
+    """
+    join = f"FROM shad s LEFT JOIN prim p ON p.request_id = s.request_id {seg_join}"
+    rows = _pair_rows(con, base, join, seg_sql, atol, rtol, has_vectors)
+    if not rows:
+        return DivergenceReport((), params, "no shadow calls in the selected window")
+    ops = backend_operations(con, where, _PRIMARY)
+    replicas = replica_backends(con)
+    pairs: list[PairDivergence] = []
+    unmatched_only: list[dict[str, Any]] = []
+    for row in rows:
+        if row["pb"] is None:
+            unmatched_only.append(row)
+            continue
+        scores = list(_fetch_scores(con, base, join, seg_sql, row) if row["n"]
+                      else (np.empty(0), np.empty(0)))
+        pairs.append(_build_pair(row, scores, ops, replicas))
+    pairs = _attach_unmatched(pairs, unmatched_only, ops, replicas, segment)
+    pairs = _apply_noise_floor(pairs)
+    message = None if any(p.n for p in pairs) else (
+        "no primary/shadow pair has outputs on both sides"
+    )
+    return DivergenceReport(tuple(pairs), params, message)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE view_name = ? "
+        "UNION ALL SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+        [name, name],
+    ).fetchall()
+    return any(int(r[0]) for r in found)
+
+
+def _columns(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
+    if not _has_view(con, name):
+        return set()
+    return {str(r[0]) for r in con.execute(f"DESCRIBE {name}").fetchall()}
+
+
+def _segment_sql(con: duckdb.DuckDBPyConnection, segment: str | None) -> tuple[str, str]:
+    """The SQL of the segment value (read from the shadow's call or its request) and a join."""
+    if segment is None:
+        return "NULL::VARCHAR", ""
+    if segment in _columns(con, "calls"):
+        return f's."{segment}"::VARCHAR', ""
+    if segment in _columns(con, "requests"):
+        return f'r."{segment}"::VARCHAR', "LEFT JOIN requests r ON r.request_id = s.request_id"
+    raise AnalysisSourceError(f"segment {segment!r} is not a column of calls or requests")
+
+
+_JS_VALID = """(len(p.output) = len(s.output) AND len(p.output) >= 2
+    AND list_min(p.output) >= 0 AND list_min(s.output) >= 0
+    AND list_sum(p.output) > 0 AND list_sum(s.output) > 0)"""
+# Jensen-Shannon divergence in bits of the normalised vectors; 0 * ln(0) counts as 0.
+_P = "(p.output[i] / list_sum(p.output))"
+_S = "(s.output[i] / list_sum(s.output))"
+_JS = f"""list_sum(list_transform(generate_series(1, len(p.output)), lambda i:
+    (CASE WHEN p.output[i] > 0 THEN {_P} * ln({_P} / (({_P} + {_S}) / 2)) ELSE 0 END
+   + CASE WHEN s.output[i] > 0 THEN {_S} * ln({_S} / (({_P} + {_S}) / 2)) ELSE 0 END
+    ) / 2)) / ln(2)"""
+
+
+def _pair_rows(
+    con: duckdb.DuckDBPyConnection, base: str, join: str, seg: str, atol: float, rtol: float,
+    vectors: bool,
+) -> list[dict[str, Any]]:
+    # Without output vectors the join carries no list columns at all: a narrower build side.
+    js = f"CASE WHEN {_JS_VALID} THEN {_JS} END" if vectors else "NULL::DOUBLE"
+    p_out, s_out = ("p.output", "s.output") if vectors else ("NULL", "NULL")
+    # The inner projection computes each row's flags and difference once; the aggregates
+    # then only read columns.
+    sql = f"""{base}
+        SELECT route, pb, sb, seg,
+            count(*) FILTER (WHERE NOT matched) AS unmatched,
+            count(*) FILTER (WHERE matched) AS matched,
+            count(*) FILTER (WHERE ok) AS n,
+            count(*) FILTER (WHERE ps IS NOT NULL AND ss IS NOT NULL AND NOT ok) AS n_nonfinite,
+            count(*) FILTER (WHERE matched AND (p_empty OR s_empty)) AS n_without_output,
+            fsum(d) FILTER (WHERE ok) AS sum_d,
+            var_samp(d) FILTER (WHERE ok) AS var_d,
+            sum(abs(d)) FILTER (WHERE ok) AS sum_abs_d,
+            sum(d * d) FILTER (WHERE ok) AS sum_d2,
+            max(abs(d)) FILTER (WHERE ok) AS max_abs,
+            corr(ss, ps) FILTER (WHERE ok) AS pearson,
+            min(ps) FILTER (WHERE ok) < max(ps) FILTER (WHERE ok) AS p_varies,
+            min(ss) FILTER (WHERE ok) < max(ss) FILTER (WHERE ok) AS s_varies,
+            count(*) FILTER (WHERE ok AND abs(d) > {atol!r} + {rtol!r} * abs(ps)) AS n_out,
+            count(*) FILTER (WHERE labelled) AS n_labels,
+            count(*) FILTER (WHERE labelled AND pl = sl) AS n_agree,
+            histogram({{'p': pl, 's': sl}}) FILTER (WHERE labelled) AS label_pairs,
+            count(*) FILTER (WHERE po IS NOT NULL AND so IS NOT NULL) AS n_vectors,
+            count(js) AS n_js,
+            fsum(js) AS sum_js,
+            quantile_cont(s_ms / p_ms, 0.5) FILTER (WHERE p_ms > 0 AND s_ms >= 0)
+                AS latency_ratio
+        FROM (
+            SELECT s.route AS route, p.backend AS pb, s.backend AS sb, {seg} AS seg,
+                p.request_id IS NOT NULL AS matched,
+                coalesce(isfinite(p.score) AND isfinite(s.score), false) AS ok,
+                p.score AS ps, s.score AS ss, s.score - p.score AS d,
+                p.label AS pl, s.label AS sl,
+                coalesce(p.label IS NOT NULL AND s.label IS NOT NULL, false) AS labelled,
+                p.score IS NULL AND p.label IS NULL AND {p_out} IS NULL AS p_empty,
+                s.score IS NULL AND s.label IS NULL AND {s_out} IS NULL AS s_empty,
+                {p_out} AS po, {s_out} AS so,
+                {js} AS js,
+                p.latency_ms AS p_ms, s.latency_ms AS s_ms
+            {join}
+        )
+        GROUP BY ALL ORDER BY route, sb, pb NULLS LAST, seg
+    """
+    cursor = con.execute(sql)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+
+
+def _fetch_scores(
+    con: duckdb.DuckDBPyConnection, base: str, join: str, seg: str, row: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pair's finite (primary, shadow) scores as two aligned float64 columns.
+
+    KS, Wasserstein and Spearman need every value; a second join streams just these two
+    columns (a list aggregate in the first pass would have to fit DuckDB's memory at once).
+    """
+    keys = [f"s.route = {_quote(row['route'])}", f"p.backend = {_quote(row['pb'])}",
+            f"s.backend = {_quote(row['sb'])}"]
+    if row["seg"] is not None:
+        keys.append(f"{seg} = {_quote(str(row['seg']))}")
+    sql = f"""{base}
+        SELECT p.score AS ps, s.score AS ss {join}
+        WHERE {" AND ".join(keys)} AND isfinite(p.score) AND isfinite(s.score)
+    """
+    arrays = con.execute(sql).fetchnumpy()
+    primary = np.asarray(arrays.pop("ps"), dtype=np.float64)
+    return primary, np.asarray(arrays.pop("ss"), dtype=np.float64)
+
+
+def _label_cells(histogram: Any) -> list[tuple[str, str, int]]:
+    """(primary label, shadow label, count) cells from the SQL ``histogram`` of label pairs."""
+    if not histogram:
+        return []
+    items: Any
+    if isinstance(histogram, dict) and set(histogram) == {"key", "value"}:
+        items = zip(histogram["key"], histogram["value"], strict=True)
+    elif isinstance(histogram, dict):
+        items = histogram.items()
+    else:  # Arrow's map form: a list of (key, count) tuples
+        items = histogram
+    return [(str(k["p"]), str(k["s"]), int(v)) for k, v in items]
+
+
+def _numeric(row: dict[str, Any], rho: float | None) -> NumericDivergence:
+    n = int(row["n"])
+    if n == 0:
+        return NumericDivergence(None, None, None, None, None, None, None, None,
+                                 "no pair has a finite score on both sides")
+    notes: list[str] = []
+    mean = float(row["sum_d"]) / n
+    ci: tuple[float, float] | None = None
+    if n >= 2 and row["var_d"] is not None:
+        half = float(stats.t.ppf(0.975, n - 1)) * np.sqrt(float(row["var_d"]) / n)
+        ci = (mean - half, mean + half)
+    else:
+        notes.append("mean_diff_ci needs at least 2 pairs")
+    constant = not (row["p_varies"] and row["s_varies"])
+    pearson = spearman = None
+    if constant or n < 2:
+        notes.append("pearson and spearman are undefined for constant scores")
+    else:
+        pearson, spearman = _finite(row["pearson"]), rho
+    if row["n_nonfinite"]:
+        notes.append(f"{row['n_nonfinite']} pairs with a NaN or infinite score were left out")
+    return NumericDivergence(
+        mean_diff=mean, mean_diff_ci=ci, mae=float(row["sum_abs_d"]) / n,
+        rmse=float(np.sqrt(float(row["sum_d2"]) / n)), max_abs=_finite(row["max_abs"]),
+        pearson=pearson, spearman=spearman, out_of_tolerance=int(row["n_out"]) / n,
+        message="; ".join(notes) or None,
+    )
+
+
+def _classes(row: dict[str, Any], cells: list[tuple[str, str, int]]) -> ClassAgreement | None:
+    n = int(row["n_labels"])
+    if n == 0:
+        return None
+    agree = int(row["n_agree"])
+    labels = sorted({c[0] for c in cells} | {c[1] for c in cells})
+    index = {label: i for i, label in enumerate(labels)}
+    table = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for pl, sl, count in cells:
+        table[index[pl], index[sl]] += count
+    po = agree / n
+    pe = float(table.sum(axis=1) @ table.sum(axis=0)) / float(n) ** 2
+    kappa = (po - pe) / (1 - pe) if pe < 1 else None
+    message = None if kappa is not None else "kappa is undefined: both sides use a single class"
+    flips = sorted((c for c in cells if c[0] != c[1]), key=lambda c: (-c[2], c[0], c[1]))
+    top = tuple({"primary": a, "shadow": b, "count": k, "share": k / n}
+                for a, b, k in flips[:_TOP_FLIPS])
+    return ClassAgreement(n, po, wilson_interval(agree, n), kappa, _confusion(table, labels),
+                          top, message)
+
+
+def _confusion(table: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Rows are primary labels, columns shadow labels; rare labels fold into ``(other)``."""
+    order = np.argsort(-(table.sum(axis=0) + table.sum(axis=1)), kind="stable")
+    if len(labels) > _MAX_CONFUSION_LABELS:
+        keep, rest = order[: _MAX_CONFUSION_LABELS - 1], order[_MAX_CONFUSION_LABELS - 1:]
+        small = np.zeros((len(keep) + 1, len(keep) + 1), dtype=np.int64)
+        small[:-1, :-1] = table[np.ix_(keep, keep)]
+        small[:-1, -1] = table[np.ix_(keep, rest)].sum(axis=1)
+        small[-1, :-1] = table[np.ix_(rest, keep)].sum(axis=0)
+        small[-1, -1] = table[np.ix_(rest, rest)].sum()
+        names = [labels[i] for i in keep] + ["(other)"]
+        return {"labels": names, "matrix": small.tolist(), "truncated": True}
+    return {"labels": [labels[i] for i in order],
+            "matrix": table[np.ix_(order, order)].tolist(), "truncated": False}
+
+
+def _plots(primary: np.ndarray, shadow: np.ndarray) -> dict[str, Any]:
+    if primary.size == 0:
+        return {}
+    low = float(min(primary.min(), shadow.min()))
+    high = float(max(primary.max(), shadow.max()))
+    if not high > low:
+        return {}
+    edges = np.linspace(low, high, _HIST_BINS + 1)
+    diff = shadow - primary
+    d_low, d_high = float(diff.min()), float(diff.max())
+    # Differences can sit within a few ulps of each other (a replica); widen to a drawable range.
+    pad = max(abs(d_low), abs(d_high), 1.0) * 1e-9 if d_high - d_low < 1e-9 else 0.0
+    d_counts, d_edges = np.histogram(diff, bins=_HIST_BINS, range=(d_low - pad, d_high + pad))
+    return {
+        "score_hist": {"edges": edges.tolist(),
+                       "primary": np.histogram(primary, bins=edges)[0].tolist(),
+                       "shadow": np.histogram(shadow, bins=edges)[0].tolist()},
+        "diff_hist": {"edges": d_edges.tolist(), "counts": d_counts.tolist()},
+    }
+
+
+def _build_pair(
+    row: dict[str, Any], scores: list[np.ndarray], ops: Operations,
+    replicas: dict[str, set[str]],
+) -> PairDivergence:
+    """One pair's result; ``scores`` ([primary, shadow]) is emptied so the arrays can be
+    released as soon as their sorted copies exist (10M pairs are 160 MB per copy)."""
+    route, pb, sb = row["route"], row["pb"], row["sb"]
+    primary, shadow = scores
+    scores.clear()
+    plots = _plots(primary, shadow) | {"latency_cdf": latency_cdfs(ops, route, pb, sb)}
+    rho, distribution = None, None
+    if row["n"]:
+        # 10M pairs: sort each side once, then let the unsorted copies go before the merge.
+        p_sorted, p_ranks = sort_with_ranks(primary)
+        del primary
+        s_sorted, s_ranks = sort_with_ranks(shadow)
+        del shadow
+        rho, p_sorted, s_sorted = spearman_sorted(p_sorted, p_ranks, s_sorted, s_ranks)
+        del p_ranks, s_ranks
+        distribution = compare_distributions(p_sorted, s_sorted, presorted=True)
+    numeric = _numeric(row, rho) if row["n"] or not row["n_labels"] else None
+    classes = _classes(row, _label_cells(row["label_pairs"]))
+    n = int(max(row["n"], row["n_labels"]))
+    js = float(row["sum_js"]) / int(row["n_js"]) if row["n_js"] else None
+    notes = []
+    if n == 0:
+        notes.append("no pair has outputs on both sides")
+    if row["n_vectors"] and not row["n_js"]:
+        notes.append("output vectors are not probability vectors of equal length; no js_divergence")
+    if row["n_without_output"]:
+        notes.append(f"{row['n_without_output']} matched pairs lack an output on one side")
+    return PairDivergence(
+        route=route, primary=pb, shadow=sb, replica=sb in replicas.get(route, set()),
+        n=n, unmatched=int(row["unmatched"]), incomplete=int(row["n_without_output"]),
+        numeric=numeric, classes=classes, js_divergence=js, distribution=distribution,
+        latency_ms=latency_summary(ops, route, pb, sb, row["latency_ratio"]),
+        errors=error_summary(ops, route, pb, sb),
+        segment=None if row["seg"] is None else {"value": row["seg"]},
+        plots=plots,
+        message="; ".join(notes) or None,
+    )
+
+
+def _attach_unmatched(
+    pairs: list[PairDivergence], orphans: list[dict[str, Any]],
+    ops: Operations, replicas: dict[str, set[str]], segment: str | None,
+) -> list[PairDivergence]:
+    """Shadow calls without a primary count as ``unmatched`` on their (route, shadow) pairs."""
+    out = list(pairs)
+    for orphan in orphans:
+        key = (orphan["route"], orphan["sb"], orphan["seg"])
+        hits = [i for i, p in enumerate(out)
+                if (p.route, p.shadow, (p.segment or {}).get("value")) == key]
+        for i in hits:
+            out[i] = _replace(out[i], unmatched=out[i].unmatched + int(orphan["unmatched"]))
+        if not hits:
+            route, sb = orphan["route"], orphan["sb"]
+            out.append(PairDivergence(
+                route=route, primary=None, shadow=sb, replica=sb in replicas.get(route, set()),
+                n=0, unmatched=int(orphan["unmatched"]), incomplete=0, numeric=None,
+                classes=None, js_divergence=None, distribution=None,
+                latency_ms=latency_summary(ops, route, None, sb, None),
+                errors=error_summary(ops, route, None, sb),
+                segment=None if segment is None else {"value": orphan["seg"]},
+                message="no shadow call of this backend matched a primary call",
+            ))
+    return out
+
+
+def _replace(pair: PairDivergence, **changes: Any) -> PairDivergence:
+    return replace(pair, **changes)
+
+
+def _noise_metrics(pair: PairDivergence) -> dict[str, float | None]:
+    num, dist, cls = pair.numeric, pair.distribution, pair.classes
+    return {
+        "abs_mean_diff": abs(num.mean_diff) if num and num.mean_diff is not None else None,
+        "mae": num.mae if num else None,
+        "rmse": num.rmse if num else None,
+        "max_abs": num.max_abs if num else None,
+        "out_of_tolerance": num.out_of_tolerance if num else None,
+        "disagreement": 1 - cls.agreement if cls and cls.agreement is not None else None,
+        "js_divergence": pair.js_divergence,
+        "psi": dist.psi if dist else None,
+        "ks_stat": dist.ks_stat if dist else None,
+        "wasserstein": dist.wasserstein if dist else None,
+    }
+
+
+def _apply_noise_floor(pairs: list[PairDivergence]) -> list[PairDivergence]:
+    """Give each candidate its replicas' metrics and flag what exceeds them."""
+    out: list[PairDivergence] = []
+    for pair in pairs:
+        seg = (pair.segment or {}).get("value")
+        refs = [(p.shadow, _noise_metrics(p)) for p in pairs
+                if p.replica and p.n and p.route == pair.route and p.primary == pair.primary
+                and (p.segment or {}).get("value") == seg]
+        if pair.replica or not refs:
+            out.append(pair)
+            continue
+        floor, flags = compare_with_floor(_noise_metrics(pair), refs)
+        out.append(_replace(pair, noise_floor=floor, flags=flags))
+    return out

@@ -1,0 +1,298 @@
+"""Opening analysis sources: a sidecar DuckDB file, an exported Parquet tree or an analyst's table.
+
+Every source becomes an in-memory DuckDB connection with the recorded tables as views.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tempfile
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import duckdb
+
+__all__ = [
+    "DEFAULT_MEMORY_LIMIT",
+    "RECORDED_TABLES",
+    "AnalysisSourceError",
+    "SourceKind",
+    "open_source",
+    "parse_time",
+    "time_filter",
+]
+
+SourceKind = Literal["divergence", "experiment", "drift"]
+
+#: The tables of the recorded-data contract (DESIGN section 4) that become views.
+RECORDED_TABLES: tuple[str, ...] = ("configs", "requests", "calls", "outcomes", "audit")
+
+_EXPERIMENT_COLUMNS = ("unit_id", "variant", "metric", "value")
+_DIVERGENCE_COLUMNS = ("request_id", "backend", "role", "output")
+#: DuckDB memory cap of an analysis connection: 10M pairs fit in 2 GB of process memory.
+DEFAULT_MEMORY_LIMIT = "1GB"
+_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class AnalysisSourceError(Exception):
+    """A source cannot be opened or does not hold what the analysis needs."""
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def open_source(
+    *,
+    db: str | None = None,
+    parquet: str | None = None,
+    table: str | None = None,
+    kind: SourceKind | None = None,
+    memory_limit: str | None = DEFAULT_MEMORY_LIMIT,
+) -> duckdb.DuckDBPyConnection:
+    """Return an in-memory connection whose views are the recorded tables of one source.
+
+    Exactly one of ``db`` (a sidecar DuckDB file, opened read-only), ``parquet`` (a directory
+    or glob of hive-partitioned Parquet, ``DIR/table=calls/**/*.parquet``) or ``table`` (an
+    analyst's Parquet/CSV file, shaped for ``kind``) must be given. ``memory_limit`` caps
+    DuckDB's own memory (joins spill to a temporary directory beyond it); ``None`` keeps
+    DuckDB's default of most of the machine's memory.
+    """
+    given = [name for name, value in (("db", db), ("parquet", parquet), ("table", table)) if value]
+    if len(given) != 1:
+        raise AnalysisSourceError(
+            "give exactly one source: --db FILE, --parquet DIR or --input TABLE"
+        )
+    con = duckdb.connect(":memory:")
+    try:
+        if memory_limit:
+            con.execute(f"SET memory_limit = {_quote(memory_limit)}")
+            spill = os.path.join(tempfile.gettempdir(), "shadowcar-analysis")
+            con.execute(f"SET temp_directory = {_quote(spill)}")
+        if db:
+            _attach_db(con, db)
+        elif parquet:
+            _parquet_views(con, parquet)
+        elif table:
+            _table_views(con, table, kind)
+    except AnalysisSourceError:
+        con.close()
+        raise
+    except duckdb.Error as exc:
+        con.close()
+        raise AnalysisSourceError(f"cannot read source: {exc}") from exc
+    return con
+
+
+def _attach_db(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    if not os.path.isfile(path):
+        raise AnalysisSourceError(f"no DuckDB file at {path!r}")
+    try:
+        con.execute(f"ATTACH {_quote(path)} AS src (READ_ONLY)")
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise AnalysisSourceError(
+                f"{path!r} is locked by a running sidecar (DuckDB allows one writer process). "
+                "Analyse a live sidecar through its admin API, or point --parquet at its "
+                "Parquet export directory (storage.export.dir), or copy the file once it stops."
+            ) from exc
+        raise AnalysisSourceError(f"cannot open {path!r}: {exc}") from exc
+    rows = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'src'"
+    ).fetchall()
+    present = {str(r[0]) for r in rows}
+    if not present & set(RECORDED_TABLES):
+        raise AnalysisSourceError(f"{path!r} holds none of the recorded tables {RECORDED_TABLES}")
+    for name in RECORDED_TABLES:
+        if name in present:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM src.main.{name}")
+
+
+def _parquet_views(con: duckdb.DuckDBPyConnection, location: str) -> None:
+    if os.path.isdir(location):
+        roots = [location]
+    else:
+        matches = sorted(glob.glob(location, recursive=True))
+        if not matches:
+            raise AnalysisSourceError(f"no Parquet files or directories match {location!r}")
+        roots = [m for m in matches if os.path.isdir(m)]
+        files = [m for m in matches if os.path.isfile(m)]
+        if files and not roots:
+            _parquet_files_views(con, files)
+            return
+    made = 0
+    for name in RECORDED_TABLES:
+        patterns = [os.path.join(r, f"table={name}", "**", "*.parquet") for r in roots]
+        found = [p for p in patterns if glob.glob(p, recursive=True)]
+        if not found:
+            continue
+        listing = "[" + ", ".join(_quote(p) for p in found) + "]"
+        con.execute(
+            f"CREATE VIEW {name} AS SELECT * EXCLUDE (\"table\") FROM read_parquet({listing}, "
+            "hive_partitioning = true, union_by_name = true)"
+        )
+        made += 1
+    if not made:
+        raise AnalysisSourceError(
+            f"{location!r} holds no hive-partitioned tables (expected table=calls/**/*.parquet)"
+        )
+
+
+def _parquet_files_views(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    listing = "[" + ", ".join(_quote(f) for f in files) + "]"
+    con.execute(
+        "CREATE TEMP VIEW _all_parquet AS SELECT * FROM read_parquet("
+        f"{listing}, hive_partitioning = true, union_by_name = true)"
+    )
+    cols = {str(r[0]) for r in con.execute("DESCRIBE _all_parquet").fetchall()}
+    if "table" not in cols:
+        raise AnalysisSourceError("Parquet files are not under table=NAME/ partitions")
+    names = {str(r[0]) for r in con.execute('SELECT DISTINCT "table" FROM _all_parquet').fetchall()}
+    for name in RECORDED_TABLES:
+        if name in names:
+            con.execute(
+                f"CREATE VIEW {name} AS SELECT * EXCLUDE (\"table\") FROM _all_parquet "
+                f"WHERE \"table\" = {_quote(name)}"
+            )
+
+
+def _reader(path: str) -> str:
+    if not os.path.exists(path) and not glob.glob(path):
+        raise AnalysisSourceError(f"no input table at {path!r}")
+    lower = path.lower()
+    if lower.endswith((".csv", ".tsv", ".csv.gz")):
+        return f"read_csv({_quote(path)}, auto_detect = true)"
+    return f"read_parquet({_quote(path)})"
+
+
+def _table_views(con: duckdb.DuckDBPyConnection, path: str, kind: SourceKind | None) -> None:
+    con.execute(f"CREATE VIEW input_table AS SELECT * FROM {_reader(path)}")
+    described = con.execute("DESCRIBE input_table").fetchall()
+    types = {str(r[0]): str(r[1]) for r in described}
+    if kind == "experiment":
+        _require(types, _EXPERIMENT_COLUMNS, path, kind)
+        extra = ", pre_value::DOUBLE AS pre_value" if "pre_value" in types else ""
+        con.execute(
+            "CREATE VIEW experiment_input AS SELECT unit_id::VARCHAR AS unit_id, "
+            "variant::VARCHAR AS variant, metric::VARCHAR AS metric, "
+            f"value::DOUBLE AS value{extra} "
+            "FROM input_table"
+        )
+    elif kind == "divergence":
+        _require(types, _DIVERGENCE_COLUMNS, path, kind)
+        _divergence_calls_view(con, types)
+    else:
+        raise AnalysisSourceError(
+            "an input table is read for divergence (request_id, backend, role, output) or "
+            "experiment (unit_id, variant, metric, value[, pre_value]); "
+            "drift needs recorded requests"
+        )
+
+
+def _require(types: dict[str, str], needed: tuple[str, ...], path: str, kind: str) -> None:
+    missing = [c for c in needed if c not in types]
+    if missing:
+        raise AnalysisSourceError(
+            f"{path!r} lacks column(s) {', '.join(missing)} needed for a {kind} table "
+            f"({', '.join(needed)})"
+        )
+
+
+def _divergence_calls_view(con: duckdb.DuckDBPyConnection, types: dict[str, str]) -> None:
+    """Map ``request_id, backend, role, output`` onto the ``calls`` columns analysis reads."""
+    out_type = types["output"].upper()
+    if out_type.endswith("[]"):
+        as_list = "output::DOUBLE[]"
+        as_scalar = "NULL::DOUBLE"
+    elif out_type in ("VARCHAR", "JSON"):
+        as_scalar = "TRY_CAST(output AS DOUBLE)"
+        as_list = (
+            "CASE WHEN TRY_CAST(output AS DOUBLE) IS NULL THEN TRY_CAST(output AS DOUBLE[]) END"
+        )
+    else:
+        as_scalar = "output::DOUBLE"
+        as_list = "NULL::DOUBLE[]"
+
+    def column(name: str, default: str, cast: str) -> str:
+        return f"{name}::{cast}" if name in types else f"{default}::{cast}"
+
+    con.execute(
+        f"""
+        CREATE VIEW calls AS
+        SELECT request_id, ts, route, method, backend, backend_version, role, served, status,
+               latency_ms, error,
+               lst AS output,
+               CASE WHEN lst IS NULL THEN scalar ELSE lst[-1] END AS score,
+               CASE WHEN lst IS NULL OR len(lst) = 0 THEN NULL
+                    ELSE (list_position(lst, list_max(lst)) - 1)::VARCHAR END AS label
+        FROM (
+            SELECT request_id::VARCHAR AS request_id,
+                   {column("ts", "NULL", "TIMESTAMP")} AS ts,
+                   {column("route", "'input'", "VARCHAR")} AS route,
+                   {column("method", "NULL", "VARCHAR")} AS method,
+                   backend::VARCHAR AS backend,
+                   {column("backend_version", "NULL", "VARCHAR")} AS backend_version,
+                   role::VARCHAR AS role,
+                   {"served::BOOLEAN" if "served" in types else "role = 'primary'"} AS served,
+                   {column("status", "'OK'", "VARCHAR")} AS status,
+                   {column("latency_ms", "NULL", "DOUBLE")} AS latency_ms,
+                   {column("error", "NULL", "VARCHAR")} AS error,
+                   {as_scalar} AS scalar,
+                   {as_list} AS lst
+            FROM input_table
+        )
+        """
+    )
+
+
+def parse_time(value: str | datetime | None, *, now: datetime | None = None) -> datetime | None:
+    """Parse an ISO 8601 instant or a relative age (``24h``, ``7d``, ``30m``) into naive UTC.
+
+    Recorded timestamps are naive UTC, so aware values are converted and made naive.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        text = value.strip()
+        relative = _RELATIVE.match(text)
+        if relative:
+            seconds = float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+            base = now or datetime.now(UTC)
+            moment = base - timedelta(seconds=seconds)
+        else:
+            try:
+                moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise AnalysisSourceError(
+                    f"cannot read time {value!r}: "
+                    "use ISO 8601 (2024-05-01T12:00) or an age (24h, 7d)"
+                ) from exc
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def _literal(moment: datetime) -> str:
+    return f"TIMESTAMP '{moment.isoformat(sep=' ')}'"
+
+
+def time_filter(
+    since: str | datetime | None, until: str | datetime | None, column: str = "ts"
+) -> str:
+    """Return an SQL condition for ``since <= column < until`` (``TRUE`` when both are open).
+
+    The bounds are parsed by :func:`parse_time` and inlined as timestamp literals, so the
+    condition can be repeated in several CTEs without juggling parameters.
+    """
+    parts: list[str] = []
+    start, end = parse_time(since), parse_time(until)
+    if start is not None:
+        parts.append(f"{column} >= {_literal(start)}")
+    if end is not None:
+        parts.append(f"{column} < {_literal(end)}")
+    return " AND ".join(parts) if parts else "TRUE"

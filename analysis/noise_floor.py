@@ -1,0 +1,68 @@
+"""The replica noise floor: how far a second copy of the primary model drifts from it.
+
+A shadow marked ``replica: true`` in the config runs the primary's model again; its
+divergence is the noise level a candidate's divergence is measured against.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import duckdb
+
+__all__ = ["NOISE_METRICS", "compare_with_floor", "replica_backends"]
+
+#: Metrics compared with the noise floor; for each, larger means more divergent.
+NOISE_METRICS = (
+    "abs_mean_diff", "mae", "rmse", "max_abs", "out_of_tolerance", "disagreement",
+    "js_divergence", "psi", "ks_stat", "wasserstein",
+)
+
+
+def replica_backends(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    """Replica shadow backends per route, from the newest ``configs`` row naming the route."""
+    present = con.execute(
+        "SELECT count(*) FROM (SELECT view_name AS name FROM duckdb_views() UNION ALL "
+        "SELECT table_name FROM duckdb_tables()) WHERE name = 'configs'"
+    ).fetchall()
+    if not present[0][0]:
+        return {}
+    found: dict[str, set[str]] = {}
+    rows = con.execute("SELECT config_json FROM configs ORDER BY ts DESC NULLS LAST").fetchall()
+    for (text,) in rows:
+        try:
+            config = json.loads(text) if isinstance(text, str) else {}
+        except ValueError:
+            continue
+        routes = config.get("routes") if isinstance(config, dict) else None
+        for route in routes or []:
+            match = route.get("match") if isinstance(route, dict) else None
+            if not isinstance(match, str) or match in found:
+                continue
+            found[match] = {
+                str(s.get("backend")) for s in route.get("shadows") or []
+                if isinstance(s, dict) and s.get("replica") is True
+            }
+    return found
+
+
+def compare_with_floor(
+    candidate: Mapping[str, float | None],
+    replicas: Sequence[tuple[str, Mapping[str, float | None]]],
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The floor (per metric, the largest replica value) and the metrics the candidate exceeds.
+
+    ``replicas`` holds (backend, metrics) for every replica pair of the same route and primary.
+    """
+    floor: dict[str, Any] = {"backends": [name for name, _ in replicas]}
+    flags: list[str] = []
+    for metric in NOISE_METRICS:
+        values = [v for v in (m.get(metric) for _, m in replicas) if v is not None]
+        level = max(values) if values else None
+        floor[metric] = level
+        value = candidate.get(metric)
+        if value is not None and level is not None and value > level:
+            flags.append(metric)
+    return floor, tuple(flags)

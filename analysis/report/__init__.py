@@ -1,0 +1,28 @@
+"""Rendering of report dictionaries (``to_dict()``) as a terminal table, JSON or one HTML file."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+__all__ = ["ReportFormat", "ReportKind", "render"]
+
+ReportKind = Literal["divergence", "experiment", "drift"]
+ReportFormat = Literal["table", "json", "html"]
+
+
+def render(report_dict: dict[str, Any], kind: ReportKind, format: ReportFormat, *,
+           color: bool = False, width: int = 120) -> str:
+    """Render one report; ``color`` keeps ANSI colours in the terminal table."""
+    if format == "json":
+        from analysis.report.json import render_json
+
+        return render_json(report_dict)
+    if format == "table":
+        from analysis.report.terminal import render_table
+
+        return render_table(report_dict, kind, color=color, width=width)
+    if format == "html":
+        from analysis.report.html import render_html
+
+        return render_html(report_dict, kind)
+    raise ValueError(f"unknown report format {format!r}: use table, json or html")

@@ -1,0 +1,141 @@
+"""The ``report`` command: exit codes, messages without tracebacks, outputs and mounting."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from analysis.cli import add_report_parser, main, run_report
+from sidecar.sink.schema import migrate
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("cli") / "rec.duckdb"
+    con = duckdb.connect(str(path))
+    migrate(con)
+    con.execute("""
+        INSERT INTO calls (request_id, ts, route, backend, role, served, status, latency_ms, score)
+        SELECT 'q' || i, TIMESTAMP '2024-01-01' + to_seconds(i), '/r', b, role,
+               role = 'primary', 'OK', 3.0 + i % 7, sc
+        FROM range(120) t(i), LATERAL (SELECT * FROM (VALUES
+            ('p', 'primary', (hash(i) % 100) / 100.0),
+            ('s', 'shadow', (hash(i) % 100) / 100.0 + 0.01))) v(b, role, sc)
+    """)
+    con.execute("""
+        INSERT INTO requests (request_id, ts, route, inputs)
+        SELECT 'q' || i, TIMESTAMP '2024-01-01' + to_seconds(i), '/r',
+               [{'name': 'x', 'datatype': 'FP64', 'shape': [1], 'data': [i / 10], 'text': NULL}]
+        FROM range(120) t(i)
+    """)
+    con.close()
+    return str(path)
+
+
+def test_divergence_json_to_stdout(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "divergence", "--db", db, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["schema"] == "shadowcar.report.divergence/1"
+    assert report["pairs"][0]["n"] == 120
+    assert report["pairs"][0]["numeric"]["mean_diff"] == pytest.approx(0.01)
+
+
+def test_tolerances_and_route_reach_the_analysis(db: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "divergence", "--db", db, "--format", "json", "--atol", "0.02",
+                 "--route", "/r", "--since", "2024-01-01T00:00:30"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params"]["atol"] == 0.02
+    assert report["pairs"][0]["numeric"]["out_of_tolerance"] == 0.0
+    assert report["pairs"][0]["n"] == 90
+
+
+def test_html_and_table_to_file(db: str, tmp_path: Path) -> None:
+    out = tmp_path / "nested" / "div.html"
+    assert main(["report", "divergence", "--db", db, "--format", "html", "-o", str(out)]) == 0
+    assert "<svg" in out.read_text()
+    table = tmp_path / "drift.txt"
+    assert main(["report", "drift", "--db", db, "-o", str(table)]) == 0
+    assert "Input drift per feature" in table.read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["report", "divergence", "--db", "/nonexistent.duckdb"], "no DuckDB file"),
+        (["report", "drift", "--input", "x.csv"], "drift reads recorded requests"),
+        (["report", "divergence", "--db", "DB", "--since", "last tuesday"], "ISO 8601"),
+        (["report", "divergence", "--db", "DB", "--atol", "-1"], "--atol"),
+        (["report", "experiment", "--db", "DB", "--weights", "control50"], "--weights"),
+        (["report", "experiment", "--db", "DB", "--winsorize", "0.2"], "--winsorize"),
+        (["report", "divergence", "--db", "DB", "--segment", "nope"], "segment"),
+        (["report", "divergence", "--parquet", "/nonexistent-dir-*"], "no Parquet"),
+    ],
+)
+def test_bad_input_exits_2_with_message(db: str, capsys: pytest.CaptureFixture[str],
+                                        argv: list[str], needle: str) -> None:
+    argv = [db if a == "DB" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["report", "divergence"], ["report", "nope", "--db", "x"],
+                 ["report", "divergence", "--db", "x", "--format", "pdf"],
+                 ["report", "divergence", "--db", "x", "--parquet", "y"]):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_experiment_from_input_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("analysis.experiment")
+    frame = pd.DataFrame({"unit_id": [f"u{i}" for i in range(40)],
+                          "variant": ["control", "treat"] * 20, "metric": "clicks",
+                          "value": [float(i % 3) for i in range(40)]})
+    path = tmp_path / "exp.csv"
+    frame.to_csv(path, index=False)
+    code = main(["report", "experiment", "--input", str(path), "--format", "json",
+                 "--weights", "control=50,treat=50"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["schema"] == "shadowcar.report.experiment/1"
+
+
+def test_mounts_under_another_parser(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="sidecar")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve")
+    add_report_parser(sub)
+    args = parser.parse_args(["report", "divergence", "--db", db, "--format", "json"])
+    assert args.handler is run_report
+    assert run_report(args) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"]
+
+
+def test_python_dash_m_analysis(db: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "analysis", "report", "divergence", "--db",
+                           "/nonexistent.duckdb"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "no DuckDB file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_package_exports_public_api() -> None:
+    import analysis
+
+    for name in analysis.__all__:
+        if name in ("ExperimentReport", "analyze_experiments"):
+            pytest.importorskip("analysis.experiment")
+        assert getattr(analysis, name) is not None
+    with pytest.raises(AttributeError):
+        analysis.no_such_name  # noqa: B018

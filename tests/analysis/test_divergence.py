@@ -1,0 +1,278 @@
+"""Divergence figures against independent references (scipy, numpy, statsmodels) on fixed data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+from statsmodels.stats.inter_rater import cohens_kappa
+from statsmodels.stats.proportion import proportion_confint
+
+from analysis.distribution import compare_distributions, spearman
+from analysis.divergence import analyze_divergence
+from analysis.load import open_source
+from sidecar.sink.schema import migrate
+
+ROUTE = "/inference.GRPCInferenceService/ModelInfer"
+CONFIG = {
+    "routes": [{"match": ROUTE, "primary": "a",
+                "shadows": [{"backend": "b"}, {"backend": "r", "replica": True}]}]
+}
+RTOL = 1e-9
+
+
+def _design_psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """DESIGN section 5, written out independently of analysis.distribution."""
+    edges = np.quantile(expected, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+
+    def shares(x: np.ndarray) -> np.ndarray:
+        counts = np.zeros(10)
+        for i in range(10):
+            low = -np.inf if i == 0 else edges[i - 1]
+            high = np.inf if i == 9 else edges[i]
+            counts[i] = np.sum((x > low) & (x <= high))
+        return np.maximum(counts / x.size, 1e-4)
+
+    p, s = shares(expected), shares(actual)
+    return float(np.sum((s - p) * np.log(s / p)))
+
+
+def _calls_frame(seed: int = 7, n: int = 400) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    base = pd.Timestamp("2024-03-01")
+    primary = np.round(rng.beta(2, 3, n), 2)  # rounding makes rank ties
+    shadow = np.clip(np.round(primary + rng.normal(0.03, 0.08, n), 2), 0, 1)
+    replica = np.clip(primary + rng.normal(0, 0.005, n), 0, 1)
+    rows: list[dict[str, Any]] = []
+    for backend, role, scores in (("a", "primary", primary), ("b", "shadow", shadow),
+                                  ("r", "shadow", replica)):
+        for i in range(n):
+            status = "OK"
+            if backend == "b" and i % 40 == 3:
+                status = "DROPPED"
+            elif backend == "b" and i % 50 == 7:
+                status = "DEADLINE_EXCEEDED"
+            ok = status == "OK"
+            score = float(scores[i]) if ok else None
+            rows.append({
+                "request_id": f"q{i:04d}", "ts": base + pd.Timedelta(seconds=i), "route": ROUTE,
+                "backend": backend, "role": role, "served": role == "primary", "status": status,
+                "latency_ms": None if status == "DROPPED" else float(5 + rng.gamma(2, 2)),
+                "output": [1 - score, score] if ok else None, "score": score,
+                "label": str(int(score > 0.5)) if ok else None,
+            })
+    rows.append({"request_id": "orphan", "ts": base, "route": ROUTE, "backend": "b",
+                 "role": "shadow", "served": False, "status": "OK", "latency_ms": 3.0,
+                 "output": [0.5, 0.5], "score": 0.5, "label": "0"})
+    return pd.DataFrame(rows)
+
+
+def _make_db(path: Path, frame: pd.DataFrame, config: dict[str, Any] | None = None) -> str:
+    con = duckdb.connect(str(path))
+    migrate(con)
+    con.register("frame", frame)
+    con.execute("INSERT INTO calls BY NAME SELECT * FROM frame")
+    if config is not None:
+        con.execute("INSERT INTO configs VALUES ('v1', TIMESTAMP '2024-01-01', ?)",
+                    [json.dumps(config)])
+    con.close()
+    return str(path)
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> tuple[str, pd.DataFrame]:
+    frame = _calls_frame()
+    return _make_db(tmp_path / "rec.duckdb", frame, CONFIG), frame
+
+
+def _pair(report: dict[str, Any], shadow: str) -> dict[str, Any]:
+    return next(p for p in report["pairs"] if p["shadow"] == shadow)
+
+
+def _reference_pairs(frame: pd.DataFrame, shadow: str) -> pd.DataFrame:
+    prim = frame[frame.role == "primary"]
+    shad = frame[(frame.backend == shadow) & (frame.request_id != "orphan")]
+    return prim.merge(shad, on="request_id", suffixes=("_p", "_s"))
+
+
+def test_numeric_figures_match_references(recorded: tuple[str, pd.DataFrame]) -> None:
+    path, frame = recorded
+    report = analyze_divergence(open_source(db=path)).to_dict()
+    pair = _pair(report, "b")
+    merged = _reference_pairs(frame, "b")
+    both = merged.dropna(subset=["score_p", "score_s"])
+    p, s = both.score_p.to_numpy(), both.score_s.to_numpy()
+    d = s - p
+    num = pair["numeric"]
+    assert pair["n"] == len(both) and pair["unmatched"] == 1
+    assert pair["incomplete"] == len(merged) - len(both)
+    assert num["mean_diff"] == pytest.approx(d.mean(), rel=RTOL)
+    low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert num["mean_diff_ci"] == pytest.approx([low, high], rel=RTOL)
+    assert num["mae"] == pytest.approx(np.abs(d).mean(), rel=RTOL)
+    assert num["rmse"] == pytest.approx(np.sqrt(np.mean(d**2)), rel=RTOL)
+    assert num["max_abs"] == pytest.approx(np.abs(d).max(), rel=RTOL)
+    assert num["pearson"] == pytest.approx(np.corrcoef(p, s)[0, 1], rel=RTOL)
+    assert num["spearman"] == pytest.approx(stats.spearmanr(p, s).statistic, rel=RTOL)
+    assert num["out_of_tolerance"] == pytest.approx(np.mean(np.abs(d) > 1e-6 + 1e-3 * np.abs(p)))
+    dist = pair["distribution"]
+    ks = stats.ks_2samp(p, s)
+    assert dist["ks_stat"] == pytest.approx(ks.statistic, rel=RTOL)
+    assert dist["ks_p"] == pytest.approx(ks.pvalue, rel=RTOL)
+    assert dist["psi"] == pytest.approx(_design_psi(p, s), rel=RTOL)
+    assert dist["wasserstein"] == pytest.approx(stats.wasserstein_distance(p, s) / np.std(p),
+                                                rel=RTOL)
+    js = [jensenshannon(a, b, base=2) ** 2 for a, b in zip(both.output_p, both.output_s,
+                                                           strict=True)]
+    assert pair["js_divergence"] == pytest.approx(np.mean(js), rel=1e-8)
+
+
+def test_class_figures_match_statsmodels(recorded: tuple[str, pd.DataFrame]) -> None:
+    path, frame = recorded
+    pair = _pair(analyze_divergence(open_source(db=path)).to_dict(), "b")
+    both = _reference_pairs(frame, "b").dropna(subset=["label_p", "label_s"])
+    agree = int((both.label_p == both.label_s).sum())
+    cls = pair["classes"]
+    assert cls["n"] == len(both)
+    assert cls["agreement"] == pytest.approx(agree / len(both), rel=RTOL)
+    assert cls["agreement_ci"] == pytest.approx(
+        list(proportion_confint(agree, len(both), method="wilson")), rel=RTOL)
+    table = pd.crosstab(both.label_p, both.label_s)
+    assert cls["kappa"] == pytest.approx(cohens_kappa(table.to_numpy()).kappa, rel=RTOL)
+    labels = cls["confusion"]["labels"]
+    matrix = np.array(cls["confusion"]["matrix"])
+    assert matrix.sum() == len(both)
+    for i, pl in enumerate(labels):
+        for j, sl in enumerate(labels):
+            assert matrix[i, j] == int(((both.label_p == pl) & (both.label_s == sl)).sum())
+    flips = {(f["primary"], f["shadow"]): f["count"] for f in cls["top_flips"]}
+    assert all(a != b for a, b in flips)
+    assert sum(flips.values()) == len(both) - agree
+
+
+def test_operations_match_references(recorded: tuple[str, pd.DataFrame]) -> None:
+    path, frame = recorded
+    pair = _pair(analyze_divergence(open_source(db=path)).to_dict(), "b")
+    shad = frame[frame.backend == "b"]
+    attempted = shad[shad.status != "DROPPED"]
+    lat = attempted.latency_ms.to_numpy()
+    q = np.quantile(lat, [0.5, 0.95, 0.99])
+    got = pair["latency_ms"]["shadow"]
+    assert [got["p50"], got["p95"], got["p99"]] == pytest.approx(q, rel=RTOL)
+    merged = _reference_pairs(frame, "b").dropna(subset=["latency_ms_p", "latency_ms_s"])
+    ratio = np.median(merged.latency_ms_s / merged.latency_ms_p)
+    assert pair["latency_ms"]["ratio_median"] == pytest.approx(ratio, rel=RTOL)
+    errors = pair["errors"]["shadow"]
+    n_err = int((attempted.status != "OK").sum())
+    n_tmo = int((attempted.status == "DEADLINE_EXCEEDED").sum())
+    assert errors["n"] == len(attempted) and errors["errors"] == n_err
+    assert errors["error_rate_ci"] == pytest.approx(
+        list(proportion_confint(n_err, len(attempted), method="wilson")), rel=RTOL)
+    assert errors["timeout_rate"] == pytest.approx(n_tmo / len(attempted), rel=RTOL)
+    assert errors["dropped"] == int((shad.status == "DROPPED").sum())
+    assert pair["errors"]["primary"]["error_rate_ci"][0] == 0.0
+
+
+def test_replica_gives_noise_floor_and_flags(recorded: tuple[str, pd.DataFrame]) -> None:
+    report = analyze_divergence(open_source(db=recorded[0])).to_dict()
+    replica, candidate = _pair(report, "r"), _pair(report, "b")
+    assert replica["replica"] is True and replica["noise_floor"] is None
+    assert candidate["replica"] is False
+    floor = candidate["noise_floor"]
+    assert floor["backends"] == ["r"]
+    assert floor["mae"] == pytest.approx(replica["numeric"]["mae"], rel=RTOL)
+    assert floor["psi"] == pytest.approx(replica["distribution"]["psi"], rel=RTOL)
+    assert {"mae", "rmse", "psi", "ks_stat"} <= set(candidate["flags"])
+    for metric in candidate["flags"]:
+        assert floor[metric] is not None
+    json.dumps(report, allow_nan=False)
+
+
+def test_no_pairs_and_no_calls(tmp_path: Path) -> None:
+    empty = _make_db(tmp_path / "empty.duckdb", _calls_frame().iloc[0:0])
+    report = analyze_divergence(open_source(db=empty))
+    assert report.pairs == () and report.message
+    frame = _calls_frame(n=20)
+    only_shadow = _make_db(tmp_path / "shadow.duckdb", frame[frame.role == "shadow"])
+    result = analyze_divergence(open_source(db=only_shadow)).to_dict()
+    assert result["message"] and all(p["n"] == 0 and p["message"] for p in result["pairs"])
+    assert all(p["unmatched"] > 0 and p["primary"] is None for p in result["pairs"])
+    json.dumps(result, allow_nan=False)
+
+
+def test_constant_scores_one_sided_classes_and_nan(tmp_path: Path) -> None:
+    frame = _calls_frame(n=60)
+    frame = frame[frame.backend != "r"].copy()
+    ok = frame.score.notna()
+    frame.loc[ok, "score"] = 0.7
+    frame.loc[ok, "label"] = "1"
+    frame.loc[ok, "output"] = pd.Series([[0.3, 0.7]] * int(ok.sum()), index=frame.index[ok])
+    path = _make_db(tmp_path / "const.duckdb", frame)
+    con = duckdb.connect(path)
+    con.execute("UPDATE calls SET score = 'nan'::DOUBLE "
+                "WHERE backend = 'b' AND request_id = 'q0010'")
+    con.close()
+    report = analyze_divergence(open_source(db=path)).to_dict()
+    pair = _pair(report, "b")
+    num = pair["numeric"]
+    assert num["pearson"] is None and num["spearman"] is None
+    assert "constant" in num["message"] and "NaN" in num["message"]
+    assert num["mae"] == 0.0
+    assert pair["distribution"]["wasserstein"] is None and pair["distribution"]["message"]
+    assert pair["classes"]["kappa"] is None and pair["classes"]["message"]
+    assert pair["classes"]["agreement"] == 1.0
+    json.dumps(report, allow_nan=False)
+
+
+def test_scalar_outputs_have_null_classes(tmp_path: Path) -> None:
+    frame = _calls_frame(n=50)
+    frame["label"] = None
+    frame["output"] = None
+    path = _make_db(tmp_path / "scalar.duckdb", frame)
+    pair = _pair(analyze_divergence(open_source(db=path)).to_dict(), "b")
+    assert pair["classes"] is None and pair["js_divergence"] is None
+    assert pair["numeric"]["mae"] is not None
+
+
+def test_route_and_time_filters(recorded: tuple[str, pd.DataFrame]) -> None:
+    con = open_source(db=recorded[0])
+    assert analyze_divergence(con, route="/other").pairs == ()
+    some = analyze_divergence(con, since="2024-03-01T00:01:00", until="2024-03-01T00:02:00")
+    assert 0 < _pair(some.to_dict(), "r")["n"] <= 60
+
+
+def test_segment_by_request_column(tmp_path: Path) -> None:
+    frame = _calls_frame(n=40)
+    path = _make_db(tmp_path / "seg.duckdb", frame)
+    con = duckdb.connect(path)
+    con.execute("INSERT INTO requests (request_id, ts, route, variant) SELECT DISTINCT "
+                "request_id, ts, route, CASE WHEN right(request_id, 1) IN ('0','2','4','6','8') "
+                "THEN 'even' ELSE 'odd' END FROM calls WHERE role = 'primary'")
+    con.close()
+    report = analyze_divergence(open_source(db=path), segment="variant").to_dict()
+    values = {p["segment"]["value"] for p in report["pairs"] if p["segment"]}
+    assert {"even", "odd"} <= values
+
+
+def test_large_sample_path_matches_scipy() -> None:
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=25_000), 2)
+    y = np.round(x * 0.8 + rng.normal(0.1, 0.7, size=25_000), 2)
+    shift = compare_distributions(x, y)
+    ks = stats.ks_2samp(x, y)
+    assert shift.ks_stat == pytest.approx(ks.statistic, rel=RTOL)
+    assert shift.ks_p == pytest.approx(ks.pvalue, rel=RTOL)
+    assert shift.wasserstein == pytest.approx(stats.wasserstein_distance(x, y) / np.std(x),
+                                              rel=RTOL)
+    assert shift.psi == pytest.approx(_design_psi(x, y), rel=RTOL)
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, rel=RTOL)
+    u, v = rng.normal(size=30_000), rng.normal(size=30_000)  # no ties
+    assert spearman(u, u + v) == pytest.approx(stats.spearmanr(u, u + v).statistic, rel=RTOL)
+    assert spearman(u, np.full(u.size, 2.0)) is None
