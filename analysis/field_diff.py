@@ -224,8 +224,9 @@ def analyze_field_diff(
     if route is not None:
         where += f" AND route = {_quote(route)}"
     primary = _PRIMARY_SERVED if "served" in columns else "role = 'primary'"
+    served = "served" if "served" in columns else "NULL AS served"
     base = (
-        "SELECT request_id, route, backend, role, j FROM (SELECT *, "
+        f"SELECT request_id, route, backend, role, {served}, j FROM (SELECT *, "
         "try_cast(response_json AS JSON) AS j FROM calls WHERE status = 'OK' AND "
         f"response_json IS NOT NULL AND {where}) WHERE j IS NOT NULL"
     )

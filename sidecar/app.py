@@ -29,8 +29,8 @@ from sidecar.config import BackendConfig, LoadedConfig, canonical_json
 from sidecar.config.experiments import CanaryConfig
 from sidecar.config.reload import check_reload
 from sidecar.errors import ConfigError, ShadowcarError
-from sidecar.mirror import Mirror
 from sidecar.export import PeriodicExport
+from sidecar.mirror import Mirror
 from sidecar.notify import WebhookNotifier
 from sidecar.outcomes import OutcomeIngest, add_feedback_service
 from sidecar.routing import RoutePlan, RouteTable
@@ -103,6 +103,25 @@ class Sidecar:
     def dispatch(self) -> Dispatch:
         assert self._handler is not None, "sidecar not started"
         return self._handler.dispatch
+
+    async def _reflection_codecs(self, loaded: LoadedConfig) -> None:
+        """``codec: reflection`` routes read the primary's descriptors at start. A backend
+        without reflection is logged and its route recorded undecoded; serving goes on."""
+        from sidecar.codecs import CodecError
+        from sidecar.codecs.reflection import route_json_codec
+
+        for route in loaded.config.routes:
+            if route.codec != "reflection" or route.match in loaded.codecs:
+                continue
+            target = self.backends[route.primary].target
+            try:
+                loaded.codecs[route.match] = await route_json_codec(
+                    "reflection", match=route.match, primary_target=target,
+                    compare=route.compare_fields,
+                )
+            except CodecError as exc:
+                log.warning("route %s: no reflection descriptors from %s (%s); recording it "
+                            "undecoded", route.match, target, exc)
 
     @staticmethod
     def _backend(loaded: LoadedConfig, config: BackendConfig) -> Backend:
@@ -211,8 +230,9 @@ class Sidecar:
             retired = [b for name, b in self.backends.items() if backends.get(name) is not b]
             self.loaded = loaded
             self._sync_canaries(loaded)
+            await self._reflection_codecs(loaded)
             routes = RouteTable(cfg, backends, self.canaries, loaded.static_fallbacks,
-                                loaded.redaction_keys, loaded.contracts)
+                                loaded.redaction_keys, loaded.contracts, loaded.codecs)
             assert self._handler is not None
             self._handler.swap(
                 Dispatch(
@@ -257,8 +277,10 @@ class Sidecar:
         for backend in cfg.backends:
             self.backends[backend.name] = self._backend(self.loaded, backend)
         self._sync_canaries(self.loaded)
+        await self._reflection_codecs(self.loaded)
         routes = RouteTable(cfg, self.backends, self.canaries, self.loaded.static_fallbacks,
-                            self.loaded.redaction_keys, self.loaded.contracts)
+                            self.loaded.redaction_keys, self.loaded.contracts,
+                            self.loaded.codecs)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),

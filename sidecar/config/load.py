@@ -39,6 +39,8 @@ class LoadedConfig:
     redaction_keys: dict[str, bytes] = field(default_factory=dict)
     #: Data contracts by route match (loaded from their own YAML files).
     contracts: dict[str, Any] = field(default_factory=dict)
+    #: Descriptor codecs by route match (``codec: descriptor:FILE``), built at load.
+    codecs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def admin_token(self) -> str | None:
@@ -233,6 +235,29 @@ def _contracts(config: Config, base: Path) -> tuple[dict[str, Any], list[tuple[s
     return found, problems
 
 
+def _descriptor_codecs(
+    config: Config, base: Path
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    from sidecar.codecs import CodecError
+    from sidecar.codecs.descriptor import DescriptorCodec
+
+    found: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for r, route in enumerate(config.routes):
+        if not route.codec.startswith("descriptor:"):
+            continue
+        name = route.codec.removeprefix("descriptor:")
+        path = Path(name) if Path(name).is_absolute() else base / name
+        _, _, method = route.match.lstrip("/").partition("/")
+        exact = route.match if method and method != "*" else None
+        try:
+            found[route.match] = DescriptorCodec(str(path), exact,
+                                                 compare=route.compare_fields)
+        except CodecError as exc:
+            problems.append((f"routes[{r}].codec", str(exc)))
+    return found, problems
+
+
 def _redaction_keys(config: Config) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
     keys: dict[str, bytes] = {}
     problems: list[tuple[str, str]] = []
@@ -277,6 +302,8 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     problems.extend(more)
     contracts, more = _contracts(config, base_dir or Path.cwd())
     problems.extend(more)
+    codecs, more = _descriptor_codecs(config, base_dir or Path.cwd())
+    problems.extend(more)
     from sidecar.triggers.config import cross_check_triggers
 
     problems.extend(cross_check_triggers(
@@ -296,6 +323,7 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     return LoadedConfig(
         config=config, version=digest.hexdigest()[:12], source=source,
         static_fallbacks=statics, files=files, redaction_keys=keys, contracts=contracts,
+        codecs=codecs,
     )
 
 

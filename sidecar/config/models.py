@@ -184,7 +184,14 @@ class RouteConfig(_Model):
     match: str = Field(description="'/pkg.Svc/Method', '/pkg.Svc/*' or '*'")
     primary: str = Field(description="name of the backend that serves")
     timeout_ms: PositiveMs = Field(1000, description="deadline of the serving call")
-    codec: Literal["oip", "raw"] = Field("raw", description="how recorded bytes are decoded")
+    codec: str = Field(
+        "raw", description="how recorded bytes are decoded: oip | raw | reflection | "
+        "descriptor:FILE (a FileDescriptorSet made by protoc --include_imports)"
+    )
+    compare_fields: tuple[str, ...] = Field(
+        (), description="JSON field paths compared (reflection/descriptor codecs), e.g. a.b[].c"
+    )
+    ignore_fields: tuple[str, ...] = Field((), description="field paths field diffs ignore")
     streaming: Literal["unary", "server", "client", "bidi"] = Field(
         "unary", description="the matched methods' kind; streams pass through with flow control"
     )
@@ -216,6 +223,24 @@ class RouteConfig(_Model):
     def _match(cls, value: str) -> str:
         if not _MATCH.match(value):
             raise ValueError("must be '/pkg.Service/Method', '/pkg.Service/*' or '*'")
+        return value
+
+    @field_validator("codec")
+    @classmethod
+    def _codec(cls, value: str) -> str:
+        if value in ("oip", "raw", "reflection") or (
+            value.startswith("descriptor:") and len(value) > len("descriptor:")
+        ):
+            return value
+        raise ValueError("must be oip, raw, reflection or descriptor:FILE")
+
+    @field_validator("compare_fields", "ignore_fields")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from sidecar.codecs.fieldpath import parse_path
+
+        for path in value:
+            parse_path(path)  # CodecError is a ValueError: reported with the field
         return value
 
 

@@ -112,6 +112,16 @@ class RoutePlan:
         return self.config.match
 
 
+def _codec(route: RouteConfig, built: dict[str, Any] | None) -> Any:
+    """raw: nothing to decode (the writer skips the work); oip: the tensor codec;
+    descriptor/reflection: the JSON codec built at load or start (None if it failed)."""
+    if route.codec == "raw":
+        return None
+    if route.codec == "oip":
+        return codec_for("oip")
+    return (built or {}).get(route.match)
+
+
 def _redactor(route: RouteConfig, keys: dict[str, bytes] | None) -> Redactor | None:
     red = route.redact
     if red is None:
@@ -133,6 +143,7 @@ class RouteTable:
         static_fallbacks: dict[str, bytes] | None = None,
         redaction_keys: dict[str, bytes] | None = None,
         contracts: dict[str, Any] | None = None,
+        codecs: dict[str, Any] | None = None,
     ) -> None:
         self._exact: dict[str, RoutePlan] = {}
         self._service: dict[str, RoutePlan] = {}
@@ -181,8 +192,8 @@ class RouteTable:
                 margin_s=route.deadline_margin_ms / 1000,
                 timeout_s=route.timeout_ms / 1000,
                 decoding=Decoding(
-                    # raw: nothing to decode, the writer skips the work entirely
-                    codec=None if route.codec == "raw" else codec_for(route.codec),
+                    codec=_codec(route, codecs),
+                    compare_fields=route.compare_fields,
                     compare_output=route.compare_output,
                     score_index=route.score_index,
                     # A redacted route never keeps raw bytes: they would hold the secret.

@@ -31,6 +31,7 @@ class Decoding(NamedTuple):
     record_bytes: bool
     redactor: Redactor | None = None
     contract: Any = None
+    compare_fields: tuple[str, ...] = ()
 
 
 class RequestRecord(NamedTuple):

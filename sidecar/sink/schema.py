@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS requests (
     inputs {TENSOR_TYPE}[],      -- decoded inputs (codec oip), else NULL
     contract VARCHAR,            -- name@version of the route's data contract
     violations VARCHAR,          -- JSON [{{field, rule, detail}}] of the inputs, NULL if none
-    imputed VARCHAR              -- JSON [fields] filled from the contract's defaults
+    imputed VARCHAR,             -- JSON [fields] filled from the contract's defaults
+    request_json VARCHAR         -- decoded request (reflection/descriptor codecs)
 );
 CREATE TABLE IF NOT EXISTS calls (
     request_id VARCHAR,
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS calls (
     label VARCHAR,               -- class: argmax index of a vector, or a BYTES value
     config_version VARCHAR,
     violations VARCHAR,          -- JSON [{{field, rule, detail}}] of the outputs, NULL if none
+    response_json VARCHAR,       -- decoded response (reflection/descriptor codecs)
     messages INTEGER,            -- streaming calls: messages received (NULL for unary)
     first_message_ms DOUBLE      -- streaming calls: time to the first message
 );

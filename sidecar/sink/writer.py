@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from sidecar.codecs import CodecError, summarize
+from sidecar.codecs.descriptor import MethodCodec, json_tensors
+from sidecar.codecs.fieldpath import summarize_json
 from sidecar.sink.records import (
     CallRecord,
     RequestRecord,
@@ -56,12 +58,21 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
     contracts: list[str | None] = []
     violations: list[str | None] = []
     imputed: list[str | None] = []
+    request_jsons: list[str | None] = []
     for row in rows:
         dec = row.decoding
         tensors = None
         contract = dec.contract
         found = row.violations
-        if dec.codec is not None:
+        request_json = None
+        if isinstance(dec.codec, MethodCodec):
+            try:
+                doc = dec.codec.decode_request_json(row.method, row.request)
+            except CodecError:
+                doc = None
+            if doc is not None:
+                request_json = json.dumps(doc, separators=(",", ":"))
+        elif dec.codec is not None:
             try:
                 decoded = dec.codec.decode_request(row.request)
             except CodecError:
@@ -75,6 +86,7 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
         contracts.append(f"{contract.name}@{contract.version}" if contract is not None else None)
         violations.append(_violations_json(found))
         imputed.append(json.dumps(list(row.imputed)) if row.imputed else None)
+        request_jsons.append(request_json)
         if dec.redactor is not None:
             tensors = dec.redactor.tensors(tensors)
         inputs.append(tensors)
@@ -107,6 +119,7 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
             "contract": pa.array(contracts, pa.string()),
             "violations": pa.array(violations, pa.string()),
             "imputed": pa.array(imputed, pa.string()),
+            "request_json": pa.array(request_jsons, pa.string()),
         }
     )
 
@@ -119,12 +132,25 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
     errors: list[str | None] = []
     raw: list[bytes | None] = []
     out_violations: list[str | None] = []
+    response_jsons: list[str | None] = []
     for row in rows:
         dec = row.decoding
         error = row.error
         tensors = summary = None
         found: Sequence[Any] | None = None
-        if dec.codec is not None and row.response is not None:
+        response_json = None
+        json_summary: tuple[list[float] | None, float | None, str | None] | None = None
+        if isinstance(dec.codec, MethodCodec):
+            if row.response is not None:
+                try:
+                    doc = dec.codec.decode_response_json(row.method, row.response)
+                except CodecError as exc:
+                    doc, error = None, f"undecodable response: {exc}"
+                if doc is not None:
+                    response_json = json.dumps(doc, separators=(",", ":"))
+                    tensors = [t.as_row() for t in json_tensors(doc, dec.compare_fields)] or None
+                    json_summary = summarize_json(doc, dec.compare_fields, dec.score_index)
+        elif dec.codec is not None and row.response is not None:
             try:
                 decoded = dec.codec.decode_response(row.response)
             except CodecError as exc:
@@ -139,9 +165,15 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
                     found = check_outputs(dec.contract, decoded)
         out_violations.append(_violations_json(found))
         outputs.append(tensors)
-        output.append(summary.output if summary else None)
-        score.append(summary.score if summary else None)
-        label.append(summary.label if summary else None)
+        if json_summary is not None:
+            output.append(json_summary[0])
+            score.append(json_summary[1])
+            label.append(json_summary[2])
+        else:
+            output.append(summary.output if summary else None)
+            score.append(summary.score if summary else None)
+            label.append(summary.label if summary else None)
+        response_jsons.append(response_json)
         if on_call is not None:
             on_call(row, score[-1], label[-1])
         errors.append(error)
@@ -172,6 +204,7 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
             "label": pa.array(label, pa.string()),
             "config_version": pa.array(cols[f.index("config_version")], pa.string()),
             "violations": pa.array(out_violations, pa.string()),
+            "response_json": pa.array(response_jsons, pa.string()),
             "messages": pa.array(cols[f.index("messages")], pa.int32()),
             "first_message_ms": pa.array(cols[f.index("first_message_ms")], pa.float64()),
         }
