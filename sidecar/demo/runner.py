@@ -49,7 +49,7 @@ def demo_config(db_path: Path, targets: dict[str, str]) -> dict[str, Any]:
                 "shadows": [
                     {"backend": "fraud-v8", "sample_percent": 100, "timeout_ms": 500,
                      "max_in_flight": 64},
-                    {"backend": "fraud-v9-flaky", "sample_percent": 50, "timeout_ms": 60,
+                    {"backend": "fraud-v9-flaky", "sample_percent": 50, "timeout_ms": 150,
                      "max_in_flight": 8},
                 ],
             },
@@ -172,13 +172,25 @@ def _print_summary(console: Console, summary: dict[str, Any], db_path: Path) -> 
     console.print(agree)
 
 
-def _analysis_report(console: Console, db_path: Path, out_dir: Path) -> None:
-    """The divergence report in the terminal and as HTML, when the analysis package is there."""
+def _analysis_report(console: Console, db_path: Path, out_dir: Path) -> Path:
+    """The divergence report in the terminal, and as one self-contained HTML file."""
+    from analysis import analyze_divergence, open_source
+    from analysis.report import render
+
+    con = open_source(db=str(db_path))
     try:
-        from analysis.demo_report import divergence_report
-    except ImportError:
-        return
-    divergence_report(console, db_path, out_dir)
+        report = analyze_divergence(con).to_dict()
+    finally:
+        con.close()
+    console.print("\n[bold]Divergence report[/] (sidecar report divergence --db "
+                  f"{db_path} --format table)")
+    # Rendered at its own width; written as is so a narrow terminal does not re-wrap it.
+    console.file.write(render(report, "divergence", "table", color=console.is_terminal))
+    console.file.flush()
+    html = out_dir / "divergence.html"
+    html.write_text(render(report, "divergence", "html"), encoding="utf-8")
+    console.print(f"HTML report with plots: {html}")
+    return html
 
 
 async def run_demo(requests: int = 3000, concurrency: int = 16, out_dir: str = "demo-out") -> int:
