@@ -98,3 +98,19 @@ def sidecar_process(tmp_path):
             p.proc.wait()
         if not p._log.closed:
             p._log.close()
+
+
+@pytest.fixture
+def figures(request):
+    """Record a scenario's measured figures; with SHADOWCAR_FIGURES=FILE set they are
+    appended there as JSON lines (docs/reliability.md is written from them)."""
+    import json
+    import os
+
+    def record(**values: Any) -> None:
+        path = os.environ.get("SHADOWCAR_FIGURES")
+        if path:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"scenario": request.node.name, **values}) + "\n")
+
+    return record

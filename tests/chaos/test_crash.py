@@ -43,11 +43,20 @@ async def _load(port: int, prefix: str, seconds: float, answered: list[str]) -> 
     await asyncio.gather(*(client(n) for n in range(8)))
 
 
-async def test_sigkill_then_restart(echo, sidecar_process, tmp_path) -> None:
+async def test_sigkill_then_restart(echo, sidecar_process, tmp_path, figures) -> None:
     primary = await echo()
     db = tmp_path / "crash.duckdb"
     first = sidecar_process(_config(db, primary.target))
     await first.wait_ready()
+    peak = 0
+
+    async def sample() -> None:
+        nonlocal peak
+        while first.proc.poll() is None:
+            peak = max(peak, first.rss_kb())
+            await asyncio.sleep(0.1)
+
+    sampler = asyncio.ensure_future(sample())
     answered: list[str] = []
     t0 = time.monotonic()
     load = asyncio.ensure_future(_load(first.port, "a", 30, answered))
@@ -74,5 +83,8 @@ async def test_sigkill_then_restart(echo, sidecar_process, tmp_path) -> None:
     # Documented bound: what was accepted since the last flush (flush interval plus the
     # flush in progress); checked with generous slack for a loaded machine.
     bound = max(100, rate * 4 * FLUSH_MS / 1000)
+    sampler.cancel()
+    figures(sent=len(answered), answered=len(answered), fallbacks=0, errors=0, lost=lost,
+            loss_bound=round(bound), peak_rss_mb=round(peak / 1024, 1))
     assert lost <= bound, (lost, bound, rate)
     assert len(answered) > 200

@@ -26,7 +26,7 @@ class _Garbage(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(answer)
 
 
-async def test_every_kind_of_broken_shadow(echo, start_sidecar, channel_to) -> None:
+async def test_every_kind_of_broken_shadow(echo, start_sidecar, channel_to, figures) -> None:
     model, _ = make_demo_models()
     primary = await start_model_server(model)
     slow = await start_model_server(model, delay_ms=300)
@@ -57,6 +57,10 @@ async def test_every_kind_of_broken_shadow(echo, start_sidecar, channel_to) -> N
             assert answer.model_version == "1"
             np.testing.assert_allclose(got, direct[i], rtol=1e-6)
         lanes = sc.stats()["routes"][0]["shadows"]
+        figures(sent=300, answered=300, fallbacks=0, errors=0, lost=0,
+                peak_rss_mb=round(_rss_kb() / 1024, 1),
+                shadows={k: {x: v[x] for x in ("sent", "dropped", "errored")}
+                         for k, v in lanes.items()})
         assert lanes["garbage"]["errored"] == 0  # garbage is OK bytes for gRPC...
         await sc.aclose()
         # ...and shows up as undecodable in the recording, not as a crash.
@@ -67,7 +71,8 @@ async def test_every_kind_of_broken_shadow(echo, start_sidecar, channel_to) -> N
         await garbage.stop(0)
 
 
-async def test_primary_killed_mid_load_with_a_fallback(start_sidecar, channel_to) -> None:
+async def test_primary_killed_mid_load_with_a_fallback(start_sidecar, channel_to,
+                                                      figures) -> None:
     model, retrained = make_demo_models()
     primary = await start_model_server(model)
     backup = await start_model_server(retrained)
@@ -96,6 +101,8 @@ async def test_primary_killed_mid_load_with_a_fallback(start_sidecar, channel_to
         await primary.aclose()
         await asyncio.gather(*tasks)
         assert len(versions) + len(errors) == 240
+        figures(sent=240, answered=len(versions), fallbacks=versions.count("2"),
+                errors=len(errors), lost=0, peak_rss_mb=round(_rss_kb() / 1024, 1))
         assert "1" in versions and "2" in versions  # answered by the primary, then the fallback
         assert set(errors) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
         assert len(errors) < 24
@@ -103,7 +110,8 @@ async def test_primary_killed_mid_load_with_a_fallback(start_sidecar, channel_to
         await backup.aclose()
 
 
-async def test_random_payloads_on_an_oip_route(start_sidecar, channel_to, tmp_path) -> None:
+async def test_random_payloads_on_an_oip_route(start_sidecar, channel_to, tmp_path,
+                                               figures) -> None:
     model, _ = make_demo_models()
     primary = await start_model_server(model)
     try:
@@ -114,12 +122,14 @@ async def test_random_payloads_on_an_oip_route(start_sidecar, channel_to, tmp_pa
         stub = channel_to(sc.port).unary_unary(METHOD)
         rng = np.random.default_rng(7)
         rss = []
+        errors = 0
         for batch in range(20):
             payloads = [rng.bytes(int(rng.integers(0, 300))) for _ in range(500)]
             results = await asyncio.gather(*(stub(p) for p in payloads), return_exceptions=True)
             for r in results:
                 assert isinstance(r, (bytes, grpc.aio.AioRpcError))
                 if isinstance(r, grpc.aio.AioRpcError):
+                    errors += 1
                     assert r.code() in (grpc.StatusCode.INVALID_ARGUMENT,
                                         grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INTERNAL,
                                         grpc.StatusCode.UNKNOWN)
@@ -127,6 +137,8 @@ async def test_random_payloads_on_an_oip_route(start_sidecar, channel_to, tmp_pa
                 rss.append(_rss_kb())
         await sc.aclose()
         assert sc.sink.stats.written["requests"] == 10_000
+        figures(sent=10_000, answered=10_000, fallbacks=0, errors=errors, lost=0,
+                peak_rss_mb=round(max(rss) / 1024, 1), rss_growth_mb=round((rss[1] - rss[0]) / 1024, 1))
         assert sc.sink.stats.write_errors == 0
         assert rss[1] - rss[0] < 60_000, rss  # flat: under 60 MB growth over 7,500 calls
     finally:

@@ -19,7 +19,8 @@ def _limit_files() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, resource.RLIM_INFINITY))
 
 
-async def test_disk_full_degrades_then_recovers(echo, sidecar_process, tmp_path) -> None:
+async def test_disk_full_degrades_then_recovers(echo, sidecar_process, tmp_path,
+                                                figures) -> None:
     primary = await echo()
     db = tmp_path / "full.duckdb"
     sc = sidecar_process({
@@ -47,7 +48,9 @@ async def test_disk_full_degrades_then_recovers(echo, sidecar_process, tmp_path)
             assert await stub(body) == body
             answered += 1
         _, stats = await sc.get("/v1/stats")
-        assert sum(stats["sink"]["dropped"].values()) > 0
+        dropped = sum(stats["sink"]["dropped"].values())
+        assert dropped > 0
+        peak = sc.rss_kb()
         # The "disk" is freed: lift the limit on the running process.
         resource.prlimit(sc.proc.pid, resource.RLIMIT_FSIZE,
                          (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
@@ -67,5 +70,8 @@ async def test_disk_full_degrades_then_recovers(echo, sidecar_process, tmp_path)
         "SELECT count(*) FROM requests WHERE request_id LIKE 'late-%'").fetchall()[0][0]
     total = con.execute("SELECT count(*) FROM requests").fetchall()[0][0]
     con.close()
+    figures(sent=answered, answered=answered, fallbacks=0, errors=0,
+            lost=dropped, loss_note="records dropped while the disk was full",
+            peak_rss_mb=round(peak / 1024, 1))
     assert late == 20  # writing resumed by itself
     assert 0 < total < answered

@@ -39,7 +39,7 @@ async def _wait_serving(port: int, proc: asyncio.subprocess.Process, timeout: fl
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-async def test_signal_under_load_loses_nothing(echo, tmp_path: Path, sig) -> None:
+async def test_signal_under_load_loses_nothing(echo, tmp_path: Path, sig, figures) -> None:
     primary = await echo(delay_ms=2)
     shadow = await echo(delay_ms=30)
     port = _free_port()
@@ -101,6 +101,8 @@ async def test_signal_under_load_loses_nothing(echo, tmp_path: Path, sig) -> Non
         "SELECT count(*), count(DISTINCT request_id) FROM calls WHERE role='shadow'"
     ).fetchall()[0]
     con.close()
+    figures(sent=len(answered), answered=len(answered), fallbacks=0, errors=0,
+            lost=len(set(answered) - recorded))
     assert set(answered) <= recorded
     assert set(answered) <= primary_calls
     # Every accepted request's shadow copy is recorded too (answered, or cut at its deadline).
