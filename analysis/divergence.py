@@ -13,12 +13,12 @@ import duckdb
 import numpy as np
 from scipy import stats
 
+from analysis.agreement import ClassAgreement, class_agreement, label_cells
 from analysis.distribution import (
     DistributionShift,
     compare_distributions,
     sort_with_ranks,
     spearman_sorted,
-    wilson_interval,
 )
 from analysis.load import AnalysisSourceError, time_filter
 from analysis.noise_floor import compare_with_floor, replica_backends
@@ -46,8 +46,6 @@ SCHEMA = "shadowcar.report.divergence/1"
 _PRIMARY = "(role = 'primary' OR (served AND role IN ('variant', 'stable', 'canary')))"
 #: The calls columns a pair needs; naming them keeps the join's rows narrow.
 _COLUMNS = "request_id, route, backend, score, label, output, latency_ms"
-_MAX_CONFUSION_LABELS = 30
-_TOP_FLIPS = 10
 _HIST_BINS = 30
 
 
@@ -63,19 +61,6 @@ class NumericDivergence:
     pearson: float | None
     spearman: float | None
     out_of_tolerance: float | None
-    message: str | None = None
-
-
-@dataclass(frozen=True)
-class ClassAgreement:
-    """Label agreement of the pairs where both sides have a class label."""
-
-    n: int
-    agreement: float | None
-    agreement_ci: tuple[float, float] | None
-    kappa: float | None
-    confusion: dict[str, Any]
-    top_flips: tuple[dict[str, Any], ...]
     message: str | None = None
 
 
@@ -163,7 +148,8 @@ def analyze_divergence(
     columns = _COLUMNS if has_vectors else _COLUMNS.replace(", output", "")
     base = f"""
         WITH prim AS (SELECT {columns} FROM calls WHERE {_PRIMARY} AND {where}),
-             shad AS (SELECT {columns}{seg_column} FROM calls WHERE role = 'shadow' AND {where})
+             shad AS (SELECT {columns}{seg_column} FROM calls
+                      WHERE role IN ('shadow', 'replay') AND {where})
     """
     join = f"FROM shad s LEFT JOIN prim p ON p.request_id = s.request_id {seg_join}"
     rows = _pair_rows(con, base, join, seg_sql, atol, rtol, has_vectors)
@@ -237,45 +223,56 @@ def _pair_rows(
     # Without output vectors the join carries no list columns at all: a narrower build side.
     js = f"CASE WHEN {_JS_VALID} THEN {_JS} END" if vectors else "NULL::DOUBLE"
     p_out, s_out = ("p.output", "s.output") if vectors else ("NULL", "NULL")
-    # The inner projection computes each row's flags and difference once; the aggregates
-    # then only read columns.
+    # The inner projection computes each row's values once, NULL where a figure does not
+    # apply, so the aggregates need no FILTER (NULLs are skipped) and only read columns.
     sql = f"""{base}
         SELECT route, pb, sb, seg,
-            count(*) FILTER (WHERE NOT matched) AS unmatched,
-            count(*) FILTER (WHERE matched) AS matched,
-            count(*) FILTER (WHERE ok) AS n,
-            count(*) FILTER (WHERE ps IS NOT NULL AND ss IS NOT NULL AND NOT ok) AS n_nonfinite,
-            count(*) FILTER (WHERE matched AND (p_empty OR s_empty)) AS n_without_output,
-            fsum(d) FILTER (WHERE ok) AS sum_d,
-            var_samp(d) FILTER (WHERE ok) AS var_d,
-            sum(abs(d)) FILTER (WHERE ok) AS sum_abs_d,
-            sum(d * d) FILTER (WHERE ok) AS sum_d2,
-            max(abs(d)) FILTER (WHERE ok) AS max_abs,
-            corr(ss, ps) FILTER (WHERE ok) AS pearson,
-            min(ps) FILTER (WHERE ok) < max(ps) FILTER (WHERE ok) AS p_varies,
-            min(ss) FILTER (WHERE ok) < max(ss) FILTER (WHERE ok) AS s_varies,
-            count(*) FILTER (WHERE ok AND abs(d) > {atol!r} + {rtol!r} * abs(ps)) AS n_out,
-            count(*) FILTER (WHERE labelled) AS n_labels,
-            count(*) FILTER (WHERE labelled AND pl = sl) AS n_agree,
-            histogram({{'p': pl, 's': sl}}) FILTER (WHERE labelled) AS label_pairs,
-            count(*) FILTER (WHERE po IS NOT NULL AND so IS NOT NULL) AS n_vectors,
+            count(*) - count(matched) AS unmatched,
+            count(matched) AS matched,
+            count(d) AS n,
+            count(nonfinite) AS n_nonfinite,
+            count(empty) AS n_without_output,
+            fsum(d) AS sum_d,
+            var_samp(d) AS var_d,
+            sum(abs(d)) AS sum_abs_d,
+            sum(d * d) AS sum_d2,
+            max(abs(d)) AS max_abs,
+            corr(ss, ps) AS pearson,
+            min(ps) < max(ps) AS p_varies,
+            min(ss) < max(ss) AS s_varies,
+            count(out) AS n_out,
+            count(agree) AS n_labels,
+            count(agree) FILTER (WHERE agree) AS n_agree,
+            histogram(label_pair) AS label_pairs,
+            count(vectors) AS n_vectors,
             count(js) AS n_js,
             fsum(js) AS sum_js,
-            quantile_cont(s_ms / p_ms, 0.5) FILTER (WHERE p_ms > 0 AND s_ms >= 0)
-                AS latency_ratio
+            quantile_cont(ratio, 0.5) AS latency_ratio
         FROM (
-            SELECT s.route AS route, p.backend AS pb, s.backend AS sb, {seg} AS seg,
-                p.request_id IS NOT NULL AS matched,
-                coalesce(isfinite(p.score) AND isfinite(s.score), false) AS ok,
-                p.score AS ps, s.score AS ss, s.score - p.score AS d,
-                p.label AS pl, s.label AS sl,
-                coalesce(p.label IS NOT NULL AND s.label IS NOT NULL, false) AS labelled,
-                p.score IS NULL AND p.label IS NULL AND {p_out} IS NULL AS p_empty,
-                s.score IS NULL AND s.label IS NULL AND {s_out} IS NULL AS s_empty,
-                {p_out} AS po, {s_out} AS so,
-                {js} AS js,
-                p.latency_ms AS p_ms, s.latency_ms AS s_ms
-            {join}
+            SELECT route, pb, sb, seg, matched, ps, ss, d, agree, js, ratio,
+                CASE WHEN agree IS NOT NULL THEN {{'p': pl, 's': sl}} END AS label_pair,
+                CASE WHEN abs(d) > {atol!r} + {rtol!r} * abs(ps) THEN true END AS out,
+                CASE WHEN d IS NULL AND raw_p IS NOT NULL AND raw_s IS NOT NULL THEN true END
+                    AS nonfinite,
+                CASE WHEN matched AND (p_empty OR s_empty) THEN true END AS empty,
+                CASE WHEN has_po AND has_so THEN true END AS vectors
+            FROM (
+                SELECT s.route AS route, p.backend AS pb, s.backend AS sb, {seg} AS seg,
+                    CASE WHEN p.request_id IS NOT NULL THEN true END AS matched,
+                    p.score AS raw_p, s.score AS raw_s,
+                    CASE WHEN isfinite(p.score) AND isfinite(s.score) THEN p.score END AS ps,
+                    CASE WHEN isfinite(p.score) AND isfinite(s.score) THEN s.score END AS ss,
+                    CASE WHEN isfinite(p.score) AND isfinite(s.score)
+                         THEN s.score - p.score END AS d,
+                    p.label AS pl, s.label AS sl, p.label = s.label AS agree,
+                    p.score IS NULL AND p.label IS NULL AND {p_out} IS NULL AS p_empty,
+                    s.score IS NULL AND s.label IS NULL AND {s_out} IS NULL AS s_empty,
+                    {p_out} IS NOT NULL AS has_po, {s_out} IS NOT NULL AS has_so,
+                    {js} AS js,
+                    CASE WHEN p.latency_ms > 0 AND s.latency_ms >= 0
+                         THEN s.latency_ms / p.latency_ms END AS ratio
+                {join}
+            )
         )
         GROUP BY ALL ORDER BY route, sb, pb NULLS LAST, seg
     """
@@ -305,20 +302,6 @@ def _fetch_scores(
     return primary, np.asarray(arrays.pop("ss"), dtype=np.float64)
 
 
-def _label_cells(histogram: Any) -> list[tuple[str, str, int]]:
-    """(primary label, shadow label, count) cells from the SQL ``histogram`` of label pairs."""
-    if not histogram:
-        return []
-    items: Any
-    if isinstance(histogram, dict) and set(histogram) == {"key", "value"}:
-        items = zip(histogram["key"], histogram["value"], strict=True)
-    elif isinstance(histogram, dict):
-        items = histogram.items()
-    else:  # Arrow's map form: a list of (key, count) tuples
-        items = histogram
-    return [(str(k["p"]), str(k["s"]), int(v)) for k, v in items]
-
-
 def _numeric(row: dict[str, Any], rho: float | None) -> NumericDivergence:
     n = int(row["n"])
     if n == 0:
@@ -346,43 +329,6 @@ def _numeric(row: dict[str, Any], rho: float | None) -> NumericDivergence:
         pearson=pearson, spearman=spearman, out_of_tolerance=int(row["n_out"]) / n,
         message="; ".join(notes) or None,
     )
-
-
-def _classes(row: dict[str, Any], cells: list[tuple[str, str, int]]) -> ClassAgreement | None:
-    n = int(row["n_labels"])
-    if n == 0:
-        return None
-    agree = int(row["n_agree"])
-    labels = sorted({c[0] for c in cells} | {c[1] for c in cells})
-    index = {label: i for i, label in enumerate(labels)}
-    table = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    for pl, sl, count in cells:
-        table[index[pl], index[sl]] += count
-    po = agree / n
-    pe = float(table.sum(axis=1) @ table.sum(axis=0)) / float(n) ** 2
-    kappa = (po - pe) / (1 - pe) if pe < 1 else None
-    message = None if kappa is not None else "kappa is undefined: both sides use a single class"
-    flips = sorted((c for c in cells if c[0] != c[1]), key=lambda c: (-c[2], c[0], c[1]))
-    top = tuple({"primary": a, "shadow": b, "count": k, "share": k / n}
-                for a, b, k in flips[:_TOP_FLIPS])
-    return ClassAgreement(n, po, wilson_interval(agree, n), kappa, _confusion(table, labels),
-                          top, message)
-
-
-def _confusion(table: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """Rows are primary labels, columns shadow labels; rare labels fold into ``(other)``."""
-    order = np.argsort(-(table.sum(axis=0) + table.sum(axis=1)), kind="stable")
-    if len(labels) > _MAX_CONFUSION_LABELS:
-        keep, rest = order[: _MAX_CONFUSION_LABELS - 1], order[_MAX_CONFUSION_LABELS - 1:]
-        small = np.zeros((len(keep) + 1, len(keep) + 1), dtype=np.int64)
-        small[:-1, :-1] = table[np.ix_(keep, keep)]
-        small[:-1, -1] = table[np.ix_(keep, rest)].sum(axis=1)
-        small[-1, :-1] = table[np.ix_(rest, keep)].sum(axis=0)
-        small[-1, -1] = table[np.ix_(rest, rest)].sum()
-        names = [labels[i] for i in keep] + ["(other)"]
-        return {"labels": names, "matrix": small.tolist(), "truncated": True}
-    return {"labels": [labels[i] for i in order],
-            "matrix": table[np.ix_(order, order)].tolist(), "truncated": False}
 
 
 def _plots(primary: np.ndarray, shadow: np.ndarray) -> dict[str, Any]:
@@ -427,7 +373,8 @@ def _build_pair(
         del p_ranks, s_ranks
         distribution = compare_distributions(p_sorted, s_sorted, presorted=True)
     numeric = _numeric(row, rho) if row["n"] or not row["n_labels"] else None
-    classes = _classes(row, _label_cells(row["label_pairs"]))
+    classes = class_agreement(int(row["n_labels"]), int(row["n_agree"]),
+                              label_cells(row["label_pairs"]))
     n = int(max(row["n"], row["n_labels"]))
     js = float(row["sum_js"]) / int(row["n_js"]) if row["n_js"] else None
     notes = []

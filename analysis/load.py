@@ -31,8 +31,9 @@ RECORDED_TABLES: tuple[str, ...] = ("configs", "requests", "calls", "outcomes", 
 
 _EXPERIMENT_COLUMNS = ("unit_id", "variant", "metric", "value")
 _DIVERGENCE_COLUMNS = ("request_id", "backend", "role", "output")
-#: DuckDB memory cap of an analysis connection: 10M pairs fit in 2 GB of process memory.
-DEFAULT_MEMORY_LIMIT = "1GB"
+#: DuckDB memory cap of an analysis connection: with numpy's share, a 10M-pair divergence
+#: report peaks near 1.7 GB of process memory (bench/analysis_divergence_bench.py).
+DEFAULT_MEMORY_LIMIT = "1500MB"
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -68,6 +69,7 @@ def open_source(
         )
     con = duckdb.connect(":memory:")
     try:
+        con.execute("SET enable_progress_bar = false")  # reports own the terminal
         if memory_limit:
             con.execute(f"SET memory_limit = {_quote(memory_limit)}")
             spill = os.path.join(tempfile.gettempdir(), "shadowcar-analysis")

@@ -48,13 +48,13 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
     """
     attempted = "status IS DISTINCT FROM 'DROPPED'"
     sql = f"""
-        SELECT route, backend, CASE WHEN role = 'shadow' THEN 'shadow' ELSE 'primary' END AS side,
+        SELECT route, backend, CASE WHEN role IN ('shadow', 'replay') THEN 'shadow' ELSE 'primary' END AS side,
             count(*) FILTER (WHERE {attempted}) AS attempts,
             count(*) FILTER (WHERE status NOT IN ('OK', 'DROPPED')) AS errors,
             count(*) FILTER (WHERE status = 'DEADLINE_EXCEEDED') AS timeouts,
             count(*) FILTER (WHERE status = 'DROPPED') AS dropped,
             quantile_cont(latency_ms, {_POINTS}) FILTER (WHERE {attempted}) AS q
-        FROM calls WHERE (role = 'shadow' OR {primary_sql}) AND {where} GROUP BY ALL
+        FROM calls WHERE (role IN ('shadow', 'replay') OR {primary_sql}) AND {where} GROUP BY ALL
     """
     out: Operations = {}
     for route, backend, side, attempts, errors, timeouts, dropped, q in con.execute(

@@ -133,8 +133,6 @@ async def test_replay_pairs_with_the_recorded_primary(
     assert pair["classes"]["agreement"] == pytest.approx(joined[1] / N)
 
 
-@pytest.mark.xfail(reason="analysis.divergence pairs role 'shadow' only; see the report",
-                   strict=False)
 async def test_report_divergence_reads_replay_rows_directly(
     recorded: Path, models: dict[str, ModelServerHandle], tmp_path: Path
 ) -> None:
