@@ -6,6 +6,7 @@ Mounted as ``sidecar report ...`` by sidecar/cli.py and as ``python -m analysis 
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import sys
@@ -21,7 +22,7 @@ __all__ = ["EXIT_BAD_INPUT", "add_report_parser", "build_parser", "main", "run_r
 #: Exit code for bad arguments or an unreadable source (argparse uses it too).
 EXIT_BAD_INPUT = 2
 
-_KINDS = ("divergence", "experiment", "drift")
+_KINDS = ("divergence", "experiment", "drift", "quality", "fields")
 _FORMATS = ("table", "json", "html")
 
 
@@ -55,6 +56,13 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (divergence)")
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (divergence)")
     parser.add_argument("--segment", help="split divergence by a calls or requests column")
+    parser.add_argument("--metric", default="label",
+                        help="outcome metric the models are scored on (quality)")
+    parser.add_argument("--quality-kind", choices=("binary", "regression"), default="binary",
+                        help="scores vs 0/1 labels, or values vs numbers (quality)")
+    parser.add_argument("--window", help="metric per time window, e.g. 1h or 1d (quality)")
+    parser.add_argument("--ignore", action="append", default=None, metavar="PATH",
+                        help="field path the field diff ignores (fields; repeatable)")
     parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, metavar="SIZE",
                         help="DuckDB memory cap, e.g. 1GB (it spills to disk beyond it)")
     parser.add_argument("--format", choices=_FORMATS, default="table", help="output format")
@@ -118,6 +126,11 @@ def _analyze(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[s
         return analyze_divergence(con, since=args.since, until=args.until, route=args.route,
                                   atol=args.atol, rtol=args.rtol,
                                   segment=args.segment).to_dict()
+    if args.kind == "fields":
+        from analysis.field_diff import analyze_field_diff
+
+        return analyze_field_diff(con, route=args.route, ignore=args.ignore, atol=args.atol,
+                                  rtol=args.rtol, since=args.since, until=args.until).to_dict()
     if args.kind == "drift":
         from analysis.drift import analyze_drift
 
@@ -137,6 +150,47 @@ def _analyze(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[s
     return result
 
 
+def _quality(con: duckdb.DuckDBPyConnection, args: argparse.Namespace, color: bool) -> str:
+    from analysis.quality import analyze_quality, quality_html, render_quality_table
+    from analysis.report.json import render_json
+
+    report = analyze_quality(con, metric=args.metric, kind=args.quality_kind,
+                             since=args.since, until=args.until, window=args.window,
+                             route=args.route)
+    if args.format == "json":
+        return render_json(report.to_dict())
+    if args.format == "html":
+        return ("<!doctype html><html><head><meta charset='utf-8'><title>Shadowcar model "
+                "quality</title></head><body>" + quality_html(report) + "</body></html>\n")
+    from rich.console import Console
+
+    console = Console(record=True, width=140, force_terminal=color, file=io.StringIO())
+    console.print(render_quality_table(report))
+    return console.export_text(styles=color)
+
+
+def _fields_table(report: dict[str, Any]) -> str:
+    lines = []
+    for pair in report.get("pairs", []):
+        lines.append(f"{pair['route']}: {pair['primary']} -> {pair['shadow']} "
+                     f"(n={pair['n']}, noise floor: {pair.get('replica') or 'none'})")
+        for f in pair.get("fields", []):
+            rate = "-" if f.get("diff_rate") is None else f"{f['diff_rate']:.2%}"
+            floor = "" if f.get("replica_rate") is None else f"  replica {f['replica_rate']:.2%}"
+            flag = "  ABOVE NOISE" if f.get("flag") else ""
+            lines.append(f"  {f['path']:<40} differs {rate:>8}{floor}{flag}")
+    if not lines:
+        lines.append(report.get("message") or "no pairs with decoded JSON responses")
+    return "\n".join(lines) + "\n"
+
+
+def _fields_html(report: dict[str, Any]) -> str:
+    from html import escape
+
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Shadowcar field diffs"
+            "</title></head><body><pre>" + escape(_fields_table(report)) + "</pre></body></html>\n")
+
+
 def run_report(args: argparse.Namespace) -> int:
     """Run one report from parsed arguments; 0 on success, 2 on bad arguments or source."""
     from analysis.report import render
@@ -144,14 +198,22 @@ def run_report(args: argparse.Namespace) -> int:
     try:
         _check(args)
         _weights(args.weights)
-        con = open_source(db=args.db, parquet=args.parquet, table=args.input, kind=args.kind,
+        source_kind = args.kind if args.kind in ("divergence", "experiment", "drift") else None
+        con = open_source(db=args.db, parquet=args.parquet, table=args.input, kind=source_kind,
                           memory_limit=args.memory_limit)
+        color = args.format == "table" and not args.output and sys.stdout.isatty()
         try:
-            report = _analyze(con, args)
+            if args.kind == "quality":
+                text = _quality(con, args, color)
+            else:
+                report = _analyze(con, args)
+                text = (_fields_table(report) if args.kind == "fields" and args.format == "table"
+                        else render(report, "divergence" if args.kind == "fields"
+                                    else args.kind, args.format, color=color)
+                        if args.kind != "fields" or args.format != "html"
+                        else _fields_html(report))
         finally:
             con.close()
-        color = args.format == "table" and not args.output and sys.stdout.isatty()
-        text = render(report, args.kind, args.format, color=color)
     except (_UsageError, AnalysisSourceError, ValueError) as exc:
         print(f"report {args.kind}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -139,3 +139,42 @@ def test_package_exports_public_api() -> None:
         assert getattr(analysis, name) is not None
     with pytest.raises(AttributeError):
         analysis.no_such_name  # noqa: B018
+
+
+def test_quality_and_fields_reports_from_the_cli(tmp_path) -> None:
+    """`report quality` scores models on outcome labels; `report fields` says when there is
+    no decoded JSON to compare."""
+    import datetime as dt
+    import json as _json
+    import subprocess
+    import sys
+
+    import duckdb as _duckdb
+
+    from sidecar.sink.schema import migrate
+
+    db = tmp_path / "q.duckdb"
+    con = _duckdb.connect(str(db))
+    migrate(con)
+    now = dt.datetime(2026, 1, 1)
+    rng = __import__("numpy").random.default_rng(0)
+    for i in range(200):
+        label = int(rng.random() < 0.5)
+        score = min(max(0.5 + (0.3 if label else -0.3) + rng.normal(0, 0.2), 0.01), 0.99)
+        con.execute("INSERT INTO calls (request_id, ts, route, backend, role, served, status, "
+                    "score) VALUES (?, ?, 'r', 'p', 'primary', true, 'OK', ?)",
+                    [f"q{i}", now, score]).fetchall()
+        con.execute("INSERT INTO outcomes (event_id, request_id, metric, value, ts) VALUES "
+                    "(?, ?, 'label', ?, ?)", [f"e{i}", f"q{i}", label, now]).fetchall()
+    con.close()
+    out = subprocess.run([sys.executable, "-m", "sidecar", "report", "quality", "--db", str(db),
+                          "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = _json.loads(out.stdout)
+    assert report["schema"] == "shadowcar.report.quality/1"
+    (model,) = report["models"]
+    assert model["n"] == 200 and model["auc"] > 0.8
+    out = subprocess.run([sys.executable, "-m", "sidecar", "report", "fields", "--db", str(db)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "no primary/shadow pair" in out.stdout or "no pairs" in out.stdout
