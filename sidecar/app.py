@@ -66,6 +66,10 @@ class Sidecar:
         self._canary_tasks: dict[str, asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
+        self._last_hold: dict[str, tuple[str, ...]] = {}
+        self._triggers_task: asyncio.Task[None] | None = None
+        #: name -> (kind, fired) of the last trigger evaluation; read by metrics.
+        self.trigger_state: dict[str, tuple[str, bool]] = {}
         self.health = ModelHealth(cfg.telemetry.health_window)
         self.tracing = Tracing(cfg.telemetry, exporter=span_exporter)
         self.metrics = Metrics(cfg.telemetry, self)
@@ -153,7 +157,7 @@ class Sidecar:
             wanted[route.match] = CanaryController(
                 route.match, route.canary, UnitKey.of(route.unit),
                 persist=self._persist_canary, evidence=evidence_from(self.sink.cursor),
-                restored=restored,
+                restored=restored, on_hold=self._canary_hold,
             )
             if restored is None:
                 self._persist_canary(route.match, None, wanted[route.match].state, "sidecar",
@@ -172,6 +176,55 @@ class Sidecar:
             task = self._canary_tasks.get(match)
             if task is None or task.done():
                 self._canary_tasks[match] = loop.create_task(controller.run())
+
+    async def _trigger_loop(self) -> None:
+        """Evaluate the retraining triggers on a schedule (owned task, cancelled at close)."""
+        while True:
+            await asyncio.sleep(self.loaded.config.triggers_every_s)
+            try:
+                await self.check_triggers()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one failed look must not end the schedule
+                log.exception("trigger evaluation failed")
+
+    async def check_triggers(self) -> list[Any]:
+        """One evaluation: fired triggers are audited, counted and sent to the webhook."""
+        import datetime as dt
+
+        from sidecar.triggers import evaluate_triggers
+
+        cfg = self.loaded.config
+
+        def run() -> list[Any]:
+            self.sink.wait_flushed(5.0)
+            cur = self.sink.cursor()
+            try:
+                return evaluate_triggers(cur, cfg.triggers, canonical_json(cfg),
+                                         dt.datetime.now(dt.UTC))
+            finally:
+                cur.close()
+
+        results = await asyncio.to_thread(run)
+        for r in results:
+            self.trigger_state[r.name] = (r.kind, r.fired)
+            if r.fired:
+                event = r.as_event()
+                self.audit("triggers", "trigger.fired", None, r.message, event)
+                if self.notifier is not None:
+                    self.notifier.notify(event)
+        return results
+
+    def _canary_hold(self, route: str, evaluation: dict[str, Any]) -> None:
+        """A hold is not a state change: only the webhook hears of it, once per new reason."""
+        reasons = tuple(evaluation.get("reasons", []))
+        if self._last_hold.get(route) == reasons:
+            return
+        self._last_hold[route] = reasons
+        if self.notifier is not None:
+            self.notifier.notify({"kind": "hold", "route": route,
+                                  "reason": "; ".join(evaluation.get("reasons", [])),
+                                  "config_version": self.loaded.version, "ts": time.time()})
 
     def _persist_canary(
         self, route: str, old: CanaryState | None, new: CanaryState, actor: str, action: str,
@@ -316,6 +369,8 @@ class Sidecar:
         await self.health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         self._readiness = asyncio.get_running_loop().create_task(self._watch_primaries())
+        if cfg.triggers:
+            self._triggers_task = asyncio.get_running_loop().create_task(self._trigger_loop())
         self._start_canary_tasks()
         if cfg.admin.listen is not None:
             self.admin = AdminServer(self, cfg.admin.listen)
@@ -389,7 +444,8 @@ class Sidecar:
         self._closed = True
         self.draining = True
         cfg = self.loaded.config
-        owned = [t for t in (self._readiness, *self._canary_tasks.values()) if t is not None]
+        owned = [t for t in (self._readiness, self._triggers_task, *self._canary_tasks.values())
+                 if t is not None]
         for task in owned:
             task.cancel()
         await asyncio.gather(*owned, return_exceptions=True)

@@ -261,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     reload.set_defaults(func=_cmd_reload)
 
     canary = sub.add_parser("canary", help="status or control of a route's canary")
-    canary.add_argument("action", choices=("status", "promote", "pause", "resume", "rollback"))
+    canary.add_argument(
+        "action", choices=("status", "promote", "pause", "resume", "rollback", "approve")
+    )
     canary.add_argument("route", help="the route's match, e.g. /pkg.Svc/Method")
     canary.add_argument("--reason", default=None, help="why (required for actions)")
     canary.add_argument("--json", action="store_true", help="also print the full status")

@@ -30,7 +30,7 @@ __all__ = ["AdminServer"]
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CANARY_ACTIONS = ("promote", "rollback", "pause", "resume")
+CANARY_ACTIONS = ("promote", "rollback", "pause", "resume", "approve")
 
 
 def _json(data: object, status: int = 200) -> web.Response:

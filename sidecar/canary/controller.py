@@ -2,8 +2,10 @@
 manual actions — every decision persisted and audited.
 
 States: ``running`` (climbing steps), ``paused`` (share frozen, no evaluation),
-``rolled_back`` (share 0 at once: the stable serves everyone), ``promoted`` (after the last
-step: the candidate is the route's primary).
+``awaiting_approval`` (the evidence says promote but the next step is a review gate: the
+share holds, guardrails still roll back, ``approve`` continues), ``rolled_back`` (share 0 at
+once: the stable serves everyone), ``promoted`` (after the last step: the candidate is the
+route's primary).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ __all__ = ["CanaryController", "CanaryState", "Persist"]
 
 log = logging.getLogger(__name__)
 
-State = Literal["running", "paused", "rolled_back", "promoted"]
-Action = Literal["promote", "rollback", "pause", "resume"]
+State = Literal["running", "paused", "awaiting_approval", "rolled_back", "promoted"]
+Action = Literal["promote", "rollback", "pause", "resume", "approve"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,9 @@ class CanaryController:
         persist: Persist,
         evidence: EvidenceSource,
         restored: CanaryState | None = None,
+        on_hold: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        self._on_hold = on_hold
         self.route = route
         self.config = config
         self.unit = UnitKey.of(config.unit) if config.unit is not None else route_unit
@@ -115,14 +119,25 @@ class CanaryController:
         log.info("canary %s: %s by %s (%s) -> %s at %.0f%%", self.route, action, actor,
                  reason, new.state, self.share)
 
-    def _advance(self, evaluation: dict[str, Any], actor: str, reason: str) -> None:
+    def _gated(self) -> bool:
+        """Is the next move (next step, or the final promotion) behind a review gate?"""
+        s = self.state
+        cfg = self.config
+        if s.step_index + 1 >= len(cfg.steps):
+            return cfg.approve_promotion
+        return cfg.steps[s.step_index + 1] in cfg.approval_before
+
+    def _advance(
+        self, evaluation: dict[str, Any], actor: str, reason: str, action: str = "promote"
+    ) -> None:
         s = self.state
         if s.step_index + 1 >= len(self.config.steps):
             self._apply(replace(s, state="promoted", last_decision=evaluation), actor,
-                        "promote", reason)
+                        action, reason)
         else:
-            self._apply(CanaryState(s.state, s.step_index + 1, time.time(), evaluation), actor,
-                        "promote", reason)
+            state: State = "running" if s.state == "awaiting_approval" else s.state
+            self._apply(CanaryState(state, s.step_index + 1, time.time(), evaluation), actor,
+                        action, reason)
 
     async def act(self, action: Action, actor: str, reason: str) -> CanaryState:
         """A manual action from the admin API; raises ValueError when not allowed now."""
@@ -143,6 +158,10 @@ class CanaryController:
                     raise ValueError("canary is already paused")
                 self._apply(replace(s, state="paused", last_decision=manual), actor, action,
                             reason)
+            elif action == "approve":
+                if s.state != "awaiting_approval":
+                    raise ValueError("canary is not waiting for an approval")
+                self._advance(manual, actor, reason, "approve")
             elif action == "resume":
                 if s.state != "paused":
                     raise ValueError("canary is not paused")
@@ -156,7 +175,7 @@ class CanaryController:
         """One scheduled look: gather evidence, judge, and act on the verdict."""
         async with self._lock:
             s = self.state
-            if s.state != "running":
+            if s.state not in ("running", "awaiting_approval"):
                 return None
             stable_since = s.step_started if self.share < 100 else 0.0
             evidence = await self._evidence(
@@ -173,10 +192,20 @@ class CanaryController:
             if result.decision == "rollback":
                 self._apply(replace(s, state="rolled_back", last_decision=summary),
                             "controller", "rollback", reason)
+            elif result.decision == "promote" and s.state == "awaiting_approval":
+                self.state = replace(s, last_decision={**summary, "decision": "hold",
+                                                       "reasons": ["waiting for approval"]})
+            elif result.decision == "promote" and self._gated():
+                gated = {**summary, "decision": "gate",
+                         "reasons": [f"{reason}; a human must approve the next step"]}
+                self._apply(replace(s, state="awaiting_approval", last_decision=gated),
+                            "controller", "gate", "review gate: approval needed")
             elif result.decision == "promote":
                 self._advance(summary, "controller", reason)
             else:
                 self.state = replace(s, last_decision=summary)
+                if self._on_hold is not None:
+                    self._on_hold(self.route, summary)
             return result
 
     async def run(self) -> None:

@@ -132,6 +132,19 @@ class CanaryConfig(_Model):
     mirror_max_in_flight: int = Field(64, ge=1, description="cap on the candidate's mirror")
     mirror_timeout_ms: int = Field(1000, gt=0, description="deadline of the candidate's mirror")
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig, description="checks")
+    approval_before: tuple[float, ...] = Field(
+        (), description="steps (percent) a human must approve before the canary enters them"
+    )
+    approve_promotion: bool = Field(
+        False, description="a human must approve the final promotion to primary"
+    )
+
+    @model_validator(mode="after")
+    def _gates(self) -> Self:
+        unknown = [g for g in self.approval_before if g not in self.steps]
+        if unknown:
+            raise ValueError(f"approval_before names steps that do not exist: {unknown}")
+        return self
 
     @field_validator("steps")
     @classmethod

@@ -254,6 +254,9 @@ class Config(_Model):
         default_factory=TelemetryConfig, description="traces, metrics, logs"
     )
     triggers: tuple[TriggerConfig, ...] = Field((), description="retraining trigger rules")
+    triggers_every_s: float = Field(
+        300, gt=0, le=86_400, description="how often the sidecar evaluates its triggers"
+    )
     notify: NotifyConfig = Field(default_factory=lambda: NotifyConfig(), description="webhooks")
     outcomes: OutcomesConfig = Field(
         default_factory=OutcomesConfig, description="outcome feedback ingestion"

@@ -52,7 +52,9 @@ class ShadowLane:
     @property
     def active(self) -> bool:
         """A canary's mirror lane stops once the canary has ended."""
-        return self.canary is None or self.canary.state.state in ("running", "paused")
+        return self.canary is None or self.canary.state.state in (
+            "running", "paused", "awaiting_approval"
+        )
 
     @property
     def span_attributes(self) -> dict[str, object]:

@@ -111,6 +111,10 @@ class Metrics:
             description="1 for the canary's current state (label state), 0 otherwise",
         )
         meter.create_observable_gauge(
+            "shadowcar.trigger.fired", callbacks=[self._triggers],
+            description="1 when a retraining trigger fired at its last evaluation",
+        )
+        meter.create_observable_gauge(
             "shadowcar.mirror.in_flight", callbacks=[self._lane_gauge],
             description="shadow calls in flight",
         )
@@ -144,6 +148,10 @@ class Metrics:
 
         return callback
 
+    def _triggers(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name, (kind, fired) in list(self._sidecar.trigger_state.items()):
+            yield Observation(int(fired), {"trigger": name, "kind": kind})
+
     def _assignments(self, options: CallbackOptions) -> Iterable[Observation]:
         for (route, experiment, variant), n in list(self._sidecar.assignments.items()):
             yield Observation(n, {"route": route, "experiment": experiment, "variant": variant})
@@ -155,7 +163,7 @@ class Metrics:
 
     def _canary_state(self, options: CallbackOptions) -> Iterable[Observation]:
         for route, canary in list(self._sidecar.canaries.items()):
-            for state in ("running", "paused", "rolled_back", "promoted"):
+            for state in ("running", "paused", "awaiting_approval", "rolled_back", "promoted"):
                 yield Observation(int(canary.state.state == state),
                                   {"route": route, "state": state})
 

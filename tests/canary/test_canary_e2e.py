@@ -179,3 +179,38 @@ async def test_restart_mid_canary_resumes_and_manual_actions_are_audited(tmp_pat
     assert [a for a, _ in actions if a.startswith("canary.")] == [
         "canary.start", "canary.promote", "canary.pause", "canary.resume"
     ]
+
+
+async def test_review_gate_holds_until_approved(tmp_path) -> None:
+    model, _ = make_demo_models()
+    stable = await start_model_server(model)
+    cand = await start_model_server(model)
+    db = tmp_path / "gate.duckdb"
+    data = _config(db, stable.target, cand.target, approval_before=[50],
+                   approve_promotion=True)
+    try:
+        sc = Sidecar(parse_config(data))
+        await sc.start()
+        canary = sc.canaries[METHOD]
+        await _drive(sc, lambda: canary.state.state == "awaiting_approval")
+        assert (canary.state.state, canary.state.step_index) == ("awaiting_approval", 0)
+        assert canary.share == 20  # the share holds at the gate
+        await _drive(sc, lambda: False, max_requests=200)
+        assert canary.state.state == "awaiting_approval"  # more evidence does not pass it
+        status = sc.stats()["routes"][0]["canary"]
+        assert status["state"] == "awaiting_approval"
+        with pytest.raises(ValueError):
+            await canary.act("resume", "qa", "no")
+        await canary.act("approve", "alice", "reviewed the divergence report")
+        assert (canary.state.state, canary.state.step_index) == ("running", 1)
+        await _drive(sc, lambda: canary.state.state == "awaiting_approval")
+        assert canary.state.step_index == 2  # at 100%, the promotion itself is gated
+        await canary.act("approve", "bob", "ship it")
+        assert canary.state.state == "promoted"
+        await sc.aclose()
+    finally:
+        await stable.aclose()
+        await cand.aclose()
+    actions = [(a, actor) for a, actor, _ in _audit(db)]
+    assert ("canary.gate", "controller") in actions
+    assert ("canary.approve", "alice") in actions and ("canary.approve", "bob") in actions
