@@ -35,7 +35,7 @@ class FallbackConfig(BaseModel):
     timeout_ms: int = Field(
         200, gt=0, le=600_000, description="the fallback backend's deadline, kept in reserve"
     )
-    on: tuple[StatusName, ...] = Field(
+    codes: tuple[StatusName, ...] = Field(
         ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"),
         description="serving statuses that trigger it (caller errors never do)",
     )

@@ -208,8 +208,8 @@ class RouteTable:
                 plan.enforce = plan.decoding.contract
             fb = route.fallback
             if fb is not None:
-                plan.fallback_codes = frozenset(fb.on)
-                plan.failure_codes = frozenset(fb.on)
+                plan.fallback_codes = frozenset(fb.codes)
+                plan.failure_codes = frozenset(fb.codes)
                 plan.fallback_timeout_s = fb.timeout_ms / 1000
                 if fb.backend is not None:
                     plan.fallback_backend = backends[fb.backend]

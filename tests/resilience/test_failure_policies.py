@@ -97,10 +97,10 @@ def test_invalid_fallbacks_are_rejected_at_load(tmp_path) -> None:
         load_config(tmp_path / "c.yaml")  # relative to the config file
     assert info.value.problems[0][0] == "routes[0].fallback.static"
     assert "ModelInferResponse" in info.value.problems[0][1]
-    data["routes"][0]["fallback"] = {"backend": "p", "on": ["INVALID_ARGUMENT"]}
+    data["routes"][0]["fallback"] = {"backend": "p", "codes": ["INVALID_ARGUMENT"]}
     with pytest.raises(ConfigError) as info:
         parse_config(data)
-    assert [p for p, _ in info.value.problems] == ["routes[0].fallback.on[0]"]
+    assert [p for p, _ in info.value.problems] == ["routes[0].fallback.codes[0]"]
     data["routes"][0]["fallback"] = {"backend": "p"}
     with pytest.raises(ConfigError) as info:
         parse_config(data)
