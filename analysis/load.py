@@ -90,10 +90,32 @@ def open_source(
 
 
 def _attach_db(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """One DuckDB file, or a glob of several (the segments of a ``--workers N`` sidecar,
+    ``shadowcar.w*.duckdb``): their tables are seen as one (UNION ALL BY NAME)."""
+    if any(ch in path for ch in "*?[") and not os.path.isfile(path):
+        files = sorted(glob.glob(path))
+        if not files:
+            raise AnalysisSourceError(f"no DuckDB file matches {path!r}")
+        names = [f"src{i}" for i in range(len(files))]
+        present_in: dict[str, list[str]] = {}
+        for alias, file in zip(names, files, strict=True):
+            for table in _attach_one(con, file, alias):
+                present_in.setdefault(table, []).append(alias)
+        for table, aliases in present_in.items():
+            union = " UNION ALL BY NAME ".join(
+                f"SELECT * FROM {alias}.main.{table}" for alias in aliases
+            )
+            con.execute(f"CREATE VIEW {table} AS {union}")
+        return
+    for table in _attach_one(con, path, "src"):
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM src.main.{table}")
+
+
+def _attach_one(con: duckdb.DuckDBPyConnection, path: str, alias: str) -> list[str]:
     if not os.path.isfile(path):
         raise AnalysisSourceError(f"no DuckDB file at {path!r}")
     try:
-        con.execute(f"ATTACH {_quote(path)} AS src (READ_ONLY)")
+        con.execute(f"ATTACH {_quote(path)} AS {alias} (READ_ONLY)")
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise AnalysisSourceError(
@@ -103,14 +125,12 @@ def _attach_db(con: duckdb.DuckDBPyConnection, path: str) -> None:
             ) from exc
         raise AnalysisSourceError(f"cannot open {path!r}: {exc}") from exc
     rows = con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'src'"
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [alias]
     ).fetchall()
     present = {str(r[0]) for r in rows}
     if not present & set(RECORDED_TABLES):
         raise AnalysisSourceError(f"{path!r} holds none of the recorded tables {RECORDED_TABLES}")
-    for name in RECORDED_TABLES:
-        if name in present:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM src.main.{name}")
+    return [name for name in RECORDED_TABLES if name in present]
 
 
 def _parquet_views(con: duckdb.DuckDBPyConnection, location: str) -> None:

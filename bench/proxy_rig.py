@@ -59,6 +59,10 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+#: Sidecar processes per scenario (env BENCH_WORKERS; `serve --workers`).
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+
+
 @dataclass
 class Echo:
     """An echo backend process (bench/echo_backend.py)."""
@@ -139,7 +143,8 @@ class Sidecar:
             launcher = [str(PY), str(BENCH / "sidecar_variant.py"), "--variant", variant]
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [*launcher, "--log-level", "WARNING", "serve", "--config", str(cfg)],
+                [*launcher, "--log-level", "WARNING", "serve", "--config", str(cfg),
+                 "--workers", str(WORKERS)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=workdir,
@@ -354,7 +359,12 @@ def recorded(db: Path, windows: list[list[float]]) -> list[dict[str, Any]]:
     import duckdb
 
     out = []
-    con = duckdb.connect(str(db), read_only=True)
+    if WORKERS > 1:  # the workers' segments, seen as one
+        from analysis.load import open_source
+
+        con = open_source(db=str(db.with_name(f"{db.stem}.w*{db.suffix}")))
+    else:
+        con = duckdb.connect(str(db), read_only=True)
     try:
         for lo, hi in windows:
             span = [int(lo * 1e6), int(hi * 1e6)]

@@ -56,8 +56,12 @@ class Sidecar:
         *,
         span_exporter: SpanExporter | None = None,
         config_path: str | None = None,
+        worker_index: int = 0,
+        workers: int = 1,
     ) -> None:
         self.loaded = loaded
+        self.worker_index = worker_index
+        self.workers = workers
         self.config_path = config_path
         cfg = loaded.config
         self.call_counts: CallCounts = {}
@@ -79,8 +83,8 @@ class Sidecar:
             PeriodicExport(cfg.storage.export, self.sink) if cfg.storage.export.dir else None
         )
         self.notifier: WebhookNotifier | None = None
-        if cfg.notify.webhook:
-            n = cfg.notify
+        n = cfg.notify
+        if n.webhook:
             self.notifier = WebhookNotifier(
                 n.webhook, timeout_s=n.timeout_s, retries=n.retries, backoff_s=n.backoff_s,
                 queue_size=n.queue_size,
@@ -338,7 +342,8 @@ class Sidecar:
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                # Workers share the port; a single sidecar must not share it by accident.
+                ("grpc.so_reuseport", 1 if self.workers > 1 else 0),
             ]
         )
         # The sidecar's own services come first, so a '*' route never shadows them.

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sidecar.config import load_config
 from sidecar.errors import ConfigError, ShadowcarError
@@ -35,12 +35,22 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         return runner.run(coro)
 
 
-async def _serve(config_path: str, log_level: str, log_format: str | None) -> int:
+async def _serve(
+    config_path: str,
+    log_level: str,
+    log_format: Literal["text", "json"] | None,
+    workers: int = 1,
+    worker_index: int = 0,
+) -> int:
     from sidecar.app import Sidecar
+    from sidecar.workers import check_workers, for_worker
 
     loaded = load_config(config_path)
+    check_workers(loaded, workers)
+    loaded = for_worker(loaded, worker_index, workers)
     configure_logging(log_level, log_format or loaded.config.telemetry.log_format)
-    sidecar = Sidecar(loaded, config_path=config_path)
+    sidecar = Sidecar(loaded, config_path=config_path, worker_index=worker_index,
+                      workers=workers)
     try:
         await sidecar.start()
     except BaseException:
@@ -52,7 +62,16 @@ async def _serve(config_path: str, log_level: str, log_format: str | None) -> in
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     fmt = args.log_format
-    return run_async(_serve(args.config, args.log_level, fmt))
+    if args.workers > 1 and args.worker_index is None:
+        from sidecar.workers import check_workers, run_supervisor
+
+        check_workers(load_config(args.config), args.workers)  # exit 2 before forking
+        extra = ["--log-level", args.log_level]
+        if fmt:
+            extra += ["--log-format", fmt]
+        return run_supervisor(args.config, args.workers, extra)
+    return run_async(_serve(args.config, args.log_level, fmt, args.workers,
+                            args.worker_index or 0))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -241,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the sidecar")
     serve.add_argument("--config", "-c", required=True, help="YAML config file")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="processes sharing the port (SO_REUSEPORT), one segment file each")
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     validate = sub.add_parser("validate", help="check a config file and exit")

@@ -125,12 +125,30 @@ class AdminServer:
             return _json({"status": "not ready", "reasons": reasons}, status=503)
         return _json({"status": "ready", "config_version": sc.loaded.version})
 
+    def _other_workers(self, request: web.Request) -> list[int]:
+        """Admin ports of the other workers, when this one speaks for them (worker 0)."""
+        sc = self._sidecar
+        if sc.workers <= 1 or sc.worker_index != 0 or request.query.get("local"):
+            return []
+        return [self.port + i for i in range(1, sc.workers)]
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        from sidecar.admin.fleet import fetch_workers, merge_metrics
+
         text = self._sidecar.metrics.render()
+        others = self._other_workers(request)
+        if others:
+            text = merge_metrics([text, *await fetch_workers(others, "/metrics?local=1")])
         return web.Response(text=text, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return _json(self._sidecar.stats())
+        from sidecar.admin.fleet import fetch_workers, merge_stats
+
+        stats = self._sidecar.stats()
+        others = self._other_workers(request)
+        if others:
+            stats = merge_stats(stats, await fetch_workers(others, "/v1/stats?local=1"))
+        return _json(stats)
 
     async def _config(self, request: web.Request) -> web.Response:
         sc = self._sidecar
