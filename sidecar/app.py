@@ -76,6 +76,8 @@ class Sidecar:
         self.trigger_state: dict[str, tuple[str, bool]] = {}
         self.health = ModelHealth(cfg.telemetry.health_window)
         self.tracing = Tracing(cfg.telemetry, exporter=span_exporter)
+        #: The tracer the hot path uses: None when no span would be exported.
+        self._hot_tracing = self.tracing if self.tracing.exporting else None
         self.metrics = Metrics(cfg.telemetry, self)
         self.sink = DuckDBSink(cfg.storage, on_call=self._observe_call)
         self.sink.on_flush = self.metrics.flush_duration.record
@@ -89,7 +91,8 @@ class Sidecar:
                 n.webhook, timeout_s=n.timeout_s, retries=n.retries, backoff_s=n.backoff_s,
                 queue_size=n.queue_size,
             )
-        self.mirror = Mirror(self.sink.record_call, counts=self.call_counts, tracing=self.tracing)
+        self.mirror = Mirror(self.sink.record_call, counts=self.call_counts,
+                             tracing=self._hot_tracing)
         self.backends: dict[str, Backend] = {}
         self.health_servicer = health.aio.HealthServicer()
         oc = cfg.outcomes
@@ -294,7 +297,7 @@ class Sidecar:
             self._handler.swap(
                 Dispatch(
                     routes, loaded.version, self.sink, self.mirror,
-                    counts=self.call_counts, tracing=self.tracing, listen=self._listen,
+                    counts=self.call_counts, tracing=self._hot_tracing, listen=self._listen,
                     assignments=self.assignments,
                 )
             )
@@ -366,7 +369,7 @@ class Sidecar:
         self._listen = (host, self.port)
         dispatch = Dispatch(
             routes, self.loaded.version, self.sink, self.mirror,
-            counts=self.call_counts, tracing=self.tracing, listen=self._listen,
+            counts=self.call_counts, tracing=self._hot_tracing, listen=self._listen,
             assignments=self.assignments,
         )
         self._handler = ProxyHandler(dispatch)

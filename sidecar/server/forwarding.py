@@ -123,22 +123,26 @@ class Dispatch:
         self._listen = listen
         self._span_attrs: dict[tuple[str, str], dict[str, Any]] = {}
         #: (route, experiment, variant) -> exposed requests; read by metrics.
-        self.assignments: dict[tuple[str, str, str], int] = assignments if assignments is not None else {}
+        self.assignments: dict[tuple[str, str, str], int] = (
+            assignments if assignments is not None else {}
+        )
 
     def span_attributes(self, method: str, backend_target: str | None, role: str) -> dict[str, Any]:
         """Prebuilt span attributes per (method, target) so the hot path only looks them up."""
         key = (method, f"{backend_target}|{role}")
-        attrs = self._span_attrs.get(key)
-        if attrs is None:
-            attrs = rpc_attributes(method)
-            if backend_target is None:
-                attrs["server.address"], attrs["server.port"] = self._listen
-            else:
-                host, port = host_port(backend_target)
-                attrs.update({"server.address": host, "server.port": port,
-                              "shadowcar.role": role, "shadowcar.shadow": role == "shadow"})
-            if len(self._span_attrs) < 10_000:
-                self._span_attrs[key] = attrs
+        cached = self._span_attrs.get(key)
+        if cached is not None:
+            return cached
+        # typed wider than rpc_attributes' str values: ports are ints, the shadow flag a bool
+        attrs: dict[str, Any] = rpc_attributes(method)
+        if backend_target is None:
+            attrs["server.address"], attrs["server.port"] = self._listen
+        else:
+            host, port = host_port(backend_target)
+            attrs.update({"server.address": host, "server.port": port,
+                          "shadowcar.role": role, "shadowcar.shadow": role == "shadow"})
+        if len(self._span_attrs) < 10_000:
+            self._span_attrs[key] = attrs
         return attrs
 
     async def forward(
@@ -269,6 +273,12 @@ class Dispatch:
             client_span.set_attribute("shadowcar.backend", primary.name)
             client_span.set_attribute("shadowcar.backend.version", primary.version)
             primary_md = (*metadata, *injected)
+        elif carrier is None:
+            # Not tracing: the caller's traceparent travels on untouched; record its ids.
+            for key, value in metadata:
+                if key == "traceparent" and isinstance(value, str) and len(value) >= 55:
+                    trace_id, span_id = value[3:35], value[36:52]
+                    break
         current_request.set((request_id, trace_id))
         if plan.shadows:
             bucket = 0

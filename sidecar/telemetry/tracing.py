@@ -137,6 +137,12 @@ class Tracing:
             self.provider.sampler = ParentBased(ALWAYS_OFF, remote_parent_sampled=ALWAYS_OFF)
         self.tracer = self.provider.get_tracer("shadowcar")
 
+    @property
+    def exporting(self) -> bool:
+        """Spans go somewhere. Without an exporter the hot path makes none at all: the
+        caller's trace context is forwarded as it came, and its trace id recorded."""
+        return self.export_target != "none" or bool(os.environ.get("OTEL_TRACES_SAMPLER"))
+
     # -- per call --------------------------------------------------------------------
     def extract(self, carrier: dict[str, str] | None) -> Context | None:
         return _PROPAGATOR.extract(carrier) if carrier else None

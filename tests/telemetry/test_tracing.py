@@ -69,7 +69,7 @@ async def test_span_tree_attributes_and_propagation(echo, tmp_path, channel_to) 
     # Each backend received the caller's trace id, parented on its own client span.
     for backend, role in ((primary, "primary"), (shadow, "shadow")):
         md = dict(backend.seen_metadata[-1])
-        version, trace_id, parent_id, _ = md["traceparent"].split("-")
+        _version, trace_id, parent_id, _ = md["traceparent"].split("-")
         assert trace_id == CALLER_TRACE
         assert parent_id == format(by_role[role].context.span_id, "016x")
         assert "tenant=acme" in md["baggage"]
@@ -86,7 +86,9 @@ async def test_error_status_is_on_the_spans(echo, tmp_path, channel_to) -> None:
     primary = await echo()
     exporter = InMemorySpanExporter()
     loaded = parse_config(
-        sidecar_config(tmp_path / "e.duckdb", {"p": primary.target}, [{"match": "*", "primary": "p"}])
+        sidecar_config(
+            tmp_path / "e.duckdb", {"p": primary.target}, [{"match": "*", "primary": "p"}]
+        )
     )
     async with Sidecar(loaded, span_exporter=exporter) as sc:
         stub = channel_to(sc.port).unary_unary("/a.B/C")
@@ -104,7 +106,7 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.spans: list[object] = []
 
-    async def Export(self, request, context):  # noqa: N802 - the proto's name
+    async def Export(self, request, context):  # the proto's method name
         for resource_spans in request.resource_spans:
             for scope in resource_spans.scope_spans:
                 self.spans.extend(scope.spans)
@@ -161,3 +163,21 @@ async def test_unreachable_collector_is_logged_once_and_serving_goes_on(
     failing = [r for r in caplog.records if "trace export" in r.getMessage()]
     assert len(failing) == 1
     await gone.stop(0)
+
+
+async def test_without_an_exporter_the_callers_trace_passes_through(echo, tmp_path,
+                                                                    channel_to) -> None:
+    primary = await echo()
+    db = tmp_path / "plain.duckdb"
+    loaded = parse_config(
+        sidecar_config(db, {"p": primary.target}, [{"match": "*", "primary": "p"}])
+    )
+    async with Sidecar(loaded) as sc:
+        assert sc.tracing.exporting is False
+        stub = channel_to(sc.port).unary_unary("/a.B/C")
+        await stub(b"x", metadata=(("traceparent", TRACEPARENT), ("x-request-id", "t1")))
+        assert dict(primary.seen_metadata[-1])["traceparent"] == TRACEPARENT
+    con = duckdb.connect(str(db), read_only=True)
+    row = con.execute("SELECT trace_id, span_id FROM requests").fetchall()
+    con.close()
+    assert row == [(CALLER_TRACE, "00f067aa0ba902b7")]
