@@ -47,17 +47,24 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
     ``DEADLINE_EXCEEDED``; dropped mirror calls are counted apart and left out of the rates.
     """
     attempted = "status IS DISTINCT FROM 'DROPPED'"
+    columns = {str(r[0]) for r in con.execute(
+        "SELECT column_name FROM (DESCRIBE calls)").fetchall()}
+    # Streaming calls record their time to first message: compared like latency.
+    ttfm = ("quantile_cont(first_message_ms, 0.5) FILTER (WHERE first_message_ms IS NOT NULL)"
+            if "first_message_ms" in columns else "NULL")
     sql = f"""
-        SELECT route, backend, CASE WHEN role IN ('shadow', 'replay') THEN 'shadow' ELSE 'primary' END AS side,
+        SELECT route, backend,
+            CASE WHEN role IN ('shadow', 'replay') THEN 'shadow' ELSE 'primary' END AS side,
             count(*) FILTER (WHERE {attempted}) AS attempts,
             count(*) FILTER (WHERE status NOT IN ('OK', 'DROPPED')) AS errors,
             count(*) FILTER (WHERE status = 'DEADLINE_EXCEEDED') AS timeouts,
             count(*) FILTER (WHERE status = 'DROPPED') AS dropped,
-            quantile_cont(latency_ms, {_POINTS}) FILTER (WHERE {attempted}) AS q
+            quantile_cont(latency_ms, {_POINTS}) FILTER (WHERE {attempted}) AS q,
+            {ttfm} AS ttfm
         FROM calls WHERE (role IN ('shadow', 'replay') OR {primary_sql}) AND {where} GROUP BY ALL
     """
     out: Operations = {}
-    for route, backend, side, attempts, errors, timeouts, dropped, q in con.execute(
+    for route, backend, side, attempts, errors, timeouts, dropped, q, ttfm_p50 in con.execute(
         sql
     ).fetchall():
         n = int(attempts)
@@ -67,6 +74,7 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
                 "p50": _finite(q[_POINTS.index(0.5)]) if q else None,
                 "p95": _finite(q[_POINTS.index(0.95)]) if q else None,
                 "p99": _finite(q[_POINTS.index(0.99)]) if q else None,
+                "first_message_p50": _finite(ttfm_p50) if ttfm_p50 is not None else None,
             },
             "errors": {
                 "n": n,

@@ -82,7 +82,7 @@ async def stream_backends():
 
 async def test_three_kinds_of_streams_pass_through(stream_backends, start_sidecar, channel_to,
                                                    tmp_path) -> None:
-    backend, target = await stream_backends()
+    _backend, target = await stream_backends()
     db = tmp_path / "s.duckdb"
     sc = await start_sidecar(
         {"p": target},
@@ -149,8 +149,8 @@ async def test_flow_control_is_end_to_end(stream_backends, start_sidecar, channe
 async def test_server_stream_mirrored_to_a_slow_shadow_under_load(
     stream_backends, start_sidecar, channel_to, tmp_path
 ) -> None:
-    primary, ptarget = await stream_backends()
-    shadow, starget = await stream_backends(delay_s=0.05)
+    _primary, ptarget = await stream_backends()
+    _shadow, starget = await stream_backends(delay_s=0.05)
     db = tmp_path / "m.duckdb"
     sc = await start_sidecar(
         {"p": ptarget, "s": starget},
@@ -181,3 +181,32 @@ async def test_server_stream_mirrored_to_a_slow_shadow_under_load(
     con.close()
     assert len(shadow_rows) == lane["sent"]
     assert all(s == "OK" and n == 10 and f >= 40 for s, n, f in shadow_rows)
+
+
+async def test_report_compares_time_to_first_message(stream_backends, start_sidecar,
+                                                     channel_to, tmp_path) -> None:
+    from analysis import analyze_divergence, open_source
+
+    primary, ptarget = await stream_backends()
+    shadow, starget = await stream_backends(delay_s=0.03)
+    db = tmp_path / "ttfm.duckdb"
+    sc = await start_sidecar(
+        {"p": ptarget, "s": starget},
+        [{"match": "/llm.Svc/Generate", "primary": "p", "streaming": "server",
+          "shadows": [{"backend": "s", "timeout_ms": 5000}]}],
+        db_path=db,
+    )
+    ch = channel_to(sc.port)
+    for i in range(10):
+        assert len([m async for m in ch.unary_stream("/llm.Svc/Generate")(b"q")]) == 3
+    await sc.aclose()
+    report = analyze_divergence(open_source(db=str(db))).to_dict()
+    latency = report["pairs"][0]["latency_ms"]
+    text = str(latency)
+    assert "first_message_p50" in text
+    con = open_source(db=str(db))
+    p, s = con.execute(
+        "SELECT median(first_message_ms) FILTER (WHERE role = 'primary'), "
+        "median(first_message_ms) FILTER (WHERE role = 'shadow') FROM calls").fetchall()[0]
+    con.close()
+    assert s >= 30 > p  # the slow shadow's first token came later
