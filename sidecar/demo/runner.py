@@ -58,11 +58,15 @@ def demo_config(db_path: Path, targets: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _features(requests: int) -> np.ndarray:
+    rng = np.random.default_rng(2026)
+    return rng.standard_normal((requests, N_FEATURES)).astype(np.float32)
+
+
 async def _send_traffic(
     port: int, requests: int, concurrency: int, console: Console
 ) -> tuple[int, int]:
-    rng = np.random.default_rng(2026)
-    features = rng.standard_normal((requests, N_FEATURES)).astype(np.float32)
+    features = _features(requests)
     payloads = [build_infer_request("demo", row, raw=bool(i % 2)) for i, row in enumerate(features)]
     ok = failed = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -84,7 +88,8 @@ async def _send_traffic(
                     except asyncio.QueueEmpty:
                         return
                     try:
-                        await infer(payloads[i], timeout=5)
+                        await infer(payloads[i], timeout=5,
+                                    metadata=(("x-request-id", f"demo-{i}"),))
                         ok += 1
                     except grpc.aio.AioRpcError:
                         failed += 1
@@ -92,6 +97,25 @@ async def _send_traffic(
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
     return ok, failed
+
+
+async def _report_outcomes(admin_port: int, requests: int, truth: Any) -> int:
+    """What happened later: each payment's true label (drawn from a 'true' model that the
+    retrained shadow is closer to), reported through POST /v1/outcomes as a real client
+    would. Returns the events accepted."""
+    import aiohttp
+
+    probability = truth.predict_proba(_features(requests))[:, 1]
+    labels = np.random.default_rng(7).random(requests) < probability
+    accepted = 0
+    async with aiohttp.ClientSession() as http:
+        for start in range(0, requests, 1000):
+            events = [{"event_id": f"label-{i}", "request_id": f"demo-{i}", "metric": "label",
+                       "value": int(labels[i])} for i in range(start, min(start + 1000, requests))]
+            async with http.post(f"http://127.0.0.1:{admin_port}/v1/outcomes",
+                                 json={"events": events}) as resp:
+                accepted += int((await resp.json()).get("accepted", 0))
+    return accepted
 
 
 def summarize_recording(db_path: Path) -> dict[str, Any]:
@@ -190,6 +214,23 @@ def _analysis_report(console: Console, db_path: Path, out_dir: Path) -> Path:
     html = out_dir / "divergence.html"
     html.write_text(render(report, "divergence", "html"), encoding="utf-8")
     console.print(f"HTML report with plots: {html}")
+    from analysis.quality import analyze_quality, quality_html, render_quality_table
+
+    con = open_source(db=str(db_path))
+    try:
+        quality = analyze_quality(con, metric="label", kind="binary")
+    finally:
+        con.close()
+    console.print("\n[bold]Would the shadow have been better?[/] Model quality on the "
+                  "reported labels (sidecar report quality --db ...)")
+    # Wide tables: printed at their own width rather than wrapped to the terminal's.
+    wide = Console(width=max(console.width, 160), force_terminal=console.is_terminal)
+    wide.print(render_quality_table(quality))
+    page = out_dir / "quality.html"
+    page.write_text("<!doctype html><html><head><meta charset='utf-8'><title>Shadowcar model "
+                    "quality</title></head><body>" + quality_html(quality) + "</body></html>\n",
+                    encoding="utf-8")
+    console.print(f"HTML quality report: {page}")
     return html
 
 
@@ -220,6 +261,10 @@ async def run_demo(requests: int = 3000, concurrency: int = 16, out_dir: str = "
             console.print(f"sidecar on 127.0.0.1:{sidecar.port}, admin on "
                           f"127.0.0.1:{sidecar.admin.port if sidecar.admin else '-'}")
             ok, failed = await _send_traffic(sidecar.port, requests, concurrency, console)
+            if sidecar.admin is not None:
+                truth = make_demo_models(N_FEATURES, seed=7)[1]
+                labelled = await _report_outcomes(sidecar.admin.port, requests, truth)
+                console.print(f"{labelled} outcome labels reported through POST /v1/outcomes")
         finally:
             await sidecar.aclose()
     finally:
