@@ -81,7 +81,7 @@ _STATUS: dict[type[ShadowcarError], grpc.StatusCode] = {
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status a caller sees for ``exc`` (INTERNAL for anything unexpected)."""
     for cls in type(exc).__mro__:
-        code = _STATUS.get(cls)  # type: ignore[call-overload]
+        code = _STATUS.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL

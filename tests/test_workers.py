@@ -33,9 +33,11 @@ async def test_two_workers_are_one_sidecar(echo, tmp_path) -> None:
     }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "--config", str(path),
-                             "--workers", "2"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
+        [sys.executable, "-m", "sidecar", "serve", "--config", str(path), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(300):

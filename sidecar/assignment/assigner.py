@@ -102,8 +102,10 @@ class RouteAssigner:
             if exp.force_header is not None:
                 forced = _header(metadata, exp.force_header)
                 if forced is not None and forced in exp.by_name:
-                    arm = exp.by_name[forced]
-                    return Decision(arm.backend, "variant", unit, exp.name, arm.name, True, True)
+                    forced_arm = exp.by_name[forced]
+                    return Decision(
+                        forced_arm.backend, "variant", unit, exp.name, forced_arm.name, True, True
+                    )
             if not exp.eligible(unit):
                 continue
             arm = exp.arm_for(unit)

@@ -32,7 +32,7 @@ class _State:
     seen_time_remaining: deque[float | None] = field(default_factory=lambda: deque(maxlen=256))
 
 
-class _Handler(grpc.GenericRpcHandler):
+class _Handler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no stubs: base is Any
     def __init__(self, state: _State) -> None:
         self._state = state
 

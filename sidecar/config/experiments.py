@@ -8,6 +8,7 @@ variant never moves a unit between variants already there.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -151,7 +152,7 @@ class CanaryConfig(_Model):
     def _steps(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if any(not 0 < s <= 100 for s in value):
             raise ValueError("each step must be in (0, 100]")
-        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+        if any(b <= a for a, b in pairwise(value)):
             raise ValueError("steps must increase")
         return value
 

@@ -169,7 +169,7 @@ def canonical_json(config: Config) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def _static_fallbacks(config: Config, base: Path) -> tuple[dict[str, bytes], list]:
+def _static_fallbacks(config: Config, base: Path) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
     found: dict[str, bytes] = {}
     problems: list[tuple[str, str]] = []
     for r, route in enumerate(config.routes):

@@ -339,9 +339,9 @@ class Dispatch:
                 )
             )
             first = outcome.code.name if outcome is not None else status
-            key = (plan.match, primary.name, role, first)
+            count_key = (plan.match, primary.name, role, first)
             counts = self._counts
-            counts[key] = counts.get(key, 0) + 1
+            counts[count_key] = counts.get(count_key, 0) + 1
         if not served.ok:
             plan.errors[status] = plan.errors.get(status, 0) + 1
         self._sink.record_call(

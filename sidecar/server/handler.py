@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 Behavior = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
 
 
-class ProxyHandler(grpc.GenericRpcHandler):
+class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no stubs: base is Any
     """Answers every method: routed ones are forwarded, others get UNIMPLEMENTED."""
 
     def __init__(self, dispatch: Dispatch) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -23,7 +23,7 @@ from sidecar.sink import CallRecord, RequestRecord
 
 __all__ = ["StreamForwarder"]
 
-Context = grpc.aio.ServicerContext[bytes, bytes]
+Context: TypeAlias = grpc.aio.ServicerContext[bytes, bytes]
 MAX_RECORDED = 1 << 20  # bytes of a stream kept for recording
 
 

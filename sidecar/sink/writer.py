@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import numpy as np
@@ -67,7 +67,8 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
         request_json = None
         if hasattr(dec.codec, "decode_response_json"):  # a MethodCodec (cheap check)
             try:
-                doc = dec.codec.decode_request_json(row.method, row.request)
+                # hasattr does not narrow to the protocol (isinstance on it would be slow)
+                doc = cast(MethodCodec, dec.codec).decode_request_json(row.method, row.request)
             except CodecError:
                 doc = None
             if doc is not None:
@@ -143,7 +144,10 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
         if hasattr(dec.codec, "decode_response_json"):  # a MethodCodec (cheap check)
             if row.response is not None:
                 try:
-                    doc = dec.codec.decode_response_json(row.method, row.response)
+                    # hasattr does not narrow to the protocol (isinstance would be slow)
+                    doc = cast(MethodCodec, dec.codec).decode_response_json(
+                        row.method, row.response
+                    )
                 except CodecError as exc:
                     doc, error = None, f"undecodable response: {exc}"
                 if doc is not None:

@@ -65,15 +65,15 @@ def _metric_lines(metric: Metric) -> Iterable[str]:
     elif isinstance(data, Histogram):
         yield f"# HELP {name} {help_text}"
         yield f"# TYPE {name} histogram"
-        for point in data.data_points:
+        for hist in data.data_points:
             cumulative = 0
-            for bound, count in zip(point.explicit_bounds, point.bucket_counts, strict=False):
+            for bound, count in zip(hist.explicit_bounds, hist.bucket_counts, strict=False):
                 cumulative += count
                 le = (("le", _num(float(bound))),)
-                yield f"{name}_bucket{_labels(point.attributes, le)} {cumulative}"
-            yield f"{name}_bucket{_labels(point.attributes, (('le', '+Inf'),))} {point.count}"
-            yield f"{name}_sum{_labels(point.attributes)} {_num(point.sum)}"
-            yield f"{name}_count{_labels(point.attributes)} {point.count}"
+                yield f"{name}_bucket{_labels(hist.attributes, le)} {cumulative}"
+            yield f"{name}_bucket{_labels(hist.attributes, (('le', '+Inf'),))} {hist.count}"
+            yield f"{name}_sum{_labels(hist.attributes)} {_num(hist.sum)}"
+            yield f"{name}_count{_labels(hist.attributes)} {hist.count}"
 
 
 def render(data: MetricsData | None) -> str:

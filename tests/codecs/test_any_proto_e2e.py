@@ -26,7 +26,9 @@ class _Renamed(_Backend):
 
 
 @pytest.mark.parametrize("codec", ["reflection", "descriptor"])
-async def test_any_proto_route(codec, file_set, tmp_path, start_sidecar, channel_to) -> None:
+async def test_any_proto_route(
+    codec, file_set, tmp_path, start_sidecar, channel_to  # noqa: F811 - the imported fixture
+) -> None:
     primary = _Backend(file_set, reflect=True)
     shadow2 = _Renamed(file_set, reflect=False)
     await primary.server.start()

@@ -26,7 +26,12 @@ GOOD = {
             "timeout_ms": 80,
             "codec": "oip",
             "shadows": [
-                {"backend": "fraud-v8", "sample_percent": 25, "timeout_ms": 500, "max_in_flight": 64}
+                {
+                    "backend": "fraud-v8",
+                    "sample_percent": 25,
+                    "timeout_ms": 500,
+                    "max_in_flight": 64,
+                }
             ],
         }
     ],
@@ -53,8 +58,10 @@ def test_good_config_is_valid_and_versioned() -> None:
 @pytest.mark.parametrize(
     ("path", "value", "field", "words"),
     [
-        (["routes", 0, "shadows", 0, "sample_percent"], 120, "routes[0].shadows[0].sample_percent", "100"),
-        (["routes", 0, "shadows", 0, "backend"], "nope", "routes[0].shadows[0].backend", "unknown backend 'nope'"),
+        (["routes", 0, "shadows", 0, "sample_percent"], 120,
+         "routes[0].shadows[0].sample_percent", "100"),
+        (["routes", 0, "shadows", 0, "backend"], "nope",
+         "routes[0].shadows[0].backend", "unknown backend 'nope'"),
         (["routes", 0, "primary"], "ghost", "routes[0].primary", "unknown backend 'ghost'"),
         (["backends", 1, "name"], "fraud-v7", "backends[1].name", "duplicate"),
         (["routes", 0, "bogus"], 1, "routes[0].bogus", "unknown key"),
@@ -64,7 +71,8 @@ def test_good_config_is_valid_and_versioned() -> None:
         (["routes", 0, "codec"], "xml", "routes[0].codec", "oip"),
         (["storage", "flush_interval_ms"], -5, "storage.flush_interval_ms", "greater than 0"),
         (["routes", 0, "shadows", 0, "max_in_flight"], 0, "routes[0].shadows[0].max_in_flight", ""),
-        (["routes", 0, "shadows", 0, "backend"], "fraud-v7", "routes[0].shadows[0].backend", "primary"),
+        (["routes", 0, "shadows", 0, "backend"], "fraud-v7",
+         "routes[0].shadows[0].backend", "primary"),
     ],
 )
 def test_each_bad_field_is_named(path, value, field, words) -> None:

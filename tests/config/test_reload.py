@@ -103,8 +103,10 @@ async def test_sighup_and_cli_reload_and_audit(echo, tmp_path) -> None:
     data["admin"] = {"listen": f"127.0.0.1:{admin}"}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = await asyncio.to_thread(
+        subprocess.Popen, [sys.executable, "-m", "sidecar", "serve", "--config", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
     base = f"http://127.0.0.1:{admin}"
 
     async def version() -> str:

@@ -7,7 +7,6 @@ import json
 
 import duckdb
 import grpc
-import numpy as np
 import pytest
 import yaml
 

@@ -100,7 +100,9 @@ async def test_in_flight_cap_drops_and_counts(echo, start_sidecar, channel_to, t
     await sc.aclose()
     con = duckdb.connect(str(db), read_only=True)
     rows = dict(
-        con.execute("SELECT status, count(*) FROM calls WHERE role = 'shadow' GROUP BY ALL").fetchall()
+        con.execute(
+            "SELECT status, count(*) FROM calls WHERE role = 'shadow' GROUP BY ALL"
+        ).fetchall()
     )
     assert rows == {"DROPPED": 16, "DEADLINE_EXCEEDED": 4}
     con.close()

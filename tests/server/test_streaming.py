@@ -187,8 +187,8 @@ async def test_report_compares_time_to_first_message(stream_backends, start_side
                                                      channel_to, tmp_path) -> None:
     from analysis import analyze_divergence, open_source
 
-    primary, ptarget = await stream_backends()
-    shadow, starget = await stream_backends(delay_s=0.03)
+    _primary, ptarget = await stream_backends()
+    _shadow, starget = await stream_backends(delay_s=0.03)
     db = tmp_path / "ttfm.duckdb"
     sc = await start_sidecar(
         {"p": ptarget, "s": starget},
@@ -197,7 +197,7 @@ async def test_report_compares_time_to_first_message(stream_backends, start_side
         db_path=db,
     )
     ch = channel_to(sc.port)
-    for i in range(10):
+    for _ in range(10):
         assert len([m async for m in ch.unary_stream("/llm.Svc/Generate")(b"q")]) == 3
     await sc.aclose()
     report = analyze_divergence(open_source(db=str(db))).to_dict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import duckdb
+import grpc
 import pytest
 
 from sidecar.config import StorageConfig
@@ -25,7 +26,7 @@ async def test_recorded_rows_match_what_was_sent(echo, start_sidecar, channel_to
     for rid, body in sent.items():
         await stub(body, metadata=(("x-request-id", rid),))
     failing = stub(b"bad", metadata=(("x-request-id", "rid-bad"), ("x-echo-status", "NOT_FOUND")))
-    with pytest.raises(Exception):
+    with pytest.raises(grpc.aio.AioRpcError):
         await failing
     version = sc.loaded.version
     await sc.aclose()
@@ -82,7 +83,9 @@ async def test_restart_appends(echo, start_sidecar, channel_to, tmp_path) -> Non
     primary = await echo()
     db = tmp_path / "append.duckdb"
     for round_ in range(2):
-        sc = await start_sidecar({"p": primary.target}, [{"match": "*", "primary": "p"}], db_path=db)
+        sc = await start_sidecar(
+            {"p": primary.target}, [{"match": "*", "primary": "p"}], db_path=db
+        )
         stub = channel_to(sc.port).unary_unary("/a.B/C")
         for i in range(5):
             await stub(b"x", metadata=(("x-request-id", f"r{round_}-{i}"),))

@@ -74,7 +74,9 @@ async def test_divergence_trigger_fires_and_notifies(tmp_path, channel_to) -> No
     assert received[0]["kind"] == "trigger" and received[0]["fired"] is True
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(dict(data, notify={})))
-    out = subprocess.run([sys.executable, "-m", "sidecar", "check", str(cfg), "--db", str(db)],
-                         capture_output=True, text=True, timeout=120)
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "sidecar", "check", str(cfg), "--db", str(db)],
+        capture_output=True, text=True, timeout=120,
+    )
     assert out.returncode == 1, out.stderr
     assert "FIRED  v2-diverges" in out.stdout and "quiet  v2-quiet" in out.stdout
