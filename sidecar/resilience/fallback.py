@@ -20,10 +20,12 @@ __all__ = ["FALLBACK_CODES", "FallbackConfig", "load_static_fallback"]
 
 #: Status codes that mean "the backend failed", the only ones a fallback may cover.
 FALLBACK_CODES = frozenset(
-    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN", "ABORTED"}
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "INTERNAL",
+     "UNKNOWN", "ABORTED"}
 )
 StatusName = Literal[
-    "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN", "ABORTED"
+    "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "INTERNAL",
+    "UNKNOWN", "ABORTED",
 ]
 
 
@@ -36,7 +38,9 @@ class FallbackConfig(BaseModel):
         200, gt=0, le=600_000, description="the fallback backend's deadline, kept in reserve"
     )
     codes: tuple[StatusName, ...] = Field(
-        ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"),
+        # CANCELLED here is the backend's doing (a caller that cancels is gone before
+        # any fallback could run).
+        ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"),
         description="serving statuses that trigger it (caller errors never do)",
     )
 
