@@ -61,6 +61,8 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quality-kind", choices=("binary", "regression"), default="binary",
                         help="scores vs 0/1 labels, or values vs numbers (quality)")
     parser.add_argument("--window", help="metric per time window, e.g. 1h or 1d (quality)")
+    parser.add_argument("--contract", metavar="FILE",
+                        help="data contract whose feature ranges the drift report checks")
     parser.add_argument("--ignore", action="append", default=None, metavar="PATH",
                         help="field path the field diff ignores (fields; repeatable)")
     parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, metavar="SIZE",
@@ -134,8 +136,8 @@ def _analyze(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[s
     if args.kind == "drift":
         from analysis.drift import analyze_drift
 
-        return analyze_drift(con, since=args.since, until=args.until,
-                             route=args.route).to_dict()
+        return analyze_drift(con, since=args.since, until=args.until, route=args.route,
+                             ranges=_contract_ranges(args.contract)).to_dict()
     try:
         from analysis.experiment import analyze_experiments
     except ImportError as exc:
@@ -148,6 +150,30 @@ def _analyze(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[s
     )
     result: dict[str, Any] = report.to_dict()
     return result
+
+
+def _contract_ranges(path: str | None) -> dict[str, tuple[float, float]] | None:
+    """Declared feature ranges of a data contract, under the drift report's feature names
+    (``tensor[i]`` for element i; ``tensor`` for a one-element tensor)."""
+    if path is None:
+        return None
+    from sidecar.contracts import load_contract
+    from sidecar.errors import ConfigError
+
+    try:
+        contract = load_contract(path)
+    except ConfigError as exc:
+        raise _UsageError(f"--contract: {exc}") from exc
+    ranges: dict[str, tuple[float, float]] = {}
+    for spec in contract.inputs:
+        for position, feature in enumerate(spec.features):
+            if feature.range is None:
+                continue
+            lo, hi = float(feature.range[0]), float(feature.range[1])
+            ranges[f"{spec.name}[{spec.feature_index(position)}]"] = (lo, hi)
+            if len(spec.features) == 1:
+                ranges[spec.name] = (lo, hi)
+    return ranges
 
 
 def _quality(con: duckdb.DuckDBPyConnection, args: argparse.Namespace, color: bool) -> str:

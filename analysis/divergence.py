@@ -19,6 +19,7 @@ from analysis.distribution import (
     compare_distributions,
     sort_with_ranks,
     spearman_sorted,
+    wilson_interval,
 )
 from analysis.load import AnalysisSourceError, time_filter
 from analysis.noise_floor import compare_with_floor, replica_backends
@@ -86,6 +87,8 @@ class PairDivergence:
     segment: dict[str, Any] | None = None
     plots: dict[str, Any] = field(default_factory=dict)
     message: str | None = None
+    #: Byte-identical answers (by response hash): works for any codec, raw and streams too.
+    identical: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,10 +171,38 @@ def analyze_divergence(
         pairs.append(_build_pair(row, scores, ops, replicas))
     pairs = _attach_unmatched(pairs, unmatched_only, ops, replicas, segment)
     pairs = _apply_noise_floor(pairs)
+    if "response_hash" in _columns(con, "calls") and segment is None:
+        pairs = _attach_identical(con, where, pairs)
     message = None if any(p.n for p in pairs) else (
         "no primary/shadow pair has outputs on both sides"
     )
     return DivergenceReport(tuple(pairs), params, message)
+
+
+def _attach_identical(
+    con: duckdb.DuckDBPyConnection, where: str, pairs: list[PairDivergence]
+) -> list[PairDivergence]:
+    """Share of matched pairs whose answers are byte-identical, with a Wilson interval."""
+    rows = con.execute(f"""
+        WITH prim AS (SELECT request_id, backend, response_hash FROM calls
+                      WHERE {_PRIMARY} AND {where} AND response_hash IS NOT NULL),
+             shad AS (SELECT request_id, route, backend, response_hash FROM calls
+                      WHERE role IN ('shadow', 'replay') AND {where}
+                        AND response_hash IS NOT NULL)
+        SELECT s.route, p.backend, s.backend, count(*),
+               count(*) FILTER (WHERE p.response_hash = s.response_hash)
+        FROM shad s JOIN prim p USING (request_id) GROUP BY ALL
+    """).fetchall()
+    found = {(r[0], r[1], r[2]): (int(r[3]), int(r[4])) for r in rows}
+    out = []
+    for pair in pairs:
+        n, same = found.get((pair.route, pair.primary, pair.shadow), (0, 0))
+        identical = None
+        if n:
+            identical = {"n": n, "identical": same, "rate": same / n,
+                         "rate_ci": list(wilson_interval(same, n) or (None, None))}
+        out.append(replace(pair, identical=identical))
+    return out
 
 
 def _quote(text: str) -> str:

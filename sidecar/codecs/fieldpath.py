@@ -18,6 +18,7 @@ __all__ = [
     "extract",
     "leaf_paths",
     "parse_path",
+    "redact_paths",
     "summarize_json",
 ]
 
@@ -151,3 +152,46 @@ def summarize_json(
         if output is not None and label is not None:
             break
     return output, score, label
+
+
+def redact_paths(doc: Any, paths: Sequence[str], replace: Any) -> Any:
+    """``doc`` with every leaf under each path replaced by ``replace(value)``, or removed
+    when ``replace`` is None. Works in place on dicts and lists; returns ``doc``."""
+    for text in paths:
+        _redact(doc, parse_path(text).steps, replace)
+    return doc
+
+
+def _redact(node: Any, steps: Sequence[tuple[str, tuple[int | None, ...]]], replace: Any) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _redact(item, steps, replace)
+        return
+    if not isinstance(node, dict) or not steps:
+        return
+    (key, indexes), rest = steps[0], steps[1:]
+    if key not in node:
+        return
+    if not rest and not indexes:
+        if replace is None:
+            del node[key]
+        else:
+            node[key] = _replace_leaves(node[key], replace)
+        return
+    target = node[key]
+    for index in indexes:
+        if isinstance(target, list) and index is not None:
+            target = target[index] if -len(target) <= index < len(target) else None
+    if not rest:
+        if isinstance(target, list):
+            target[:] = [_replace_leaves(v, replace) for v in target] if replace else []
+        return
+    _redact(target, rest, replace)
+
+
+def _replace_leaves(value: Any, replace: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _replace_leaves(v, replace) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_leaves(v, replace) for v in value]
+    return replace(value)

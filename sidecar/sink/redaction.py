@@ -46,6 +46,14 @@ class Redactor:
             hashed = [self.value(struct.pack("<d", float(x)).hex()) or "" for x in data]
         return {**row, "data": None, "text": hashed}
 
+    def json(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """A decoded JSON message with the configured field paths hashed or dropped."""
+        from sidecar.codecs.fieldpath import redact_paths
+
+        replace = None if self.mode == "drop" else (lambda v: self.value(str(v)))
+        result: dict[str, Any] = redact_paths(doc, self.fields, replace)
+        return result
+
     def tensors(self, rows: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         if rows is None:
             return None

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS calls (
     config_version VARCHAR,
     violations VARCHAR,          -- JSON [{{field, rule, detail}}] of the outputs, NULL if none
     response_json VARCHAR,       -- decoded response (reflection/descriptor codecs)
+    response_hash VARCHAR,       -- BLAKE2b-64 of the answer's bytes: identical-answer rates
     messages INTEGER,            -- streaming calls: messages received (NULL for unary)
     first_message_ms DOUBLE      -- streaming calls: time to the first message
 );

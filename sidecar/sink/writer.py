@@ -5,6 +5,7 @@ Decoding (codecs) happens here, off the caller's path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -28,6 +29,10 @@ __all__ = ["CallObserver", "write_batch"]
 CallObserver = Callable[[CallRecord, float | None, str | None], None]
 
 log = logging.getLogger(__name__)
+
+# The writer builds many short-lived batches: the system allocator hands their memory back,
+# where Arrow's default pool would keep it (a sidecar's RSS must stay small and flat).
+pa.set_memory_pool(pa.system_memory_pool())
 
 _TENSOR = pa.struct(
     [
@@ -72,6 +77,8 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
             except CodecError:
                 doc = None
             if doc is not None:
+                if dec.redactor is not None and dec.redactor.fields:
+                    doc = dec.redactor.json(doc)
                 request_json = json.dumps(doc, separators=(",", ":"))
         elif dec.codec is not None:
             try:
@@ -151,6 +158,8 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
                 except CodecError as exc:
                     doc, error = None, f"undecodable response: {exc}"
                 if doc is not None:
+                    if dec.redactor is not None and dec.redactor.fields:
+                        doc = dec.redactor.json(doc)
                     response_json = json.dumps(doc, separators=(",", ":"))
                     tensors = [t.as_row() for t in json_tensors(doc, dec.compare_fields)] or None
                     json_summary = summarize_json(doc, dec.compare_fields, dec.score_index)
@@ -209,6 +218,11 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
             "config_version": pa.array(cols[f.index("config_version")], pa.string()),
             "violations": pa.array(out_violations, pa.string()),
             "response_json": pa.array(response_jsons, pa.string()),
+            "response_hash": pa.array(
+                [None if r.response is None else
+                 hashlib.blake2b(r.response, digest_size=8).hexdigest() for r in rows],
+                pa.string(),
+            ),
             "messages": pa.array(cols[f.index("messages")], pa.int32()),
             "first_message_ms": pa.array(cols[f.index("first_message_ms")], pa.float64()),
         }

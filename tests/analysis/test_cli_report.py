@@ -178,3 +178,42 @@ def test_quality_and_fields_reports_from_the_cli(tmp_path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "no primary/shadow pair" in out.stdout or "no pairs" in out.stdout
+
+
+def test_drift_report_checks_the_contracts_ranges(tmp_path) -> None:
+    """`report drift --contract FILE` flags values outside a feature's declared range."""
+    import datetime as dt
+    import json as _json
+    import subprocess
+    import sys
+
+    import duckdb as _duckdb
+    import yaml as _yaml
+
+    from sidecar.sink.schema import migrate
+
+    db = tmp_path / "d.duckdb"
+    con = _duckdb.connect(str(db))
+    migrate(con)
+    start = dt.datetime(2026, 1, 1)
+    for i in range(200):
+        value = 0.5 if i < 100 else 5.0  # the current window leaves the range
+        con.execute(
+            "INSERT INTO requests (request_id, ts, route, inputs) VALUES (?, ?, 'r', "
+            "[{'name': 'x', 'datatype': 'FP32', 'shape': [1, 1], 'data': [?], 'text': NULL}])",
+            [f"r{i}", start + dt.timedelta(seconds=i), value]).fetchall()
+    con.close()
+    contract = tmp_path / "c.yaml"
+    contract.write_text(_yaml.safe_dump({
+        "name": "c", "version": "1",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1],
+                    "features": [{"index": 0, "name": "amount", "range": [0, 1]}]}]}))
+    out = subprocess.run([sys.executable, "-m", "sidecar", "report", "drift", "--db", str(db),
+                          "--contract", str(contract), "--format", "json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    features = _json.loads(out.stdout)["features"]
+    (feature,) = [f for f in features if f["feature"] in ("x", "x[0]")]
+    text = _json.dumps(feature)
+    assert "out_of_range" in text or "range" in text
+    assert any("range" in flag for flag in feature.get("flags", [])), feature

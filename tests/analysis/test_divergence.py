@@ -276,3 +276,41 @@ def test_large_sample_path_matches_scipy() -> None:
     u, v = rng.normal(size=30_000), rng.normal(size=30_000)  # no ties
     assert spearman(u, u + v) == pytest.approx(stats.spearmanr(u, u + v).statistic, rel=RTOL)
     assert spearman(u, np.full(u.size, 2.0)) is None
+
+
+async def test_identical_answers_rate_for_raw_routes(echo, start_sidecar, channel_to,
+                                                     tmp_path) -> None:
+    """Byte-identical answers are counted for any codec: here a raw route whose shadow
+    answers differently for one request in four."""
+    import grpc
+
+    from analysis import analyze_divergence, open_source
+
+    class Sometimes(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details):
+            async def answer(request: bytes, context) -> bytes:
+                return b"other" if int(request.split(b"-")[1]) % 4 == 0 else request
+
+            return grpc.unary_unary_rpc_method_handler(answer)
+
+    shadow = grpc.aio.server()
+    shadow.add_generic_rpc_handlers([Sometimes()])
+    port = shadow.add_insecure_port("127.0.0.1:0")
+    await shadow.start()
+    primary = await echo()
+    db = tmp_path / "raw.duckdb"
+    try:
+        sc = await start_sidecar(
+            {"p": primary.target, "s": f"127.0.0.1:{port}"},
+            [{"match": "*", "primary": "p", "shadows": [{"backend": "s"}]}], db_path=db)
+        stub = channel_to(sc.port).unary_unary("/r.S/M")
+        for i in range(40):
+            await stub(f"req-{i}".encode())
+        await sc.aclose()
+    finally:
+        await shadow.stop(0)
+    pair = analyze_divergence(open_source(db=str(db))).to_dict()["pairs"][0]
+    assert pair["identical"]["n"] == 40
+    assert pair["identical"]["identical"] == 30 and pair["identical"]["rate"] == 0.75
+    low, high = pair["identical"]["rate_ci"]
+    assert low < 0.75 < high
