@@ -50,6 +50,13 @@ class _Tally:
         return b"".join(self.parts)
 
 
+async def _counted(requests: AsyncIterator[bytes], tally: _Tally) -> AsyncIterator[bytes]:
+    """The caller's messages on their way upstream, counted for the record."""
+    async for message in requests:
+        tally.add(message)
+        yield message
+
+
 class StreamForwarder:
     """Stream behaviours over one :class:`Dispatch` (its sink, mirror, version)."""
 
@@ -141,14 +148,8 @@ class StreamForwarder:
         metadata, rid = forward_metadata(context.invocation_metadata() or ())
         backend = plan.primary
         sent = _Tally(t0)
-
-        async def upstream() -> AsyncIterator[bytes]:
-            async for message in requests:
-                sent.add(message)
-                yield message
-
         call = backend.stream("client", method)(
-            upstream(), timeout=self._timeout(plan, context), metadata=metadata
+            _counted(requests, sent), timeout=self._timeout(plan, context), metadata=metadata
         )
         status, details, response = "CANCELLED", None, b""
         try:
@@ -183,14 +184,8 @@ class StreamForwarder:
         metadata, rid = forward_metadata(context.invocation_metadata() or ())
         backend = plan.primary
         sent = _Tally(t0)
-
-        async def upstream() -> AsyncIterator[bytes]:
-            async for message in requests:
-                sent.add(message)
-                yield message
-
         call = backend.stream("bidi", method)(
-            upstream(), timeout=self._timeout(plan, context), metadata=metadata
+            _counted(requests, sent), timeout=self._timeout(plan, context), metadata=metadata
         )
         tally = _Tally(t0)
         status, details = "CANCELLED", None
