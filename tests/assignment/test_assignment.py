@@ -152,3 +152,16 @@ def test_unit_fallback_list_and_oip_fields() -> None:
     req3.raw_input_contents.append((3).to_bytes(4, "little") + b"eve")
     assert by_input.extract((), req3.SerializeToString(), "r") == "eve"
     assert by_input.extract((), b"\xff\xff garbage", "r") is None
+
+
+def test_the_documented_sql_form_reproduces_the_buckets() -> None:
+    """docs/assignment.md gives a DuckDB SQL expression; it must agree with bucket()."""
+    import duckdb
+
+    con = duckdb.connect()
+    sql = "SELECT (('0x' || substr(sha256(? || ':' || ?), 1, 16))::UBIGINT % 10000)::INTEGER"
+    units = [f"u{i}" for i in range(200)] + [v["unit"] for v in VECTORS["vectors"]]
+    for unit in units:
+        got = con.execute(sql, ["exp-salt", unit]).fetchall()[0][0]
+        assert got == bucket("exp-salt", unit)
+    con.close()
