@@ -26,7 +26,10 @@ log = logging.getLogger("sidecar")
 
 
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
-    """Run ``coro`` on uvloop when it is installed, else on asyncio's default loop."""
+    """Run ``coro`` on uvloop when it is installed, else on asyncio's default loop
+    (``SHADOWCAR_EVENT_LOOP=asyncio`` forces the default loop, for comparisons)."""
+    if os.environ.get("SHADOWCAR_EVENT_LOOP", "uvloop") == "asyncio":
+        return asyncio.run(coro)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a declared dependency on Linux
