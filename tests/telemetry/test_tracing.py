@@ -181,3 +181,40 @@ async def test_without_an_exporter_the_callers_trace_passes_through(echo, tmp_pa
     row = con.execute("SELECT trace_id, span_id FROM requests").fetchall()
     con.close()
     assert row == [(CALLER_TRACE, "00f067aa0ba902b7")]
+
+
+async def test_standard_otel_environment_variables(echo, tmp_path, channel_to,
+                                                   monkeypatch) -> None:
+    """OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME and
+    OTEL_TRACES_SAMPLER configure tracing without touching the config file."""
+    collector = _Collector()
+    names: list[str] = []
+
+    class _Named(_Collector):
+        async def Export(self, request, context):  # noqa: N802 - the proto's name
+            for rs in request.resource_spans:
+                for attr in rs.resource.attributes:
+                    if attr.key == "service.name":
+                        names.append(attr.value.string_value)
+            return await super().Export(request, context)
+
+    collector = _Named()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "fraud-sidecar")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    try:
+        primary = await echo()
+        loaded = parse_config(sidecar_config(
+            tmp_path / "env.duckdb", {"p": primary.target}, [{"match": "*", "primary": "p"}]))
+        async with Sidecar(loaded) as sc:
+            assert sc.tracing.exporting
+            await channel_to(sc.port).unary_unary("/a.B/C")(b"x")
+        assert len(collector.spans) == 2
+        assert set(names) == {"fraud-sidecar"}
+    finally:
+        await server.stop(0)
