@@ -191,7 +191,7 @@ async def test_standard_otel_environment_variables(echo, tmp_path, channel_to,
     names: list[str] = []
 
     class _Named(_Collector):
-        async def Export(self, request, context):  # noqa: N802 - the proto's name
+        async def Export(self, request, context):  # the proto's method name
             for rs in request.resource_spans:
                 for attr in rs.resource.attributes:
                     if attr.key == "service.name":
