@@ -187,7 +187,6 @@ async def test_standard_otel_environment_variables(echo, tmp_path, channel_to,
                                                    monkeypatch) -> None:
     """OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME and
     OTEL_TRACES_SAMPLER configure tracing without touching the config file."""
-    collector = _Collector()
     names: list[str] = []
 
     class _Named(_Collector):
