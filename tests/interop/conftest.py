@@ -44,6 +44,8 @@ def interop_missing() -> str | None:
     for needed in (INTEROP_PYTHON, MLSERVER):
         if not os.access(needed, os.X_OK):
             return f"{needed} is missing: run `bash scripts/interop_env.sh` to build .venv-interop"
+    if not (INTEROP_VENV / ".installed").exists():
+        return f"{INTEROP_VENV} is half built: run `bash scripts/interop_env.sh` again"
     return None
 
 
