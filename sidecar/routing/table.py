@@ -202,6 +202,8 @@ class RouteTable:
                     record_bytes=config.storage.record_bytes and route.redact is None,
                     redactor=_redactor(route, redaction_keys),
                     contract=(contracts or {}).get(route.match),
+                    plain=(route.codec == "raw" and route.redact is None
+                           and route.contract is None and not config.storage.record_bytes),
                 ),
             )
             if route.contract is not None and route.contract.mode == "enforce":

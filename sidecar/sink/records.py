@@ -32,6 +32,8 @@ class Decoding(NamedTuple):
     redactor: Redactor | None = None
     contract: Any = None
     compare_fields: tuple[str, ...] = ()
+    #: Nothing to decode, check, redact or keep: the writer builds its columns in bulk.
+    plain: bool = False
 
 
 class RequestRecord(NamedTuple):

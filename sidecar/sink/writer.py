@@ -58,6 +58,8 @@ def _violations_json(found: Sequence[Any] | None) -> str | None:
 
 
 def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
+    if all(r.decoding.plain and r.violations is None and r.imputed is None for r in rows):
+        return _plain_requests(rows)
     inputs: list[list[dict[str, Any]] | None] = []
     raw: list[bytes | None] = []
     contracts: list[str | None] = []
@@ -132,7 +134,64 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
     )
 
 
+def _plain_requests(rows: Sequence[RequestRecord]) -> pa.Table:
+    """Raw routes with nothing to decode, check or keep: every column in bulk."""
+    n = len(rows)
+    cols = list(zip(*rows, strict=True))
+    f = RequestRecord._fields
+    return pa.table({
+        "request_id": pa.array(cols[f.index("request_id")], pa.string()),
+        "ts": _timestamps(cols[f.index("ts")]),
+        "route": pa.array(cols[f.index("route")], pa.string()),
+        "method": pa.array(cols[f.index("method")], pa.string()),
+        "unit_id": pa.array(cols[f.index("unit_id")], pa.string()),
+        "experiment": pa.array(cols[f.index("experiment")], pa.string()),
+        "variant": pa.array(cols[f.index("variant")], pa.string()),
+        "exposed": pa.array(cols[f.index("exposed")], pa.bool_()),
+        "config_version": pa.array(cols[f.index("config_version")], pa.string()),
+        "trace_id": pa.array(cols[f.index("trace_id")], pa.string()),
+        "span_id": pa.array(cols[f.index("span_id")], pa.string()),
+        "status": pa.array(cols[f.index("status")], pa.string()),
+        "latency_ms": pa.array(cols[f.index("latency_ms")], pa.float64()),
+        "request_size": pa.array([len(b) for b in cols[f.index("request")]], pa.int32()),
+    }).append_column("inputs", pa.nulls(n, _TENSORS))
+
+
+def _plain_calls(rows: Sequence[CallRecord], on_call: CallObserver | None) -> pa.Table:
+    """Raw routes with nothing to decode, check or keep: every column in bulk."""
+    if on_call is not None:
+        for row in rows:
+            on_call(row, None, None)
+    cols = list(zip(*rows, strict=True))
+    f = CallRecord._fields
+    responses = cols[f.index("response")]
+    return pa.table({
+        "request_id": pa.array(cols[f.index("request_id")], pa.string()),
+        "ts": _timestamps(cols[f.index("ts")]),
+        "route": pa.array(cols[f.index("route")], pa.string()),
+        "method": pa.array(cols[f.index("method")], pa.string()),
+        "backend": pa.array(cols[f.index("backend")], pa.string()),
+        "backend_version": pa.array(cols[f.index("backend_version")], pa.string()),
+        "role": pa.array(cols[f.index("role")], pa.string()),
+        "served": pa.array(cols[f.index("served")], pa.bool_()),
+        "status": pa.array(cols[f.index("status")], pa.string()),
+        "latency_ms": pa.array(cols[f.index("latency_ms")], pa.float64()),
+        "request_size": pa.array(cols[f.index("request_size")], pa.int32()),
+        "response_size": pa.array(
+            [None if r is None else len(r) for r in responses], pa.int32()),
+        "error": pa.array(cols[f.index("error")], pa.string()),
+        "response_hash": pa.array(
+            [None if r is None else hashlib.blake2b(r, digest_size=8).hexdigest()
+             for r in responses], pa.string()),
+        "config_version": pa.array(cols[f.index("config_version")], pa.string()),
+        "messages": pa.array(cols[f.index("messages")], pa.int32()),
+        "first_message_ms": pa.array(cols[f.index("first_message_ms")], pa.float64()),
+    })
+
+
 def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None) -> pa.Table:
+    if all(r.decoding.plain for r in rows):
+        return _plain_calls(rows, on_call)
     outputs: list[list[dict[str, Any]] | None] = []
     output: list[list[float] | None] = []
     score: list[float | None] = []

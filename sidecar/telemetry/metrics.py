@@ -43,6 +43,7 @@ class Metrics:
     def __init__(self, settings: TelemetryConfig, sidecar: Sidecar) -> None:
         self._sidecar = sidecar
         self._reader = InMemoryMetricReader()
+        self._latency_attrs: dict[tuple[str, str, str], dict[str, str]] = {}
         readers: list[MetricReader] = [self._reader]
         if settings.metrics.otlp:
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
@@ -215,7 +216,12 @@ class Metrics:
 
     def observe_call(self, route: str, backend: str, role: str, latency_ms: float) -> None:
         """Called by the writer thread for each recorded call."""
-        self.call_latency.record(latency_ms, {"route": route, "backend": backend, "role": role})
+        key = (route, backend, role)
+        attrs = self._latency_attrs.get(key)
+        if attrs is None:  # one attributes mapping per series, built once
+            attrs = self._latency_attrs[key] = {"route": route, "backend": backend,
+                                                "role": role}
+        self.call_latency.record(latency_ms, attrs)
 
     def shutdown(self) -> None:
         self.provider.shutdown()
