@@ -101,60 +101,67 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
             tensors = dec.redactor.tensors(tensors)
         inputs.append(tensors)
         raw.append(row.request if dec.record_bytes else None)
-    cols = list(zip(*rows, strict=True))
-    f = RequestRecord._fields
-    units = list(cols[f.index("unit_id")])
+    units = [r.unit_id for r in rows]
     for i, row in enumerate(rows):
         red = row.decoding.redactor
         if red is not None and red.unit:
             units[i] = red.value(units[i])
-    return pa.table(
-        {
-            "request_id": pa.array(cols[f.index("request_id")], pa.string()),
-            "ts": _timestamps(cols[f.index("ts")]),
-            "route": pa.array(cols[f.index("route")], pa.string()),
-            "method": pa.array(cols[f.index("method")], pa.string()),
-            "unit_id": pa.array(units, pa.string()),
-            "experiment": pa.array(cols[f.index("experiment")], pa.string()),
-            "variant": pa.array(cols[f.index("variant")], pa.string()),
-            "exposed": pa.array(cols[f.index("exposed")], pa.bool_()),
-            "config_version": pa.array(cols[f.index("config_version")], pa.string()),
-            "trace_id": pa.array(cols[f.index("trace_id")], pa.string()),
-            "span_id": pa.array(cols[f.index("span_id")], pa.string()),
-            "status": pa.array(cols[f.index("status")], pa.string()),
-            "latency_ms": pa.array(cols[f.index("latency_ms")], pa.float64()),
-            "request_size": pa.array([len(r.request) for r in rows], pa.int32()),
-            "request_bytes": pa.array(raw, pa.binary()),
-            "inputs": pa.array(inputs, _TENSORS),
-            "contract": pa.array(contracts, pa.string()),
-            "violations": pa.array(violations, pa.string()),
-            "imputed": pa.array(imputed, pa.string()),
-            "request_json": pa.array(request_jsons, pa.string()),
-        }
-    )
+    columns = _request_columns(rows)
+    columns.update({
+        "unit_id": pa.array(units, pa.string()),
+        "request_bytes": pa.array(raw, pa.binary()),
+        "inputs": pa.array(inputs, _TENSORS),
+        "contract": pa.array(contracts, pa.string()),
+        "violations": pa.array(violations, pa.string()),
+        "imputed": pa.array(imputed, pa.string()),
+        "request_json": pa.array(request_jsons, pa.string()),
+    })
+    return pa.table(columns)
+
+
+_REQUEST_TEXT = ("request_id", "route", "method", "experiment", "variant", "config_version",
+                 "trace_id", "span_id", "status")
+_CALL_TEXT = ("request_id", "route", "method", "backend", "backend_version", "role", "status",
+              "config_version")
+
+
+def _request_columns(rows: Sequence[RequestRecord]) -> dict[str, pa.Array]:
+    """The columns every requests batch has, straight from the records."""
+    cols = dict(zip(RequestRecord._fields, zip(*rows, strict=True), strict=True))
+    out: dict[str, pa.Array] = {name: pa.array(cols[name], pa.string()) for name in _REQUEST_TEXT}
+    out["ts"] = _timestamps(cols["ts"])
+    out["unit_id"] = pa.array(cols["unit_id"], pa.string())
+    out["exposed"] = pa.array(cols["exposed"], pa.bool_())
+    out["latency_ms"] = pa.array(cols["latency_ms"], pa.float64())
+    out["request_size"] = pa.array([len(b) for b in cols["request"]], pa.int32())
+    return out
+
+
+def _call_columns(rows: Sequence[CallRecord]) -> dict[str, pa.Array]:
+    """The columns every calls batch has, straight from the records."""
+    cols = dict(zip(CallRecord._fields, zip(*rows, strict=True), strict=True))
+    responses = cols["response"]
+    out: dict[str, pa.Array] = {name: pa.array(cols[name], pa.string()) for name in _CALL_TEXT}
+    out["ts"] = _timestamps(cols["ts"])
+    out["served"] = pa.array(cols["served"], pa.bool_())
+    out["latency_ms"] = pa.array(cols["latency_ms"], pa.float64())
+    out["request_size"] = pa.array(cols["request_size"], pa.int32())
+    out["response_size"] = pa.array([None if r is None else len(r) for r in responses],
+                                    pa.int32())
+    out["error"] = pa.array(cols["error"], pa.string())
+    out["response_hash"] = pa.array(
+        [None if r is None else hashlib.blake2b(r, digest_size=8).hexdigest()
+         for r in responses], pa.string())
+    out["messages"] = pa.array(cols["messages"], pa.int32())
+    out["first_message_ms"] = pa.array(cols["first_message_ms"], pa.float64())
+    return out
 
 
 def _plain_requests(rows: Sequence[RequestRecord]) -> pa.Table:
     """Raw routes with nothing to decode, check or keep: every column in bulk."""
-    n = len(rows)
-    cols = list(zip(*rows, strict=True))
-    f = RequestRecord._fields
-    return pa.table({
-        "request_id": pa.array(cols[f.index("request_id")], pa.string()),
-        "ts": _timestamps(cols[f.index("ts")]),
-        "route": pa.array(cols[f.index("route")], pa.string()),
-        "method": pa.array(cols[f.index("method")], pa.string()),
-        "unit_id": pa.array(cols[f.index("unit_id")], pa.string()),
-        "experiment": pa.array(cols[f.index("experiment")], pa.string()),
-        "variant": pa.array(cols[f.index("variant")], pa.string()),
-        "exposed": pa.array(cols[f.index("exposed")], pa.bool_()),
-        "config_version": pa.array(cols[f.index("config_version")], pa.string()),
-        "trace_id": pa.array(cols[f.index("trace_id")], pa.string()),
-        "span_id": pa.array(cols[f.index("span_id")], pa.string()),
-        "status": pa.array(cols[f.index("status")], pa.string()),
-        "latency_ms": pa.array(cols[f.index("latency_ms")], pa.float64()),
-        "request_size": pa.array([len(b) for b in cols[f.index("request")]], pa.int32()),
-    }).append_column("inputs", pa.nulls(n, _TENSORS))
+    columns = _request_columns(rows)
+    columns["inputs"] = pa.nulls(len(rows), _TENSORS)
+    return pa.table(columns)
 
 
 def _plain_calls(rows: Sequence[CallRecord], on_call: CallObserver | None) -> pa.Table:
@@ -162,31 +169,7 @@ def _plain_calls(rows: Sequence[CallRecord], on_call: CallObserver | None) -> pa
     if on_call is not None:
         for row in rows:
             on_call(row, None, None)
-    cols = list(zip(*rows, strict=True))
-    f = CallRecord._fields
-    responses = cols[f.index("response")]
-    return pa.table({
-        "request_id": pa.array(cols[f.index("request_id")], pa.string()),
-        "ts": _timestamps(cols[f.index("ts")]),
-        "route": pa.array(cols[f.index("route")], pa.string()),
-        "method": pa.array(cols[f.index("method")], pa.string()),
-        "backend": pa.array(cols[f.index("backend")], pa.string()),
-        "backend_version": pa.array(cols[f.index("backend_version")], pa.string()),
-        "role": pa.array(cols[f.index("role")], pa.string()),
-        "served": pa.array(cols[f.index("served")], pa.bool_()),
-        "status": pa.array(cols[f.index("status")], pa.string()),
-        "latency_ms": pa.array(cols[f.index("latency_ms")], pa.float64()),
-        "request_size": pa.array(cols[f.index("request_size")], pa.int32()),
-        "response_size": pa.array(
-            [None if r is None else len(r) for r in responses], pa.int32()),
-        "error": pa.array(cols[f.index("error")], pa.string()),
-        "response_hash": pa.array(
-            [None if r is None else hashlib.blake2b(r, digest_size=8).hexdigest()
-             for r in responses], pa.string()),
-        "config_version": pa.array(cols[f.index("config_version")], pa.string()),
-        "messages": pa.array(cols[f.index("messages")], pa.int32()),
-        "first_message_ms": pa.array(cols[f.index("first_message_ms")], pa.float64()),
-    })
+    return pa.table(_call_columns(rows))
 
 
 def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None) -> pa.Table:
@@ -250,42 +233,18 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
             on_call(row, score[-1], label[-1])
         errors.append(error)
         raw.append(row.response if dec.record_bytes else None)
-    cols = list(zip(*rows, strict=True))
-    f = CallRecord._fields
-    return pa.table(
-        {
-            "request_id": pa.array(cols[f.index("request_id")], pa.string()),
-            "ts": _timestamps(cols[f.index("ts")]),
-            "route": pa.array(cols[f.index("route")], pa.string()),
-            "method": pa.array(cols[f.index("method")], pa.string()),
-            "backend": pa.array(cols[f.index("backend")], pa.string()),
-            "backend_version": pa.array(cols[f.index("backend_version")], pa.string()),
-            "role": pa.array(cols[f.index("role")], pa.string()),
-            "served": pa.array(cols[f.index("served")], pa.bool_()),
-            "status": pa.array(cols[f.index("status")], pa.string()),
-            "latency_ms": pa.array(cols[f.index("latency_ms")], pa.float64()),
-            "request_size": pa.array(cols[f.index("request_size")], pa.int32()),
-            "response_size": pa.array(
-                [None if r.response is None else len(r.response) for r in rows], pa.int32()
-            ),
-            "response_bytes": pa.array(raw, pa.binary()),
-            "error": pa.array(errors, pa.string()),
-            "outputs": pa.array(outputs, _TENSORS),
-            "output": pa.array(output, pa.list_(pa.float64())),
-            "score": pa.array(score, pa.float64()),
-            "label": pa.array(label, pa.string()),
-            "config_version": pa.array(cols[f.index("config_version")], pa.string()),
-            "violations": pa.array(out_violations, pa.string()),
-            "response_json": pa.array(response_jsons, pa.string()),
-            "response_hash": pa.array(
-                [None if r.response is None else
-                 hashlib.blake2b(r.response, digest_size=8).hexdigest() for r in rows],
-                pa.string(),
-            ),
-            "messages": pa.array(cols[f.index("messages")], pa.int32()),
-            "first_message_ms": pa.array(cols[f.index("first_message_ms")], pa.float64()),
-        }
-    )
+    columns = _call_columns(rows)
+    columns.update({
+        "response_bytes": pa.array(raw, pa.binary()),
+        "error": pa.array(errors, pa.string()),
+        "outputs": pa.array(outputs, _TENSORS),
+        "output": pa.array(output, pa.list_(pa.float64())),
+        "score": pa.array(score, pa.float64()),
+        "label": pa.array(label, pa.string()),
+        "violations": pa.array(out_violations, pa.string()),
+        "response_json": pa.array(response_jsons, pa.string()),
+    })
+    return pa.table(columns)
 
 
 def _plain_table(rows: Sequence[Any]) -> pa.Table:
