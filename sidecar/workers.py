@@ -9,7 +9,6 @@ Canaries and triggers decide from one process's data, so they need ``--workers 1
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -109,6 +108,3 @@ def run_supervisor(config_path: str, workers: int, argv_extra: list[str]) -> int
         code = code or 1
     return code
 
-
-def worker_pids() -> int:
-    return os.getpid()

@@ -138,9 +138,6 @@ class Backend:
             return False
         return True
 
-    def connectivity(self) -> grpc.ChannelConnectivity:
-        return self._channel.get_state(try_to_connect=False)
-
     async def aclose(self, grace: float | None = None) -> None:
         if self._closed:
             return

@@ -289,10 +289,6 @@ class DuckDBSink:
                 finally:
                     con.close()
 
-    def flush_now(self) -> None:
-        """Ask the writer to flush at once (used by tests and the admin API)."""
-        self._wake.set()
-
     def wait_flushed(self, timeout: float = 5.0) -> bool:
         """Block (in a worker thread) until every record accepted before the call is
         written or dropped; True when that happened within ``timeout``."""

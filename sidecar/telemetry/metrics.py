@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -225,6 +225,3 @@ class Metrics:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"pairs": self._sidecar.health.pairs()}
