@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -113,17 +113,12 @@ class StreamForwarder:
         if trailing:
             context.set_trailing_metadata(trailing)
 
-    async def server_stream(
-        self, plan: RoutePlan, method: str, request: bytes, context: Context
+    async def _answer_stream(
+        self, plan: RoutePlan, method: str, backend: Backend, call: Any, context: Context,
+        rid: str, arrived: float, t0: float, request_bytes: Callable[[], bytes],
     ) -> AsyncIterator[bytes]:
-        arrived, t0 = time.time(), time.perf_counter()
-        plan.requests += 1
-        metadata, rid = forward_metadata(context.invocation_metadata() or ())
-        backend = plan.primary
-        self._mirror(plan, method, request, metadata, rid, backend)
-        call = backend.stream("server", method)(
-            request, timeout=self._timeout(plan, context), metadata=metadata
-        )
+        """Relay the backend's stream to the caller (its status too), then record both
+        sides; ``request_bytes`` is read at the end, once a client stream is complete."""
         tally = _Tally(t0)
         status, details = "CANCELLED", None
         try:
@@ -136,9 +131,26 @@ class StreamForwarder:
                                 reply_metadata(tuple(err.trailing_metadata() or ())))
         finally:
             call.cancel()
-            self._record_request(plan, method, rid, arrived, t0, request, status)
-            self._record(plan, method, backend, "primary", True, rid, arrived, t0, request,
+            sent = request_bytes()
+            self._record_request(plan, method, rid, arrived, t0, sent, status)
+            self._record(plan, method, backend, "primary", True, rid, arrived, t0, sent,
                          tally, status, details)
+
+    async def server_stream(
+        self, plan: RoutePlan, method: str, request: bytes, context: Context
+    ) -> AsyncIterator[bytes]:
+        arrived, t0 = time.time(), time.perf_counter()
+        plan.requests += 1
+        metadata, rid = forward_metadata(context.invocation_metadata() or ())
+        backend = plan.primary
+        self._mirror(plan, method, request, metadata, rid, backend)
+        call = backend.stream("server", method)(
+            request, timeout=self._timeout(plan, context), metadata=metadata
+        )
+        async for message in self._answer_stream(
+            plan, method, backend, call, context, rid, arrived, t0, lambda: request
+        ):
+            yield message
 
     async def client_stream(
         self, plan: RoutePlan, method: str, requests: AsyncIterator[bytes], context: Context
@@ -187,21 +199,10 @@ class StreamForwarder:
         call = backend.stream("bidi", method)(
             _counted(requests, sent), timeout=self._timeout(plan, context), metadata=metadata
         )
-        tally = _Tally(t0)
-        status, details = "CANCELLED", None
-        try:
-            async for message in self._relay(call, context, rid, tally):
-                yield message
-            status = "OK"
-        except grpc.aio.AioRpcError as err:
-            status, details = err.code().name, err.details()
-            await context.abort(err.code(), err.details() or "",
-                                reply_metadata(tuple(err.trailing_metadata() or ())))
-        finally:
-            call.cancel()
-            self._record_request(plan, method, rid, arrived, t0, sent.data, status)
-            self._record(plan, method, backend, "primary", True, rid, arrived, t0, sent.data,
-                         tally, status, details)
+        async for message in self._answer_stream(
+            plan, method, backend, call, context, rid, arrived, t0, lambda: sent.data
+        ):
+            yield message
 
     # -- mirroring of server streams -------------------------------------------------
     def _mirror(
