@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from analysis.divergence import DivergenceReport, PairDivergence, analyze_divergence
-from analysis.drift import DriftReport, FeatureDrift, analyze_drift
-from analysis.load import AnalysisSourceError, open_source, parse_time, time_filter
-from analysis.report import render
-
 if TYPE_CHECKING:
+    from analysis.divergence import DivergenceReport, PairDivergence, analyze_divergence
+    from analysis.drift import DriftReport, FeatureDrift, analyze_drift
     from analysis.experiment import ExperimentReport, analyze_experiments
+    from analysis.load import AnalysisSourceError, open_source, parse_time, time_filter
+    from analysis.report import render
 
 __all__ = [
     "AnalysisSourceError",
@@ -31,13 +30,29 @@ __all__ = [
     "time_filter",
 ]
 
-_LAZY = {"ExperimentReport", "analyze_experiments"}
+#: Each public name's module, imported on first use: ``sidecar serve`` builds its command
+#: line with ``analysis.cli`` and must not load scipy for it.
+_LAZY = {
+    **dict.fromkeys(("DivergenceReport", "PairDivergence", "analyze_divergence"),
+                    "analysis.divergence"),
+    **dict.fromkeys(("DriftReport", "FeatureDrift", "analyze_drift"), "analysis.drift"),
+    **dict.fromkeys(("ExperimentReport", "analyze_experiments"), "analysis.experiment"),
+    **dict.fromkeys(("AnalysisSourceError", "open_source", "parse_time", "time_filter"),
+                    "analysis.load"),
+    "render": "analysis.report",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The experiment module is imported on first use, so this package works without it.
-    if name in _LAZY:
-        from analysis import experiment
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    import importlib
 
-        return getattr(experiment, name)
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

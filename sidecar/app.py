@@ -13,14 +13,13 @@ import json
 import logging
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from sidecar.admin import AdminServer
 from sidecar.assignment import UnitKey
 from sidecar.backends import Backend
 from sidecar.backends.tls import backend_credentials, server_credentials
@@ -29,9 +28,7 @@ from sidecar.config import BackendConfig, LoadedConfig, canonical_json
 from sidecar.config.experiments import CanaryConfig
 from sidecar.config.reload import check_reload
 from sidecar.errors import ConfigError, ShadowcarError
-from sidecar.export import PeriodicExport
 from sidecar.mirror import Mirror
-from sidecar.notify import WebhookNotifier
 from sidecar.outcomes import OutcomeIngest, add_feedback_service
 from sidecar.routing import RoutePlan, RouteTable
 from sidecar.server import Dispatch, ProxyHandler
@@ -39,6 +36,11 @@ from sidecar.server.forwarding import CallCounts
 from sidecar.sink import AuditRecord, CallRecord, CanaryStateRecord, DuckDBSink
 from sidecar.telemetry import Metrics, ModelHealth, Tracing
 from sidecar.telemetry.tracing import host_port
+
+if TYPE_CHECKING:  # imported where configured: a sidecar without them never loads aiohttp
+    from sidecar.admin import AdminServer
+    from sidecar.export import PeriodicExport
+    from sidecar.notify import WebhookNotifier
 
 __all__ = ["Sidecar"]
 
@@ -81,12 +83,16 @@ class Sidecar:
         self.metrics = Metrics(cfg.telemetry, self)
         self.sink = DuckDBSink(cfg.storage, on_call=self._observe_call)
         self.sink.on_flush = self.metrics.flush_duration.record
-        self.export = (
-            PeriodicExport(cfg.storage.export, self.sink) if cfg.storage.export.dir else None
-        )
+        self.export: PeriodicExport | None = None
+        if cfg.storage.export.dir:
+            from sidecar.export import PeriodicExport
+
+            self.export = PeriodicExport(cfg.storage.export, self.sink)
         self.notifier: WebhookNotifier | None = None
         n = cfg.notify
         if n.webhook:
+            from sidecar.notify import WebhookNotifier
+
             self.notifier = WebhookNotifier(
                 n.webhook, timeout_s=n.timeout_s, retries=n.retries, backoff_s=n.backoff_s,
                 queue_size=n.queue_size,
@@ -381,6 +387,8 @@ class Sidecar:
             self._triggers_task = asyncio.get_running_loop().create_task(self._trigger_loop())
         self._start_canary_tasks()
         if cfg.admin.listen is not None:
+            from sidecar.admin import AdminServer
+
             self.admin = AdminServer(self, cfg.admin.listen)
             await self.admin.start()
         log.info(

@@ -53,3 +53,27 @@ async def test_models_lists_versions_with_provenance(echo, tmp_path: Path,
     assert model["roles"]["primary"]["calls"] == 1
     table = _sidecar("models", "--db", str(db))
     assert table.returncode == 0 and "fraud-v7" in table.stdout
+
+
+def test_serving_does_not_load_what_only_reports_need() -> None:
+    """`sidecar serve` builds the whole command line and the app; neither may pull in the
+    statistics stack, aiohttp (no admin configured) or rich: each costs memory in every
+    sidecar process and startup time (scipy alone was ~70 MB and a second)."""
+    heavy = ("scipy", "statsmodels", "pandas", "aiohttp", "rich", "pyarrow.compute",
+             "analysis.divergence", "sidecar.gold.runner", "sidecar.replay.runner")
+    probe = (
+        "import sys, sidecar.cli, sidecar.app; sidecar.cli.build_parser(); "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == ""
+    # and the lazy names still resolve where a command needs them
+    check = ("import analysis, sidecar.gold, sidecar.replay, sidecar.export, sidecar.outcomes; "
+             "print(analysis.analyze_divergence.__module__, sidecar.gold.run_gold.__module__, "
+             "sidecar.replay.ReplayStore.__module__, sidecar.export.SegmentExporter.__module__, "
+             "sidecar.outcomes.MAX_BODY_BYTES > 0)")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out == ["analysis.divergence", "sidecar.gold.cli", "sidecar.replay.store",
+                   "sidecar.export.exporter", "True"]

@@ -7,13 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from sidecar.gold.capture import capture
-from sidecar.gold.cases import DEFAULT_METHOD, GoldFileError, load_cases
-from sidecar.gold.runner import print_results, record_run, run_cases
+if TYPE_CHECKING:  # the rest is imported when a gold command runs, not to build the parser
+    from rich.console import Console
 
 __all__ = ["add_gold_parser", "run_gold"]
 
@@ -29,7 +26,7 @@ def add_gold_parser(subparsers: Any) -> argparse.ArgumentParser:
     run.add_argument("--set", dest="gold_set", required=True, metavar="FILE",
                      help="gold set: .jsonl (one case per line) or .parquet")
     run.add_argument("--target", required=True, metavar="HOST:PORT", help="model or sidecar")
-    run.add_argument("--method", default=DEFAULT_METHOD,
+    run.add_argument("--method", default=None,
                      help="gRPC method of cases that name none (default: OIP ModelInfer)")
     run.add_argument("--codec", choices=("oip", "raw"), default="oip",
                      help="how answers are decoded (raw compares response_b64 only)")
@@ -60,6 +57,10 @@ def add_gold_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_gold(args: argparse.Namespace) -> int:
     """Run ``sidecar gold run|capture`` from parsed arguments; return the exit code."""
+    from rich.console import Console
+
+    from sidecar.gold.cases import GoldFileError
+
     console = Console()
     try:
         if args.gold_command == "capture":
@@ -71,7 +72,11 @@ def run_gold(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    cases = load_cases(args.gold_set, method=args.method, atol=args.atol, rtol=args.rtol)
+    from sidecar.gold.cases import DEFAULT_METHOD, GoldFileError, load_cases
+    from sidecar.gold.runner import print_results, record_run, run_cases
+
+    cases = load_cases(args.gold_set, method=args.method or DEFAULT_METHOD, atol=args.atol,
+                       rtol=args.rtol)
     if args.concurrency < 1:
         raise GoldFileError("--concurrency must be at least 1")
     try:
@@ -90,6 +95,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _capture(args: argparse.Namespace, console: Console) -> int:
+    from sidecar.gold.capture import capture
+
     result = capture(args.source, args.route, args.output, n=args.n, stratify=args.stratify,
                      atol=args.atol, rtol=args.rtol, seed=args.seed)
     strata = ", ".join(f"{k}: {v}" for k, v in sorted(result.strata.items()))

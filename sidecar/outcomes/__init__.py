@@ -1,11 +1,15 @@
 """Outcome feedback: later observed results (a click, a label) for a unit or a request.
 
 One core (:class:`OutcomeIngest`) validates and stores batches; ``grpc_service`` and ``http``
-are thin transports over it.
+are thin transports over it. The HTTP one (aiohttp) is imported on first use.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sidecar._lazy import lazy_exports
 from sidecar.outcomes.grpc_service import FeedbackServicer, add_feedback_service
-from sidecar.outcomes.http import MAX_BODY_BYTES, handle_post_outcomes
 from sidecar.outcomes.ingest import (
     EVENT_FIELDS,
     BatchTooLarge,
@@ -15,6 +19,9 @@ from sidecar.outcomes.ingest import (
     OutcomeSink,
     Rejection,
 )
+
+if TYPE_CHECKING:
+    from sidecar.outcomes.http import MAX_BODY_BYTES, handle_post_outcomes
 
 __all__ = [
     "EVENT_FIELDS",
@@ -29,3 +36,8 @@ __all__ = [
     "add_feedback_service",
     "handle_post_outcomes",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__, globals(), dict.fromkeys(("MAX_BODY_BYTES", "handle_post_outcomes"),
+                                       "sidecar.outcomes.http")
+)

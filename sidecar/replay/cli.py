@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:  # the rest is imported when a replay runs, not to build the parser
+    from rich.console import Console
 
-from sidecar.replay.runner import ReplayOptions, ReplayResult, default_out, new_run_id, replay
-from sidecar.replay.source import ReplayInputError
+    from sidecar.replay.runner import ReplayOptions, ReplayResult
 
 __all__ = ["add_replay_parser", "options_from_args", "run_replay"]
 
@@ -55,6 +55,8 @@ def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> ReplayOptions:
+    from sidecar.replay.runner import ReplayOptions, default_out, new_run_id
+
     run_id = args.run_id or new_run_id()
     return ReplayOptions(
         source=args.source, route=args.route, target=args.target,
@@ -80,6 +82,11 @@ def _summary(result: ReplayResult, console: Console) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Run ``sidecar replay`` from parsed arguments; return the exit code."""
+    from rich.console import Console
+
+    from sidecar.replay.runner import replay
+    from sidecar.replay.source import ReplayInputError
+
     console = Console(stderr=True)
     try:
         options = options_from_args(args)
