@@ -22,6 +22,7 @@ from typing import Any
 from proxy_rig import (
     BENCH,
     REPO,
+    Bare,
     Echo,
     Sidecar,
     h2load,
@@ -33,7 +34,7 @@ from proxy_rig import (
     tree_hash,
 )
 
-SCENARIOS = ("direct", "passthrough", "shadow", "slow_shadow")
+SCENARIOS = ("direct", "bare", "passthrough", "shadow", "slow_shadow")
 UNTRACED = {"telemetry": {"traces": {"sample_ratio": 0}}}
 
 
@@ -76,6 +77,13 @@ def targets(summary: dict[str, Any], soak: dict[str, Any] | None) -> list[dict[s
         out.append({"target": name, "value": value, "pass": ok})
 
     pt, sh, sl = (summary.get(s, {}) for s in ("passthrough", "shadow", "slow_shadow"))
+    bare = summary.get("bare", {})
+    for c in sorted(set(pt) & set(bare), key=int):
+        # the performance issue: the full sidecar must beat the minimal proxy
+        v = round(pt[c]["rps"] / bare[c]["rps"], 3)
+        check(f"pass-through rps vs bare proxy @{c} (>= 1)", v, v >= 1.0)
+        d = round(pt[c]["p50_ms"] - bare[c]["p50_ms"], 3)
+        check(f"pass-through p50 minus bare proxy p50 @{c} ms (<= 0)", d, d <= 0)
     if "16" in pt:
         v = pt["16"]["rps_x_direct"]
         check("pass-through rps >= 0.33x direct @16", v, v >= 0.33)
@@ -217,7 +225,7 @@ def main() -> int:
     }
 
     echoes: dict[str, Echo] = {}
-    sidecars: dict[str, Sidecar] = {}
+    sidecars: dict[str, Sidecar | Bare] = {}
     results: dict[str, dict[int, list[dict[str, Any]]]] = {s: {} for s in scenarios}
     soak: dict[str, Any] | None = None
     checks: dict[str, Any] = {}
@@ -242,7 +250,11 @@ def main() -> int:
             else None,
         }
         for scen in scenarios:
-            if scen != "direct":
+            if scen == "bare":
+                sidecars[scen] = Bare.start(primary)
+                time.sleep(1.0)
+                checks[scen] = {"rss_idle_mb": round(rss_mb(sidecars[scen].proc.pid), 1)}
+            elif scen != "direct":
                 variant, extra = args.variant, json.loads(args.config_extra)
                 if scen.startswith("pt:"):
                     knobs = scen[3:].split("+")
@@ -280,8 +292,9 @@ def main() -> int:
                         f"cpu {r['cpu_cores']} load {r['load1']:.2f}",
                         flush=True,
                     )
-        if args.profile and "passthrough" in sidecars:
-            meta["profile"] = profile(sidecars["passthrough"], data, args, workdir)
+        pt = sidecars.get("passthrough")
+        if args.profile and isinstance(pt, Sidecar):
+            meta["profile"] = profile(pt, data, args, workdir)
         if "slow_shadow" in sidecars:
             sc = sidecars["slow_shadow"]
             soak = rss_soak(sc.port, sc.proc.pid, data, args, workdir)
@@ -294,6 +307,9 @@ def main() -> int:
         for scen, sc in sidecars.items():
             rss_end = rss_mb(sc.proc.pid)
             code = sc.stop()
+            if isinstance(sc, Bare):  # records nothing: h2load and the gRPC sample check it
+                checks[scen].update({"exit_code": code, "rss_end_mb": round(rss_end, 1)})
+                continue
             windows = [r["window"] for c in levels for r in results[scen][c]]
             per = recorded(sc.db, windows)
             i = 0

@@ -94,6 +94,35 @@ class Echo:
 
 
 @dataclass
+class Bare:
+    """``bench/bare_proxy.py``: the minimal raw-bytes proxy the sidecar is compared with."""
+
+    name: str
+    proc: subprocess.Popen[str]
+    port: int
+
+    @classmethod
+    def start(cls, primary: int) -> Bare:
+        proc = subprocess.Popen(
+            [str(PY), str(BENCH / "bare_proxy.py"), "--target", f"127.0.0.1:{primary}"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("READY "):
+            proc.kill()
+            raise RuntimeError(f"bare proxy did not start: {line!r}")
+        return cls("bare", proc, int(line.split()[1]))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=20)
+        return self.proc.returncode
+
+
+@dataclass
 class Sidecar:
     """``sidecar serve`` on a temp YAML config, recording to a temp DuckDB file."""
 
@@ -132,7 +161,8 @@ class Sidecar:
         config = {
             "listen": f"127.0.0.1:{port}",
             "admin": {"listen": None},
-            "storage": {"path": str(db), "flush_interval_ms": 200},
+            "storage": {"path": str(db), "flush_interval_ms": 200,
+                        **json.loads(os.environ.get("BENCH_STORAGE", "{}"))},
             "backends": backends,
             "routes": [route],
             **(extra or {}),

@@ -64,7 +64,19 @@ def _no_record() -> None:
     DuckDBSink.record_call = lambda self, row: None  # type: ignore[method-assign]
 
 
-VARIANTS = {"trailing-id": _trailing_id, "no-record": _no_record}
+def _switch(ms: float) -> Callable[[], None]:
+    """The interpreter's GIL switch interval (default 5 ms): how long the event loop may wait
+    for the GIL while the recorder's thread holds it."""
+    return lambda: sys.setswitchinterval(ms / 1000)
+
+
+VARIANTS = {
+    "trailing-id": _trailing_id,
+    "no-record": _no_record,
+    "switch-1ms": _switch(1.0),
+    "switch-0.5ms": _switch(0.5),
+    "switch-0.2ms": _switch(0.2),
+}
 
 
 def main() -> int:
