@@ -85,7 +85,7 @@ class StorageConfig(_Model):
     duckdb_threads: int = Field(
         1, ge=1, le=64, description="DuckDB worker threads of the sink (keep the cores serving)"
     )
-    duckdb_memory_limit: str = Field("128MB", description="DuckDB memory limit of the sink")
+    duckdb_memory_limit: str = Field("64MB", description="DuckDB memory limit of the sink")
     export: ExportConfig = Field(
         default_factory=ExportConfig, description="fleet Parquet export (hive-partitioned)"
     )
