@@ -64,6 +64,27 @@ def _no_record() -> None:
     DuckDBSink.record_call = lambda self, row: None  # type: ignore[method-assign]
 
 
+def _no_insert() -> None:
+    """The writer builds every Arrow batch but skips DuckDB's INSERT (measurement only)."""
+    import sidecar.sink.duckdb_sink as sink_mod
+    import sidecar.sink.writer as writer_mod
+
+    def build_only(con: Any, table: str, rows: Any, on_call: Any = None) -> None:
+        if table == "calls":
+            writer_mod._calls_table(rows, on_call)
+        elif table == "requests":
+            writer_mod._requests_table(rows)
+
+    sink_mod.write_batch = build_only  # type: ignore[assignment]
+
+
+def _no_observe() -> None:
+    """No per-call latency histogram or model-health update in the writer (measurement)."""
+    from sidecar.app import Sidecar
+
+    Sidecar._observe_call = lambda self, row, score, label: None  # type: ignore[method-assign]
+
+
 def _switch(ms: float) -> Callable[[], None]:
     """The interpreter's GIL switch interval (default 5 ms): how long the event loop may wait
     for the GIL while the recorder's thread holds it."""
@@ -73,6 +94,8 @@ def _switch(ms: float) -> Callable[[], None]:
 VARIANTS = {
     "trailing-id": _trailing_id,
     "no-record": _no_record,
+    "no-insert": _no_insert,
+    "no-observe": _no_observe,
     "switch-1ms": _switch(1.0),
     "switch-0.5ms": _switch(0.5),
     "switch-0.2ms": _switch(0.2),
