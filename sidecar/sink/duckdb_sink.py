@@ -29,7 +29,7 @@ from sidecar.sink.records import (
     RequestRecord,
 )
 from sidecar.sink.schema import migrate
-from sidecar.sink.writer import CallObserver, write_batch
+from sidecar.sink.writer import CallObserver, warm_up, write_batch
 
 __all__ = ["DuckDBSink", "SinkStats"]
 
@@ -98,6 +98,7 @@ class DuckDBSink:
             migrate(self._con)
         except (duckdb.Error, OSError, RuntimeError) as exc:
             raise SinkError(f"cannot open recording database {self._path}: {exc}") from exc
+        warm_up()
         self._thread = threading.Thread(target=self._run, name="shadowcar-sink", daemon=True)
         self._thread.start()
 

@@ -23,7 +23,7 @@ from sidecar.sink.records import (
     RequestRecord,
 )
 
-__all__ = ["CallObserver", "write_batch"]
+__all__ = ["CallObserver", "warm_up", "write_batch"]
 
 #: Called by the writer thread for each call written: (record, score, label).
 CallObserver = Callable[[CallRecord, float | None, str | None], None]
@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 # The writer builds many short-lived batches: the system allocator hands their memory back,
 # where Arrow's default pool would keep it (a sidecar's RSS must stay small and flat).
 pa.set_memory_pool(pa.system_memory_pool())
+
+
+def warm_up() -> None:
+    """pyarrow's first conversion of Python values looks for pandas and imports it when it
+    is installed (statsmodels requires it): ~0.2 s. Called when the sink opens, before the
+    sidecar serves, so the first write under traffic does not stall for it."""
+    _timestamps([0.0])
+    pa.array(["warm-up"], pa.string())
 
 _TENSOR = pa.struct(
     [
@@ -295,7 +303,7 @@ def write_batch(
         batch = _plain_table(rows)
     # DuckDB finds the Arrow table by this local's name (a replacement scan): a third cheaper
     # than register() + unregister(), which cost 0.5 ms a batch with the GIL held (measured).
-    _shadowcar_batch = batch  # noqa: F841 - read by the SQL below
+    _shadowcar_batch = batch  # read by name by the SQL below
     if table == "outcomes":
         con.execute(_OUTCOMES_INSERT).fetchall()
     else:
