@@ -36,6 +36,10 @@ from proxy_rig import (
 
 SCENARIOS = ("direct", "bare", "passthrough", "shadow", "slow_shadow")
 UNTRACED = {"telemetry": {"traces": {"sample_ratio": 0}}}
+#: ``--ab`` items that are config changes rather than sidecar_variant.py patches.
+CONFIG_KNOBS: dict[str, dict[str, Any]] = {
+    "untraced": UNTRACED,
+}
 
 
 # -- report ----------------------------------------------------------------------------
@@ -258,9 +262,9 @@ def main() -> int:
                 variant, extra = args.variant, json.loads(args.config_extra)
                 if scen.startswith("pt:"):
                     knobs = scen[3:].split("+")
-                    variant = ",".join(k for k in knobs if k != "untraced")
-                    if "untraced" in knobs:
-                        extra = {**extra, **UNTRACED}
+                    variant = ",".join(k for k in knobs if k not in CONFIG_KNOBS)
+                    for knob in knobs:
+                        extra = {**extra, **CONFIG_KNOBS.get(knob, {})}
                 sidecars[scen] = Sidecar.start(
                     scen.replace(":", "_").replace("+", "_"),
                     workdir,

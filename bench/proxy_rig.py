@@ -46,17 +46,44 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a sidecar's recorder child counts as the sidecar)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                pass
+    return out
+
+
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (whole process, all threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """User + system CPU seconds of ``pid`` and its children (all threads)."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """VmRSS of ``pid`` plus its children's, in MB."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            text = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024 if total else float("nan")
 
 
 #: Sidecar processes per scenario (env BENCH_WORKERS; `serve --workers`).
@@ -162,10 +189,11 @@ class Sidecar:
             "listen": f"127.0.0.1:{port}",
             "admin": {"listen": None},
             "storage": {"path": str(db), "flush_interval_ms": 200,
-                        **json.loads(os.environ.get("BENCH_STORAGE", "{}"))},
+                        **json.loads(os.environ.get("BENCH_STORAGE", "{}")),
+                        **(extra or {}).get("storage", {})},
             "backends": backends,
             "routes": [route],
-            **(extra or {}),
+            **{k: v for k, v in (extra or {}).items() if k != "storage"},
         }
         cfg.write_text(json.dumps(config, indent=1))  # JSON is YAML
         launcher = [str(SIDECAR)]
