@@ -18,7 +18,7 @@ from opentelemetry.trace import Span
 from sidecar.backends import Backend, CallOutcome, Metadata
 from sidecar.routing import RoutePlan, ShadowLane
 from sidecar.sink import CallRecord
-from sidecar.telemetry.tracing import Tracing, rpc_attributes
+from sidecar.telemetry.tracing import Tracing, call_attributes
 
 CallCounts = dict[tuple[str, str, str, str], int]
 
@@ -99,7 +99,7 @@ class Mirror:
             if self._tracing is not None and trace_parent is not None:
                 span, injected = self._tracing.start_client(
                     f"{lane.backend.name} {method[1:]}", trace_parent,
-                    {**lane.span_attributes, **rpc_attributes(method)},
+                    call_attributes(method, lane.backend.target, "shadow"),
                 )
                 lane_md = (*shadow_md, *injected)
             lane.in_flight += 1

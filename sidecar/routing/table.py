@@ -47,7 +47,6 @@ class ShadowLane:
     breaker_skipped: int = 0
     #: Set on the implicit lane that mirrors stable traffic to a canary's candidate.
     canary: CanaryController | None = None
-    _span_attributes: dict[str, object] | None = None
 
     @property
     def active(self) -> bool:
@@ -55,18 +54,6 @@ class ShadowLane:
         return self.canary is None or self.canary.state.state in (
             "running", "paused", "awaiting_approval"
         )
-
-    @property
-    def span_attributes(self) -> dict[str, object]:
-        """Client-span attributes of this lane, built once."""
-        attrs = self._span_attributes
-        if attrs is None:
-            host, _, port = self.backend.target.rpartition(":")
-            attrs = self._span_attributes = {
-                "rpc.system": "grpc", "server.address": host.strip("[]"), "server.port": int(port),
-                "shadowcar.role": "shadow", "shadowcar.shadow": True,
-            }
-        return attrs
 
     def counters(self) -> dict[str, int]:
         return {

@@ -22,7 +22,7 @@ from sidecar.routing import RoutePlan, RouteTable, sample_bucket
 from sidecar.routing.table import BUCKETS
 from sidecar.sink import CallRecord, DuckDBSink, RequestRecord
 from sidecar.telemetry.logs import current_request
-from sidecar.telemetry.tracing import TRACE_KEYS, Tracing, host_port, rpc_attributes
+from sidecar.telemetry.tracing import TRACE_KEYS, Tracing, call_attributes, rpc_attributes
 
 __all__ = [
     "HOP_BY_HOP",
@@ -121,29 +121,23 @@ class Dispatch:
         self.counts = counts
         self._tracing = tracing
         self._listen = listen
-        self._span_attrs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._server_attrs: dict[str, dict[str, Any]] = {}
         #: (route, experiment, variant) -> exposed requests; read by metrics.
         self.assignments: dict[tuple[str, str, str], int] = (
             assignments if assignments is not None else {}
         )
 
     def span_attributes(self, method: str, backend_target: str | None, role: str) -> dict[str, Any]:
-        """Prebuilt span attributes per (method, target) so the hot path only looks them up."""
-        key = (method, f"{backend_target}|{role}")
-        cached = self._span_attrs.get(key)
-        if cached is not None:
-            return cached
-        # typed wider than rpc_attributes' str values: ports are ints, the shadow flag a bool
-        attrs: dict[str, Any] = rpc_attributes(method)
-        if backend_target is None:
-            attrs["server.address"], attrs["server.port"] = self._listen
-        else:
-            host, port = host_port(backend_target)
-            attrs.update({"server.address": host, "server.port": port,
-                          "shadowcar.role": role, "shadowcar.shadow": role == "shadow"})
-        if len(self._span_attrs) < 10_000:
-            self._span_attrs[key] = attrs
-        return attrs
+        """Span attributes, prebuilt: of the server span (no target), else of a client call."""
+        if backend_target is not None:
+            return call_attributes(method, backend_target, role)
+        cached = self._server_attrs.get(method)
+        if cached is None:
+            host, port = self._listen
+            cached = {**rpc_attributes(method), "server.address": host, "server.port": port}
+            if len(self._server_attrs) < 10_000:  # method names come from callers
+                self._server_attrs[method] = cached
+        return cached
 
     async def forward(
         self,

@@ -7,6 +7,7 @@ collector costs neither memory nor the caller's latency.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -193,3 +194,15 @@ def rpc_attributes(method: str) -> dict[str, str]:
 def host_port(target: str) -> tuple[str, int]:
     host, _, port = target.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+@functools.lru_cache(maxsize=4096)
+def call_attributes(method: str, target: str, role: str) -> dict[str, Any]:
+    """Client-span attributes of a ``role`` call of ``method`` to ``target``, built once per
+    triple and shared: callers must not change the dict (spans copy their attributes)."""
+    host, port = host_port(target)
+    # typed wider than rpc_attributes' str values: ports are ints, the shadow flag a bool
+    attrs: dict[str, Any] = rpc_attributes(method)
+    attrs.update({"server.address": host, "server.port": port, "shadowcar.role": role,
+                  "shadowcar.shadow": role == "shadow"})
+    return attrs
