@@ -30,9 +30,8 @@ from sidecar.config.reload import check_reload
 from sidecar.errors import ConfigError, ShadowcarError
 from sidecar.mirror import Mirror
 from sidecar.outcomes import OutcomeIngest, add_feedback_service
-from sidecar.routing import RoutePlan, RouteTable
+from sidecar.routing import CallCounts, RoutePlan, RouteTable
 from sidecar.server import Dispatch, ProxyHandler
-from sidecar.server.forwarding import CallCounts
 from sidecar.sink import AuditRecord, CallRecord, CanaryStateRecord, DuckDBSink
 from sidecar.telemetry import Metrics, ModelHealth, Tracing
 from sidecar.telemetry.tracing import host_port

@@ -9,18 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
 from sidecar.backends import Backend, CallOutcome, Metadata
-from sidecar.routing import RoutePlan, ShadowLane
+from sidecar.routing import CallCounts, RoutePlan, ShadowLane, sampled_lanes
 from sidecar.sink import CallRecord
 from sidecar.telemetry.tracing import Tracing, call_attributes
-
-CallCounts = dict[tuple[str, str, str, str], int]
 
 __all__ = ["Mirror"]
 
@@ -61,7 +60,6 @@ class Mirror:
         request: bytes,
         metadata: Metadata,
         request_id: str,
-        bucket: int,
         config_version: str,
         trace_parent: Context | None = None,
         serving: Backend | None = None,
@@ -69,28 +67,11 @@ class Mirror:
         """Start a shadow call for every lane of ``plan`` that samples this request (never
         to the backend that is serving it)."""
         shadow_md: Metadata | None = None
-        for lane in plan.shadows:
-            if bucket >= lane.threshold or lane.backend is serving or not lane.active:
-                continue
-            lane.sampled += 1
-            why = None
-            if self._closing:
-                why = "closing"
-            elif lane.in_flight >= lane.config.max_in_flight:
-                why = "max_in_flight reached"
-            elif not lane.backend.breaker.allow():
-                why = "circuit open"
-                lane.breaker_skipped += 1
+        for lane in sampled_lanes(plan, request_id, serving):
+            why = self.refusal(lane)
             if why is not None:
-                lane.dropped += 1
-                self._count(plan, lane, "DROPPED")
-                self._record(
-                    CallRecord(
-                        request_id, time.time(), plan.match, method, lane.backend.name,
-                        lane.backend.version, "shadow", False, "DROPPED", None, len(request),
-                        None, why, config_version, plan.decoding,
-                    )
-                )
+                self._finish(plan, lane, method, request, request_id, config_version,
+                             time.time(), "DROPPED", None, None, why)
                 continue
             if shadow_md is None:
                 shadow_md = (*metadata, SHADOW_METADATA)
@@ -104,12 +85,43 @@ class Mirror:
                 lane_md = (*shadow_md, *injected)
             lane.in_flight += 1
             lane.sent += 1
-            task = asyncio.get_running_loop().create_task(
-                self._shadow(plan, lane, method, request, lane_md, request_id, config_version,
-                             span)
+            self.own(self._shadow(plan, lane, method, request, lane_md, request_id,
+                                  config_version, span))
+
+    def refusal(self, lane: ShadowLane) -> str | None:
+        """Why a sampled copy is dropped (counted on the lane), or None when it may go."""
+        why = None
+        if self._closing:
+            why = "closing"
+        elif lane.in_flight >= lane.config.max_in_flight:
+            why = "max_in_flight reached"
+        elif not lane.backend.breaker.allow():
+            why = "circuit open"
+            lane.breaker_skipped += 1
+        if why is not None:
+            lane.dropped += 1
+        return why
+
+    def own(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a shadow coroutine as a task the mirror keeps until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _finish(
+        self, plan: RoutePlan, lane: ShadowLane, method: str, request: bytes,
+        request_id: str, config_version: str, started: float, status: str,
+        latency_ms: float | None, response: bytes | None, error: str | None,
+    ) -> None:
+        """Count and record one shadow call's end."""
+        self._count(plan, lane, status)
+        self._record(
+            CallRecord(
+                request_id, started, plan.match, method, lane.backend.name,
+                lane.backend.version, "shadow", False, status, latency_ms, len(request),
+                response, error, config_version, plan.decoding,
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        )
 
     async def _shadow(
         self,
@@ -131,27 +143,15 @@ class Mirror:
             )
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
-            self._count(plan, lane, "CANCELLED")
-            self._record(
-                CallRecord(
-                    request_id, started, plan.match, method, lane.backend.name,
-                    lane.backend.version, "shadow", False, "CANCELLED",
-                    (time.time() - started) * 1000, len(request), None,
-                    "cancelled at shutdown", config_version, plan.decoding,
-                )
-            )
+            self._finish(plan, lane, method, request, request_id, config_version, started,
+                         "CANCELLED", (time.time() - started) * 1000, None,
+                         "cancelled at shutdown")
             raise
         except Exception as exc:  # a broken shadow must never escape into the loop
             lane.errored += 1
-            self._count(plan, lane, "INTERNAL")
-            self._record(
-                CallRecord(
-                    request_id, started, plan.match, method, lane.backend.name,
-                    lane.backend.version, "shadow", False, "INTERNAL",
-                    (time.time() - started) * 1000, len(request), None,
-                    f"{type(exc).__name__}: {exc}", config_version, plan.decoding,
-                )
-            )
+            self._finish(plan, lane, method, request, request_id, config_version, started,
+                         "INTERNAL", (time.time() - started) * 1000, None,
+                         f"{type(exc).__name__}: {exc}")
         finally:
             lane.in_flight -= 1
             if span is not None:
@@ -163,16 +163,10 @@ class Mirror:
             lane.backend.breaker.record(True)
             return
         lane.backend.breaker.record(outcome.code.name in plan.failure_codes)
-        self._count(plan, lane, outcome.code.name)
         if not outcome.ok:
             lane.errored += 1
-        self._record(
-            CallRecord(
-                request_id, outcome.started, plan.match, method, lane.backend.name,
-                lane.backend.version, "shadow", False, outcome.code.name, outcome.latency_ms,
-                len(request), outcome.response, outcome.details, config_version, plan.decoding,
-            )
-        )
+        self._finish(plan, lane, method, request, request_id, config_version, outcome.started,
+                     outcome.code.name, outcome.latency_ms, outcome.response, outcome.details)
 
     def _count(self, plan: RoutePlan, lane: ShadowLane, status: str) -> None:
         key = (plan.match, lane.backend.name, "shadow", status)

@@ -6,6 +6,7 @@ A :class:`RouteTable` is built once per config version; lookups are dict hits.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +18,13 @@ from sidecar.config import Config, MirrorShadowConfig, RouteConfig
 from sidecar.sink import Decoding
 from sidecar.sink.redaction import Redactor
 
-__all__ = ["RoutePlan", "RouteTable", "ShadowLane", "sample_bucket"]
+__all__ = ["CallCounts", "RoutePlan", "RouteTable", "ShadowLane", "sample_bucket", "sampled_lanes"]
 
 BUCKETS = 10_000
 DEFAULT_FAILURES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+
+#: (route, backend, role, status) -> calls; plain ints bumped on the hot path.
+CallCounts = dict[tuple[str, str, str, str], int]
 
 
 def sample_bucket(request_id: str) -> int:
@@ -99,6 +103,23 @@ class RoutePlan:
     @property
     def match(self) -> str:
         return self.config.match
+
+    def __post_init__(self) -> None:
+        #: Some shadow samples less than 100 %: only then is a request's bucket computed.
+        self.partial_sampling = any(lane.threshold < BUCKETS for lane in self.shadows)
+
+
+def sampled_lanes(
+    plan: RoutePlan, request_id: str, serving: Backend | None
+) -> Iterator[ShadowLane]:
+    """The shadow lanes of ``plan`` that sample this request, each counted as sampled;
+    never the backend serving it, nor a canary's mirror lane once the canary has ended."""
+    bucket = sample_bucket(request_id) if plan.partial_sampling else 0
+    for lane in plan.shadows:
+        if bucket >= lane.threshold or lane.backend is serving or not lane.active:
+            continue
+        lane.sampled += 1
+        yield lane
 
 
 def _codec(route: RouteConfig, built: dict[str, Any] | None) -> Any:

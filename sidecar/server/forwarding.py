@@ -6,7 +6,6 @@ metadata come back unchanged; shadows start beside the primary and are never awa
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from dataclasses import dataclass
@@ -18,8 +17,7 @@ from opentelemetry.context import Context
 from sidecar.assignment import Decision
 from sidecar.backends import CallOutcome, Metadata
 from sidecar.mirror import Mirror
-from sidecar.routing import RoutePlan, RouteTable, sample_bucket
-from sidecar.routing.table import BUCKETS
+from sidecar.routing import CallCounts, RoutePlan, RouteTable
 from sidecar.sink import CallRecord, DuckDBSink, RequestRecord
 from sidecar.telemetry.logs import current_request
 from sidecar.telemetry.tracing import TRACE_KEYS, Tracing, call_attributes, rpc_attributes
@@ -28,7 +26,6 @@ __all__ = [
     "HOP_BY_HOP",
     "REQUEST_ID",
     "Answer",
-    "CallCounts",
     "Dispatch",
     "forward_metadata",
     "new_request_id",
@@ -44,9 +41,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 REQUEST_ID = "x-request-id"
-
-#: (route, backend, role, status) -> calls; plain ints bumped on the hot path.
-CallCounts = dict[tuple[str, str, str, str], int]
 
 
 def new_request_id() -> str:
@@ -112,12 +106,8 @@ class Dispatch:
     ) -> None:
         self.routes = routes
         self.version = version
-        self._sink = sink
         self.sink = sink
-        self._mirror = mirror
-        #: Background tasks of streaming shadows; owned by the mirror's shutdown.
-        self.stream_tasks: set[asyncio.Task[None]] = mirror.tasks
-        self._counts = counts
+        self.mirror = mirror
         self.counts = counts
         self._tracing = tracing
         self._listen = listen
@@ -184,7 +174,7 @@ class Dispatch:
         shown = "; ".join(f"{v.field}: {v.rule}: {v.detail}" for v in violations[:5])
         more = f" (+{len(violations) - 5} more)" if len(violations) > 5 else ""
         details = f"contract {contract.name}@{contract.version}: {shown}{more}"
-        self._sink.record_request(
+        self.sink.record_request(
             RequestRecord(
                 request_id, arrived, plan.match, method, None, None, None, False, self.version,
                 None, None, status, (time.perf_counter() - t0) * 1000, request, plan.decoding,
@@ -192,7 +182,7 @@ class Dispatch:
             )
         )
         key = (plan.match, "", "contract", status)
-        self._counts[key] = self._counts.get(key, 0) + 1
+        self.counts[key] = self.counts.get(key, 0) + 1
         outcome = CallOutcome(grpc.StatusCode.INVALID_ARGUMENT, details, None, (), (),
                               arrived, 0.0)
         return Answer(outcome, request_id, None)
@@ -204,14 +194,14 @@ class Dispatch:
         plan.shed += 1
         status = "RESOURCE_EXHAUSTED"
         details = f"route {plan.match} is at its limit of {limit} concurrent calls"
-        self._sink.record_request(
+        self.sink.record_request(
             RequestRecord(
                 request_id, arrived, plan.match, method, None, None, None, False, self.version,
                 None, None, status, (time.perf_counter() - t0) * 1000, request, plan.decoding,
             )
         )
         key = (plan.match, "", "shed", status)
-        self._counts[key] = self._counts.get(key, 0) + 1
+        self.counts[key] = self.counts.get(key, 0) + 1
         outcome = CallOutcome(grpc.StatusCode.RESOURCE_EXHAUSTED, details, None, (), (),
                               arrived, 0.0)
         return Answer(outcome, request_id, None)
@@ -275,12 +265,8 @@ class Dispatch:
                     break
         current_request.set((request_id, trace_id))
         if plan.shadows:
-            bucket = 0
-            if any(lane.threshold < BUCKETS for lane in plan.shadows):
-                bucket = sample_bucket(request_id)
-            self._mirror.start(
-                plan, method, request, metadata, request_id, bucket, self.version, server_ctx,
-                primary,
+            self.mirror.start(
+                plan, method, request, metadata, request_id, self.version, server_ctx, primary
             )
         status = "CANCELLED"
         outcome: CallOutcome | None = None
@@ -323,7 +309,7 @@ class Dispatch:
                     tracing.end(client_span, code, details)
                 tracing.end(server_span, code, details)
             d = decision
-            self._sink.record_request(
+            self.sink.record_request(
                 RequestRecord(
                     request_id, arrived, plan.match, method,
                     d.unit_id if d else None, d.experiment if d else None,
@@ -334,11 +320,11 @@ class Dispatch:
             )
             first = outcome.code.name if outcome is not None else status
             count_key = (plan.match, primary.name, role, first)
-            counts = self._counts
+            counts = self.counts
             counts[count_key] = counts.get(count_key, 0) + 1
         if not served.ok:
             plan.errors[status] = plan.errors.get(status, 0) + 1
-        self._sink.record_call(
+        self.sink.record_call(
             CallRecord(
                 request_id, outcome.started, plan.match, method, primary.name, primary.version,
                 role, served is outcome, outcome.code.name, outcome.latency_ms, len(request),
@@ -388,8 +374,8 @@ class Dispatch:
             name, version = backend.name, backend.version
         plan.fallbacks += 1
         key = (plan.match, name, "fallback", answer.code.name)
-        self._counts[key] = self._counts.get(key, 0) + 1
-        self._sink.record_call(
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.sink.record_call(
             CallRecord(
                 request_id, answer.started, plan.match, method, name, version, "fallback",
                 answer.ok, answer.code.name, answer.latency_ms, len(request), answer.response,

@@ -8,7 +8,6 @@ caller. Both streams are recorded (messages, time to first message, concatenated
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
@@ -16,8 +15,8 @@ from typing import Any, TypeAlias
 import grpc
 
 from sidecar.backends import Backend, Metadata
-from sidecar.routing import RoutePlan, ShadowLane, sample_bucket
-from sidecar.routing.table import BUCKETS
+from sidecar.mirror.mirror import SHADOW_METADATA
+from sidecar.routing import RoutePlan, ShadowLane, sampled_lanes
 from sidecar.server.forwarding import REQUEST_ID, Dispatch, forward_metadata, reply_metadata
 from sidecar.sink import CallRecord, RequestRecord
 
@@ -62,7 +61,6 @@ class StreamForwarder:
 
     def __init__(self, dispatch: Dispatch) -> None:
         self._d = dispatch
-        self._tasks: set[asyncio.Task[None]] = dispatch.stream_tasks
 
     def _timeout(self, plan: RoutePlan, context: Context) -> float:
         remaining = context.time_remaining()
@@ -209,23 +207,14 @@ class StreamForwarder:
         self, plan: RoutePlan, method: str, request: bytes, metadata: Metadata, rid: str,
         serving: Backend,
     ) -> None:
-        if not plan.shadows:
-            return
-        bucket = sample_bucket(rid) if any(x.threshold < BUCKETS for x in plan.shadows) else 0
-        for lane in plan.shadows:
-            if bucket >= lane.threshold or lane.backend is serving:
-                continue
-            lane.sampled += 1
-            if lane.in_flight >= lane.config.max_in_flight or not lane.backend.breaker.allow():
-                lane.dropped += 1
+        mirror = self._d.mirror
+        for lane in sampled_lanes(plan, rid, serving):
+            if mirror.refusal(lane) is not None:
                 continue
             lane.in_flight += 1
             lane.sent += 1
-            task = asyncio.get_running_loop().create_task(
-                self._shadow(plan, lane, method, request, (*metadata, ("x-shadow", "true")), rid)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            mirror.own(self._shadow(plan, lane, method, request,
+                                    (*metadata, SHADOW_METADATA), rid))
 
     async def _shadow(
         self, plan: RoutePlan, lane: ShadowLane, method: str, request: bytes,
