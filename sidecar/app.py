@@ -296,16 +296,8 @@ class Sidecar:
             self.loaded = loaded
             self._sync_canaries(loaded)
             await self._reflection_codecs(loaded)
-            routes = RouteTable(cfg, backends, self.canaries, loaded.static_fallbacks,
-                                loaded.redaction_keys, loaded.contracts, loaded.codecs)
             assert self._handler is not None
-            self._handler.swap(
-                Dispatch(
-                    routes, loaded.version, self.sink, self.mirror,
-                    counts=self.call_counts, tracing=self._hot_tracing, listen=self._listen,
-                    assignments=self.assignments,
-                )
-            )
+            self._handler.swap(self._dispatch(loaded, backends))
             self.backends = backends
             self._start_canary_tasks()
             self.sink.record_config(loaded.version, canonical_json(cfg))
@@ -343,9 +335,6 @@ class Sidecar:
             self.backends[backend.name] = self._backend(self.loaded, backend)
         self._sync_canaries(self.loaded)
         await self._reflection_codecs(self.loaded)
-        routes = RouteTable(cfg, self.backends, self.canaries, self.loaded.static_fallbacks,
-                            self.loaded.redaction_keys, self.loaded.contracts,
-                            self.loaded.codecs)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -372,12 +361,7 @@ class Sidecar:
             raise ShadowcarError(f"listen: cannot bind {cfg.listen}")
         host, _ = host_port(cfg.listen)
         self._listen = (host, self.port)
-        dispatch = Dispatch(
-            routes, self.loaded.version, self.sink, self.mirror,
-            counts=self.call_counts, tracing=self._hot_tracing, listen=self._listen,
-            assignments=self.assignments,
-        )
-        self._handler = ProxyHandler(dispatch)
+        self._handler = ProxyHandler(self._dispatch(self.loaded, self.backends))
         self._server.add_generic_rpc_handlers([self._handler])
         await self.health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
@@ -393,6 +377,16 @@ class Sidecar:
         log.info(
             "shadowcar serving on port %d (config %s, recording to %s, traces: %s)",
             self.port, self.loaded.version, cfg.storage.path, self.tracing.export_target,
+        )
+
+    def _dispatch(self, loaded: LoadedConfig, backends: dict[str, Backend]) -> Dispatch:
+        """The routes and hot-path collaborators of one config version (start and reload)."""
+        routes = RouteTable(loaded.config, backends, self.canaries, loaded.static_fallbacks,
+                            loaded.redaction_keys, loaded.contracts, loaded.codecs)
+        return Dispatch(
+            routes, loaded.version, self.sink, self.mirror,
+            counts=self.call_counts, tracing=self._hot_tracing, listen=self._listen,
+            assignments=self.assignments,
         )
 
     async def _watch_primaries(self) -> None:
@@ -500,6 +494,7 @@ class Sidecar:
             if plan.assigner is None:
                 continue
             for exp in plan.assigner.experiments:
+                shares = exp.shares()
                 out.append({
                     "route": plan.match,
                     "name": exp.name,
@@ -510,7 +505,7 @@ class Sidecar:
                     "holdout_percent": self.loaded.config.assignment.holdout_percent,
                     "variants": [
                         {"name": a.name, "backend": a.backend, "buckets": [a.start, a.end],
-                         "share": (a.end - a.start) / 10_000,
+                         "share": shares[a.name],
                          "exposed": self.assignments.get((plan.match, exp.name, a.name), 0)}
                         for a in exp.arms
                     ],
@@ -576,11 +571,11 @@ def _experiment_view(plan: RoutePlan) -> dict[str, Any] | None:
     if plan.assigner is None or not plan.assigner.experiments:
         return None
     exp = plan.assigner.experiments[0]
+    shares = exp.shares()
     return {
         "name": exp.name,
         "variants": [
-            {"name": a.name, "backend": a.backend, "share": share}
-            for a, share in zip(exp.arms, exp.shares().values(), strict=True)
+            {"name": a.name, "backend": a.backend, "share": shares[a.name]} for a in exp.arms
         ],
     }
 

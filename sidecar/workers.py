@@ -9,6 +9,7 @@ Canaries and triggers decide from one process's data, so they need ``--workers 1
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -67,11 +68,7 @@ def for_worker(loaded: LoadedConfig, index: int, workers: int) -> LoadedConfig:
         local = "127.0.0.1" if host not in ("127.0.0.1", "[::1]", "localhost") else host
         admin = admin.model_copy(update={"listen": f"{local}:{port}"})
     config = cfg.model_copy(update={"storage": storage, "admin": admin})
-    return LoadedConfig(
-        config=config, version=loaded.version, source=loaded.source,
-        static_fallbacks=loaded.static_fallbacks, files=loaded.files,
-        redaction_keys=loaded.redaction_keys, contracts=loaded.contracts, codecs=loaded.codecs,
-    )
+    return dataclasses.replace(loaded, config=config)
 
 
 def run_supervisor(config_path: str, workers: int, argv_extra: list[str]) -> int:

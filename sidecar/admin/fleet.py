@@ -48,10 +48,9 @@ def merge_stats(own: dict[str, Any], others: list[dict[str, Any] | None]) -> dic
     """Counters summed per route, backend and table; latency windows and pairs listed per
     worker; ``workers_up`` says how many answered."""
     merged = {**own, "routes": [dict(r) for r in own.get("routes", [])]}
-    for i, route in enumerate(merged["routes"]):
+    for route in merged["routes"]:
         route["errors"] = dict(route.get("errors", {}))
         route["shadows"] = {k: dict(v) for k, v in route.get("shadows", {}).items()}
-        merged["routes"][i] = route
     merged["sink"] = {k: (dict(v) if isinstance(v, dict) else v)
                       for k, v in own.get("sink", {}).items()}
     up = 1

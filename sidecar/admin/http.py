@@ -21,6 +21,7 @@ from aiohttp import web
 from sidecar.config import parse_config
 from sidecar.errors import ConfigError
 from sidecar.telemetry import prometheus
+from sidecar.telemetry.tracing import host_port
 
 if TYPE_CHECKING:
     from sidecar.app import Sidecar
@@ -48,9 +49,7 @@ class AdminServer:
 
     def __init__(self, sidecar: Sidecar, listen: str) -> None:
         self._sidecar = sidecar
-        host, _, port = listen.rpartition(":")
-        self._host = host.strip("[]")
-        self._port = int(port)
+        self._host, self._port = host_port(listen)
         self.port = 0
         app = web.Application(middlewares=[self._auth], client_max_size=8 * 1024 * 1024)
         r = app.router
@@ -229,9 +228,6 @@ class AdminServer:
         return _json({"version": sc.loaded.version, "changed": changed})
 
     async def _outcomes(self, request: web.Request) -> web.StreamResponse:
-        ingest = self._sidecar.outcomes
-        if ingest is None:
-            return _error(503, "outcome ingestion is not available")
         from sidecar.outcomes.http import handle_post_outcomes
 
-        return await handle_post_outcomes(request, ingest)
+        return await handle_post_outcomes(request, self._sidecar.outcomes)

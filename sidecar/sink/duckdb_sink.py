@@ -134,15 +134,17 @@ class DuckDBSink:
             self._thread.join(timeout)
 
     # -- hot path --------------------------------------------------------------
-    def _put(self, table: str, row: Any) -> None:
+    def _put(self, table: str, row: Any) -> bool:
+        """Queue ``row``; False when it was dropped (buffer full or stopping), counted."""
         pending = self._pending[table]
         if len(pending) >= self._limit or self._stopping:
             self.stats.dropped[table] += 1
-            return
+            return False
         pending.append(row)
         self.stats.accepted[table] += 1
         if len(pending) == self._batch:
             self._wake.set()
+        return True
 
     def record_request(self, row: RequestRecord) -> None:
         self._put("requests", row)
@@ -180,9 +182,8 @@ class DuckDBSink:
 
     def record_outcome(self, row: OutcomeRecord) -> bool:
         """Queue one validated outcome; False when the buffer is full (dropped, counted)."""
-        before = self.stats.dropped["outcomes"]
-        self._put("outcomes", row)
-        return self.stats.dropped["outcomes"] == before
+        # Not a before/after look at stats.dropped: a failed flush raises it concurrently.
+        return self._put("outcomes", row)
 
     @property
     def queue_depth(self) -> int:

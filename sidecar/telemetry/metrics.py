@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -21,6 +21,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
+from sidecar.canary.controller import State
 from sidecar.config import TelemetryConfig
 from sidecar.telemetry import prometheus
 
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from sidecar.app import Sidecar
 
 __all__ = ["LATENCY_BUCKETS_MS", "Metrics"]
+
+#: Every canary state, one 0/1 series each in ``shadowcar.canary.state``.
+CANARY_STATES: tuple[str, ...] = get_args(State)
 
 LATENCY_BUCKETS_MS = (
     0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 40, 60, 100, 150, 250, 400, 600, 1000, 2500, 5000,
@@ -79,25 +83,24 @@ class Metrics:
         self.flush_duration = meter.create_histogram(
             "shadowcar.sink.flush_duration", unit="ms", description="time one sink flush took"
         )
-        observables: list[tuple[str, str, Callback, bool]] = [
+        observables: list[tuple[str, str, Callback]] = [
             ("shadowcar.calls", "backend calls by route, backend, role and status",
-             self._calls, True),
-            ("shadowcar.requests", "requests received by route", self._requests, True),
-            ("shadowcar.mirror.sampled", "requests sampled for a shadow", self._lane("sampled"),
-             True),
-            ("shadowcar.mirror.sent", "shadow copies sent", self._lane("sent"), True),
+             self._calls),
+            ("shadowcar.requests", "requests received by route", self._requests),
+            ("shadowcar.mirror.sampled", "requests sampled for a shadow", self._lane("sampled")),
+            ("shadowcar.mirror.sent", "shadow copies sent", self._lane("sent")),
             ("shadowcar.mirror.dropped", "shadow copies dropped (cap or shutdown)",
-             self._lane("dropped"), True),
-            ("shadowcar.mirror.errored", "shadow calls that failed", self._lane("errored"), True),
-            ("shadowcar.sink.rows_written", "rows written by table", self._sink("written"), True),
-            ("shadowcar.sink.rows_dropped", "rows dropped by table", self._sink("dropped"), True),
+             self._lane("dropped")),
+            ("shadowcar.mirror.errored", "shadow calls that failed", self._lane("errored")),
+            ("shadowcar.sink.rows_written", "rows written by table", self._sink("written")),
+            ("shadowcar.sink.rows_dropped", "rows dropped by table", self._sink("dropped")),
         ]
         for which in ("accepted", "rejected", "duplicates", "dropped"):
             observables.append((
                 f"shadowcar.outcomes.{which}", f"outcome events {which}",
-                self._outcomes(which), True,
+                self._outcomes(which),
             ))
-        for name, desc, callback, _ in observables:
+        for name, desc, callback in observables:
             meter.create_observable_counter(name, callbacks=[callback], description=desc)
         meter.create_observable_counter(
             "shadowcar.assignments", callbacks=[self._assignments],
@@ -116,7 +119,7 @@ class Metrics:
             description="1 when a retraining trigger fired at its last evaluation",
         )
         meter.create_observable_gauge(
-            "shadowcar.mirror.in_flight", callbacks=[self._lane_gauge],
+            "shadowcar.mirror.in_flight", callbacks=[self._lane("in_flight")],
             description="shadow calls in flight",
         )
         meter.create_observable_gauge(
@@ -164,7 +167,7 @@ class Metrics:
 
     def _canary_state(self, options: CallbackOptions) -> Iterable[Observation]:
         for route, canary in list(self._sidecar.canaries.items()):
-            for state in ("running", "paused", "awaiting_approval", "rolled_back", "promoted"):
+            for state in CANARY_STATES:
                 yield Observation(int(canary.state.state == state),
                                   {"route": route, "state": state})
 
@@ -178,13 +181,6 @@ class Metrics:
                     )
 
         return callback
-
-    def _lane_gauge(self, options: CallbackOptions) -> Iterable[Observation]:
-        for plan in self._sidecar.route_plans():
-            for lane in plan.shadows:
-                yield Observation(
-                    lane.in_flight, {"route": plan.match, "shadow": lane.backend.name}
-                )
 
     def _sink(self, which: str) -> Callback:
         def callback(options: CallbackOptions) -> Iterable[Observation]:

@@ -50,7 +50,6 @@ class _SayOnceExporter(SpanExporter):
         self._inner = inner
         self._endpoint = endpoint
         self._failing = False
-        self.failures = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
@@ -61,7 +60,6 @@ class _SayOnceExporter(SpanExporter):
         else:
             reason = "export failed"
         if result is SpanExportResult.FAILURE:
-            self.failures += 1
             if not self._failing:
                 self._failing = True
                 log.warning(
