@@ -21,7 +21,7 @@ from analysis.distribution import (
     spearman_sorted,
     wilson_interval,
 )
-from analysis.load import AnalysisSourceError, time_filter
+from analysis.load import PRIMARY_SQL, AnalysisSourceError, sql_quote, time_filter
 from analysis.noise_floor import compare_with_floor, replica_backends
 from analysis.operations import (
     Operations,
@@ -31,6 +31,7 @@ from analysis.operations import (
     latency_summary,
 )
 from analysis.report.json import jsonable
+from analysis.stats import finite_or_none
 
 __all__ = [
     "SCHEMA",
@@ -43,8 +44,6 @@ __all__ = [
 
 SCHEMA = "shadowcar.report.divergence/1"
 
-#: Roles whose call is the request's primary output (the answer a shadow is compared with).
-_PRIMARY = "(role = 'primary' OR (served AND role IN ('variant', 'stable', 'canary')))"
 #: The calls columns a pair needs; naming them keeps the join's rows narrow.
 _COLUMNS = "request_id, route, backend, score, label, output, latency_ms"
 _HIST_BINS = 30
@@ -119,11 +118,6 @@ def _pair_dict(pair: PairDivergence) -> dict[str, Any]:
     return out
 
 
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return number if np.isfinite(number) else None
 
 
 def analyze_divergence(
@@ -143,14 +137,14 @@ def analyze_divergence(
         return DivergenceReport((), params, "the source has no calls table")
     where = time_filter(since, until)
     if route is not None:
-        where += " AND route = " + _quote(route)
+        where += " AND route = " + sql_quote(route)
     seg_sql, seg_join = _segment_sql(con, segment)
     seg_column = f', "{segment}"' if seg_sql.startswith("s.") else ""
     vectors = con.execute("SELECT EXISTS (SELECT 1 FROM calls WHERE output IS NOT NULL)")
     has_vectors = bool(vectors.fetchall()[0][0])
     columns = _COLUMNS if has_vectors else _COLUMNS.replace(", output", "")
     base = f"""
-        WITH prim AS (SELECT {columns} FROM calls WHERE {_PRIMARY} AND {where}),
+        WITH prim AS (SELECT {columns} FROM calls WHERE {PRIMARY_SQL} AND {where}),
              shad AS (SELECT {columns}{seg_column} FROM calls
                       WHERE role IN ('shadow', 'replay') AND {where})
     """
@@ -158,7 +152,7 @@ def analyze_divergence(
     rows = _pair_rows(con, base, join, seg_sql, atol, rtol, has_vectors)
     if not rows:
         return DivergenceReport((), params, "no shadow calls in the selected window")
-    ops = backend_operations(con, where, _PRIMARY)
+    ops = backend_operations(con, where, PRIMARY_SQL)
     replicas = replica_backends(con)
     pairs: list[PairDivergence] = []
     unmatched_only: list[dict[str, Any]] = []
@@ -185,7 +179,7 @@ def _attach_identical(
     """Share of matched pairs whose answers are byte-identical, with a Wilson interval."""
     rows = con.execute(f"""
         WITH prim AS (SELECT request_id, backend, response_hash FROM calls
-                      WHERE {_PRIMARY} AND {where} AND response_hash IS NOT NULL),
+                      WHERE {PRIMARY_SQL} AND {where} AND response_hash IS NOT NULL),
              shad AS (SELECT request_id, route, backend, response_hash FROM calls
                       WHERE role IN ('shadow', 'replay') AND {where}
                         AND response_hash IS NOT NULL)
@@ -203,10 +197,6 @@ def _attach_identical(
                          "rate_ci": list(wilson_interval(same, n) or (None, None))}
         out.append(replace(pair, identical=identical))
     return out
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -320,10 +310,10 @@ def _fetch_scores(
     KS, Wasserstein and Spearman need every value; a second join streams just these two
     columns (a list aggregate in the first pass would have to fit DuckDB's memory at once).
     """
-    keys = [f"s.route = {_quote(row['route'])}", f"p.backend = {_quote(row['pb'])}",
-            f"s.backend = {_quote(row['sb'])}"]
+    keys = [f"s.route = {sql_quote(row['route'])}", f"p.backend = {sql_quote(row['pb'])}",
+            f"s.backend = {sql_quote(row['sb'])}"]
     if row["seg"] is not None:
-        keys.append(f"{seg} = {_quote(str(row['seg']))}")
+        keys.append(f"{seg} = {sql_quote(str(row['seg']))}")
     sql = f"""{base}
         SELECT p.score AS ps, s.score AS ss {join}
         WHERE {" AND ".join(keys)} AND isfinite(p.score) AND isfinite(s.score)
@@ -351,12 +341,12 @@ def _numeric(row: dict[str, Any], rho: float | None) -> NumericDivergence:
     if constant or n < 2:
         notes.append("pearson and spearman are undefined for constant scores")
     else:
-        pearson, spearman = _finite(row["pearson"]), rho
+        pearson, spearman = finite_or_none(row["pearson"]), rho
     if row["n_nonfinite"]:
         notes.append(f"{row['n_nonfinite']} pairs with a NaN or infinite score were left out")
     return NumericDivergence(
         mean_diff=mean, mean_diff_ci=ci, mae=float(row["sum_abs_d"]) / n,
-        rmse=float(np.sqrt(float(row["sum_d2"]) / n)), max_abs=_finite(row["max_abs"]),
+        rmse=float(np.sqrt(float(row["sum_d2"]) / n)), max_abs=finite_or_none(row["max_abs"]),
         pearson=pearson, spearman=spearman, out_of_tolerance=int(row["n_out"]) / n,
         message="; ".join(notes) or None,
     )

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from analysis.distribution import compare_distributions
-from analysis.load import parse_time, time_filter
+from analysis.load import parse_time, sql_quote, sql_timestamp, time_filter
 from analysis.report.json import jsonable
 
 __all__ = ["CHI2_ALPHA", "PSI_ALERT", "SCHEMA", "DriftReport", "FeatureDrift", "analyze_drift"]
@@ -83,14 +83,6 @@ class DriftReport:
         return out
 
 
-def _ts(moment: datetime) -> str:
-    return f"TIMESTAMP '{moment.isoformat(sep=' ')}'"
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _default_windows(
     con: duckdb.DuckDBPyConnection, route_sql: str, span_sql: str
 ) -> tuple[tuple[datetime, datetime], tuple[datetime, datetime]] | None:
@@ -126,7 +118,7 @@ def analyze_drift(
     tables |= {str(r[0]) for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     if "requests" not in tables:
         return DriftReport({}, {}, (), "the source has no requests table")
-    route_sql = "TRUE" if route is None else f"route = {_quote(route)}"
+    route_sql = "TRUE" if route is None else f"route = {sql_quote(route)}"
     defaults = _default_windows(con, route_sql, time_filter(since, until))
     if defaults is None:
         return DriftReport({}, {}, (), "no request has decoded inputs")
@@ -156,8 +148,8 @@ def _extract(
     ref: tuple[datetime, datetime], cur: tuple[datetime, datetime],
 ) -> dict[str, dict[str, int]]:
     """Unnest every tensor element into ``table`` (route, feature, kind, win, v, c)."""
-    windows = (f"(VALUES ('reference', {_ts(ref[0])}, {_ts(ref[1])}), "
-               f"('current', {_ts(cur[0])}, {_ts(cur[1])})) w(win, lo, hi)")
+    windows = (f"(VALUES ('reference', {sql_timestamp(ref[0])}, {sql_timestamp(ref[1])}), "
+               f"('current', {sql_timestamp(cur[0])}, {sql_timestamp(cur[1])})) w(win, lo, hi)")
     con.execute(f"""
         CREATE TEMP TABLE {table} AS
         WITH req AS (
@@ -195,7 +187,7 @@ def _features(
     con: duckdb.DuckDBPyConnection, table: str, n_requests: dict[str, dict[str, int]],
     ranges: dict[str, tuple[float, float]],
 ) -> list[FeatureDrift]:
-    range_rows = ", ".join(f"({_quote(k)}, {float(lo)!r}, {float(hi)!r})"
+    range_rows = ", ".join(f"({sql_quote(k)}, {float(lo)!r}, {float(hi)!r})"
                            for k, (lo, hi) in ranges.items())
     range_join = (f"LEFT JOIN (VALUES {range_rows}) rg(feature, lo, hi) USING (feature)"
                   if ranges else "LEFT JOIN (SELECT NULL::VARCHAR feature, NULL::DOUBLE lo, "

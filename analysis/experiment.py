@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 
+from analysis.load import sql_quote, time_filter
 from analysis.significance import (
     DEFAULT_SEQUENTIAL_N_OPT,
     Comparison,
@@ -214,17 +215,12 @@ def _newest_config(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, _Config], 
         return {}, f"newest configs row is unreadable ({exc}); weights and order unknown"
 
 
-def _lit(text: str) -> str:
-    """A SQL string literal (metric names come from data, never trusted as SQL)."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _pivot(metrics: Sequence[str], has_pre: bool, counts: bool) -> str:
     """Per-unit columns v_i (value sum), p_i (pre_value sum) and, with ``counts``, r_i
     (rows) and b_i (non-finite values)."""
     cols = []
     for i, m in enumerate(metrics):
-        is_m = f"metric = {_lit(m)}"
+        is_m = f"metric = {sql_quote(m)}"
         cols.append(f"coalesce(sum(value) FILTER (WHERE {is_m} AND isfinite(value)), 0) AS v_{i}")
         if has_pre:
             cols.append(f"coalesce(sum(pre_value) FILTER (WHERE {is_m} AND isfinite(pre_value)),"
@@ -240,16 +236,9 @@ def _pivot(metrics: Sequence[str], has_pre: bool, counts: bool) -> str:
 def _recorded_units(metrics: Sequence[str], since: Any, until: Any) -> tuple[str, list[Any]]:
     """``unit_rows`` CTE body for the recorded schema: one row per (experiment, unit)."""
 
-    def window(col: str) -> tuple[str, list[Any]]:
-        sql, params = "", list[Any]()
-        if since is not None:
-            sql, params = sql + f" AND {col} >= CAST(? AS TIMESTAMP)", [*params, since]
-        if until is not None:
-            sql, params = sql + f" AND {col} < CAST(? AS TIMESTAMP)", [*params, until]
-        return sql, params
-
-    req_w, req_p = window("ts")
-    out_w, out_p = window("o.ts")
+    # the same bounds as every other report: ISO times, datetimes or ages ("24h")
+    req_w = f" AND {time_filter(since, until, 'ts')}"
+    out_w = f" AND {time_filter(since, until, 'o.ts')}"
     carry = [f"coalesce(p.{c}_{i}, 0) AS {c}_{i}"
              for i in range(len(metrics)) for c in ("v", "r", "b")]
     per_unit = (
@@ -280,7 +269,7 @@ def _recorded_units(metrics: Sequence[str], since: Any, until: Any) -> tuple[str
             SELECT e.experiment, e.variant, e.single{''.join(', ' + c for c in carry)}
             FROM exposed e LEFT JOIN per_unit p ON p.unit_id = e.unit_id
         )"""
-    return sql, [*req_p, *out_p]
+    return sql, []
 
 
 def _table_units(metrics: Sequence[str], name: str, has_pre: bool) -> str:
@@ -292,7 +281,7 @@ def _table_units(metrics: Sequence[str], name: str, has_pre: bool) -> str:
     pivot = (",\n" + _pivot(metrics, has_pre, False)) if metrics else ""
     return f"""
         unit_rows AS (
-            SELECT {_lit(name)} AS experiment, CAST(min(variant) AS VARCHAR) AS variant,
+            SELECT {sql_quote(name)} AS experiment, CAST(min(variant) AS VARCHAR) AS variant,
                    min(variant) = max(variant) AS single{pivot}
             FROM {INPUT_TABLE}
             WHERE unit_id IS NOT NULL AND variant IS NOT NULL

@@ -17,7 +17,7 @@ import duckdb
 from scipy import stats
 
 from analysis.distribution import wilson_interval
-from analysis.load import AnalysisSourceError, time_filter
+from analysis.load import PRIMARY_SQL, AnalysisSourceError, sql_quote, time_filter
 from analysis.noise_floor import replica_backends
 from analysis.report.json import jsonable
 
@@ -25,7 +25,6 @@ __all__ = ["SCHEMA", "FieldDiff", "FieldDiffReport", "FieldPair", "analyze_field
 
 SCHEMA = "shadowcar.report.fields/1"
 
-_PRIMARY_SERVED = "(role = 'primary' OR (served AND role IN ('variant', 'stable', 'canary')))"
 _NUMBER = "('BIGINT', 'UBIGINT', 'HUGEINT', 'DOUBLE')"
 
 
@@ -96,10 +95,6 @@ class _Field:
     jpath: str  # the DuckDB JSON path; '[*]' makes json_extract return a list
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _key(key: str) -> str:
     return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -141,9 +136,10 @@ def _extracts(found: Sequence[_Field]) -> str:
     DuckDB refuses wildcards there, so each list field has its own.
     """
     plain = [f.jpath for f in found if "[*]" not in f.jpath]
-    items = ["json_extract(j, [" + ", ".join(_quote(p) for p in plain) + "]) AS m"] if plain else []
+    paths = ", ".join(sql_quote(p) for p in plain)
+    items = [f"json_extract(j, [{paths}]) AS m"] if plain else []
     items += [
-        f"json_extract(j, {_quote(f.jpath)}) AS w{i}"
+        f"json_extract(j, {sql_quote(f.jpath)}) AS w{i}"
         for i, f in enumerate(found) if "[*]" in f.jpath
     ]
     return "".join(", " + item for item in items)
@@ -222,8 +218,8 @@ def analyze_field_diff(
         raise AnalysisSourceError("since/until need a ts column in calls")
     where = time_filter(since, until) if since or until else "TRUE"
     if route is not None:
-        where += f" AND route = {_quote(route)}"
-    primary = _PRIMARY_SERVED if "served" in columns else "role = 'primary'"
+        where += f" AND route = {sql_quote(route)}"
+    primary = PRIMARY_SQL if "served" in columns else "role = 'primary'"
     served = "served" if "served" in columns else "NULL AS served"
     base = (
         f"SELECT request_id, route, backend, role, {served}, j FROM (SELECT *, "
@@ -278,7 +274,7 @@ def _route_pairs(
     params: dict[str, Any],
     replicas: set[str],
 ) -> tuple[list[FieldPair], str | None]:
-    scope = f"FROM ({base}) WHERE route = {_quote(route)} AND ({primary} OR role = 'shadow')"
+    scope = f"FROM ({base}) WHERE route = {sql_quote(route)} AND ({primary} OR role = 'shadow')"
     (structure_text,) = con.execute(f"SELECT json_group_structure(j) {scope}").fetchall()[0]
     structure = json.loads(structure_text) if structure_text else {}
     wanted = params["fields"]
@@ -309,9 +305,9 @@ def _route_pairs(
     )
     sql = f"""
         WITH prim AS (SELECT request_id, backend{extracts} FROM ({base})
-                      WHERE route = {_quote(route)} AND {primary}),
+                      WHERE route = {sql_quote(route)} AND {primary}),
              shad AS (SELECT request_id, backend{extracts} FROM ({base})
-                      WHERE route = {_quote(route)} AND role = 'shadow'),
+                      WHERE route = {sql_quote(route)} AND role = 'shadow'),
              vals AS (SELECT p.backend AS pb, s.backend AS sb{', ' + values if values else ''}
                       FROM shad s JOIN prim p USING (request_id)),
              flags AS (SELECT pb, sb{', ' + flags if flags else ''} FROM vals)

@@ -16,11 +16,15 @@ import duckdb
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
+    "PRIMARY_SQL",
     "RECORDED_TABLES",
     "AnalysisSourceError",
     "SourceKind",
     "open_source",
     "parse_time",
+    "primary_calls",
+    "sql_quote",
+    "sql_timestamp",
     "time_filter",
 ]
 
@@ -42,8 +46,20 @@ class AnalysisSourceError(Exception):
     """A source cannot be opened or does not hold what the analysis needs."""
 
 
-def _quote(text: str) -> str:
+def sql_quote(text: str) -> str:
+    """A SQL string literal (names and paths come from data, never trusted as SQL)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def primary_calls(alias: str = "") -> str:
+    """SQL condition on ``calls``: the call whose output is the request's primary answer
+    (the primary, or the variant, stable or canary call that served it)."""
+    p = f"{alias}." if alias else ""
+    return f"({p}role = 'primary' OR ({p}served AND {p}role IN ('variant', 'stable', 'canary')))"
+
+
+#: :func:`primary_calls` on unqualified columns.
+PRIMARY_SQL = primary_calls()
 
 
 def open_source(
@@ -71,9 +87,9 @@ def open_source(
     try:
         con.execute("SET enable_progress_bar = false")  # reports own the terminal
         if memory_limit:
-            con.execute(f"SET memory_limit = {_quote(memory_limit)}")
+            con.execute(f"SET memory_limit = {sql_quote(memory_limit)}")
             spill = os.path.join(tempfile.gettempdir(), "shadowcar-analysis")
-            con.execute(f"SET temp_directory = {_quote(spill)}")
+            con.execute(f"SET temp_directory = {sql_quote(spill)}")
         if db:
             _attach_db(con, db)
         elif parquet:
@@ -115,7 +131,7 @@ def _attach_one(con: duckdb.DuckDBPyConnection, path: str, alias: str) -> list[s
     if not os.path.isfile(path):
         raise AnalysisSourceError(f"no DuckDB file at {path!r}")
     try:
-        con.execute(f"ATTACH {_quote(path)} AS {alias} (READ_ONLY)")
+        con.execute(f"ATTACH {sql_quote(path)} AS {alias} (READ_ONLY)")
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise AnalysisSourceError(
@@ -151,7 +167,7 @@ def _parquet_views(con: duckdb.DuckDBPyConnection, location: str) -> None:
         found = [p for p in patterns if glob.glob(p, recursive=True)]
         if not found:
             continue
-        listing = "[" + ", ".join(_quote(p) for p in found) + "]"
+        listing = "[" + ", ".join(sql_quote(p) for p in found) + "]"
         con.execute(
             f"CREATE VIEW {name} AS SELECT * EXCLUDE (\"table\") FROM read_parquet({listing}, "
             "hive_partitioning = true, union_by_name = true)"
@@ -164,7 +180,7 @@ def _parquet_views(con: duckdb.DuckDBPyConnection, location: str) -> None:
 
 
 def _parquet_files_views(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
-    listing = "[" + ", ".join(_quote(f) for f in files) + "]"
+    listing = "[" + ", ".join(sql_quote(f) for f in files) + "]"
     con.execute(
         "CREATE TEMP VIEW _all_parquet AS SELECT * FROM read_parquet("
         f"{listing}, hive_partitioning = true, union_by_name = true)"
@@ -177,7 +193,7 @@ def _parquet_files_views(con: duckdb.DuckDBPyConnection, files: list[str]) -> No
         if name in names:
             con.execute(
                 f"CREATE VIEW {name} AS SELECT * EXCLUDE (\"table\") FROM _all_parquet "
-                f"WHERE \"table\" = {_quote(name)}"
+                f"WHERE \"table\" = {sql_quote(name)}"
             )
 
 
@@ -186,8 +202,8 @@ def _reader(path: str) -> str:
         raise AnalysisSourceError(f"no input table at {path!r}")
     lower = path.lower()
     if lower.endswith((".csv", ".tsv", ".csv.gz")):
-        return f"read_csv({_quote(path)}, auto_detect = true)"
-    return f"read_parquet({_quote(path)})"
+        return f"read_csv({sql_quote(path)}, auto_detect = true)"
+    return f"read_parquet({sql_quote(path)})"
 
 
 def _table_views(con: duckdb.DuckDBPyConnection, path: str, kind: SourceKind | None) -> None:
@@ -299,7 +315,8 @@ def parse_time(value: str | datetime | None, *, now: datetime | None = None) -> 
     return moment
 
 
-def _literal(moment: datetime) -> str:
+def sql_timestamp(moment: datetime) -> str:
+    """A SQL TIMESTAMP literal."""
     return f"TIMESTAMP '{moment.isoformat(sep=' ')}'"
 
 
@@ -314,7 +331,7 @@ def time_filter(
     parts: list[str] = []
     start, end = parse_time(since), parse_time(until)
     if start is not None:
-        parts.append(f"{column} >= {_literal(start)}")
+        parts.append(f"{column} >= {sql_timestamp(start)}")
     if end is not None:
-        parts.append(f"{column} < {_literal(end)}")
+        parts.append(f"{column} < {sql_timestamp(end)}")
     return " AND ".join(parts) if parts else "TRUE"

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import duckdb
-import numpy as np
 
 from analysis.distribution import wilson_interval
+from analysis.stats import finite_or_none
 
 __all__ = [
     "CDF_POINTS",
@@ -33,11 +33,6 @@ _POINTS = CDF_POINTS
 _EMPTY_LATENCY = {"n": 0, "p50": None, "p95": None, "p99": None}
 
 
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return number if np.isfinite(number) else None
 
 
 def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: str) -> Operations:
@@ -71,10 +66,10 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
         out[(route, backend, side)] = {
             "latency": {
                 "n": n,
-                "p50": _finite(q[_POINTS.index(0.5)]) if q else None,
-                "p95": _finite(q[_POINTS.index(0.95)]) if q else None,
-                "p99": _finite(q[_POINTS.index(0.99)]) if q else None,
-                "first_message_p50": _finite(ttfm_p50) if ttfm_p50 is not None else None,
+                "p50": finite_or_none(q[_POINTS.index(0.5)]) if q else None,
+                "p95": finite_or_none(q[_POINTS.index(0.95)]) if q else None,
+                "p99": finite_or_none(q[_POINTS.index(0.99)]) if q else None,
+                "first_message_p50": finite_or_none(ttfm_p50) if ttfm_p50 is not None else None,
             },
             "errors": {
                 "n": n,
@@ -86,7 +81,7 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
                 "timeout_rate_ci": wilson_interval(int(timeouts), n),
                 "dropped": int(dropped),
             },
-            "cdf": {"p": CDF_POINTS, "x": [_finite(x) for x in q]} if q else None,
+            "cdf": {"p": CDF_POINTS, "x": [finite_or_none(x) for x in q]} if q else None,
         }
     return out
 
@@ -98,7 +93,7 @@ def latency_summary(
     return {
         "primary": ops.get((route, primary, "primary"), {}).get("latency", _EMPTY_LATENCY),
         "shadow": ops.get((route, shadow, "shadow"), {}).get("latency", _EMPTY_LATENCY),
-        "ratio_median": _finite(ratio),
+        "ratio_median": finite_or_none(ratio),
     }
 
 

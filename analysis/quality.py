@@ -20,10 +20,11 @@ import numpy as np
 from rich.table import Table
 from scipy import stats
 
-from analysis.load import AnalysisSourceError, time_filter
+from analysis.load import PRIMARY_SQL, AnalysisSourceError, time_filter
 from analysis.report import svg
 from analysis.report.json import jsonable
 from analysis.report.text import fmt, fmt_ci, fmt_p
+from analysis.stats import finite_or_none
 
 __all__ = ["SCHEMA", "ModelQuality", "PairedTest", "QualityReport", "analyze_quality",
            "auc_delong", "paired_auc_delong", "quality_html", "render_quality_table"]
@@ -33,7 +34,6 @@ Kind = Literal["binary", "regression"]
 _Z = float(stats.norm.ppf(0.975))
 _EPS = 1e-15  # log loss clips probabilities to [eps, 1 - eps]
 _BINS = 10  # expected calibration error: equal-width bins over [0, 1]
-_PRIMARY = "(role = 'primary' OR (served AND role IN ('variant', 'stable', 'canary')))"
 _WINDOW = re.compile(r"^(\d+)\s*([mhd])$")
 _UNITS = {"m": "minute", "h": "hour", "d": "day"}
 #: Per-request losses of each kind: (JSON name, SQL column).
@@ -116,8 +116,6 @@ class QualityReport:
         return out
 
 
-def _finite(value: Any) -> float | None:
-    return None if value is None or not np.isfinite(float(value)) else float(value)
 
 
 def _delong_parts(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -250,7 +248,7 @@ def _extract(con: duckdb.DuckDBPyConnection, table: str, metric: str, kind: Kind
             GROUP BY request_id
         ), c AS (
             SELECT request_id, route, backend, coalesce(backend_version, '') AS version, role,
-                   coalesce({_PRIMARY}, false) AS is_primary, ts, {pred} AS pred
+                   coalesce({PRIMARY_SQL}, false) AS is_primary, ts, {pred} AS pred
             FROM calls WHERE coalesce(status, 'OK') = 'OK' AND {where}
         ), one AS (
             SELECT route, backend, version, request_id, min(ts) AS ts,
@@ -302,10 +300,10 @@ def _base(r: dict[str, Any]) -> dict[str, Any]:
 
 def _regression(r: dict[str, Any]) -> ModelQuality:
     """MAE with its normal interval; RMSE with the root of the MSE's interval."""
-    n, mae, mse = int(r["n"]), _finite(r["m_ae"]), _finite(r["m_se"])
-    mse_ci = _ci(mse, _finite(r["v_se"]), n)
+    n, mae, mse = int(r["n"]), finite_or_none(r["m_ae"]), finite_or_none(r["m_se"])
+    mse_ci = _ci(mse, finite_or_none(r["v_se"]), n)
     return ModelQuality(
-        **_base(r), mae=mae, mae_ci=_ci(mae, _finite(r["v_ae"]), n),
+        **_base(r), mae=mae, mae_ci=_ci(mae, finite_or_none(r["v_ae"]), n),
         rmse=None if mse is None else float(np.sqrt(mse)),
         rmse_ci=None if mse_ci is None else (float(np.sqrt(max(mse_ci[0], 0.0))),
                                              float(np.sqrt(mse_ci[1]))),
@@ -324,13 +322,14 @@ def _binary(r: dict[str, Any], pred: np.ndarray, y: np.ndarray,
         (n < 2, "fewer than two labelled requests: no intervals")) if broken]
     auc_ci = None if auc is None or se is None else (max(auc - _Z * se, 0.0),
                                                     min(auc + _Z * se, 1.0))
-    ll, br = (_finite(r["m_ll"]), _finite(r["m_br"])) if probabilistic else (None, None)
+    ll = finite_or_none(r["m_ll"]) if probabilistic else None
+    br = finite_or_none(r["m_br"]) if probabilistic else None
     bins = bins if probabilistic else []
     ece = sum(b["n"] / n * abs(b["observed"] - b["mean_score"]) for b in bins) if bins else None
     return ModelQuality(
         **_base(r), positives=positives, auc=auc, auc_se=se, auc_ci=auc_ci,
-        log_loss=ll, log_loss_ci=_ci(ll, _finite(r["v_ll"]), n),
-        brier=br, brier_ci=_ci(br, _finite(r["v_br"]), n),
+        log_loss=ll, log_loss_ci=_ci(ll, finite_or_none(r["v_ll"]), n),
+        brier=br, brier_ci=_ci(br, finite_or_none(r["v_br"]), n),
         ece=ece, reliability=tuple(bins),
         message="; ".join(notes) or None,
     )
@@ -367,8 +366,8 @@ def _comparisons(con: duckdb.DuckDBPyConnection, table: str, kind: Kind) -> list
         route, primary, shadow = str(row[0]), str(row[1]), str(row[2])
         for k, (name, _) in enumerate(cols):
             n_c, p_mean, s_mean, mean, var = row[4 + 5 * k: 9 + 5 * k]
-            out.append(_paired_t(route, primary, shadow, name, int(n_c), _finite(p_mean),
-                                 _finite(s_mean), _finite(mean), _finite(var)))
+            out.append(_paired_t(route, primary, shadow, name, int(n_c), finite_or_none(p_mean),
+                                 finite_or_none(s_mean), finite_or_none(mean), finite_or_none(var)))
     if kind == "binary" and rows:
         arrays = con.execute(f"SELECT p.pred AS ps, s.pred AS ss, s.y AS y {join} "
                              f"ORDER BY {keys}").fetchnumpy()

@@ -311,7 +311,7 @@ def _compare(
         q = float(cs_multiplier(n_total, alpha, rho2))
         p = float(cs_p_value(z, n_total, rho2))
         extras["sequential_rho2"] = rho2
-    mde = (float(_sps.norm.ppf(1.0 - alpha / 2.0)) + float(_sps.norm.ppf(power))) * se
+    mde = _z_sum(alpha, power) * se
 
     rel = rel_ci = None
     if arms.m_a == 0.0:

@@ -9,12 +9,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["PairStats", "SampleStats"]
+__all__ = ["PairStats", "SampleStats", "finite_or_none"]
 
 _NAN = float("nan")
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing, NaN or infinite (JSON has neither)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _centred(n: float, sum_u: float, sum_v: float, sum_uv: float) -> float:
@@ -50,10 +59,6 @@ class SampleStats:
         if not isinstance(other, SampleStats):
             return NotImplemented
         return SampleStats(self.n + other.n, self.sum + other.sum, self.sum_sq + other.sum_sq)
-
-    @property
-    def is_finite(self) -> bool:
-        return math.isfinite(self.sum) and math.isfinite(self.sum_sq)
 
     @property
     def mean(self) -> float:
@@ -132,13 +137,6 @@ class PairStats:
     @property
     def x(self) -> SampleStats:
         return SampleStats(self.n, self.sum_x, self.sum_x2)
-
-    @property
-    def is_finite(self) -> bool:
-        return all(
-            math.isfinite(v)
-            for v in (self.sum_y, self.sum_y2, self.sum_x, self.sum_x2, self.sum_xy)
-        )
 
     @property
     def mean_y(self) -> float:

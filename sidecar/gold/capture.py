@@ -14,8 +14,6 @@ from sidecar.gold.cases import GoldFileError
 
 __all__ = ["CaptureResult", "allocate", "capture"]
 
-#: Calls whose output is the request's primary answer (as analysis.divergence reads it).
-_PRIMARY = "(c.role = 'primary' OR (c.served AND c.role IN ('variant', 'stable', 'canary')))"
 _NO_LABEL = "(none)"
 Stratify = Literal["label", "none"]
 
@@ -46,7 +44,7 @@ def allocate(sizes: dict[str, int], n: int) -> dict[str, int]:
 def capture(source: str, route: str, out: str, *, n: int = 200, stratify: Stratify = "label",
             atol: float = 1e-6, rtol: float = 1e-3, seed: int = 0) -> CaptureResult:
     """Write up to ``n`` cases from a recorded source (DuckDB file or Parquet export)."""
-    from analysis.load import AnalysisSourceError, open_source
+    from analysis.load import AnalysisSourceError, open_source, primary_calls
 
     if n < 1:
         raise GoldFileError("--n must be at least 1")
@@ -72,7 +70,7 @@ def capture(source: str, route: str, out: str, *, n: int = 200, stratify: Strati
                        ORDER BY hash(q.request_id || ?), q.request_id) AS rk
             FROM requests q JOIN calls c ON c.request_id = q.request_id
             WHERE q.route = ? AND q.request_bytes IS NOT NULL AND c.status = 'OK'
-              AND {_PRIMARY}
+              AND {primary_calls("c")}
         """
         sizes = {str(k): int(v) for k, v in con.execute(
             f"SELECT stratum, count(*) FROM ({base}) GROUP BY 1", [str(seed), route]

@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from analysis.load import PRIMARY_SQL
 from sidecar.codecs import codec_for
 from sidecar.errors import ShadowcarError
 from sidecar.sink import Decoding
@@ -26,8 +27,6 @@ __all__ = [
     "RouteDecoding",
 ]
 
-#: Calls whose output is the request's primary answer (as analysis.divergence reads it).
-PRIMARY_SQL = "(role = 'primary' OR (served AND role IN ('variant', 'stable', 'canary')))"
 _PAGE_ROWS = 500
 
 

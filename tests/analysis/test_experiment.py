@@ -243,6 +243,11 @@ def test_recorded_window_and_empty_database(tmp_path: Path) -> None:
     assert report.experiments[0].srm.counts == {"control": 10, "treat": 10}
     before = analyze_experiments(con, until=T0 + timedelta(hours=12))
     assert sum(before.experiments[0].srm.counts.values()) == 20
+    # the bounds every report takes: ISO text and ages ("36500d" reaches back past T0)
+    iso = analyze_experiments(con, since=(T0 + timedelta(hours=12)).isoformat())
+    assert iso.experiments[0].srm.counts == {"control": 10, "treat": 10}
+    aged = analyze_experiments(con, since="36500d")
+    assert sum(aged.experiments[0].srm.counts.values()) == 40
     con.close()
 
 
