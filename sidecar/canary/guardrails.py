@@ -116,7 +116,7 @@ def gather_evidence(
         {"route": route, "candidate": candidate, "stable": stable,
          "since": _ts(since_epoch), "stable_since": _ts(stable_since_epoch)},
     ).fetchall()[0]
-    return Evidence(*(v if v is not None else None for v in row))  # type: ignore[arg-type]
+    return Evidence(*row)
 
 
 def _ts(epoch: float) -> Any:

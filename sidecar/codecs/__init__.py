@@ -32,7 +32,6 @@ from sidecar.codecs.reflection import (
 from sidecar.codecs.tensor import DATATYPES, CodecError, Datatype, Tensor
 
 __all__ = [
-    "CODEC_NAMES",
     "DATATYPES",
     "DESCRIPTOR_PREFIX",
     "REFLECTION",
@@ -112,7 +111,6 @@ class RawCodec:
 _CODECS: Final[dict[str, Codec]] = {"oip": OipCodec(), "raw": RawCodec()}
 
 #: The codec names a route may configure.
-CODEC_NAMES: Final[frozenset[str]] = frozenset(_CODECS)
 
 
 def codec_for(name: str) -> Codec:

@@ -17,6 +17,8 @@ from sidecar._proto import inference_pb2
 from sidecar.codecs.tensor import BYTES_DATATYPE, DATATYPES, NUMERIC_DTYPES, CodecError, Tensor
 
 __all__ = [
+    "LENGTH_PREFIX",
+    "TYPED_FIELD",
     "OutputSummary",
     "decode_infer_request",
     "decode_infer_response",
@@ -25,7 +27,7 @@ __all__ = [
 
 # Which InferTensorContents field carries each datatype. FP16/BF16 have no typed field in the
 # spec; some clients put them in fp32_contents, so that is accepted when present.
-_TYPED_FIELD: dict[str, str] = {
+TYPED_FIELD: dict[str, str] = {
     "BOOL": "bool_contents",
     "UINT8": "uint_contents",
     "UINT16": "uint_contents",
@@ -42,7 +44,7 @@ _TYPED_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 
-_LENGTH_PREFIX = struct.Struct("<I")
+LENGTH_PREFIX = struct.Struct("<I")
 
 
 class _WireTensor(Protocol):
@@ -177,7 +179,7 @@ def _check_count(wire: _WireTensor, shape: tuple[int, ...], found: int) -> None:
 def _from_typed(
     wire: _WireTensor, shape: tuple[int, ...]
 ) -> tuple[list[float] | None, list[str] | None]:
-    values: Sequence[object] = getattr(wire.contents, _TYPED_FIELD[wire.datatype])
+    values: Sequence[object] = getattr(wire.contents, TYPED_FIELD[wire.datatype])
     _check_count(wire, shape, len(values))
     if wire.datatype == BYTES_DATATYPE:
         return None, _texts(values)  # type: ignore[arg-type]  # bytes_contents holds bytes
@@ -219,10 +221,10 @@ def _split_length_prefixed(wire: _WireTensor, raw: bytes, expected: int) -> list
             raise CodecError(
                 f"tensor {wire.name!r}: more than the {expected} BYTES elements its shape allows"
             )
-        if offset + _LENGTH_PREFIX.size > len(raw):
+        if offset + LENGTH_PREFIX.size > len(raw):
             raise CodecError(f"tensor {wire.name!r}: truncated BYTES length prefix")
-        (length,) = _LENGTH_PREFIX.unpack_from(raw, offset)
-        offset += _LENGTH_PREFIX.size
+        (length,) = LENGTH_PREFIX.unpack_from(raw, offset)
+        offset += LENGTH_PREFIX.size
         if offset + length > len(raw):
             raise CodecError(
                 f"tensor {wire.name!r}: BYTES element of {length} bytes overruns the raw contents"

@@ -6,7 +6,6 @@ Checks are vectorised per tensor with numpy; imputation re-encodes an OIP ``Mode
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
@@ -15,6 +14,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from sidecar._proto import inference_pb2
+from sidecar.codecs.oip import LENGTH_PREFIX, TYPED_FIELD
 from sidecar.codecs.tensor import BYTES_DATATYPE, NUMERIC_DTYPES, CodecError, Tensor
 from sidecar.contracts.model import Contract, FeatureSpec, InputSpec, OutputSpec, Scalar
 
@@ -23,17 +23,8 @@ __all__ = ["Rule", "Violation", "check_inputs", "check_outputs", "impute"]
 #: The closed vocabulary of contract rules a violation names.
 Rule: TypeAlias = Literal["missing", "datatype", "shape", "range", "category", "null", "nan"]
 
-_LENGTH_PREFIX = struct.Struct("<I")
 _INT_DATATYPES = frozenset({"UINT8", "UINT16", "UINT32", "UINT64",
                             "INT8", "INT16", "INT32", "INT64"})
-# The InferTensorContents field a client fills for each datatype (as sidecar.codecs.oip reads).
-_TYPED_FIELD: dict[str, str] = {
-    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-    "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
-    "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-    "FP16": "fp32_contents", "BF16": "fp32_contents", "FP32": "fp32_contents",
-    "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +184,10 @@ def impute(contract: Contract, request_bytes: bytes) -> tuple[bytes, list[str]] 
     raw = len(request.raw_input_contents) > 0
     imputed: list[str] = []
     for spec in contract.inputs:
+        if spec.name in present:  # the common case: no default row to build
+            continue
         row = spec.default_row()
-        if spec.name in present or row is None:
+        if row is None:
             continue
         planned = _fill(spec, row, batch)
         if planned is None:
@@ -240,7 +233,7 @@ def _fill(spec: InputSpec, row: tuple[Scalar, ...], batch: int
 
 def _typed(contents: inference_pb2.InferTensorContents, datatype: str,
            values: list[Scalar]) -> None:
-    field = getattr(contents, _TYPED_FIELD[datatype])
+    field = getattr(contents, TYPED_FIELD[datatype])
     if datatype == BYTES_DATATYPE:
         field.extend(str(v).encode() for v in values)
     elif datatype == "BOOL":
@@ -254,7 +247,7 @@ def _typed(contents: inference_pb2.InferTensorContents, datatype: str,
 def _raw_bytes(datatype: str, values: list[Scalar]) -> bytes:
     if datatype == BYTES_DATATYPE:
         encoded = [str(v).encode() for v in values]
-        return b"".join(_LENGTH_PREFIX.pack(len(e)) + e for e in encoded)
+        return b"".join(LENGTH_PREFIX.pack(len(e)) + e for e in encoded)
     numbers = np.asarray([float(v) for v in values], dtype=np.float64)
     if datatype == "BF16":  # bfloat16 is the upper half of an IEEE float32
         packed = (numbers.astype("<f4").view("<u4") >> 16).astype("<u2")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from sidecar.backends import Backend
 from sidecar.codecs import codec_for
 from sidecar.config import BackendConfig
 from sidecar.gold.cases import CaseResult, GoldCase, judge
+from sidecar.replay.runner import new_run_id
 from sidecar.sink import CallRecord, Decoding, migrate
 from sidecar.sink.writer import write_batch
 
@@ -70,7 +70,7 @@ async def run_cases(
         max_message_bytes=1 << 30)
     decoding = Decoding(codec_for(codec), None, -1, False)
     limit = asyncio.Semaphore(concurrency)
-    run = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    run = run_id or new_run_id()
 
     async def one(case: GoldCase) -> tuple[CaseResult, CallRecord]:
         async with limit:

@@ -189,7 +189,8 @@ class ReplaySource:
 
     def originals(self, table: str, ids: list[str], columns: list[str]) -> pa.Table:
         """Recorded rows of ``table`` for ``ids``: requests, or the primary calls."""
-        keep = [c for c in columns if c in set(self.columns(table))]
+        have = set(self.columns(table))  # two queries: once, not once per column
+        keep = [c for c in columns if c in have]
         select = ", ".join(f'"{c}"' for c in keep)
         where = "request_id IN (SELECT unnest(?))"
         if table == "calls":

@@ -106,11 +106,3 @@ class ReplayStore:
             ).fetchall()
         finally:
             self.con.unregister("_replay_rows")
-
-    def counts(self) -> tuple[int, int]:
-        """(replay calls of this run, of which OK)."""
-        rows = self.con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE status = 'OK') FROM replay_progress "
-            "WHERE run_id = ?", [self.run_id]
-        ).fetchall()
-        return int(rows[0][0]), int(rows[0][1])
