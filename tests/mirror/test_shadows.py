@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 
 import duckdb
 import pytest
@@ -38,22 +39,29 @@ async def test_shadow_gets_a_marked_copy(echo, start_sidecar, channel_to) -> Non
 
 
 async def test_sampling_is_deterministic_per_request_id(echo, start_sidecar, channel_to) -> None:
-    primary, shadow = await echo(), await echo()
+    primary, shadow, twin = await echo(), await echo(), await echo()
     sc = await start_sidecar(
-        {"p": primary.target, "s": shadow.target},
-        [{"match": "*", "primary": "p", "shadows": [{"backend": "s", "sample_percent": 25}]}],
+        {"p": primary.target, "s": shadow.target, "t": twin.target},
+        [{"match": "*", "primary": "p", "shadows": [{"backend": "s", "sample_percent": 25},
+                                                     {"backend": "t", "sample_percent": 25}]}],
     )
     stub = channel_to(sc.port).unary_unary("/m.S/P")
     ids = [f"req-{i}" for i in range(400)]
     for rid in ids:
         await stub(b"x", metadata=(("x-request-id", rid),))
-    expected = {rid for rid in ids if sample_bucket(rid) < 2500}
+    # The documented rule, computed here independently: CRC-32 of the id, mod 10000, unsalted.
+    assert [sample_bucket(rid) for rid in ids[:3]] == [
+        zlib.crc32(rid.encode()) % 10_000 for rid in ids[:3]]
+    expected = {rid for rid in ids if zlib.crc32(rid.encode()) % 10_000 < 2500}
     await _wait_for(lambda: shadow.calls == len(expected))
     await asyncio.sleep(0.1)
     mirrored = {dict(md)["x-request-id"] for md in shadow.seen_metadata}
     assert shadow.calls == len(expected)
     assert 60 < len(expected) < 140  # about a quarter of 400
     assert mirrored <= expected
+    # Unsalted: a second shadow at the same percentage sees exactly the same requests.
+    await _wait_for(lambda: twin.calls == len(expected))
+    assert {dict(md)["x-request-id"] for md in twin.seen_metadata} == mirrored
 
 
 async def test_hanging_shadow_does_not_delay_the_caller(echo, start_sidecar, channel_to) -> None:
@@ -137,6 +145,8 @@ async def test_broken_shadow_never_reaches_the_caller(
             assert "INTERNAL" in str(info.value)
         else:
             assert await stub(str(i).encode()) == str(i).encode()
+        if kind == "dead":  # one copy at a time, so the breaker sees the streak in order
+            await _wait_for(lambda: sc.stats()["routes"][0]["shadows"]["s"]["in_flight"] == 0)
     await sc.aclose()
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute("SELECT status, error FROM calls WHERE role = 'shadow'").fetchall()
@@ -149,6 +159,9 @@ async def test_broken_shadow_never_reaches_the_caller(
     # (recorded as DROPPED, "circuit open") instead of being sent.
     assert statuses <= {expected[kind], "DROPPED"}
     assert all(err == "circuit open" for status, err in rows if status == "DROPPED")
+    if kind == "dead":  # default breaker: 5 consecutive failures open it for 5 s
+        counts = {st: sum(1 for s, _ in rows if s == st) for st in statuses}
+        assert counts == {"UNAVAILABLE": 5, "DROPPED": 5}
 
 
 async def test_several_shadows_each_get_a_copy(echo, start_sidecar, channel_to) -> None:
