@@ -29,6 +29,34 @@ async def _post(port: int, text: str, token: str | None = "tok") -> tuple[int, d
             return resp.status, await resp.json()
 
 
+async def test_admin_token_from_the_environment_guards_posts(echo, tmp_path,
+                                                             monkeypatch) -> None:
+    """SHADOWCAR_ADMIN_TOKEN alone (no token in the file, as the Kubernetes example runs)
+    guards every POST; it also wins over a token in the file."""
+    a = await echo()
+    data = sidecar_config(tmp_path / "env.duckdb", {"a": a.target},
+                          [{"match": "*", "primary": "a"}])
+    monkeypatch.setenv("SHADOWCAR_ADMIN_TOKEN", "from-env")
+    sc = Sidecar(parse_config(data))
+    await sc.start()
+    try:
+        text = yaml.safe_dump(data)
+        assert (await _post(sc.admin.port, text, token=None))[0] == 401
+        assert (await _post(sc.admin.port, text, token="wrong"))[0] == 401
+        status, body = await _post(sc.admin.port, text, token="from-env")
+        assert status == 200 and body["changed"] is False
+    finally:
+        await sc.aclose()
+    data["admin"]["token"] = "in-file"
+    sc = Sidecar(parse_config(data))
+    await sc.start()
+    try:
+        assert (await _post(sc.admin.port, yaml.safe_dump(data), token="in-file"))[0] == 401
+        assert (await _post(sc.admin.port, yaml.safe_dump(data), token="from-env"))[0] == 200
+    finally:
+        await sc.aclose()
+
+
 async def test_reload_through_the_admin_api(echo, tmp_path, channel_to) -> None:
     a, b = await echo(delay_ms=400), await echo()
     data = sidecar_config(tmp_path / "r.duckdb", {"a": a.target, "b": b.target},

@@ -4,6 +4,8 @@ recording; secrets never in /v1/config or errors."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import ipaddress
 import json
 import ssl
@@ -120,8 +122,9 @@ def test_unreadable_tls_file_names_the_field(tmp_path) -> None:
     assert [p for p, _ in info.value.problems] == ["tls.cert", "tls.key"]
 
 
+@pytest.mark.parametrize("mode", ["hash", "drop"])
 async def test_redaction_before_recording(tmp_path, monkeypatch, start_sidecar,
-                                          channel_to) -> None:
+                                          channel_to, mode) -> None:
     monkeypatch.setenv("SHADOWCAR_REDACTION_KEY", "k3y")
     model, _ = make_demo_models()
     server = await start_model_server(model)
@@ -132,7 +135,10 @@ async def test_redaction_before_recording(tmp_path, monkeypatch, start_sidecar,
             [{"match": METHOD, "primary": "p", "codec": "oip",
               "unit": {"metadata": "x-user-id"},
               "canary": None,
-              "redact": {"inputs": ["email"], "unit": True}}],
+              # an experiment records the unit of every exposed request
+              "experiment": {"name": "e", "variants": [
+                  {"name": "only", "backend": "p", "weight": 100}]},
+              "redact": {"inputs": ["email"], "unit": True, "mode": mode}}],
             storage={"path": str(db), "flush_interval_ms": 20, "record_bytes": True},
         )
         req = pb.ModelInferRequest(model_name="demo")
@@ -142,24 +148,27 @@ async def test_redaction_before_recording(tmp_path, monkeypatch, start_sidecar,
         email.contents.bytes_contents.append(b"alice@example.com")
         stub = channel_to(sc.port).unary_unary(METHOD)
         try:
-            await stub(req.SerializeToString())
+            await stub(req.SerializeToString(), metadata=(("x-user-id", "user-7"),))
         except grpc.aio.AioRpcError:
             pass  # the demo model refuses the extra input; recording is what matters here
         await sc.aclose()
     finally:
         await server.aclose()
     con = duckdb.connect(str(db), read_only=True)
-    row = con.execute("SELECT inputs, request_bytes FROM requests").fetchall()[0]
+    row = con.execute("SELECT inputs, request_bytes, unit_id FROM requests").fetchall()[0]
     con.close()
     inputs = {t["name"]: t for t in row[0]}
     assert row[1] is None  # no raw bytes for a redacted route
     assert inputs["features"]["data"] == [1.0] * 8
-    hashed = inputs["email"]["text"][0]
-    assert hashed != "alice@example.com" and len(hashed) == 32
-    import hashlib
-    import hmac
 
-    assert hashed == hmac.new(b"k3y", b"alice@example.com", hashlib.sha256).hexdigest()[:32]
+    def keyed(text: str) -> str:
+        return hmac.new(b"k3y", text.encode(), hashlib.sha256).hexdigest()[:32]
+
+    if mode == "drop":
+        assert "email" not in inputs and row[2] is None
+    else:
+        assert inputs["email"]["text"] == [keyed("alice@example.com")]
+        assert row[2] == keyed("user-7")  # the unit id is hashed with the same key
 
 
 def test_hash_redaction_needs_its_key(tmp_path, monkeypatch) -> None:
