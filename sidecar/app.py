@@ -88,14 +88,10 @@ class Sidecar:
 
             self.export = PeriodicExport(cfg.storage.export, self.sink)
         self.notifier: WebhookNotifier | None = None
-        n = cfg.notify
-        if n.webhook:
+        if cfg.notify.webhook:
             from sidecar.notify import WebhookNotifier
 
-            self.notifier = WebhookNotifier(
-                n.webhook, timeout_s=n.timeout_s, retries=n.retries, backoff_s=n.backoff_s,
-                queue_size=n.queue_size,
-            )
+            self.notifier = WebhookNotifier.from_config(cfg.notify)
         self.mirror = Mirror(self.sink.record_call, counts=self.call_counts,
                              tracing=self._hot_tracing)
         self.backends: dict[str, Backend] = {}

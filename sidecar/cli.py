@@ -236,9 +236,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 async def _notify(settings: Any, events: list[dict[str, Any]]) -> int:
     from sidecar.notify import WebhookNotifier
 
-    async with WebhookNotifier(settings.webhook, timeout_s=settings.timeout_s,
-                               retries=settings.retries, backoff_s=settings.backoff_s,
-                               queue_size=settings.queue_size) as notifier:
+    async with WebhookNotifier.from_config(settings) as notifier:
         for event in events:
             notifier.notify(event)
     return 0

@@ -176,9 +176,7 @@ def _static_fallbacks(config: Config, base: Path) -> tuple[dict[str, bytes], lis
         fb = route.fallback
         if fb is None or fb.static is None:
             continue
-        path = Path(fb.static)
-        if not path.is_absolute():
-            path = base / path
+        path = base / fb.static  # an absolute path replaces base
         try:
             found[route.match] = load_static_fallback(path, route.codec)
         except ValueError as exc:
@@ -192,20 +190,18 @@ def _files(config: Config, base: Path) -> tuple[dict[str, bytes], list[tuple[str
         if tls is not None:
             wanted += [(f"{where}.cert", tls.cert), (f"{where}.key", tls.key)]
             wanted.append((f"{where}.client_ca", getattr(tls, "client_ca", None)))
+    found: dict[str, bytes] = {}
+    problems: list[tuple[str, str]] = []
     for i, b in enumerate(config.backends):
         if b.tls is not None:
             if (b.tls.cert is None) != (b.tls.key is None):
-                wanted.append((f"backends[{i}].tls.key", "\0missing pair"))
+                problems.append((f"backends[{i}].tls.key",
+                                 "give both cert and key for a client certificate"))
             wanted += [(f"backends[{i}].tls.{k}", getattr(b.tls, k)) for k in ("ca", "cert", "key")]
-    found: dict[str, bytes] = {}
-    problems: list[tuple[str, str]] = []
     for where, name in wanted:
         if name is None:
             continue
-        if name == "\0missing pair":
-            problems.append((where, "give both cert and key for a client certificate"))
-            continue
-        path = Path(name) if Path(name).is_absolute() else base / name
+        path = base / name  # an absolute path replaces base
         try:
             found[where] = path.read_bytes()
         except OSError as exc:
@@ -226,7 +222,7 @@ def _contracts(config: Config, base: Path) -> tuple[dict[str, Any], list[tuple[s
         if route.codec != "oip":
             problems.append((f"routes[{r}].codec", "a route with a contract needs codec: oip"))
             continue
-        path = Path(spec.file) if Path(spec.file).is_absolute() else base / spec.file
+        path = base / spec.file
         try:
             found[route.match] = load_contract(path)
         except ConfigError as exc:
@@ -247,7 +243,7 @@ def _descriptor_codecs(
         if not route.codec.startswith("descriptor:"):
             continue
         name = route.codec.removeprefix("descriptor:")
-        path = Path(name) if Path(name).is_absolute() else base / name
+        path = base / name
         _, _, method = route.match.lstrip("/").partition("/")
         exact = route.match if method and method != "*" else None
         try:
@@ -294,15 +290,16 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
         ]
         raise ConfigError(problems, source) from None
     problems = _cross_check(config)
-    statics, more = _static_fallbacks(config, base_dir or Path.cwd())
+    base = base_dir or Path.cwd()  # relative file names in the config are relative to this
+    statics, more = _static_fallbacks(config, base)
     problems.extend(more)
-    files, more = _files(config, base_dir or Path.cwd())
+    files, more = _files(config, base)
     problems.extend(more)
     keys, more = _redaction_keys(config)
     problems.extend(more)
-    contracts, more = _contracts(config, base_dir or Path.cwd())
+    contracts, more = _contracts(config, base)
     problems.extend(more)
-    codecs, more = _descriptor_codecs(config, base_dir or Path.cwd())
+    codecs, more = _descriptor_codecs(config, base)
     problems.extend(more)
     from sidecar.triggers.config import cross_check_triggers
 

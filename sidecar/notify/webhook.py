@@ -12,9 +12,12 @@ import logging
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Literal, Self, TypeAlias, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias, get_args
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from sidecar.config.models import NotifyConfig
 
 __all__ = ["EVENT_KINDS", "EventKind", "WebhookNotifier", "WebhookStats"]
 
@@ -49,6 +52,13 @@ class WebhookNotifier:
     other 4xx answers are not. ``drain_timeout_s`` bounds how long ``aclose()`` delivers the
     queued events; those left are counted as abandoned.
     """
+
+    @classmethod
+    def from_config(cls, settings: NotifyConfig) -> WebhookNotifier:
+        """The notifier a config's ``notify`` block describes (its ``webhook`` must be set)."""
+        assert settings.webhook is not None
+        return cls(settings.webhook, timeout_s=settings.timeout_s, retries=settings.retries,
+                   backoff_s=settings.backoff_s, queue_size=settings.queue_size)
 
     def __init__(self, url: str, *, timeout_s: float = 5.0, retries: int = 3,
                  backoff_s: float = 0.5, queue_size: int = 1000,
