@@ -18,10 +18,7 @@ import pyarrow as pa
 from sidecar.codecs import CodecError, summarize
 from sidecar.codecs.descriptor import MethodCodec, json_tensors
 from sidecar.codecs.fieldpath import summarize_json
-from sidecar.sink.records import (
-    CallRecord,
-    RequestRecord,
-)
+from sidecar.sink.records import CallRecord, Decoding, RequestRecord
 
 __all__ = ["CallObserver", "warm_up", "write_batch"]
 
@@ -70,6 +67,13 @@ def _violations_json(found: Sequence[Any] | None) -> str | None:
     return json.dumps([{"field": v.field, "rule": v.rule, "detail": v.detail} for v in found])
 
 
+def _json_text(dec: Decoding, doc: dict[str, Any]) -> str:
+    """A decoded JSON message as recorded: its configured field paths redacted first."""
+    if dec.redactor is not None and dec.redactor.fields:
+        doc = dec.redactor.json(doc)
+    return json.dumps(doc, separators=(",", ":"))
+
+
 def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
     if all(r.decoding.plain and r.violations is None and r.imputed is None for r in rows):
         return _plain_requests(rows)
@@ -79,6 +83,7 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
     violations: list[str | None] = []
     imputed: list[str | None] = []
     request_jsons: list[str | None] = []
+    units: list[str | None] = []
     for row in rows:
         dec = row.decoding
         tensors = None
@@ -92,9 +97,7 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
             except CodecError:
                 doc = None
             if doc is not None:
-                if dec.redactor is not None and dec.redactor.fields:
-                    doc = dec.redactor.json(doc)
-                request_json = json.dumps(doc, separators=(",", ":"))
+                request_json = _json_text(dec, doc)
         elif dec.codec is not None:
             try:
                 decoded = dec.codec.decode_request(row.request)
@@ -110,15 +113,14 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
         violations.append(_violations_json(found))
         imputed.append(json.dumps(list(row.imputed)) if row.imputed else None)
         request_jsons.append(request_json)
+        unit = row.unit_id
         if dec.redactor is not None:
             tensors = dec.redactor.tensors(tensors)
+            if dec.redactor.unit:
+                unit = dec.redactor.value(unit)
         inputs.append(tensors)
+        units.append(unit)
         raw.append(row.request if dec.record_bytes else None)
-    units = [r.unit_id for r in rows]
-    for i, row in enumerate(rows):
-        red = row.decoding.redactor
-        if red is not None and red.unit:
-            units[i] = red.value(units[i])
     columns = _request_columns(rows)
     columns.update({
         "unit_id": pa.array(units, pa.string()),
@@ -199,10 +201,11 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
     for row in rows:
         dec = row.decoding
         error = row.error
-        tensors = summary = None
+        tensors = None
         found: Sequence[Any] | None = None
         response_json = None
-        json_summary: tuple[list[float] | None, float | None, str | None] | None = None
+        #: (compared output, score, label) of the answer
+        summary: tuple[list[float] | None, float | None, str | None] = (None, None, None)
         if hasattr(dec.codec, "decode_response_json"):  # a MethodCodec (cheap check)
             if row.response is not None:
                 try:
@@ -213,11 +216,9 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
                 except CodecError as exc:
                     doc, error = None, f"undecodable response: {exc}"
                 if doc is not None:
-                    if dec.redactor is not None and dec.redactor.fields:
-                        doc = dec.redactor.json(doc)
-                    response_json = json.dumps(doc, separators=(",", ":"))
+                    response_json = _json_text(dec, doc)
                     tensors = [t.as_row() for t in json_tensors(doc, dec.compare_fields)] or None
-                    json_summary = summarize_json(doc, dec.compare_fields, dec.score_index)
+                    summary = summarize_json(doc, dec.compare_fields, dec.score_index)
         elif dec.codec is not None and row.response is not None:
             try:
                 decoded = dec.codec.decode_response(row.response)
@@ -226,21 +227,18 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
                 error = f"undecodable response: {exc}"
             if decoded is not None:
                 tensors = [t.as_row() for t in decoded]
-                summary = summarize(decoded, dec.compare_output, dec.score_index)
+                s = summarize(decoded, dec.compare_output, dec.score_index)
+                if s is not None:
+                    summary = (s.output, s.score, s.label)
                 if dec.contract is not None and dec.contract.outputs:
                     from sidecar.contracts import check_outputs
 
                     found = check_outputs(dec.contract, decoded)
         out_violations.append(_violations_json(found))
         outputs.append(tensors)
-        if json_summary is not None:
-            output.append(json_summary[0])
-            score.append(json_summary[1])
-            label.append(json_summary[2])
-        else:
-            output.append(summary.output if summary else None)
-            score.append(summary.score if summary else None)
-            label.append(summary.label if summary else None)
+        output.append(summary[0])
+        score.append(summary[1])
+        label.append(summary[2])
         response_jsons.append(response_json)
         if on_call is not None:
             on_call(row, score[-1], label[-1])
