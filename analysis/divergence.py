@@ -21,7 +21,13 @@ from analysis.distribution import (
     spearman_sorted,
     wilson_interval,
 )
-from analysis.load import PRIMARY_SQL, AnalysisSourceError, sql_quote, time_filter
+from analysis.load import (
+    PRIMARY_SQL,
+    AnalysisSourceError,
+    relation_columns,
+    sql_quote,
+    time_filter,
+)
 from analysis.noise_floor import compare_with_floor, replica_backends
 from analysis.operations import (
     Operations,
@@ -133,12 +139,13 @@ def analyze_divergence(
     """Compare every shadow backend with its route's primary over the recorded calls."""
     params = {"since": since, "until": until, "route": route, "atol": atol, "rtol": rtol,
               "segment": segment}
-    if not _has_view(con, "calls"):
+    calls = relation_columns(con, "calls")
+    if not calls:
         return DivergenceReport((), params, "the source has no calls table")
     where = time_filter(since, until)
     if route is not None:
         where += " AND route = " + sql_quote(route)
-    seg_sql, seg_join = _segment_sql(con, segment)
+    seg_sql, seg_join = _segment_sql(con, segment, calls)
     seg_column = f', "{segment}"' if seg_sql.startswith("s.") else ""
     vectors = con.execute("SELECT EXISTS (SELECT 1 FROM calls WHERE output IS NOT NULL)")
     has_vectors = bool(vectors.fetchall()[0][0])
@@ -165,7 +172,7 @@ def analyze_divergence(
         pairs.append(_build_pair(row, scores, ops, replicas))
     pairs = _attach_unmatched(pairs, unmatched_only, ops, replicas, segment)
     pairs = _apply_noise_floor(pairs)
-    if "response_hash" in _columns(con, "calls") and segment is None:
+    if "response_hash" in calls and segment is None:
         pairs = _attach_identical(con, where, pairs)
     message = None if any(p.n for p in pairs) else (
         "no primary/shadow pair has outputs on both sides"
@@ -199,28 +206,15 @@ def _attach_identical(
     return out
 
 
-def _has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    found = con.execute(
-        "SELECT count(*) FROM duckdb_views() WHERE view_name = ? "
-        "UNION ALL SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
-        [name, name],
-    ).fetchall()
-    return any(int(r[0]) for r in found)
-
-
-def _columns(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
-    if not _has_view(con, name):
-        return set()
-    return {str(r[0]) for r in con.execute(f"DESCRIBE {name}").fetchall()}
-
-
-def _segment_sql(con: duckdb.DuckDBPyConnection, segment: str | None) -> tuple[str, str]:
+def _segment_sql(
+    con: duckdb.DuckDBPyConnection, segment: str | None, calls: set[str]
+) -> tuple[str, str]:
     """The SQL of the segment value (read from the shadow's call or its request) and a join."""
     if segment is None:
         return "NULL::VARCHAR", ""
-    if segment in _columns(con, "calls"):
+    if segment in calls:
         return f's."{segment}"::VARCHAR', ""
-    if segment in _columns(con, "requests"):
+    if segment in relation_columns(con, "requests"):
         return f'r."{segment}"::VARCHAR', "LEFT JOIN requests r ON r.request_id = s.request_id"
     raise AnalysisSourceError(f"segment {segment!r} is not a column of calls or requests")
 

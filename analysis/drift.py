@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from analysis.distribution import compare_distributions
-from analysis.load import parse_time, sql_quote, sql_timestamp, time_filter
+from analysis.load import parse_time, relations, sql_quote, sql_timestamp, time_filter
 from analysis.report.json import jsonable
 
 __all__ = ["CHI2_ALPHA", "PSI_ALERT", "SCHEMA", "DriftReport", "FeatureDrift", "analyze_drift"]
@@ -114,8 +114,7 @@ def analyze_drift(
     window the second half. ``ranges`` declares each feature's valid ``[low, high]``.
     """
     ranges = dict(ranges or {})
-    tables = {str(r[0]) for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
-    tables |= {str(r[0]) for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    tables = relations(con)
     if "requests" not in tables:
         return DriftReport({}, {}, (), "the source has no requests table")
     route_sql = "TRUE" if route is None else f"route = {sql_quote(route)}"

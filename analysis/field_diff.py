@@ -17,7 +17,13 @@ import duckdb
 from scipy import stats
 
 from analysis.distribution import wilson_interval
-from analysis.load import PRIMARY_SQL, AnalysisSourceError, sql_quote, time_filter
+from analysis.load import (
+    PRIMARY_SQL,
+    AnalysisSourceError,
+    relation_columns,
+    sql_quote,
+    time_filter,
+)
 from analysis.noise_floor import replica_backends
 from analysis.report.json import jsonable
 
@@ -171,16 +177,6 @@ def _equal(p: str, s: str, atol: float, rtol: float) -> str:
     )
 
 
-def _columns(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
-    found = con.execute(
-        "SELECT count(*) FROM (SELECT view_name AS n FROM duckdb_views() UNION ALL "
-        "SELECT table_name FROM duckdb_tables()) WHERE n = ?", [name]
-    ).fetchall()
-    if not found[0][0]:
-        return set()
-    return {str(r[0]) for r in con.execute(f"DESCRIBE {name}").fetchall()}
-
-
 def analyze_field_diff(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -209,7 +205,7 @@ def analyze_field_diff(
         "ignore": None if ignore is None else list(ignore), "atol": atol, "rtol": rtol,
         "alpha": alpha, "since": since, "until": until, "max_fields": max_fields,
     }
-    columns = _columns(con, "calls")
+    columns = relation_columns(con, "calls")
     if not columns:
         return FieldDiffReport((), params, "the source has no calls table")
     if "response_json" not in columns:
@@ -249,7 +245,7 @@ def analyze_field_diff(
 
 def _ignore_fields(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     """Each route's ``ignore_fields`` from the newest ``configs`` row naming the route."""
-    if "config_json" not in _columns(con, "configs"):
+    if "config_json" not in relation_columns(con, "configs"):
         return {}
     found: dict[str, list[str]] = {}
     rows = con.execute("SELECT config_json FROM configs ORDER BY ts DESC NULLS LAST").fetchall()

@@ -23,6 +23,8 @@ __all__ = [
     "open_source",
     "parse_time",
     "primary_calls",
+    "relation_columns",
+    "relations",
     "sql_quote",
     "sql_timestamp",
     "time_filter",
@@ -60,6 +62,20 @@ def primary_calls(alias: str = "") -> str:
 
 #: :func:`primary_calls` on unqualified columns.
 PRIMARY_SQL = primary_calls()
+
+
+def relations(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the tables and views a connection sees."""
+    rows = con.execute("SELECT view_name FROM duckdb_views() UNION ALL "
+                       "SELECT table_name FROM duckdb_tables()").fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def relation_columns(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
+    """Column names of table or view ``name``; empty when there is none."""
+    if name not in relations(con):
+        return set()
+    return {str(r[0]) for r in con.execute(f"DESCRIBE {name}").fetchall()}
 
 
 def open_source(

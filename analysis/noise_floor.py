@@ -12,6 +12,8 @@ from typing import Any
 
 import duckdb
 
+from analysis.load import relations
+
 __all__ = ["NOISE_METRICS", "compare_with_floor", "replica_backends"]
 
 #: Metrics compared with the noise floor; for each, larger means more divergent.
@@ -23,11 +25,7 @@ NOISE_METRICS = (
 
 def replica_backends(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
     """Replica shadow backends per route, from the newest ``configs`` row naming the route."""
-    present = con.execute(
-        "SELECT count(*) FROM (SELECT view_name AS name FROM duckdb_views() UNION ALL "
-        "SELECT table_name FROM duckdb_tables()) WHERE name = 'configs'"
-    ).fetchall()
-    if not present[0][0]:
+    if "configs" not in relations(con):
         return {}
     found: dict[str, set[str]] = {}
     rows = con.execute("SELECT config_json FROM configs ORDER BY ts DESC NULLS LAST").fetchall()

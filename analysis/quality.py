@@ -20,7 +20,7 @@ import numpy as np
 from rich.table import Table
 from scipy import stats
 
-from analysis.load import PRIMARY_SQL, AnalysisSourceError, time_filter
+from analysis.load import PRIMARY_SQL, AnalysisSourceError, relations, time_filter
 from analysis.report import svg
 from analysis.report.json import jsonable
 from analysis.report.text import fmt, fmt_ci, fmt_p
@@ -200,9 +200,7 @@ def analyze_quality(
     if kind not in _LOSSES:
         raise AnalysisSourceError(f"kind {kind!r}: use binary or regression")
     bucket = _bucket(window)
-    tables = con.execute("SELECT view_name FROM duckdb_views() UNION ALL "
-                         "SELECT table_name FROM duckdb_tables()").fetchall()
-    if missing := {"calls", "outcomes"} - {str(r[0]) for r in tables}:
+    if missing := {"calls", "outcomes"} - relations(con):
         return QualityReport(kind, metric, params, (), (), (),
                              f"the source has no {' or '.join(sorted(missing))} table")
     table = f"_sc_quality_{uuid.uuid4().hex[:12]}"
