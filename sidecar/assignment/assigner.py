@@ -93,12 +93,20 @@ class RouteAssigner:
         self._not_exposed = Decision(primary, "primary", None, None, None, False)
 
     def decide(self, metadata: Metadata, request: bytes, request_id: str) -> Decision:
+        # Experiments usually share the route's unit key: extract the unit and test the
+        # holdout once per distinct key and unit, not once per experiment.
+        key: UnitKey | None = None
+        unit: str | None = None
+        not_held: str | None = None
         for exp in self.experiments:
-            unit = exp.unit.extract(metadata, request, request_id)
+            if exp.unit is not key:
+                key, unit = exp.unit, exp.unit.extract(metadata, request, request_id)
             if unit is None:
                 continue
-            if self.holdout and bucket(self.holdout_salt, unit) < self.holdout:
-                return Decision(self.primary, "primary", unit, None, "holdout", False)
+            if self.holdout and unit != not_held:
+                if bucket(self.holdout_salt, unit) < self.holdout:
+                    return Decision(self.primary, "primary", unit, None, "holdout", False)
+                not_held = unit
             if exp.force_header is not None:
                 forced = _header(metadata, exp.force_header)
                 if forced is not None and forced in exp.by_name:
