@@ -137,6 +137,32 @@ async def test_grpc_health_and_reflection(echo, start_sidecar, channel_to) -> No
         assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+async def test_shutdown_says_not_serving_while_calls_drain(echo, start_sidecar,
+                                                           channel_to) -> None:
+    """On stop: health watchers hear NOT_SERVING and /readyz says draining while an in-flight
+    call still finishes within the grace period."""
+    slow = await echo(delay_ms=600)
+    sc = await start_sidecar({"p": slow.target}, [{"match": "*", "primary": "p"}],
+                             shutdown={"grace_s": 5})
+    ch = channel_to(sc.port)
+    health = health_pb2_grpc.HealthStub(ch)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+    first = await watch.read()
+    while first.status != health_pb2.HealthCheckResponse.SERVING:  # until the primary is up
+        first = await asyncio.wait_for(watch.read(), 5)
+    in_flight = asyncio.ensure_future(ch.unary_unary("/m.S/P")(b"late"))
+    await asyncio.sleep(0.1)  # the call is with the backend
+    closing = asyncio.ensure_future(sc.aclose())
+    update = await asyncio.wait_for(watch.read(), 5)
+    assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    watch.cancel()  # an open watch is an in-flight call too: it would hold the grace period
+    status, body = await _get(sc.admin.port, "/readyz")
+    assert status == 503 and "draining" in body
+    assert not in_flight.done()
+    assert await in_flight == b"late"  # drained, not cut off
+    await closing
+
+
 async def test_readiness_says_why_when_the_primary_is_down(echo, start_sidecar) -> None:
     gone = await echo()
     target = gone.target
