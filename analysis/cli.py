@@ -121,7 +121,10 @@ def _check(args: argparse.Namespace) -> None:
         parse_time(getattr(args, name))  # raises AnalysisSourceError with the accepted forms
 
 
-def _analyze(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[str, Any]:
+def _analyze(
+    con: duckdb.DuckDBPyConnection, args: argparse.Namespace,
+    weights: dict[str, float] | None,
+) -> dict[str, Any]:
     if args.kind == "divergence":
         from analysis.divergence import analyze_divergence
 
@@ -144,7 +147,7 @@ def _analyze(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[s
         raise _UsageError(f"experiment analysis is not available: {exc}") from exc
     report = analyze_experiments(
         con, source="table" if args.input else "recorded", since=parse_time(args.since),
-        until=parse_time(args.until), control=args.control, weights=_weights(args.weights),
+        until=parse_time(args.until), control=args.control, weights=weights,
         sequential=args.sequential, cuped=True if args.cuped else None,
         winsorize=args.winsorize,
     )
@@ -195,6 +198,17 @@ def _quality(con: duckdb.DuckDBPyConnection, args: argparse.Namespace, color: bo
     return console.export_text(styles=color)
 
 
+def _fields_text(report: dict[str, Any], fmt: str) -> str:
+    """The fields report has its own table and page; its JSON is the common one."""
+    if fmt == "table":
+        return _fields_table(report)
+    if fmt == "html":
+        return _fields_html(report)
+    from analysis.report.json import render_json
+
+    return render_json(report)
+
+
 def _fields_table(report: dict[str, Any]) -> str:
     lines = []
     for pair in report.get("pairs", []):
@@ -223,7 +237,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     try:
         _check(args)
-        _weights(args.weights)
+        weights = _weights(args.weights)  # bad arguments fail before the source is opened
         source_kind = args.kind if args.kind in ("divergence", "experiment", "drift") else None
         con = open_source(db=args.db, parquet=args.parquet, table=args.input, kind=source_kind,
                           memory_limit=args.memory_limit)
@@ -231,13 +245,10 @@ def run_report(args: argparse.Namespace) -> int:
         try:
             if args.kind == "quality":
                 text = _quality(con, args, color)
+            elif args.kind == "fields":
+                text = _fields_text(_analyze(con, args, weights), args.format)
             else:
-                report = _analyze(con, args)
-                text = (_fields_table(report) if args.kind == "fields" and args.format == "table"
-                        else render(report, "divergence" if args.kind == "fields"
-                                    else args.kind, args.format, color=color)
-                        if args.kind != "fields" or args.format != "html"
-                        else _fields_html(report))
+                text = render(_analyze(con, args, weights), args.kind, args.format, color=color)
         finally:
             con.close()
     except (_UsageError, AnalysisSourceError, ValueError) as exc:
