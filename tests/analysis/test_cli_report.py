@@ -178,6 +178,12 @@ def test_quality_and_fields_reports_from_the_cli(tmp_path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "no primary/shadow pair" in out.stdout or "no pairs" in out.stdout
+    for fmt, check in (("json", lambda t: _json.loads(t)["schema"] == "shadowcar.report.fields/1"),
+                       ("html", lambda t: t.lstrip().lower().startswith("<!doctype html"))):
+        out = subprocess.run([sys.executable, "-m", "sidecar", "report", "fields", "--db",
+                              str(db), "--format", fmt], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0 and check(out.stdout), (fmt, out.stderr)
 
 
 def test_drift_report_checks_the_contracts_ranges(tmp_path) -> None:
