@@ -62,8 +62,8 @@ def for_worker(loaded: LoadedConfig, index: int, workers: int) -> LoadedConfig:
     storage = cfg.storage.model_copy(update={"path": segment_path(cfg.storage.path, index)})
     admin = cfg.admin
     if admin.listen is not None and index > 0:
-        host = admin.listen.rpartition(":")[0]
-        port = admin_port_of(admin.listen, index).rpartition(":")[2]
+        host, _, first = admin.listen.rpartition(":")
+        port = int(first) + index  # as admin_port_of says
         # Other workers' admin APIs stay on loopback: worker 0 speaks for them.
         local = "127.0.0.1" if host not in ("127.0.0.1", "[::1]", "localhost") else host
         admin = admin.model_copy(update={"listen": f"{local}:{port}"})

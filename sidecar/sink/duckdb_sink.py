@@ -111,27 +111,31 @@ class DuckDBSink:
 
     async def aclose(self, timeout: float = 30.0) -> None:
         """Flush every accepted record and close the file (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        thread = self._thread
-        if thread is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        await asyncio.to_thread(thread.join, timeout)
-        if thread.is_alive():
-            log.error("sink writer did not finish within %.1fs; records may be lost", timeout)
+        thread = self._stop_writer()
+        if thread is not None:
+            await asyncio.to_thread(self._join, thread, timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Synchronous variant of :meth:`aclose` for non-async callers."""
+        """:meth:`aclose` for non-async callers: blocks until the writer has finished."""
+        thread = self._stop_writer()
+        if thread is not None:
+            self._join(thread, timeout)
+
+    def _stop_writer(self) -> threading.Thread | None:
+        """Tell the writer to flush and stop, once; the thread to wait for, if any."""
         if self._closed:
-            return
+            return None
         self._closed = True
         if self._thread is not None:
             self._stopping = True
             self._wake.set()
-            self._thread.join(timeout)
+        return self._thread
+
+    @staticmethod
+    def _join(thread: threading.Thread, timeout: float) -> None:
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error("sink writer did not finish within %.1fs; records may be lost", timeout)
 
     # -- hot path --------------------------------------------------------------
     def _put(self, table: str, row: Any) -> bool:
