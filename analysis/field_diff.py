@@ -24,7 +24,7 @@ from analysis.load import (
     sql_quote,
     time_filter,
 )
-from analysis.noise_floor import replica_backends
+from analysis.noise_floor import newest_route_configs, replica_backends
 from analysis.report.json import jsonable
 
 __all__ = ["SCHEMA", "FieldDiff", "FieldDiffReport", "FieldPair", "analyze_field_diff"]
@@ -225,8 +225,9 @@ def analyze_field_diff(
     routes = [str(r[0]) for r in con.execute(
         f"SELECT DISTINCT route FROM ({base}) WHERE role = 'shadow' ORDER BY route"
     ).fetchall()]
-    replicas = replica_backends(con)
-    configured = _ignore_fields(con) if ignore is None else {}
+    settings = newest_route_configs(con)  # read once for replicas and ignore_fields
+    replicas = replica_backends(con, settings)
+    configured = _ignore_fields(settings) if ignore is None else {}
     pairs: list[FieldPair] = []
     notes: list[str] = []
     for name in routes:
@@ -243,23 +244,10 @@ def analyze_field_diff(
     return FieldDiffReport(tuple(pairs), params, message)
 
 
-def _ignore_fields(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    """Each route's ``ignore_fields`` from the newest ``configs`` row naming the route."""
-    if "config_json" not in relation_columns(con, "configs"):
-        return {}
-    found: dict[str, list[str]] = {}
-    rows = con.execute("SELECT config_json FROM configs ORDER BY ts DESC NULLS LAST").fetchall()
-    for (text,) in rows:
-        try:
-            config = json.loads(text) if isinstance(text, str) else {}
-        except ValueError:
-            continue
-        for route in (config.get("routes") if isinstance(config, dict) else None) or []:
-            match = route.get("match") if isinstance(route, dict) else None
-            if isinstance(match, str) and match not in found:
-                globs = route.get("ignore_fields") or []
-                found[match] = [str(g) for g in globs if isinstance(g, str)]
-    return found
+def _ignore_fields(routes: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Each route's configured ``ignore_fields``."""
+    return {match: [str(g) for g in route.get("ignore_fields") or [] if isinstance(g, str)]
+            for match, route in routes.items()}
 
 
 def _route_pairs(

@@ -12,7 +12,7 @@ from typing import Any
 
 import duckdb
 
-from analysis.load import relations
+from analysis.load import relation_columns
 
 __all__ = ["NOISE_METRICS", "compare_with_floor", "replica_backends"]
 
@@ -23,11 +23,11 @@ NOISE_METRICS = (
 )
 
 
-def replica_backends(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
-    """Replica shadow backends per route, from the newest ``configs`` row naming the route."""
-    if "configs" not in relations(con):
+def newest_route_configs(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
+    """Each route's settings (by match) from the newest ``configs`` row naming the route."""
+    if "config_json" not in relation_columns(con, "configs"):
         return {}
-    found: dict[str, set[str]] = {}
+    found: dict[str, dict[str, Any]] = {}
     rows = con.execute("SELECT config_json FROM configs ORDER BY ts DESC NULLS LAST").fetchall()
     for (text,) in rows:
         try:
@@ -37,13 +37,22 @@ def replica_backends(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
         routes = config.get("routes") if isinstance(config, dict) else None
         for route in routes or []:
             match = route.get("match") if isinstance(route, dict) else None
-            if not isinstance(match, str) or match in found:
-                continue
-            found[match] = {
-                str(s.get("backend")) for s in route.get("shadows") or []
-                if isinstance(s, dict) and s.get("replica") is True
-            }
+            if isinstance(match, str) and match not in found:
+                found[match] = route
     return found
+
+
+def replica_backends(
+    con: duckdb.DuckDBPyConnection, routes: dict[str, dict[str, Any]] | None = None
+) -> dict[str, set[str]]:
+    """Replica shadow backends per route (from :func:`newest_route_configs`, or ``routes``)."""
+    if routes is None:
+        routes = newest_route_configs(con)
+    return {
+        match: {str(s.get("backend")) for s in route.get("shadows") or []
+                if isinstance(s, dict) and s.get("replica") is True}
+        for match, route in routes.items()
+    }
 
 
 def compare_with_floor(
