@@ -120,7 +120,7 @@ def _merged_ks_wasserstein(u: np.ndarray, v: np.ndarray) -> tuple[float, float]:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     """Spearman's rho: Pearson's r of average ranks; ``None`` when either side is constant."""
-    return spearman_sorted(*sort_with_ranks(x), *sort_with_ranks(y))[0]
+    return spearman_sorted(*sort_with_ranks(x), *sort_with_ranks(y))
 
 
 def sort_with_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,13 +144,13 @@ def sort_with_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def spearman_sorted(
     x_sorted: np.ndarray, x_ranks: np.ndarray, y_sorted: np.ndarray, y_ranks: np.ndarray
-) -> tuple[float | None, np.ndarray, np.ndarray]:
-    """Spearman's rho from :func:`sort_with_ranks` of both sides; hands back the sorted values."""
+) -> float | None:
+    """Spearman's rho from :func:`sort_with_ranks` of both sides."""
     rho: float | None = None
     if x_ranks.size >= 2 and x_sorted[0] != x_sorted[-1] and y_sorted[0] != y_sorted[-1]:
         value = float(np.corrcoef(x_ranks, y_ranks)[0, 1])
         rho = value if np.isfinite(value) else None
-    return rho, x_sorted, y_sorted
+    return rho
 
 
 def wilson_interval(successes: int, n: int) -> tuple[float, float] | None:

@@ -384,7 +384,7 @@ def _build_pair(
         del primary
         s_sorted, s_ranks = sort_with_ranks(shadow)
         del shadow
-        rho, p_sorted, s_sorted = spearman_sorted(p_sorted, p_ranks, s_sorted, s_ranks)
+        rho = spearman_sorted(p_sorted, p_ranks, s_sorted, s_ranks)
         del p_ranks, s_ranks
         distribution = compare_distributions(p_sorted, s_sorted, presorted=True)
     numeric = _numeric(row, rho) if row["n"] or not row["n_labels"] else None
@@ -422,7 +422,7 @@ def _attach_unmatched(
         hits = [i for i, p in enumerate(out)
                 if (p.route, p.shadow, (p.segment or {}).get("value")) == key]
         for i in hits:
-            out[i] = _replace(out[i], unmatched=out[i].unmatched + int(orphan["unmatched"]))
+            out[i] = replace(out[i], unmatched=out[i].unmatched + int(orphan["unmatched"]))
         if not hits:
             route, sb = orphan["route"], orphan["sb"]
             out.append(PairDivergence(
@@ -435,10 +435,6 @@ def _attach_unmatched(
                 message="no shadow call of this backend matched a primary call",
             ))
     return out
-
-
-def _replace(pair: PairDivergence, **changes: Any) -> PairDivergence:
-    return replace(pair, **changes)
 
 
 def _noise_metrics(pair: PairDivergence) -> dict[str, float | None]:
@@ -469,5 +465,5 @@ def _apply_noise_floor(pairs: list[PairDivergence]) -> list[PairDivergence]:
             out.append(pair)
             continue
         floor, flags = compare_with_floor(_noise_metrics(pair), refs)
-        out.append(_replace(pair, noise_floor=floor, flags=flags))
+        out.append(replace(pair, noise_floor=floor, flags=flags))
     return out

@@ -489,7 +489,7 @@ def _analyze_one(
             rows.append(ResultRow(ratio, variant, chosen, "ratio", _with_notes(comp, notes_r),
                                   extra={"numerator": num, "denominator": den}))
     pvals = [r.comparison.p_value for r in rows]
-    rows = [ResultRow(r.metric, r.variant, r.control, r.kind, r.comparison, h, b, r.extra)
+    rows = [replace(r, p_value_holm=h, p_value_bh=b)
             for r, h, b in zip(rows, holm(pvals), benjamini_hochberg(pvals), strict=True)]
     return ExperimentResult(name, chosen, variants, srm, tuple(rows),
                             "; ".join(messages) or None, excluded)

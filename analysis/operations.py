@@ -29,7 +29,6 @@ Operations = dict[tuple[str, str | None, str], dict[str, Any]]
 
 #: One quantile pass per group serves both the summary quantiles and the plotted CDF
 #: (DuckDB's cost grows with the number of points, hence a coarse curve).
-_POINTS = CDF_POINTS
 _EMPTY_LATENCY = {"n": 0, "p50": None, "p95": None, "p99": None}
 
 
@@ -54,7 +53,7 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
             count(*) FILTER (WHERE status NOT IN ('OK', 'DROPPED')) AS errors,
             count(*) FILTER (WHERE status = 'DEADLINE_EXCEEDED') AS timeouts,
             count(*) FILTER (WHERE status = 'DROPPED') AS dropped,
-            quantile_cont(latency_ms, {_POINTS}) FILTER (WHERE {attempted}) AS q,
+            quantile_cont(latency_ms, {CDF_POINTS}) FILTER (WHERE {attempted}) AS q,
             {ttfm} AS ttfm
         FROM calls WHERE (role IN ('shadow', 'replay') OR {primary_sql}) AND {where} GROUP BY ALL
     """
@@ -66,9 +65,9 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
         out[(route, backend, side)] = {
             "latency": {
                 "n": n,
-                "p50": finite_or_none(q[_POINTS.index(0.5)]) if q else None,
-                "p95": finite_or_none(q[_POINTS.index(0.95)]) if q else None,
-                "p99": finite_or_none(q[_POINTS.index(0.99)]) if q else None,
+                "p50": finite_or_none(q[CDF_POINTS.index(0.5)]) if q else None,
+                "p95": finite_or_none(q[CDF_POINTS.index(0.95)]) if q else None,
+                "p99": finite_or_none(q[CDF_POINTS.index(0.99)]) if q else None,
                 "first_message_p50": finite_or_none(ttfm_p50) if ttfm_p50 is not None else None,
             },
             "errors": {
