@@ -34,6 +34,8 @@ from sidecar.routing import CallCounts, RoutePlan, RouteTable
 from sidecar.server import Dispatch, ProxyHandler
 from sidecar.sink import AuditRecord, CallRecord, CanaryStateRecord, DuckDBSink
 from sidecar.telemetry import Metrics, ModelHealth, Tracing
+from sidecar.telemetry.backend_errors import BackendErrors
+from sidecar.telemetry.live_view import backend_views, configured_roles, pair_keys, route_view
 from sidecar.telemetry.tracing import host_port
 
 if TYPE_CHECKING:  # imported where configured: a sidecar without them never loads aiohttp
@@ -76,6 +78,7 @@ class Sidecar:
         #: name -> (kind, fired) of the last trigger evaluation; read by metrics.
         self.trigger_state: dict[str, tuple[str, bool]] = {}
         self.health = ModelHealth(cfg.telemetry.health_window)
+        self.backend_errors = BackendErrors(cfg.telemetry.backend_errors)
         self.tracing = Tracing(cfg.telemetry, exporter=span_exporter)
         #: The tracer the hot path uses: None when no span would be exported.
         self._hot_tracing = self.tracing if self.tracing.exporting else None
@@ -311,9 +314,12 @@ class Sidecar:
         return list(self._handler.dispatch.routes.plans) if self._handler is not None else []
 
     def _observe_call(self, row: CallRecord, score: float | None, label: str | None) -> None:
-        """Writer thread: feeds latency histograms and the live model-health windows."""
+        """Writer thread: feeds latency histograms, the live model-health windows and each
+        backend's error window (which logs what goes wrong)."""
         if row.latency_ms is not None:
             self.metrics.observe_call(row.route, row.backend, row.role, row.latency_ms)
+        self.backend_errors.observe(row.backend, row.route, row.role, row.status, row.error,
+                                    row.ts)
         self.health.observe(
             row.request_id, row.route, row.backend, row.role, row.status, row.latency_ms,
             score, label,
@@ -523,57 +529,23 @@ class Sidecar:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def stats(self) -> dict[str, Any]:
-        """Live counters and model health for the admin API, dashboard and demo."""
-        routes = []
-        for plan in self.route_plans():
-            routes.append(
-                {
-                    "match": plan.match,
-                    "primary": plan.primary.name,
-                    "primary_version": plan.primary.version,
-                    "requests": plan.requests,
-                    "errors": dict(plan.errors),
-                    "in_flight": plan.in_flight,
-                    "shed": plan.shed,
-                    "fallbacks": plan.fallbacks,
-                    "fallback_failed": plan.fallback_failed,
-                    "shadows": {
-                        lane.backend.name: {
-                            **lane.counters(),
-                            "sample_percent": lane.config.sample_percent,
-                            "version": lane.backend.version,
-                            "replica": lane.config.replica,
-                        }
-                        for lane in plan.shadows
-                    },
-                    "canary": plan.canary.status() if plan.canary is not None else None,
-                    "experiment": _experiment_view(plan),
-                }
-            )
+        """Live counters and model health for the admin API, dashboard and demo (only what
+        the current config has: after a reload, rows of roles no longer configured go)."""
+        plans = self.route_plans()
+        configured = configured_roles(plans)
         return {
             "config_version": self.loaded.version,
             "draining": self.draining,
             "primaries_ready": self.primaries_ready,
-            "routes": routes,
-            "latency": self.health.latencies(),
-            "pairs": self.health.pairs(),
+            "routes": [route_view(plan) for plan in plans],
+            "backends": backend_views(self.backends, self.backend_errors),
+            "latency": [row for row in self.health.latencies()
+                        if (row["route"], row["backend"], row["role"]) in configured],
+            "pairs": [row for row in self.health.pairs()
+                      if (row["route"], row["primary"], row["shadow"]) in pair_keys(configured)],
             "mirror_in_flight": self.mirror.in_flight,
             "sink": {**self.sink.stats.as_dict(), "queue_depth": self.sink.queue_depth},
         }
-
-
-def _experiment_view(plan: RoutePlan) -> dict[str, Any] | None:
-    """The first experiment of a route, shaped for the dashboard's split bar."""
-    if plan.assigner is None or not plan.assigner.experiments:
-        return None
-    exp = plan.assigner.experiments[0]
-    shares = exp.shares()
-    return {
-        "name": exp.name,
-        "variants": [
-            {"name": a.name, "backend": a.backend, "share": shares[a.name]} for a in exp.arms
-        ],
-    }
 
 
 def canary_key(config: CanaryConfig) -> str:

@@ -114,6 +114,17 @@ class MetricsConfig(_Model):
     export_interval_s: float = Field(15.0, gt=0, le=3600, description="OTLP push interval")
 
 
+class BackendErrorLogConfig(_Model):
+    error_rate: float = Field(
+        0.5, gt=0, le=1, description="log when a backend's recent error rate reaches this"
+    )
+    window: int = Field(100, ge=1, le=100_000, description="recent calls the rate looks at")
+    min_calls: int = Field(10, ge=1, description="calls in the window before the rate counts")
+    interval_s: float = Field(
+        60.0, ge=0, le=86_400, description="at most one error-rate line per backend per interval"
+    )
+
+
 class TelemetryConfig(_Model):
     service_name: str = Field("shadowcar", description="service.name; env OTEL_SERVICE_NAME wins")
     traces: TracesConfig = Field(default_factory=TracesConfig, description="tracing")
@@ -121,6 +132,9 @@ class TelemetryConfig(_Model):
     log_format: Literal["text", "json"] = Field("text", description="log lines: text or JSON")
     health_window: int = Field(
         1000, ge=10, le=1_000_000, description="pairs and latencies in the live rolling window"
+    )
+    backend_errors: BackendErrorLogConfig = Field(
+        default_factory=BackendErrorLogConfig, description="when backend errors are logged"
     )
 
 

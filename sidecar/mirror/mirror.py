@@ -143,6 +143,7 @@ class Mirror:
             )
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
+            lane.errored += 1  # sent, never answered: the counters must still add up
             self._finish(plan, lane, method, request, request_id, config_version, started,
                          "CANCELLED", (time.time() - started) * 1000, None,
                          "cancelled at shutdown")

@@ -59,12 +59,19 @@ class ShadowLane:
             "running", "paused", "awaiting_approval"
         )
 
+    @property
+    def answered(self) -> int:
+        """Sent copies the shadow answered OK (sampled = sent + dropped; sent = answered +
+        errored + in flight; errored includes copies cancelled at shutdown)."""
+        return self.sent - self.errored - self.in_flight
+
     def counters(self) -> dict[str, int]:
         return {
             "sampled": self.sampled,
             "sent": self.sent,
             "dropped": self.dropped,
             "errored": self.errored,
+            "answered": self.answered,
             "breaker_skipped": self.breaker_skipped,
             "in_flight": self.in_flight,
         }

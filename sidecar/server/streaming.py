@@ -232,9 +232,10 @@ class StreamForwarder:
             status = "OK"
         except grpc.aio.AioRpcError as err:
             status, details = err.code().name, err.details()
-            lane.errored += 1
         finally:
             call.cancel()
+            if status != "OK":  # errors and cancellations alike: sent, not answered
+                lane.errored += 1
             lane.in_flight -= 1
             lane.backend.breaker.record(status in plan.failure_codes)
             self._record(plan, method, lane.backend, "shadow", False, rid, started, t0,

@@ -23,7 +23,9 @@ from opentelemetry.sdk.resources import Resource
 
 from sidecar.canary.controller import State
 from sidecar.config import TelemetryConfig
+from sidecar.resilience.breaker import BreakerState
 from sidecar.telemetry import prometheus
+from sidecar.telemetry.live_view import breaker_state
 
 if TYPE_CHECKING:
     from sidecar.app import Sidecar
@@ -32,6 +34,8 @@ __all__ = ["LATENCY_BUCKETS_MS", "Metrics"]
 
 #: Every canary state, one 0/1 series each in ``shadowcar.canary.state``.
 CANARY_STATES: tuple[str, ...] = get_args(State)
+#: Every breaker state, one 0/1 series each in ``shadowcar.breaker.state``.
+BREAKER_STATES: tuple[str, ...] = (*get_args(BreakerState), "disabled")
 
 LATENCY_BUCKETS_MS = (
     0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 40, 60, 100, 150, 250, 400, 600, 1000, 2500, 5000,
@@ -87,11 +91,21 @@ class Metrics:
             ("shadowcar.calls", "backend calls by route, backend, role and status",
              self._calls),
             ("shadowcar.requests", "requests received by route", self._requests),
-            ("shadowcar.mirror.sampled", "requests sampled for a shadow", self._lane("sampled")),
-            ("shadowcar.mirror.sent", "shadow copies sent", self._lane("sent")),
-            ("shadowcar.mirror.dropped", "shadow copies dropped (cap or shutdown)",
+            # One vocabulary (docs/counters.md): sampled = sent + dropped;
+            # sent = answered + errored + in flight.
+            ("shadowcar.mirror.sampled", "requests sampled for a shadow (sent + dropped)",
+             self._lane("sampled")),
+            ("shadowcar.mirror.sent", "shadow copies sent to the shadow", self._lane("sent")),
+            ("shadowcar.mirror.dropped",
+             "sampled copies never sent (max_in_flight, open breaker, shutdown)",
              self._lane("dropped")),
-            ("shadowcar.mirror.errored", "shadow calls that failed", self._lane("errored")),
+            ("shadowcar.mirror.errored",
+             "sent copies without an OK answer (error status, timeout, cancelled)",
+             self._lane("errored")),
+            ("shadowcar.mirror.answered", "sent copies the shadow answered OK",
+             self._lane("answered")),
+            ("shadowcar.backend.errors", "failed calls by backend (not dropped or cancelled)",
+             self._backend_errors("errors")),
             ("shadowcar.sink.rows_written", "rows written by table", self._sink("written")),
             ("shadowcar.sink.rows_dropped", "rows dropped by table", self._sink("dropped")),
         ]
@@ -113,6 +127,18 @@ class Metrics:
         meter.create_observable_gauge(
             "shadowcar.canary.state", callbacks=[self._canary_state],
             description="1 for the canary's current state (label state), 0 otherwise",
+        )
+        meter.create_observable_gauge(
+            "shadowcar.canary.step", callbacks=[self._canary_step],
+            description="the canary's current step, 1-based (label steps: how many)",
+        )
+        meter.create_observable_gauge(
+            "shadowcar.breaker.state", callbacks=[self._breaker_state],
+            description="1 for the backend breaker's current state (label state), 0 otherwise",
+        )
+        meter.create_observable_gauge(
+            "shadowcar.backend.error_rate", callbacks=[self._backend_errors("error_rate")],
+            description="share of a backend's recent calls that failed (rolling window)",
         )
         meter.create_observable_gauge(
             "shadowcar.trigger.fired", callbacks=[self._triggers],
@@ -170,6 +196,26 @@ class Metrics:
             for state in CANARY_STATES:
                 yield Observation(int(canary.state.state == state),
                                   {"route": route, "state": state})
+
+    def _canary_step(self, options: CallbackOptions) -> Iterable[Observation]:
+        for route, canary in list(self._sidecar.canaries.items()):
+            yield Observation(canary.state.step_index + 1,
+                              {"route": route, "steps": str(len(canary.config.steps))})
+
+    def _breaker_state(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name, backend in list(self._sidecar.backends.items()):
+            current = breaker_state(backend)
+            for state in BREAKER_STATES:
+                yield Observation(int(current == state), {"backend": name, "state": state})
+
+    def _backend_errors(self, field: str) -> Callback:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            seen = self._sidecar.backend_errors.snapshot(self._sidecar.backends)
+            for name, figures in seen.items():
+                if figures[field] is not None:
+                    yield Observation(figures[field], {"backend": name})
+
+        return callback
 
     def _lane(self, counter: str) -> Callback:
         def callback(options: CallbackOptions) -> Iterable[Observation]:

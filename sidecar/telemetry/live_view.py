@@ -1,0 +1,105 @@
+"""The live view of a running sidecar, shaped for ``/v1/stats``, the dashboard and the demo.
+
+One vocabulary for a shadow's copies, used by the dashboard, metrics, the demo and reports
+(docs/counters.md): ``sampled`` = ``sent`` + ``dropped``; ``sent`` = ``answered`` +
+``errored`` + in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sidecar.backends import Backend
+from sidecar.routing import RoutePlan
+from sidecar.telemetry.backend_errors import BackendErrors
+
+__all__ = ["backend_views", "configured_roles", "pair_keys", "route_view"]
+
+RoleKey = tuple[str, str, str]
+
+
+def route_view(plan: RoutePlan) -> dict[str, Any]:
+    """One route's live counters, shadows, canary and experiment."""
+    return {
+        "match": plan.match,
+        "primary": plan.primary.name,
+        "primary_version": plan.primary.version,
+        "requests": plan.requests,
+        "errors": dict(plan.errors),
+        "in_flight": plan.in_flight,
+        "shed": plan.shed,
+        "fallbacks": plan.fallbacks,
+        "fallback_failed": plan.fallback_failed,
+        "shadows": {
+            lane.backend.name: {
+                **lane.counters(),
+                "sample_percent": lane.config.sample_percent,
+                "version": lane.backend.version,
+                "replica": lane.config.replica,
+            }
+            for lane in plan.shadows
+        },
+        "canary": plan.canary.status() if plan.canary is not None else None,
+        "experiment": _experiment_view(plan),
+    }
+
+
+def backend_views(
+    backends: Mapping[str, Backend], errors: BackendErrors
+) -> list[dict[str, Any]]:
+    """Every configured backend: its breaker state, recent error rate and last error."""
+    seen = errors.snapshot(backends)
+    empty = {"calls": 0, "errors": 0, "error_rate": None, "window": 0, "last_error": None}
+    return [
+        {"name": name, "version": b.version, "target": b.target,
+         "breaker": breaker_state(b), **seen.get(name, empty)}
+        for name, b in backends.items()
+    ]
+
+
+def breaker_state(backend: Backend) -> str:
+    """``closed``, ``open``, ``half_open`` or ``disabled``."""
+    breaker = backend.breaker
+    return str(breaker.state) if breaker.config.enabled else "disabled"
+
+
+def configured_roles(plans: Iterable[RoutePlan]) -> set[RoleKey]:
+    """(route, backend, role) of every call the routes' current config can make."""
+    out: set[RoleKey] = set()
+    for plan in plans:
+        route = plan.match
+        out.add((route, plan.primary.name, "primary"))
+        out |= {(route, lane.backend.name, "shadow") for lane in plan.shadows}
+        if plan.assigner is not None:
+            out |= {(route, arm.backend, "variant")
+                    for exp in plan.assigner.experiments for arm in exp.arms}
+        if plan.canary is not None:
+            out |= {(route, plan.canary.config.stable, "stable"),
+                    (route, plan.canary.config.candidate, "canary")}
+        if plan.fallback_backend is not None:
+            out.add((route, plan.fallback_backend.name, "fallback"))
+        elif plan.fallback_static is not None:
+            out.add((route, "static", "fallback"))
+    return out
+
+
+def pair_keys(configured: set[RoleKey]) -> set[RoleKey]:
+    """(route, serving backend, shadow) couples the configured roles can pair."""
+    serving = {(r, b) for r, b, role in configured if role != "shadow"}
+    shadows = {(r, b) for r, b, role in configured if role == "shadow"}
+    return {(r, p, s) for r, p in serving for r2, s in shadows if r2 == r}
+
+
+def _experiment_view(plan: RoutePlan) -> dict[str, Any] | None:
+    """The first experiment of a route, shaped for the dashboard's split bar."""
+    if plan.assigner is None or not plan.assigner.experiments:
+        return None
+    exp = plan.assigner.experiments[0]
+    shares = exp.shares()
+    return {
+        "name": exp.name,
+        "variants": [
+            {"name": a.name, "backend": a.backend, "share": shares[a.name]} for a in exp.arms
+        ],
+    }
