@@ -8,9 +8,9 @@ in-flight calls -> let shadows end -> close channels -> flush the sink -> close 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
+import os
 import signal
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,19 +20,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from sidecar.assignment import UnitKey
 from sidecar.backends import Backend
 from sidecar.backends.tls import backend_credentials, server_credentials
-from sidecar.canary import CanaryController, CanaryState, evidence_from
+from sidecar.canary import CanaryController, CanarySupervisor
 from sidecar.config import BackendConfig, LoadedConfig, canonical_json
-from sidecar.config.experiments import CanaryConfig
 from sidecar.config.reload import check_reload
 from sidecar.errors import ConfigError, ShadowcarError
 from sidecar.mirror import Mirror
 from sidecar.outcomes import OutcomeIngest, add_feedback_service
 from sidecar.routing import CallCounts, RoutePlan, RouteTable
 from sidecar.server import Dispatch, ProxyHandler
-from sidecar.sink import AuditRecord, CallRecord, CanaryStateRecord, DuckDBSink
+from sidecar.sink import AuditRecord, CallRecord, DuckDBSink
 from sidecar.telemetry import Metrics, ModelHealth, Tracing
 from sidecar.telemetry.backend_errors import BackendErrors
 from sidecar.telemetry.live_view import backend_views, configured_roles, pair_keys, route_view
@@ -65,15 +63,13 @@ class Sidecar:
         self.loaded = loaded
         self.worker_index = worker_index
         self.workers = workers
+        #: The file SIGHUP (and a bodiless reload) rereads: the one most recently loaded.
         self.config_path = config_path
         cfg = loaded.config
         self.call_counts: CallCounts = {}
         self.assignments: dict[tuple[str, str, str], int] = {}
-        self.canaries: dict[str, CanaryController] = {}
-        self._canary_tasks: dict[str, asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
-        self._last_hold: dict[str, tuple[str, ...]] = {}
         self._triggers_task: asyncio.Task[None] | None = None
         #: name -> (kind, fired) of the last trigger evaluation; read by metrics.
         self.trigger_state: dict[str, tuple[str, bool]] = {}
@@ -95,6 +91,11 @@ class Sidecar:
             from sidecar.notify import WebhookNotifier
 
             self.notifier = WebhookNotifier.from_config(cfg.notify)
+        #: Every route's canary controller and evaluation task (replaced there, not here).
+        self.canary = CanarySupervisor(
+            self.sink, audit=self.audit, version=lambda: self.loaded.version,
+            notify=self.notifier.notify if self.notifier is not None else None,
+        )
         self.mirror = Mirror(self.sink.record_call, counts=self.call_counts,
                              tracing=self._hot_tracing)
         self.backends: dict[str, Backend] = {}
@@ -113,6 +114,11 @@ class Sidecar:
         self.primaries_ready = False
         self._stopped = asyncio.Event()
         self._closed = False
+
+    @property
+    def canaries(self) -> dict[str, CanaryController]:
+        """route -> its canary controller now (a snapshot; the supervisor owns them)."""
+        return dict(self.canary.controllers)
 
     @property
     def dispatch(self) -> Dispatch:
@@ -143,50 +149,6 @@ class Sidecar:
         creds, options = backend_credentials(loaded, config.name)
         return Backend(config, max_message_bytes=loaded.config.max_message_bytes,
                        credentials=creds, options=options)
-
-    # -- canaries --------------------------------------------------------------------
-    def _sync_canaries(self, loaded: LoadedConfig) -> None:
-        """Controllers for the config's canaries: unchanged ones are kept (with their state
-        and task), new ones resume a persisted state when its canary key matches."""
-        persisted = self.sink.latest_canary_states()
-        wanted: dict[str, CanaryController] = {}
-        for route in loaded.config.routes:
-            if route.canary is None:
-                continue
-            key = canary_key(route.canary)
-            current = self.canaries.get(route.match)
-            if current is not None and canary_key(current.config) == key:
-                wanted[route.match] = current
-                continue
-            restored = None
-            saved = persisted.get(route.match)
-            if saved is not None and saved[0] == key:
-                _, state, step_index, step_started, last = saved
-                restored = CanaryState(state, int(step_index), float(step_started),
-                                       json.loads(last) if last else None)
-                log.info("canary %s resumes: %s at step %d", route.match, state, step_index + 1)
-            wanted[route.match] = CanaryController(
-                route.match, route.canary, UnitKey.of(route.unit),
-                persist=self._persist_canary, evidence=evidence_from(self.sink.cursor),
-                restored=restored, on_hold=self._canary_hold,
-            )
-            if restored is None:
-                self._persist_canary(route.match, None, wanted[route.match].state, "sidecar",
-                                     "start", "canary configured")
-        for match in set(self.canaries) - set(wanted):
-            task = self._canary_tasks.pop(match, None)
-            if task is not None:
-                task.cancel()
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
-        self.canaries = wanted
-
-    def _start_canary_tasks(self) -> None:
-        loop = asyncio.get_running_loop()
-        for match, controller in self.canaries.items():
-            task = self._canary_tasks.get(match)
-            if task is None or task.done():
-                self._canary_tasks[match] = loop.create_task(controller.run())
 
     async def _trigger_loop(self) -> None:
         """Evaluate the retraining triggers on a schedule (owned task, cancelled at close)."""
@@ -226,43 +188,6 @@ class Sidecar:
                     self.notifier.notify(event)
         return results
 
-    def _canary_hold(self, route: str, evaluation: dict[str, Any]) -> None:
-        """A hold is not a state change: only the webhook hears of it, once per new reason."""
-        reasons = tuple(evaluation.get("reasons", []))
-        if self._last_hold.get(route) == reasons:
-            return
-        self._last_hold[route] = reasons
-        if self.notifier is not None:
-            self.notifier.notify({"kind": "hold", "route": route,
-                                  "reason": "; ".join(evaluation.get("reasons", [])),
-                                  "config_version": self.loaded.version, "ts": time.time()})
-
-    def _persist_canary(
-        self, route: str, old: CanaryState | None, new: CanaryState, actor: str, action: str,
-        reason: str,
-    ) -> None:
-        controller = self.canaries.get(route)
-        cfg = controller.config if controller is not None else next(
-            r.canary for r in self.loaded.config.routes if r.match == route and r.canary
-        )
-        now = time.time()
-        self.sink.record_canary_state(
-            CanaryStateRecord(
-                now, route, canary_key(cfg), new.state, new.step_index, new.step_started,
-                json.dumps(new.last_decision, default=str) if new.last_decision else None,
-                self.loaded.version,
-            )
-        )
-        if self.notifier is not None and action in ("rollback", "hold", "gate"):
-            self.notifier.notify({
-                "kind": action, "route": route, "reason": reason, "actor": actor,
-                "candidate": cfg.candidate, "config_version": self.loaded.version, "ts": now,
-            })
-        self.audit(actor, f"canary.{action}", route, reason, {
-            "old": old.to_dict() if old else None, "new": new.to_dict(),
-            "candidate": cfg.candidate, "stable": cfg.stable,
-        })
-
     def audit(
         self, actor: str, action: str, route: str | None, reason: str | None,
         detail: dict[str, Any] | None = None,
@@ -274,14 +199,22 @@ class Sidecar:
         )
 
     # -- reload ----------------------------------------------------------------------
-    async def reload(self, loaded: LoadedConfig, *, actor: str, reason: str) -> bool:
-        """Serve ``loaded`` from now on; in-flight calls finish on the config they started
-        with, unchanged backends keep their channels. Raises ConfigError (the old config
-        keeps serving). Returns False when the config is unchanged."""
+    async def reload(
+        self, loaded: LoadedConfig, *, actor: str, reason: str, file: str | None = None
+    ) -> bool:
+        """Serve ``loaded`` (read from ``file``, or None for a config sent as a body) from
+        now on; in-flight calls finish on the config they started with, unchanged backends
+        keep their channels. Raises ConfigError (the old config keeps serving). Returns
+        False when the config is unchanged. The rule for SIGHUP: it rereads the file most
+        recently loaded, so a file given here becomes the one it rereads."""
         async with self._reload_lock:
             old = self.loaded
             check_reload(old.config, loaded.config)
+            if file is not None:
+                self.config_path = os.path.abspath(file)
             if loaded.version == old.version:
+                log.info("config unchanged (%s) by %s; SIGHUP rereads %s", old.version,
+                         actor, self.config_path or "nothing (started without a file)")
                 return False
             cfg = loaded.config
             backends: dict[str, Backend] = {}
@@ -293,21 +226,24 @@ class Sidecar:
                     backends[b.name] = self._backend(loaded, b)
             retired = [b for name, b in self.backends.items() if backends.get(name) is not b]
             self.loaded = loaded
-            self._sync_canaries(loaded)
+            # Before the swap: the new routing table points at the controllers it yields.
+            await self.canary.apply(cfg.routes)
             await self._reflection_codecs(loaded)
             assert self._handler is not None
             self._handler.swap(self._dispatch(loaded, backends))
             self.backends = backends
-            self._start_canary_tasks()
             self.sink.record_config(loaded.version, canonical_json(cfg))
             self.audit(actor, "config.reload", None, reason,
-                       {"old_version": old.version, "new_version": loaded.version})
+                       {"old_version": old.version, "new_version": loaded.version,
+                        "file": file, "sighup_rereads": self.config_path})
             grace = cfg.shutdown.grace_s
             for backend in retired:
                 task = asyncio.get_running_loop().create_task(backend.aclose(grace))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
-            log.info("config reloaded: %s -> %s by %s", old.version, loaded.version, actor)
+            log.info("config reloaded: %s -> %s by %s from %s; SIGHUP rereads %s",
+                     old.version, loaded.version, actor, file or "a request body",
+                     self.config_path or "nothing (started without a file)")
             return True
 
     def route_plans(self) -> list[RoutePlan]:
@@ -335,7 +271,7 @@ class Sidecar:
         self.sink.record_config(self.loaded.version, canonical_json(cfg))
         for backend in cfg.backends:
             self.backends[backend.name] = self._backend(self.loaded, backend)
-        self._sync_canaries(self.loaded)
+        await self.canary.apply(cfg.routes)
         await self._reflection_codecs(self.loaded)
         self._server = grpc.aio.server(
             options=[
@@ -370,7 +306,6 @@ class Sidecar:
         self._readiness = asyncio.get_running_loop().create_task(self._watch_primaries())
         if cfg.triggers:
             self._triggers_task = asyncio.get_running_loop().create_task(self._trigger_loop())
-        self._start_canary_tasks()
         if cfg.admin.listen is not None:
             from sidecar.admin import AdminServer
 
@@ -443,7 +378,8 @@ class Sidecar:
             log.warning("reload asked but the sidecar was not started from a file")
             return
         try:
-            await self.reload(load_config(self.config_path), actor=actor, reason="signal")
+            await self.reload(load_config(self.config_path), actor=actor, reason="signal",
+                              file=self.config_path)
         except ConfigError as exc:
             log.error("reload rejected; the previous config keeps serving: %s", exc)
             self.audit(actor, "config.reload_rejected", None, str(exc))
@@ -455,11 +391,11 @@ class Sidecar:
         self._closed = True
         self.draining = True
         cfg = self.loaded.config
-        owned = [t for t in (self._readiness, self._triggers_task, *self._canary_tasks.values())
-                 if t is not None]
+        owned = [t for t in (self._readiness, self._triggers_task) if t is not None]
         for task in owned:
             task.cancel()
         await asyncio.gather(*owned, return_exceptions=True)
+        await self.canary.aclose()
         if self._server is not None:
             await self.health_servicer.enter_graceful_shutdown()
             # Stops accepting at once; in-flight calls get the grace period.
@@ -547,7 +483,3 @@ class Sidecar:
             "sink": {**self.sink.stats.as_dict(), "queue_depth": self.sink.queue_depth},
         }
 
-
-def canary_key(config: CanaryConfig) -> str:
-    """Identity of a canary's configuration: persisted state resumes only for the same one."""
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]

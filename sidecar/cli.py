@@ -112,13 +112,16 @@ def _actor() -> str:
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
-    text = None
+    text = file = None
     if args.config is not None:
         text = Path(args.config).read_text(encoding="utf-8")
         load_config(args.config)  # fail here, naming the field, before sending anything
-    result = _client(args).reload(text, args.reason, _actor())
+        file = os.path.abspath(args.config)
+    result = _client(args).reload(text, args.reason, _actor(), file)
     state = "reloaded" if result.get("changed") else "unchanged"
     print(f"{state}: serving config {result['version']}")
+    if result.get("file"):
+        print(f"SIGHUP rereads {result['file']}")
     return 0
 
 
@@ -126,15 +129,28 @@ def _cmd_canary(args: argparse.Namespace) -> int:
     if args.action != "status" and not args.reason:
         print("error: --reason is required for a canary action", file=sys.stderr)
         return 2
-    status = _client(args).canary(args.action, args.route, args.reason or "", _actor())
+    if args.force and args.action != "promote":
+        print("error: --force goes with promote only", file=sys.stderr)
+        return 2
+    status = _client(args).canary(args.action, args.route, args.reason or "", _actor(),
+                                  args.force)
     decision = status.get("last_decision") or {}
     print(
         f"{status['route']}: {status['state']}, step {status['step_index'] + 1}/"
         f"{len(status['steps'])}, candidate {status['candidate']} at {status['share']:.0%}"
+        f", {status.get('evaluations', 0)} evaluations"
     )
     if decision:
         print(f"last decision: {decision.get('decision')} - "
               + "; ".join(decision.get("reasons", [])))
+    if status.get("complete"):
+        print(f"complete: {status['candidate']} serves every unit. Make it the route's "
+              "primary in the config (then reload); until then the promoted state is kept:")
+        print(status.get("config_change", ""), end="")
+    elif status["state"] == "awaiting_approval":
+        print(f"waiting: sidecar canary approve {status['route']} --reason ...")
+    elif status["state"] == "rolled_back":
+        print(f"to try again: sidecar canary restart {status['route']} --reason ...")
     if args.json:
         print(json.dumps(status, indent=1))
     return 0
@@ -278,17 +294,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     reload = sub.add_parser("reload", help="validate and hot-reload a running sidecar's config")
     reload.add_argument("--config", default=None,
-                        help="send this file (default: the sidecar re-reads its own file)")
+                        help="send this file; SIGHUP rereads it from then on (default: the "
+                        "sidecar rereads the file it loaded last)")
     reload.add_argument("--reason", default="cli", help="why, for the audit log")
     _admin_args(reload)
     reload.set_defaults(func=_cmd_reload)
 
-    canary = sub.add_parser("canary", help="status or control of a route's canary")
+    canary = sub.add_parser(
+        "canary", help="status or control of a route's canary",
+        description="promote: the next step (refused at a review gate unless --force); "
+        "approve: pass the gate the canary waits at; restart: a fresh attempt from step 1 "
+        "(after a rollback); every action is audited with its --reason.",
+    )
     canary.add_argument(
-        "action", choices=("status", "promote", "pause", "resume", "rollback", "approve")
+        "action",
+        choices=("status", "promote", "pause", "resume", "rollback", "approve", "restart"),
     )
     canary.add_argument("route", help="the route's match, e.g. /pkg.Svc/Method")
     canary.add_argument("--reason", default=None, help="why (required for actions)")
+    canary.add_argument("--force", action="store_true",
+                        help="promote past a review gate (audited as force_promote)")
     canary.add_argument("--json", action="store_true", help="also print the full status")
     _admin_args(canary)
     canary.set_defaults(func=_cmd_canary)

@@ -59,7 +59,9 @@ class AdminClient:
         except urllib.error.URLError as exc:
             raise AdminError(f"cannot reach the admin API at {self.base}: {exc.reason}") from None
 
-    def canary(self, action: str, route: str, reason: str, actor: str) -> Any:
+    def canary(
+        self, action: str, route: str, reason: str, actor: str, force: bool = False
+    ) -> Any:
         if action == "status":
             data = self.request("GET", "/v1/canaries")
             matches = [c for c in data["canaries"] if c["route"] == route]
@@ -67,10 +69,19 @@ class AdminClient:
                 raise AdminError(f"no canary on route {route!r}")
             return matches[0]
         path = f"/v1/canaries/{urllib.parse.quote(route, safe='')}/{action}"
-        return self.request("POST", path, json.dumps({"reason": reason, "actor": actor}).encode())
+        body: dict[str, Any] = {"reason": reason, "actor": actor}
+        if force:
+            body["force"] = True
+        return self.request("POST", path, json.dumps(body).encode())
 
-    def reload(self, config_text: str | None, reason: str, actor: str) -> Any:
-        query = urllib.parse.urlencode({"reason": reason, "actor": actor})
+    def reload(
+        self, config_text: str | None, reason: str, actor: str, file: str | None = None
+    ) -> Any:
+        """``file``: the absolute path ``config_text`` was read from (SIGHUP rereads it)."""
+        params = {"reason": reason, "actor": actor}
+        if file is not None:
+            params["file"] = file
+        query = urllib.parse.urlencode(params)
         body = config_text.encode() if config_text is not None else b""
         return self.request("POST", f"/v1/config?{query}", body, content_type="application/yaml")
 

@@ -11,13 +11,16 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from aiohttp import web
 
+from sidecar.canary.controller import ACTIONS as CANARY_ACTIONS
 from sidecar.config import parse_config
 from sidecar.errors import ConfigError
 from sidecar.telemetry import prometheus
@@ -31,7 +34,6 @@ __all__ = ["AdminServer"]
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CANARY_ACTIONS = ("promote", "rollback", "pause", "resume", "approve")
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -152,7 +154,8 @@ class AdminServer:
     async def _config(self, request: web.Request) -> web.Response:
         sc = self._sidecar
         data = sc.loaded.config.model_dump(mode="json")  # SecretStr dumps as '**********'
-        return _json({"version": sc.loaded.version, "config": data})
+        # "file": what SIGHUP (or a reload without a body) rereads: the last file loaded.
+        return _json({"version": sc.loaded.version, "file": sc.config_path, "config": data})
 
     async def _experiments(self, request: web.Request) -> web.Response:
         return _json({"experiments": self._sidecar.experiments()})
@@ -186,46 +189,67 @@ class AdminServer:
         action = request.match_info["action"]
         if action not in CANARY_ACTIONS:
             return _error(404, f"unknown action {action!r} (one of {', '.join(CANARY_ACTIONS)})")
-        controller = self._sidecar.canaries.get(route)
-        if controller is None:
+        if self._sidecar.canary.get(route) is None:
             return _error(404, f"no canary on route {route!r}")
         body = await self._body_json(request)
         if isinstance(body, web.Response):
             return body
-        reason = str(body.get("reason") or "")
+        reason = str(body.get("reason") or "").strip()
         actor = str(body.get("actor") or request.remote or "admin")
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            return _error(400, "force: must be true or false")
+        if force and action != "promote":
+            return _error(400, "force: only a promote can be forced")
+        if (force or action == "restart") and not reason:
+            what = "a forced promote" if force else "a restart"
+            return _error(400, f"reason: {what} needs a reason (it is audited)")
         try:
-            await controller.act(action, actor, reason)  # type: ignore[arg-type]
+            status = await self._sidecar.canary.act(
+                route, action, actor, reason, force=force
+            )
+        except KeyError:  # removed by a reload meanwhile
+            return _error(404, f"no canary on route {route!r}")
         except ValueError as exc:
             return _error(409, str(exc))
-        return _json(controller.status())
+        return _json(status)
 
     async def _reload(self, request: web.Request) -> web.Response:
         sc = self._sidecar
         text = await request.text()
         body_reason = request.query.get("reason", "")
         actor = request.query.get("actor") or request.remote or "admin"
+        # ``file``: the body is that file's text (``sidecar reload --config``): its relative
+        # names resolve next to it, and SIGHUP rereads it from now on.
+        file = request.query.get("file") or None
+        if file is not None and not os.path.isabs(file):
+            return _error(400, "file: must be an absolute path")
         try:
             if text.strip():
                 try:
                     data = yaml.safe_load(text)
                 except yaml.YAMLError as exc:
                     return _error(400, f"config is not valid YAML/JSON: {exc}")
-                loaded = parse_config(data, source="POST /v1/config")
+                base = Path(file).parent if file is not None else None
+                loaded = parse_config(data, source=file or "POST /v1/config", base_dir=base)
             else:
-                if sc.config_path is None:
+                if file is None:
+                    file = sc.config_path
+                if file is None:
                     return _error(400, "no body and no config file to re-read")
                 from sidecar.config import load_config
 
-                loaded = load_config(sc.config_path)
-            changed = await sc.reload(loaded, actor=actor, reason=body_reason or "admin API")
+                loaded = load_config(file)
+            changed = await sc.reload(loaded, actor=actor, reason=body_reason or "admin API",
+                                      file=file)
         except ConfigError as exc:
             return _error(
                 400, "config rejected; the previous config keeps serving",
                 problems=[{"path": p, "message": m} for p, m in exc.problems],
                 version=sc.loaded.version,
             )
-        return _json({"version": sc.loaded.version, "changed": changed})
+        return _json({"version": sc.loaded.version, "changed": changed,
+                      "file": sc.config_path})
 
     async def _outcomes(self, request: web.Request) -> web.StreamResponse:
         from sidecar.outcomes.http import handle_post_outcomes

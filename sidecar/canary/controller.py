@@ -4,13 +4,19 @@ manual actions — every decision persisted and audited.
 States: ``running`` (climbing steps), ``paused`` (share frozen, no evaluation),
 ``awaiting_approval`` (the evidence says promote but the next step is a review gate: the
 share holds, guardrails still roll back, ``approve`` continues), ``rolled_back`` (share 0 at
-once: the stable serves everyone), ``promoted`` (after the last step: the candidate is the
-route's primary).
+once: the stable serves everyone; ``restart`` is a fresh attempt from step 1),
+``promoted`` (after the last step: the candidate is the route's primary, and the status
+shows the config change that makes it so for good).
+
+A review gate holds for every path up: a scheduled evaluation stops at it, a manual
+``promote`` is refused (409) unless forced with a reason, which is audited as
+``force_promote``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,12 +28,15 @@ from sidecar.backends import Metadata
 from sidecar.canary.guardrails import Evaluation, Evidence, gather_evidence, judge
 from sidecar.config.experiments import CanaryConfig
 
-__all__ = ["CanaryController", "CanaryState", "Persist"]
+__all__ = [
+    "ACTIONS", "Action", "CanaryController", "CanaryState", "Persist", "State", "next_is_gated",
+]
 
 log = logging.getLogger(__name__)
 
 State = Literal["running", "paused", "awaiting_approval", "rolled_back", "promoted"]
-Action = Literal["promote", "rollback", "pause", "resume", "approve"]
+Action = Literal["promote", "rollback", "pause", "resume", "approve", "restart"]
+ACTIONS: tuple[Action, ...] = ("promote", "rollback", "pause", "resume", "approve", "restart")
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,14 @@ class CanaryState:
 
 
 #: Writes a state change: (route, old, new, actor, action, reason) -> None.
-Persist = Callable[[str, CanaryState, CanaryState, str, str, str], None]
+Persist = Callable[[str, CanaryState | None, CanaryState, str, str, str], None]
+
+
+def next_is_gated(config: CanaryConfig, step_index: int) -> bool:
+    """Is the move after ``step_index`` (next step, or the final promotion) behind a gate?"""
+    if step_index + 1 >= len(config.steps):
+        return config.approve_promotion
+    return config.steps[step_index + 1] in config.approval_before
 #: Evidence for (route, candidate, stable, since, stable_since) from the live recording.
 EvidenceSource = Callable[[str, str, str, float, float], Awaitable[Evidence]]
 
@@ -67,6 +83,7 @@ class CanaryController:
         evidence: EvidenceSource,
         restored: CanaryState | None = None,
         on_hold: Callable[[str, dict[str, Any]], None] | None = None,
+        evaluations: int = 0,
     ) -> None:
         self._on_hold = on_hold
         self.route = route
@@ -80,7 +97,8 @@ class CanaryController:
             restored = replace(restored, step_index=len(config.steps) - 1)
         self.state = restored or CanaryState("running", 0, time.time())
         self._threshold = self._compute_threshold()
-        self.evaluations = 0
+        #: Scheduled looks that reached a verdict (carried over when a reload keeps state).
+        self.evaluations = evaluations
 
     # -- hot path ------------------------------------------------------------------
     @property
@@ -120,12 +138,13 @@ class CanaryController:
                  reason, new.state, self.share)
 
     def _gated(self) -> bool:
-        """Is the next move (next step, or the final promotion) behind a review gate?"""
+        return next_is_gated(self.config, self.state.step_index)
+
+    def _next_share(self) -> str:
         s = self.state
-        cfg = self.config
-        if s.step_index + 1 >= len(cfg.steps):
-            return cfg.approve_promotion
-        return cfg.steps[s.step_index + 1] in cfg.approval_before
+        if s.step_index + 1 >= len(self.config.steps):
+            return "the final promotion"
+        return f"{self.config.steps[s.step_index + 1]:g}%"
 
     def _advance(
         self, evaluation: dict[str, Any], actor: str, reason: str, action: str = "promote"
@@ -139,20 +158,43 @@ class CanaryController:
             self._apply(CanaryState(state, s.step_index + 1, time.time(), evaluation), actor,
                         action, reason)
 
-    async def act(self, action: Action, actor: str, reason: str) -> CanaryState:
-        """A manual action from the admin API; raises ValueError when not allowed now."""
+    async def act(
+        self, action: Action, actor: str, reason: str, *, force: bool = False
+    ) -> CanaryState:
+        """A manual action from the admin API; raises ValueError when not allowed now.
+
+        ``force`` only matters to ``promote``: it passes a review gate (with a reason)."""
         async with self._lock:
             s = self.state
-            manual = {"decision": action, "reasons": [reason or "manual"], "actor": actor}
+            manual: dict[str, Any] = {"decision": action, "reasons": [reason or "manual"],
+                                      "actor": actor}
+            if action == "restart":
+                # A fresh attempt: step 1, a new step clock, the evidence window restarts.
+                self._apply(CanaryState("running", 0, time.time(), manual), actor, action,
+                            reason)
+                return self.state
             if s.state in ("rolled_back", "promoted") and action != "rollback":
-                raise ValueError(f"canary is {s.state}; {action} does nothing")
+                hint = " (restart starts a fresh attempt)" if s.state == "rolled_back" else ""
+                raise ValueError(f"canary is {s.state}; {action} does nothing{hint}")
             if action == "rollback":
                 if s.state == "rolled_back":
                     raise ValueError("canary is already rolled back")
                 self._apply(replace(s, state="rolled_back", last_decision=manual), actor,
                             action, reason)
             elif action == "promote":
-                self._advance(manual, actor, reason)
+                if self._gated() and not force:
+                    raise ValueError(
+                        f"{self._next_share()} is behind a review gate: approve it when "
+                        "the canary waits for approval, or promote with force and a reason"
+                    )
+                if self._gated():
+                    if not reason.strip():
+                        raise ValueError("a forced promote needs a reason")
+                    manual["decision"] = "force_promote"
+                    self._advance(manual, actor, f"review gate overridden: {reason}",
+                                  "force_promote")
+                else:
+                    self._advance(manual, actor, reason)
             elif action == "pause":
                 if s.state == "paused":
                     raise ValueError("canary is already paused")
@@ -220,15 +262,33 @@ class CanaryController:
                 log.exception("canary %s: evaluation failed", self.route)
 
     def status(self) -> dict[str, Any]:
-        return {
+        s = self.state
+        out = {
             "route": self.route,
             "stable": self.config.stable,
             "candidate": self.config.candidate,
             "steps": list(self.config.steps),
             "share": self.share / 100,
             "evaluations": self.evaluations,
-            **self.state.to_dict(),
+            "evaluation_interval_s": self.config.evaluation_interval_s,
+            "complete": s.state == "promoted",
+            "next_gated": s.state not in ("promoted", "rolled_back") and self._gated(),
+            **s.to_dict(),
         }
+        if s.state == "promoted":
+            out["config_change"] = promotion_change(self.route, self.config)
+        return out
+
+
+def promotion_change(route: str, config: CanaryConfig) -> str:
+    """The YAML edit that makes a promoted candidate the route's primary for good (the
+    promoted state is kept until the config stops naming this canary)."""
+    return (
+        "routes:\n"
+        f"  - match: {json.dumps(route)}\n"
+        f"    primary: {config.candidate}    # was {config.stable}\n"
+        "    # canary: delete the whole block: the rollout is complete\n"
+    )
 
 
 def evidence_from(cursor_factory: Callable[[], Any]) -> EvidenceSource:

@@ -145,6 +145,10 @@ class CanaryConfig(_Model):
         unknown = [g for g in self.approval_before if g not in self.steps]
         if unknown:
             raise ValueError(f"approval_before names steps that do not exist: {unknown}")
+        if self.steps[0] in self.approval_before:  # a start or restart enters it at once
+            raise ValueError("approval_before cannot name the first step: the canary enters "
+                             "it when configured or restarted (approving the config is that "
+                             "review)")
         return self
 
     @field_validator("steps")

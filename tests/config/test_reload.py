@@ -105,7 +105,8 @@ async def test_reload_through_the_admin_api(echo, tmp_path, channel_to) -> None:
         reloads = [r for r in rows if r["action"] == "config.reload"]
         assert len(reloads) == 1
         detail = json.loads(reloads[0]["detail"])
-        assert detail == {"old_version": old_version, "new_version": sc.loaded.version}
+        assert detail == {"old_version": old_version, "new_version": sc.loaded.version,
+                          "file": None, "sighup_rereads": None}
     finally:
         await sc.aclose()
 
