@@ -6,22 +6,36 @@ Errors name the field path (``routes[1].shadows[0].sample_percent: ...``).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from sidecar.config.models import Config, RouteConfig
 from sidecar.errors import ConfigError
 from sidecar.resilience.fallback import load_static_fallback
 
-__all__ = ["LoadedConfig", "canonical_json", "load_config", "parse_config"]
+__all__ = [
+    "LoadedConfig",
+    "canonical_json",
+    "is_loopback",
+    "load_config",
+    "parse_config",
+    "parse_config_text",
+]
 
 ADMIN_TOKEN_ENV = "SHADOWCAR_ADMIN_TOKEN"
+#: Deepest nesting of a config document; real ones use fewer than ten levels.
+MAX_DEPTH = 32
+#: Values (scalars and containers, YAML aliases counted at every use) in one document.
+MAX_VALUES = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +65,18 @@ class LoadedConfig:
         return token.get_secret_value() if token is not None else None
 
 
+#: Segments pydantic adds to an error's location for a union member, not a config key.
+_UNION_TAGS = frozenset({"function-after", "function-before", "function-wrap", "str", "int",
+                         "float", "bool", "tuple", "list", "dict", "none"})
+
+
 def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif part in _UNION_TAGS or "[" in part:  # e.g. function-after[_check(), UnitSource]
+            continue
         else:
             out += f".{part}" if out else str(part)
     return out
@@ -161,6 +182,81 @@ def _check_tests(
         if experiments:
             problems.append((where, "a route runs either experiments or a canary, not both"))
     return problems
+
+
+def _shape_problem(data: Any) -> str | None:
+    """Why ``data`` is too deep or too large to validate (None when it is fine).
+
+    Iterative, and it counts each use of a YAML alias, so neither a deep document nor an
+    alias bomb reaches the recursive validators.
+    """
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return f"the document holds more than {MAX_VALUES} values (YAML aliases count " \
+                   "at every use)"
+        if isinstance(node, dict | list):
+            if depth > MAX_DEPTH:
+                return f"nested more than {MAX_DEPTH} levels deep"
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _unsafe_values(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Values every field type lets through but serve cannot use: inf/nan (YAML ``.inf``,
+    "nan") and NUL characters (file names, names)."""
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from _unsafe_values(getattr(node, name), f"{path}.{name}" if path else name)
+    elif isinstance(node, tuple | list):
+        for i, item in enumerate(node):
+            yield from _unsafe_values(item, f"{path}[{i}]")
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            yield from _unsafe_values(item, f"{path}.{key}")
+    elif isinstance(node, float) and not math.isfinite(node):
+        yield path, "must be a finite number"
+    elif isinstance(node, str) and "\x00" in node:
+        yield path, "must not contain a NUL character"
+    elif isinstance(node, SecretStr) and "\x00" in node.get_secret_value():
+        yield path, "must not contain a NUL character"
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` (of a listen address) reachable from this machine only?"""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _admin_exposure(config: Config) -> list[tuple[str, str]]:
+    """An admin listener reachable off this host must have a token (or say it needs none)."""
+    admin = config.admin
+    if admin.listen is None or admin.allow_unauthenticated:
+        return []
+    if admin.token is not None or os.environ.get(ADMIN_TOKEN_ENV):
+        return []
+    host = admin.listen.rpartition(":")[0]
+    if is_loopback(host):
+        return []
+    return [("admin.listen", f"{admin.listen} is reachable from other hosts and no admin "
+             f"token is set: set admin.token or env {ADMIN_TOKEN_ENV}, listen on "
+             "127.0.0.1, or set admin.allow_unauthenticated: true")]
+
+
+def _secrets_digest(config: Config) -> bytes:
+    """What the canonical form masks (token, webhook, endpoint), hashed: a changed secret
+    is a new version although its text never appears in the stored config."""
+    token = config.admin.token.get_secret_value() if config.admin.token else ""
+    raw = json.dumps([token, config.notify.webhook, config.telemetry.traces.endpoint])
+    return hashlib.sha256(raw.encode()).digest()
 
 
 def canonical_json(config: Config) -> str:
@@ -274,6 +370,9 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     """Validate already-parsed YAML/JSON data."""
     if not isinstance(data, dict):
         raise ConfigError([("", "the top level must be a mapping")], source)
+    shape = _shape_problem(data)
+    if shape is not None:
+        raise ConfigError([("", shape)], source)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -289,7 +388,9 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
             )
         ]
         raise ConfigError(problems, source) from None
-    problems = _cross_check(config)
+    problems = list(_unsafe_values(config))
+    problems += _cross_check(config)
+    problems += _admin_exposure(config)
     base = base_dir or Path.cwd()  # relative file names in the config are relative to this
     statics, more = _static_fallbacks(config, base)
     problems.extend(more)
@@ -308,11 +409,10 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     ))
     if problems:
         raise ConfigError(problems, source)
-    # The secret is part of the version only through its hash, never in clear.
+    # Secrets are part of the version only through their hash, never in clear.
     canonical = canonical_json(config)
-    token = config.admin.token.get_secret_value() if config.admin.token else ""
     digest = hashlib.sha256(canonical.encode())
-    digest.update(hashlib.sha256(token.encode()).digest())
+    digest.update(_secrets_digest(config))
     for match in sorted(statics):  # a changed fallback file is a new version
         digest.update(hashlib.sha256(statics[match]).digest())
     for match in sorted(contracts):  # so is a changed contract
@@ -324,13 +424,17 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     )
 
 
-def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
-    """Read and validate a YAML file; raise ConfigError naming the problem."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([("", f"cannot read {source}: {exc.strerror or exc}")], source) from exc
+def parse_config_text(
+    text: str | bytes, source: str = "", base_dir: Path | None = None
+) -> LoadedConfig:
+    """Parse and validate a YAML (or JSON) document; ConfigError for any bad input, never
+    a decoding or recursion traceback (``sidecar validate``, serve and the admin API)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError([("", f"not UTF-8 text (byte {exc.start} is "
+                                    f"0x{text[exc.start]:02x})")], source) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -338,4 +442,16 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([("", f"YAML syntax error at {where}{problem}")], source) from None
-    return parse_config(data, source, base_dir=Path(path).resolve().parent)
+    except RecursionError:
+        raise ConfigError([("", f"nested more than {MAX_DEPTH} levels deep")], source) from None
+    return parse_config(data, source, base_dir)
+
+
+def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
+    """Read and validate a YAML file; raise ConfigError naming the problem."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read {source}: {exc.strerror or exc}")], source) from exc
+    return parse_config_text(raw, source, base_dir=Path(path).resolve().parent)

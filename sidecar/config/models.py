@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
 
 from sidecar.config.experiments import (
     AssignmentConfig,
@@ -16,7 +16,13 @@ from sidecar.config.experiments import (
     ExperimentConfig,
     UnitSource,
 )
-from sidecar.config.security import RedactConfig, TlsClientConfig, TlsServerConfig
+from sidecar.config.security import (
+    RedactConfig,
+    TlsClientConfig,
+    TlsServerConfig,
+    check_url,
+    mask_url,
+)
 from sidecar.export.settings import ExportConfig
 from sidecar.provenance import ModelProvenance
 from sidecar.resilience.breaker import BreakerConfig
@@ -35,9 +41,30 @@ __all__ = [
     "TracesConfig",
 ]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$")
-_MATCH = re.compile(r"^(\*|/[A-Za-z0-9_.]+/(\*|[A-Za-z0-9_]+))$")
+# \Z, not $: "$" also matches before a trailing newline, which then fails at serve.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+_HOSTPORT = re.compile(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}\Z")
+_MATCH = re.compile(r"(\*|/[A-Za-z0-9_.]+/(\*|[A-Za-z0-9_]+))\Z")
+#: A host name in admin.allowed_hosts: a DNS name, optionally "*." for its subdomains.
+_HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\Z")
+
+
+_MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)\s*\Z", re.IGNORECASE)
+_MEMORY_UNIT = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+#: Bounds of the sink's DuckDB memory limit: below the low one DuckDB cannot open a file.
+_MEMORY_MIN, _MEMORY_MAX = 8 * 10**6, 16 * 2**40
+
+
+def _check_memory(value: str) -> str:
+    """A size DuckDB accepts as ``memory_limit`` (checked here, so serve never refuses it)."""
+    found = _MEMORY.match(value)
+    if found is None:
+        raise ValueError(f"must be a size such as 64MB or 1GiB, got {value!r}")
+    size = float(found.group(1)) * _MEMORY_UNIT[found.group(2).lower()]
+    if not _MEMORY_MIN <= size <= _MEMORY_MAX:
+        raise ValueError(f"must be between 8MB and 16TiB, got {value!r}")
+    return value.strip()
 
 
 def _check_hostport(value: str) -> str:
@@ -63,11 +90,25 @@ class AdminConfig(_Model):
     token: SecretStr | None = Field(
         None, description="bearer token for mutations (or env SHADOWCAR_ADMIN_TOKEN)"
     )
+    allowed_hosts: tuple[str, ...] = Field(
+        (), description="DNS names the Host header may carry besides IP literals and localhost"
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="let an admin listener off loopback run without a token"
+    )
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         return None if value is None else _check_hostport(value)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _HOST_NAME.match(name):
+                raise ValueError(f"{name!r} is not a host name (e.g. admin.example.internal)")
+        return tuple(name.lower() for name in value)
 
 
 class StorageConfig(_Model):
@@ -82,6 +123,14 @@ class StorageConfig(_Model):
         5_000, ge=1, le=1_000_000, description="pending records that trigger an early flush"
     )
     record_bytes: bool = Field(False, description="also store raw request and response bytes")
+    max_payload_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, le=1024**3,
+        description="bytes one message may take recorded (decoded or raw); a larger one is "
+        "recorded as a summary (truncated)",
+    )
+    probe_interval_ms: PositiveMs = Field(
+        1000, description="how often a failing sink re-checks that it can write (readiness)"
+    )
     duckdb_threads: int = Field(
         1, ge=1, le=64, description="DuckDB worker threads of the sink (keep the cores serving)"
     )
@@ -90,10 +139,21 @@ class StorageConfig(_Model):
         default_factory=ExportConfig, description="fleet Parquet export (hive-partitioned)"
     )
 
+    @field_validator("duckdb_memory_limit")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        return _check_memory(value)
+
 
 class ShutdownConfig(_Model):
     grace_s: float = Field(10.0, ge=0, le=600, description="time in-flight calls get to finish")
     sink_timeout_s: float = Field(30.0, gt=0, le=600, description="time the final flush may take")
+    drain_s: float = Field(
+        2.0, ge=0, le=600, description="longest time new calls are held, then refused, at stop"
+    )
+    drain_quiet_ms: int = Field(
+        50, ge=1, le=10_000, description="no new call for this long ends the hold early"
+    )
 
 
 class TracesConfig(_Model):
@@ -107,6 +167,13 @@ class TracesConfig(_Model):
         1.0, ge=0, le=1, description="parent-based ratio sampler; env OTEL_TRACES_SAMPLER overrides"
     )
     max_queue_size: int = Field(2048, ge=16, le=1_000_000, description="spans buffered for export")
+
+    @field_serializer("endpoint", when_used="json")
+    def _shown_endpoint(self, value: str | None) -> str | None:
+        # Credentials in an endpoint (user:pass@, ?token=) never reach /v1/config or configs.
+        if value is None or not ("@" in value or "?" in value):
+            return value
+        return mask_url(value)
 
 
 class MetricsConfig(_Model):
@@ -152,13 +219,26 @@ class NotifyConfig(_Model):
     backoff_s: float = Field(0.5, ge=0, le=60, description="first wait between attempts")
     queue_size: int = Field(1000, ge=1, le=1_000_000, description="events waiting at most")
 
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value)
+
+    @field_serializer("webhook", when_used="json")
+    def _shown_webhook(self, value: str | None) -> str | None:
+        # A webhook URL is a credential (user:pass@, a token in the path or the query): the
+        # JSON form (GET /v1/config, the configs table, audit) shows scheme and host only.
+        return None if value is None else mask_url(value)
+
 
 class OutcomesConfig(_Model):
     max_events: int = Field(10_000, ge=1, le=1_000_000, description="events in one batch at most")
     recent_ids: int = Field(
         100_000, ge=0, le=10_000_000, description="event ids remembered to report duplicates"
     )
-    max_future_s: float = Field(300, ge=0, description="how far ahead an event's ts may be")
+    max_future_s: float = Field(
+        300, ge=0, le=10 * 365 * 86_400, description="how far ahead an event's ts may be"
+    )
 
 
 class BackendConfig(_Model):

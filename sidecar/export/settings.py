@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["ExportConfig", "default_replica"]
 
-_REPLICA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]{0,62}$")
+_REPLICA = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]{0,62}\Z")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._]+")
 #: Hex digits of the DuckDB path's hash in a default replica name.
 _PATH_HASH_DIGITS = 8

@@ -22,11 +22,18 @@ from grpc_health.v1 import health_pb2
 from sidecar._proto import inference_pb2 as pb
 from sidecar.config import load_config
 from sidecar.demo import build_infer_request
+from sidecar.errors import ConfigError
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 ROOT = DOCKER.parent
 HEALTHCHECK = DOCKER / "healthcheck.py"
 ROUTE = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@pytest.fixture(autouse=True)
+def admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples run with SHADOWCAR_ADMIN_TOKEN set (their admin listens on 0.0.0.0)."""
+    monkeypatch.setenv("SHADOWCAR_ADMIN_TOKEN", "example-token")
 
 
 def port_of(hostport: str) -> int:
@@ -118,6 +125,32 @@ def test_k8s_probes_point_at_the_admin_port_of_the_embedded_config(tmp_path: Pat
     assert primary.target == "127.0.0.1:" + model["args"][model["args"].index("--port") + 1]
     mount = next(m for m in sidecar["volumeMounts"] if m["name"] == "config")
     assert sidecar["args"][-1] == f"{mount['mountPath']}/shadowcar.yaml"
+
+
+def test_no_example_runs_token_less_on_all_interfaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14.5: every shipped config with an admin listener off loopback is refused
+    without a token, and compose and Kubernetes cannot start it without one."""
+    k8s = {d["kind"]: d for d in yaml_docs(DOCKER / "k8s" / "sidecar.yaml")}
+    embedded = tmp_path / "k8s.yaml"
+    embedded.write_text(k8s["ConfigMap"]["data"]["shadowcar.yaml"], encoding="utf-8")
+    monkeypatch.delenv("SHADOWCAR_ADMIN_TOKEN")
+    for config in (DOCKER / "shadowcar.yaml", embedded):
+        data = yaml_docs(config)[0]
+        assert not data["admin"].get("allow_unauthenticated") and "token" not in data["admin"]
+        with pytest.raises(ConfigError) as info:
+            load_config(str(config))
+        assert [p for p, _ in info.value.problems] == ["admin.listen"]
+    compose = yaml_docs(DOCKER / "compose.yaml")[0]
+    token = compose["services"]["sidecar"]["environment"]["SHADOWCAR_ADMIN_TOKEN"]
+    assert re.fullmatch(r"\$\{SHADOWCAR_ADMIN_TOKEN:\?.+\}", token)  # compose stops if unset
+    for published in compose["services"]["sidecar"]["ports"]:
+        assert published.startswith("127.0.0.1:")
+    pod = k8s["Deployment"]["spec"]["template"]["spec"]
+    (sidecar,) = [c for c in pod["containers"] if c["name"] == "shadowcar"]
+    (env,) = [e for e in sidecar["env"] if e["name"] == "SHADOWCAR_ADMIN_TOKEN"]
+    assert env["valueFrom"]["secretKeyRef"]["optional"] is False
 
 
 async def run_healthcheck(target: str) -> tuple[int, str]:
