@@ -29,7 +29,7 @@ from sidecar.errors import ConfigError, ShadowcarError
 from sidecar.mirror import Mirror
 from sidecar.outcomes import OutcomeIngest, add_feedback_service
 from sidecar.routing import CallCounts, RoutePlan, RouteTable
-from sidecar.server import Dispatch, ProxyHandler
+from sidecar.server import Dispatch, ProxyHandler, stop_serving
 from sidecar.sink import AuditRecord, CallRecord, DuckDBSink
 from sidecar.telemetry import Metrics, ModelHealth, Tracing
 from sidecar.telemetry.backend_errors import BackendErrors
@@ -398,8 +398,8 @@ class Sidecar:
         await self.canary.aclose()
         if self._server is not None:
             await self.health_servicer.enter_graceful_shutdown()
-            # Stops accepting at once; in-flight calls get the grace period.
-            await self._server.stop(cfg.shutdown.grace_s)
+            # New calls are held, then answered UNAVAILABLE; in-flight calls get the grace.
+            await stop_serving(self._server, self._handler, cfg.shutdown)
         shadow_deadline = max(
             (s.timeout_ms / 1000 for r in cfg.routes for s in r.shadows), default=0.0
         )

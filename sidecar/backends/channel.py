@@ -74,7 +74,7 @@ class Backend:
                 config.target, credentials, options=channel_options
             )
         self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
-        self.breaker = CircuitBreaker(config.breaker)
+        self.breaker = CircuitBreaker(config.breaker, name=config.name)
         self._streams: dict[str, Any] = {}
         self._closed = False
 

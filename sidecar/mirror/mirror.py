@@ -17,6 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
 from sidecar.backends import Backend, CallOutcome, Metadata
+from sidecar.resilience import Ticket
 from sidecar.routing import CallCounts, RoutePlan, ShadowLane, sampled_lanes
 from sidecar.sink import CallRecord
 from sidecar.telemetry.tracing import Tracing, call_attributes
@@ -68,10 +69,10 @@ class Mirror:
         to the backend that is serving it)."""
         shadow_md: Metadata | None = None
         for lane in sampled_lanes(plan, request_id, serving):
-            why = self.refusal(lane)
-            if why is not None:
+            ticket = self.admit(lane)
+            if isinstance(ticket, str):
                 self._finish(plan, lane, method, request, request_id, config_version,
-                             time.time(), "DROPPED", None, None, why)
+                             time.time(), "DROPPED", None, None, ticket)
                 continue
             if shadow_md is None:
                 shadow_md = (*metadata, SHADOW_METADATA)
@@ -86,20 +87,23 @@ class Mirror:
             lane.in_flight += 1
             lane.sent += 1
             self.own(self._shadow(plan, lane, method, request, lane_md, request_id,
-                                  config_version, span))
+                                  config_version, span, ticket))
 
-    def refusal(self, lane: ShadowLane) -> str | None:
-        """Why a sampled copy is dropped (counted on the lane), or None when it may go."""
+    def admit(self, lane: ShadowLane) -> Ticket | str:
+        """The breaker's ticket for a sampled copy (hand it back when the copy ends), or
+        why the copy is dropped (counted on the lane)."""
         why = None
         if self._closing:
             why = "closing"
         elif lane.in_flight >= lane.config.max_in_flight:
             why = "max_in_flight reached"
-        elif not lane.backend.breaker.allow():
+        else:
+            ticket = lane.backend.breaker.admit()
+            if ticket is not None:
+                return ticket
             why = "circuit open"
             lane.breaker_skipped += 1
-        if why is not None:
-            lane.dropped += 1
+        lane.dropped += 1
         return why
 
     def own(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -133,15 +137,18 @@ class Mirror:
         request_id: str,
         config_version: str,
         span: Span | None,
+        ticket: Ticket,
     ) -> None:
         started = time.time()
         outcome: CallOutcome | None = None
         code = grpc.StatusCode.INTERNAL
+        breaker = lane.backend.breaker
         try:
             outcome = await lane.backend.call(
                 method, request, timeout=lane.timeout_s, metadata=metadata
             )
         except asyncio.CancelledError:
+            breaker.release(ticket)  # cut at shutdown: no verdict on the shadow
             code = grpc.StatusCode.CANCELLED
             lane.errored += 1  # sent, never answered: the counters must still add up
             self._finish(plan, lane, method, request, request_id, config_version, started,
@@ -149,6 +156,7 @@ class Mirror:
                          "cancelled at shutdown")
             raise
         except Exception as exc:  # a broken shadow must never escape into the loop
+            breaker.release(ticket)  # our failure, not evidence against the backend
             lane.errored += 1
             self._finish(plan, lane, method, request, request_id, config_version, started,
                          "INTERNAL", (time.time() - started) * 1000, None,
@@ -161,9 +169,8 @@ class Mirror:
                 Tracing.end(span, outcome.code if outcome is not None else code,
                             outcome.details if outcome is not None else None)
         if outcome is None:
-            lane.backend.breaker.record(True)
             return
-        lane.backend.breaker.record(outcome.code.name in plan.failure_codes)
+        breaker.report(ticket, outcome.code.name, outcome.details, plan.failure_codes)
         if not outcome.ok:
             lane.errored += 1
         self._finish(plan, lane, method, request, request_id, config_version, outcome.started,

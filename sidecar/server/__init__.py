@@ -1,6 +1,6 @@
 """The gRPC face of the sidecar: a generic raw-bytes handler over the forwarding core."""
 
 from sidecar.server.forwarding import HOP_BY_HOP, Answer, Dispatch, forward_metadata
-from sidecar.server.handler import ProxyHandler
+from sidecar.server.handler import ProxyHandler, stop_serving
 
-__all__ = ["HOP_BY_HOP", "Answer", "Dispatch", "ProxyHandler", "forward_metadata"]
+__all__ = ["HOP_BY_HOP", "Answer", "Dispatch", "ProxyHandler", "forward_metadata", "stop_serving"]

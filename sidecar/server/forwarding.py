@@ -6,7 +6,9 @@ metadata come back unchanged; shadows start beside the primary and are never awa
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -273,10 +275,18 @@ class Dispatch:
         served: CallOutcome | None = None
         try:
             breaker = primary.breaker
-            if breaker.allow():
-                outcome = await primary.call(method, request, timeout=timeout,
-                                             metadata=primary_md)
-                breaker.record(outcome.code.name in plan.failure_codes)
+            ticket = breaker.admit()
+            if ticket is not None:
+                try:
+                    outcome = await primary.call(method, request, timeout=timeout,
+                                                 metadata=primary_md)
+                except BaseException:
+                    breaker.release(ticket)  # cancelled by the caller: no verdict
+                    raise
+                # A deadline counts against the backend only when the route's own
+                # timeout, not the caller's shorter deadline, was the limit.
+                breaker.report(ticket, outcome.code.name, outcome.details,
+                               plan.failure_codes, timeout == plan.timeout_s)
             else:
                 outcome = CallOutcome(
                     grpc.StatusCode.UNAVAILABLE, f"circuit open for backend {primary.name}",
@@ -322,15 +332,19 @@ class Dispatch:
             count_key = (plan.match, primary.name, role, first)
             counts = self.counts
             counts[count_key] = counts.get(count_key, 0) + 1
+            if outcome is None:  # the caller went away first: its call row says so
+                outcome = CallOutcome(grpc.StatusCode.CANCELLED, _why_cut(sys.exc_info()[1]),
+                                      None, (), (), arrived, (time.perf_counter() - t0) * 1000)
+            self.sink.record_call(
+                CallRecord(
+                    request_id, outcome.started, plan.match, method, primary.name,
+                    primary.version, role, served is outcome, outcome.code.name,
+                    outcome.latency_ms, len(request), outcome.response, outcome.details,
+                    self.version, plan.decoding,
+                )
+            )
         if not served.ok:
             plan.errors[status] = plan.errors.get(status, 0) + 1
-        self.sink.record_call(
-            CallRecord(
-                request_id, outcome.started, plan.match, method, primary.name, primary.version,
-                role, served is outcome, outcome.code.name, outcome.latency_ms, len(request),
-                outcome.response, outcome.details, self.version, plan.decoding,
-            )
-        )
         return Answer(served, request_id, decision if decision and decision.exposed else None)
 
     async def _fallback(
@@ -354,9 +368,14 @@ class Dispatch:
             backend = plan.fallback_backend
             assert backend is not None
             timeout = plan.fallback_timeout_s
+            route_bound = True  # the fallback's own timeout, not the caller's, is the limit
             if deadline is not None:
-                timeout = min(timeout, deadline - time.perf_counter() - plan.margin_s)
-            if timeout <= 0 or not backend.breaker.allow():
+                left = deadline - time.perf_counter() - plan.margin_s
+                if left < timeout:
+                    timeout, route_bound = left, False
+            breaker = backend.breaker
+            ticket = breaker.admit() if timeout > 0 else None
+            if ticket is None:
                 plan.fallback_failed += 1
                 return failed
             md = metadata
@@ -367,8 +386,13 @@ class Dispatch:
                     self.span_attributes(method, backend.target, "fallback"),
                 )
                 md = (*metadata, *injected)
-            answer = await backend.call(method, request, timeout=timeout, metadata=md)
-            backend.breaker.record(answer.code.name in plan.failure_codes)
+            try:
+                answer = await backend.call(method, request, timeout=timeout, metadata=md)
+            except BaseException:
+                breaker.release(ticket)
+                raise
+            breaker.report(ticket, answer.code.name, answer.details, plan.failure_codes,
+                           route_bound)
             if span is not None:
                 Tracing.end(span, answer.code, answer.details)
             name, version = backend.name, backend.version
@@ -387,6 +411,13 @@ class Dispatch:
             plan.fallback_failed += 1
             return failed if answer.code is grpc.StatusCode.DEADLINE_EXCEEDED else answer
         return answer
+
+
+def _why_cut(exc: BaseException | None) -> str:
+    """The error text of a serving call that ended with no outcome."""
+    if exc is None or isinstance(exc, asyncio.CancelledError):
+        return "cancelled by the caller"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _enforce(

@@ -1,21 +1,26 @@
 """The gRPC transport: a generic handler that hands raw bytes to the forwarding core.
 
 It only translates between ``grpc.aio`` and :class:`Dispatch`; no routing logic lives here.
+At shutdown (:func:`stop_serving`) it holds new calls until the listener is closed, then
+answers them UNAVAILABLE, which clients retry elsewhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from sidecar.config.models import ShutdownConfig
 from sidecar.routing import RoutePlan
 from sidecar.server.forwarding import REQUEST_ID, Dispatch, reply_metadata
 from sidecar.server.streaming import StreamForwarder
 
-__all__ = ["ProxyHandler"]
+__all__ = ["ProxyHandler", "stop_serving"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no
     def __init__(self, dispatch: Dispatch) -> None:
         self._dispatch = dispatch
         self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
+        #: Set once the sidecar shuts down: new calls are held, then refused.
+        self._refusing: _Refusal | None = None
 
     def swap(self, dispatch: Dispatch) -> None:
         """Serve new calls from ``dispatch``; calls in flight finish on the old one."""
@@ -42,6 +49,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
         method = handler_call_details.method
+        if self._refusing is not None:
+            return self._refusing.handler(self._dispatch.routes.match(method))
         handlers = self._handlers
         handler = handlers.get(method)
         if handler is None:
@@ -54,6 +63,87 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no
             if len(handlers) < 10_000:  # unrouted names come from callers: bound the cache
                 handlers[method] = handler
         return handler
+
+
+    def refuse_new_calls(self) -> _Refusal:
+        """From now on hold every new call, then answer it UNAVAILABLE (shutdown)."""
+        if self._refusing is None:
+            self._refusing = _Refusal()
+        return self._refusing
+
+    @property
+    def refused(self) -> int:
+        """Calls answered UNAVAILABLE because they arrived during shutdown."""
+        return self._refusing.arrived if self._refusing is not None else 0
+
+
+class _Refusal:
+    """Shutdown: every new call is held until the listener is closed, then answered
+    UNAVAILABLE. Holding it (rather than answering at once) keeps a client's next call
+    from landing in the gRPC core's backlog, which the core cancels (CANCELLED, a status
+    clients do not retry) when the server stops."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.listener_closed = asyncio.Event()
+        self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
+
+    def handler(self, plan: RoutePlan | None) -> grpc.RpcMethodHandler[bytes, bytes]:
+        self.arrived += 1
+        kind = plan.config.streaming if plan is not None else "unary"
+        handler = self._handlers.get(kind)
+        if handler is None:
+            handler = self._handlers[kind] = self._build(kind)
+        return handler
+
+    async def _refuse(self, context: Any) -> None:
+        await self.listener_closed.wait()
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            "the sidecar is shutting down; retry on another instance")
+
+    def _build(self, kind: str) -> grpc.RpcMethodHandler[bytes, bytes]:
+        # The request is never read: a held stream costs nothing but its slot.
+        async def single(request: Any, context: Any) -> bytes:
+            await self._refuse(context)
+            raise AssertionError("unreachable")  # abort always raises
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[bytes]:
+            await self._refuse(context)
+            yield b""  # unreachable: makes this the async generator grpc.aio expects
+
+        if kind == "unary":
+            return grpc.unary_unary_rpc_method_handler(single)
+        if kind == "server":
+            return grpc.unary_stream_rpc_method_handler(stream)
+        if kind == "client":
+            return grpc.stream_unary_rpc_method_handler(single)
+        return grpc.stream_stream_rpc_method_handler(stream)
+
+
+async def stop_serving(
+    server: grpc.aio.Server, handler: ProxyHandler | None, settings: ShutdownConfig
+) -> None:
+    """Stop the listener without cancelling a call that arrives meanwhile: hold new calls
+    until none arrived for ``drain_quiet_ms`` (at most ``drain_s``), close the listener
+    (later calls are refused by the transport, UNAVAILABLE at the client), answer the held
+    calls UNAVAILABLE, and give calls in flight ``grace_s`` to finish."""
+    if handler is not None and settings.drain_s > 0:
+        refusal = handler.refuse_new_calls()
+        quiet = settings.drain_quiet_ms / 1000
+        until = time.monotonic() + settings.drain_s
+        seen = -1
+        while refusal.arrived != seen and time.monotonic() < until:
+            seen = refusal.arrived
+            await asyncio.sleep(quiet)
+        stopping = asyncio.ensure_future(server.stop(settings.grace_s))
+        await asyncio.sleep(0)  # the stop's first step has closed the listener
+        refusal.listener_closed.set()
+        await stopping
+        if refusal.arrived:
+            log.info("%d calls that arrived during shutdown were answered UNAVAILABLE",
+                     refusal.arrived)
+        return
+    await server.stop(settings.grace_s)
 
 
 def _handler_for(

@@ -16,6 +16,7 @@ import grpc
 
 from sidecar.backends import Backend, Metadata
 from sidecar.mirror.mirror import SHADOW_METADATA
+from sidecar.resilience import Ticket
 from sidecar.routing import RoutePlan, ShadowLane, sampled_lanes
 from sidecar.server.forwarding import REQUEST_ID, Dispatch, forward_metadata, reply_metadata
 from sidecar.sink import CallRecord, RequestRecord
@@ -209,34 +210,38 @@ class StreamForwarder:
     ) -> None:
         mirror = self._d.mirror
         for lane in sampled_lanes(plan, rid, serving):
-            if mirror.refusal(lane) is not None:
+            ticket = mirror.admit(lane)
+            if isinstance(ticket, str):
                 continue
             lane.in_flight += 1
             lane.sent += 1
             mirror.own(self._shadow(plan, lane, method, request,
-                                    (*metadata, SHADOW_METADATA), rid))
+                                    (*metadata, SHADOW_METADATA), rid, ticket))
 
     async def _shadow(
         self, plan: RoutePlan, lane: ShadowLane, method: str, request: bytes,
-        metadata: Metadata, rid: str,
+        metadata: Metadata, rid: str, ticket: Ticket,
     ) -> None:
         started, t0 = time.time(), time.perf_counter()
         tally = _Tally(t0)
         status, details = "CANCELLED", None
-        call = lane.backend.stream("server", method)(
-            request, timeout=lane.timeout_s, metadata=metadata
-        )
+        call = None
         try:
+            call = lane.backend.stream("server", method)(
+                request, timeout=lane.timeout_s, metadata=metadata
+            )
             async for message in call:
                 tally.add(message)
             status = "OK"
         except grpc.aio.AioRpcError as err:
             status, details = err.code().name, err.details()
         finally:
-            call.cancel()
+            if call is not None:
+                call.cancel()
             if status != "OK":  # errors and cancellations alike: sent, not answered
                 lane.errored += 1
             lane.in_flight -= 1
-            lane.backend.breaker.record(status in plan.failure_codes)
+            # The one rule (a CANCELLED cut, like a caller's fault, only frees a probe slot).
+            lane.backend.breaker.report(ticket, status, details, plan.failure_codes)
             self._record(plan, method, lane.backend, "shadow", False, rid, started, t0,
                          request, tally, status, details)

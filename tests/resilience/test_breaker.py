@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from sidecar.resilience import BreakerConfig, CircuitBreaker
+from sidecar.resilience import BreakerConfig, CircuitBreaker, Ticket
+
+
+def call(b: CircuitBreaker, failed: bool) -> Ticket | None:
+    """One call through the breaker: admitted, then reported (UNAVAILABLE or OK)."""
+    ticket = b.admit()
+    if ticket is not None:
+        b.report(ticket, "UNAVAILABLE" if failed else "OK")
+    return ticket
 
 
 class Clock:
@@ -17,35 +25,32 @@ def test_streak_opens_cooldown_half_open_probe_closes() -> None:
     clock = Clock()
     b = CircuitBreaker(BreakerConfig(consecutive_failures=3, cooldown_s=10), clock)
     for _ in range(2):
-        assert b.allow()
-        b.record(True)
+        assert call(b, True)
     assert b.state == "closed"
-    assert b.allow()
-    b.record(True)
+    assert call(b, True)
     assert b.state == "open" and b.opened == 1
-    assert not b.allow() and b.refused == 1
+    assert b.admit() is None and b.refused == 1
     clock.now = 9.9
-    assert not b.allow()
+    assert b.admit() is None
     clock.now = 10.0
-    assert b.allow()  # the one probe
+    probe = b.admit()  # the one probe
+    assert probe is not None and probe.probe
     assert b.state == "half_open"
-    assert not b.allow()  # no second probe while the first is out
-    b.record(False)
+    assert b.admit() is None  # no second probe while the first is out
+    b.report(probe, "OK")
     assert b.state == "closed"
-    assert b.allow()
+    assert b.admit() is not None
 
 
 def test_failed_probe_reopens() -> None:
     clock = Clock()
     b = CircuitBreaker(BreakerConfig(consecutive_failures=1, cooldown_s=1), clock)
-    b.allow()
-    b.record(True)
+    call(b, True)
     clock.now = 1.5
-    assert b.allow()
-    b.record(True)
+    assert call(b, True)
     assert b.state == "open" and b.opened == 2
     clock.now = 2.0
-    assert not b.allow()  # a fresh cooldown from the failed probe
+    assert b.admit() is None  # a fresh cooldown from the failed probe
 
 
 def test_error_rate_over_window_opens() -> None:
@@ -53,11 +58,9 @@ def test_error_rate_over_window_opens() -> None:
                                      min_calls=10), Clock())
     pattern = [True, False] * 4 + [True]
     for failed in pattern:
-        b.allow()
-        b.record(failed)
+        call(b, failed)
     assert b.state == "closed"  # 5 of 9: too few calls yet
-    b.allow()
-    b.record(False)
+    call(b, False)
     assert b.state == "open"  # 5 of 10 = 50%
 
 
@@ -65,14 +68,12 @@ def test_successes_slide_failures_out_of_the_window() -> None:
     b = CircuitBreaker(BreakerConfig(consecutive_failures=100, error_rate=0.5, window=4,
                                      min_calls=4), Clock())
     for failed in [True, False, False, False, True, False, False]:
-        b.allow()
-        b.record(failed)
+        call(b, failed)
     assert b.state == "closed"
 
 
 def test_disabled_breaker_never_refuses() -> None:
     b = CircuitBreaker(BreakerConfig(enabled=False, consecutive_failures=1), Clock())
     for _ in range(10):
-        assert b.allow()
-        b.record(True)
+        assert call(b, True)
     assert b.state == "closed"
