@@ -6,7 +6,6 @@ Mounted as ``sidecar report ...`` by sidecar/cli.py and as ``python -m analysis 
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import os
 import sys
@@ -179,56 +178,13 @@ def _contract_ranges(path: str | None) -> dict[str, tuple[float, float]] | None:
     return ranges
 
 
-def _quality(con: duckdb.DuckDBPyConnection, args: argparse.Namespace, color: bool) -> str:
-    from analysis.quality import analyze_quality, quality_html, render_quality_table
-    from analysis.report.json import render_json
+def _quality(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[str, Any]:
+    from analysis.quality import analyze_quality
 
     report = analyze_quality(con, metric=args.metric, kind=args.quality_kind,
                              since=args.since, until=args.until, window=args.window,
                              route=args.route)
-    if args.format == "json":
-        return render_json(report.to_dict())
-    if args.format == "html":
-        return ("<!doctype html><html><head><meta charset='utf-8'><title>Shadowcar model "
-                "quality</title></head><body>" + quality_html(report) + "</body></html>\n")
-    from rich.console import Console
-
-    console = Console(record=True, width=140, force_terminal=color, file=io.StringIO())
-    console.print(render_quality_table(report))
-    return console.export_text(styles=color)
-
-
-def _fields_text(report: dict[str, Any], fmt: str) -> str:
-    """The fields report has its own table and page; its JSON is the common one."""
-    if fmt == "table":
-        return _fields_table(report)
-    if fmt == "html":
-        return _fields_html(report)
-    from analysis.report.json import render_json
-
-    return render_json(report)
-
-
-def _fields_table(report: dict[str, Any]) -> str:
-    lines = []
-    for pair in report.get("pairs", []):
-        lines.append(f"{pair['route']}: {pair['primary']} -> {pair['shadow']} "
-                     f"(n={pair['n']}, noise floor: {pair.get('replica') or 'none'})")
-        for f in pair.get("fields", []):
-            rate = "-" if f.get("diff_rate") is None else f"{f['diff_rate']:.2%}"
-            floor = "" if f.get("replica_rate") is None else f"  replica {f['replica_rate']:.2%}"
-            flag = "  ABOVE NOISE" if f.get("flag") else ""
-            lines.append(f"  {f['path']:<40} differs {rate:>8}{floor}{flag}")
-    if not lines:
-        lines.append(report.get("message") or "no pairs with decoded JSON responses")
-    return "\n".join(lines) + "\n"
-
-
-def _fields_html(report: dict[str, Any]) -> str:
-    from html import escape
-
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>Shadowcar field diffs"
-            "</title></head><body><pre>" + escape(_fields_table(report)) + "</pre></body></html>\n")
+    return report.to_dict()
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -243,12 +199,11 @@ def run_report(args: argparse.Namespace) -> int:
                           memory_limit=args.memory_limit)
         color = args.format == "table" and not args.output and sys.stdout.isatty()
         try:
-            if args.kind == "quality":
-                text = _quality(con, args, color)
-            elif args.kind == "fields":
-                text = _fields_text(_analyze(con, args, weights), args.format)
-            else:
-                text = render(_analyze(con, args, weights), args.kind, args.format, color=color)
+            report = (_quality(con, args) if args.kind == "quality"
+                      else _analyze(con, args, weights))
+            # A table written to a file (-o) is not wrapped; on a terminal it takes its width.
+            text = render(report, args.kind, args.format, color=color,
+                          width=0 if args.output else None)
         finally:
             con.close()
     except (_UsageError, AnalysisSourceError, ValueError) as exc:

@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from html import escape
 from typing import Any, Literal
 
 import duckdb
 import numpy as np
-from rich.table import Table
 from scipy import stats
 
 from analysis.load import PRIMARY_SQL, AnalysisSourceError, relations, time_filter
-from analysis.report import svg
 from analysis.report.json import jsonable
-from analysis.report.text import fmt, fmt_ci, fmt_p
 from analysis.stats import finite_or_none
 
 __all__ = ["SCHEMA", "ModelQuality", "PairedTest", "QualityReport", "analyze_quality",
-           "auc_delong", "paired_auc_delong", "quality_html", "render_quality_table"]
+           "auc_delong", "paired_auc_delong"]
 
 SCHEMA = "shadowcar.report.quality/1"
 Kind = Literal["binary", "regression"]
@@ -403,94 +398,3 @@ def _paired_auc(route: str, primary: str, shadow: str, ps: np.ndarray, ss: np.nd
     z = (a_s - a_p) / se
     return PairedTest(*head, a_p, a_s, a_s - a_p, (a_s - a_p - _Z * se, a_s - a_p + _Z * se), z,
                       float(2 * stats.norm.sf(abs(z))))
-
-
-_SHOWN = {"binary": ("auc", "log_loss", "brier"), "regression": ("mae", "rmse")}
-
-
-def _model_row(m: dict[str, Any], kind: str) -> list[str]:
-    figures = [f"{fmt(m[k])} {fmt_ci(m[k + '_ci'])}" for k in _SHOWN[kind]]
-    ece = [fmt(m["ece"])] if kind == "binary" else []
-    return [m["route"], f"{m['backend']}@{m['version']}", ",".join(m["roles"]), fmt(m["n"]),
-            *figures, *ece, m["message"] or ""]
-
-
-def _header(kind: str) -> list[str]:
-    tail = ["AUC", "log loss", "Brier", "ECE"] if kind == "binary" else ["MAE", "RMSE"]
-    return ["route", "model", "roles", "n",
-            *(t if t == "ECE" else f"{t} [95% CI]" for t in tail), "note"]
-
-
-_TEST_HEADER = ["route", "primary → shadow", "metric", "n", "diff [95% CI]", "p", "method"]
-
-
-def _test_row(c: dict[str, Any]) -> list[str]:
-    return [c["route"], f"{c['primary']} → {c['shadow']}", c["metric"], fmt(c["n"]),
-            f"{fmt(c['diff'])} {fmt_ci(c['diff_ci'])}", fmt_p(c["p_value"]), c["method"]]
-
-
-def render_quality_table(report: QualityReport) -> Table:
-    """A rich table: one row per model, then the paired shadow-vs-primary tests."""
-    data = report.to_dict()
-    table = Table(title=f"Model quality on outcome {report.metric!r} ({report.kind})")
-    for name in _header(report.kind):
-        table.add_column(name, overflow="fold")
-    for model in data["models"]:
-        table.add_row(*_model_row(model, report.kind))
-    if data["comparisons"]:
-        table.add_section()
-        table.add_row(*[f"[bold]{h}[/bold]" for h in _TEST_HEADER])
-        for test in data["comparisons"]:
-            table.add_row(*_test_row(test))
-    table.caption = report.message
-    return table
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    cells = ["".join(f"<{tag}>{escape(c)}</{tag}>" for c in row)
-             for tag, row in [("th", header)] + [("td", r) for r in rows]]
-    return (f"<table><thead><tr>{cells[0]}</tr></thead><tbody>"
-            + "".join(f"<tr>{c}</tr>" for c in cells[1:]) + "</tbody></table>")
-
-
-def quality_html(report: QualityReport) -> str:
-    """A self-contained HTML section: tables, a reliability curve and the metric over time."""
-    data = report.to_dict()
-    parts = [f'<section class="quality"><h2>Model quality on outcome '
-             f"{escape(report.metric)} ({report.kind})</h2>",
-             _html_table(_header(report.kind), [_model_row(m, report.kind)
-                                                for m in data["models"]])]
-    if data["comparisons"]:
-        parts += ["<h3>Shadow vs primary on the same requests</h3>",
-                  _html_table(_TEST_HEADER, [_test_row(c) for c in data["comparisons"]])]
-    curves: dict[str, tuple[Sequence[float], Sequence[float]]] = {
-        f"{m['backend']}@{m['version']}": ([b["mean_score"] for b in m["reliability"]],
-                                           [b["observed"] for b in m["reliability"]])
-        for m in data["models"] if m["reliability"]}
-    charts: list[str] = []
-    if curves:
-        charts.append(svg.line_chart({"perfect calibration": ([0.0, 1.0], [0.0, 1.0]), **curves},
-                                     "Reliability: observed rate by mean score"))
-    over_time = _over_time(report)
-    if over_time:
-        label = "AUC" if report.kind == "binary" else "MAE"
-        charts.append(svg.line_chart(over_time, f"{label} per window (hours since the first)"))
-    if charts:
-        parts.append('<div class="charts">' + "\n".join(charts) + "</div>")
-    if report.message:
-        parts.append(f'<p class="note">{escape(report.message)}</p>')
-    parts.append("</section>")
-    return "\n".join(parts)
-
-
-def _over_time(report: QualityReport) -> dict[str, tuple[Sequence[float], Sequence[float]]]:
-    """Each model's AUC (binary) or MAE per window, x in hours since the first window."""
-    points = [(f"{m.backend}@{m.version}", m.window, m.auc if report.kind == "binary" else m.mae)
-              for m in report.windows if m.window is not None]
-    first = min((w for _, w, _ in points), default=None)
-    series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
-    for name, window, value in points:
-        if first is not None and value is not None:
-            xs, ys = series.get(name, ((), ()))
-            series[name] = ([*xs, (window - first).total_seconds() / 3600], [*ys, value])
-    return series

@@ -212,19 +212,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from analysis.report.document import Column, Grid
+    from analysis.report.terminal import render_grid
 
-    table = Table(title="Model versions")
-    for col in ("backend", "version", "first seen", "last seen", "roles", "provenance"):
-        table.add_column(col)
+    # The terminal's width (COLUMNS first); piped or redirected, nothing is cut or wrapped.
+    grid = Grid("Model versions", (Column("backend", "name"), Column("version", "name"),
+                                   Column("first seen"), Column("last seen"),
+                                   Column("roles", "text"), Column("provenance", "text")), [])
     for r in rows:
         roles = ", ".join(f"{k}:{v.get('calls', 0)}" for k, v in (r.get("roles") or {}).items())
         prov = r.get("provenance") or {}
-        table.add_row(str(r.get("backend")), str(r.get("version")), str(r.get("first_seen")),
-                      str(r.get("last_seen")), roles,
-                      ", ".join(f"{k}={v}" for k, v in prov.items() if v) or "-")
-    Console().print(table)
+        grid.rows.append([str(r.get("backend")), str(r.get("version")), str(r.get("first_seen")),
+                          str(r.get("last_seen")), roles,
+                          ", ".join(f"{k}={v}" for k, v in prov.items() if v) or "-"])
+    sys.stdout.write(render_grid(grid, color=sys.stdout.isatty()))
     return 0
 
 

@@ -1,4 +1,9 @@
-"""Rendering of report dictionaries (``to_dict()``) as a terminal table, JSON or one HTML file."""
+"""Rendering of report dictionaries (``to_dict()``) as a terminal table, JSON or one HTML file.
+
+Every kind goes through one :class:`~analysis.report.document.Document` (``pages.build``),
+so the table and the HTML file say the same thing; every note, warning and method in the
+dictionary is shown in both (:mod:`analysis.report.notes`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,14 @@ from typing import Any, Literal
 
 __all__ = ["ReportFormat", "ReportKind", "render"]
 
-ReportKind = Literal["divergence", "experiment", "drift"]
+ReportKind = Literal["divergence", "experiment", "drift", "quality", "fields"]
 ReportFormat = Literal["table", "json", "html"]
 
 
 def render(report_dict: dict[str, Any], kind: ReportKind, format: ReportFormat, *,
-           color: bool = False, width: int = 120) -> str:
-    """Render one report; ``color`` keeps ANSI colours in the terminal table."""
+           color: bool = False, width: int | None = None) -> str:
+    """Render one report; ``color`` keeps ANSI colours in the terminal table, ``width`` None
+    takes the terminal's (``COLUMNS`` first) and 0 means unlimited (a file, a pipe)."""
     if format == "json":
         from analysis.report.json import render_json
 

@@ -1,155 +1,200 @@
-"""Terminal tables (rich) for the three reports; flags and sample-ratio mismatch in red."""
+"""Terminal tables (rich) for every report: the verdict, the tables, every note and method.
+
+Tables take the terminal's width (``COLUMNS`` first, as :func:`shutil.get_terminal_size`
+reads it); without a terminal nothing is wrapped. A number never breaks across lines: number
+columns do not wrap, long names are shortened with a legend under the table, and a table
+still too wide is turned on its side (one column per row) or printed as one block per row.
+"""
 
 from __future__ import annotations
 
 import io
+import shutil
+import textwrap
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from analysis.report.text import fmt, fmt_ci, fmt_p, fmt_share
+from analysis.report.document import Column, Document, Grid, Line, Tone
+from analysis.report.notes import collect
 
-__all__ = ["render_table"]
+__all__ = ["UNLIMITED", "make_console", "print_grid", "render_document", "render_grid",
+           "render_table", "terminal_width"]
+
+#: Width used when nothing limits it (no terminal): tables take their natural width.
+UNLIMITED = 100_000
+_STYLE: dict[Tone, str] = {"": "", "bad": "bold red", "good": "green", "warn": "yellow",
+                           "key": "bold"}
+#: Name lengths tried, longest first, when a table does not fit.
+_LIMITS = (40, 28, 20, 14)
 
 
-def render_table(report: dict[str, Any], kind: str, *, color: bool = False,
-                 width: int = 120) -> str:
-    """Render a report dictionary as text tables; ANSI colours only when ``color``."""
+def terminal_width() -> int | None:
+    """``COLUMNS``, else the width of the terminal on stdout; None when there is neither."""
+    columns = shutil.get_terminal_size(fallback=(0, 0)).columns
+    return columns if columns > 0 else None
+
+
+def make_console(color: bool = False, width: int | None = None) -> tuple[Console, io.StringIO]:
+    """A console writing to a buffer; ``width`` None asks the terminal, 0 means unlimited."""
+    width = terminal_width() if width is None else width
     buffer = io.StringIO()
-    console = Console(file=buffer, force_terminal=color, color_system="standard" if color else None,
-                      width=width, no_color=not color)
-    if kind == "divergence":
-        _divergence(console, report)
-    elif kind == "experiment":
-        _experiment(console, report)
-    elif kind == "drift":
-        _drift(console, report)
+    console = Console(file=buffer, force_terminal=color,
+                      color_system="standard" if color else None, width=width or UNLIMITED,
+                      no_color=not color, soft_wrap=not width, highlight=False)
+    return console, buffer
+
+
+def _cell(value: str | Line) -> Text:
+    if isinstance(value, Line):
+        return Text(value.text, style=_STYLE[value.tone])
+    return Text(value)
+
+
+def _plain(value: str | Line) -> str:
+    return value.text if isinstance(value, Line) else value
+
+
+def _shorten(grid: Grid, limit: int) -> tuple[Grid, dict[str, str]]:
+    """Names longer than ``limit`` become ``start…end``; the legend maps them back."""
+    legend: dict[str, str] = {}
+    taken: dict[str, str] = {}
+    rows: list[list[str | Line]] = []
+    for row in grid.rows:
+        out: list[str | Line] = []
+        for column, value in zip(grid.columns, row, strict=True):
+            text = _plain(value)
+            if column.kind != "name" or len(text) <= limit:
+                out.append(value)
+                continue
+            head = (limit - 1) // 3  # the end of a name (method, version) tells most
+            alias = text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+            for n in range(2, 100):
+                if taken.get(alias, text) == text:
+                    break
+                alias = f"{alias[:limit - 3]}#{n}"
+            taken[alias] = text
+            legend[alias] = text
+            out.append(Line(alias, value.tone) if isinstance(value, Line) else alias)
+        rows.append(out)
+    return Grid(grid.title, grid.columns, rows), legend
+
+
+def _constant_names(grid: Grid) -> Grid:
+    """Name columns with one value in every row move into the title."""
+    keep = [i for i, c in enumerate(grid.columns)
+            if c.kind != "name" or len({_plain(r[i]) for r in grid.rows}) != 1 or not grid.rows]
+    if len(keep) == len(grid.columns) or not keep:
+        return grid
+    moved = [f"{c.title} {_plain(grid.rows[0][i])}" for i, c in enumerate(grid.columns)
+             if i not in keep]
+    return Grid(f"{grid.title} ({'; '.join(moved)})", tuple(grid.columns[i] for i in keep),
+                [[row[i] for i in keep] for row in grid.rows])
+
+
+def _needed(grid: Grid) -> int:
+    """The narrowest width the table fits in without breaking a number or a word."""
+    total = 1
+    for i, column in enumerate(grid.columns):
+        cells = [_plain(row[i]) for row in grid.rows]
+        if column.kind == "num":
+            width = max([len(c) for c in cells] + [max(map(len, column.title.split()), default=0)])
+        else:
+            words = [w for c in cells for w in c.split()] + column.title.split()
+            width = min(max(map(len, words), default=1), 24)
+        total += width + 3
+    return total
+
+
+def _table(grid: Grid) -> Table:
+    # A number column never wraps (rich then never narrows it); its header is wrapped here,
+    # between words, to the width of the widest number.
+    table = Table(title=grid.title, title_justify="left")
+    for i, column in enumerate(grid.columns):
+        if column.kind == "num":
+            widest = max([len(_plain(row[i])) for row in grid.rows]
+                         + [len(w) for w in column.title.split()] + [1])
+            table.add_column("\n".join(textwrap.wrap(column.title, widest)) or column.title,
+                             no_wrap=True)
+        else:
+            table.add_column(column.title, overflow="fold")
+    for row in grid.rows:
+        table.add_row(*(_cell(v) for v in row))
+    return table
+
+
+def _sideways(grid: Grid) -> Grid:
+    """The table turned: one row per column, one column per row (few rows, many columns)."""
+    columns = (Column("", "text"), *(Column(_plain(row[0]), "num") for row in grid.rows))
+    rows: list[list[str | Line]] = [[column.title, *(row[i] for row in grid.rows)]
+                                    for i, column in enumerate(grid.columns[1:], start=1)]
+    return Grid(grid.title, columns, rows)
+
+
+def print_grid(console: Console, grid: Grid, width: int | None) -> None:
+    """One table at ``width`` (None: unlimited), shortened, turned or split so that it fits."""
+    legend: dict[str, str] = {}
+    if width and _needed(grid) > width:
+        grid = _constant_names(grid)
+        for limit in _LIMITS:
+            if _needed(grid) <= width:
+                break
+            grid, more = _shorten(grid, limit)
+            for alias, name in more.items():  # a shortened alias maps back to the full name
+                legend[alias] = legend.pop(name, name)
+    if not width or _needed(grid) <= width:
+        console.print(_table(grid))
+    elif _needed(_sideways(grid)) <= width:
+        console.print(_table(_sideways(grid)))
     else:
-        raise ValueError(f"unknown report kind {kind!r}")
-    if report.get("message"):
-        console.print(Text(str(report["message"]), style="yellow"))
+        console.print(Text(grid.title, style="italic"))
+        for row in grid.rows:
+            console.print(Text("• ") + _cell(row[0]))
+            for column, value in zip(grid.columns[1:], row[1:], strict=True):
+                if _plain(value):
+                    console.print(Text(f"    {column.title}: ") + _cell(value))
+    for alias, name in legend.items():
+        console.print(Text(f"  {alias} = {name}", style="dim"))
+
+
+def render_document(doc: Document, report: dict[str, Any], *, color: bool = False,
+                    width: int | None = None) -> str:
+    """The document as text: verdict, tables, then every note, warning and method."""
+    console, buffer = make_console(color, width)
+    limit = console.width if console.width != UNLIMITED else None
+    console.print(Text(doc.title, style="bold underline"))
+    for line in doc.verdict:
+        console.print(_cell(line))
+    for grid in doc.summary:
+        console.print()
+        print_grid(console, grid, limit)
+    notes = collect(report)
+    if notes:
+        console.print()
+        console.print(Text("Notes and methods", style="bold"))
+    for note in notes:
+        where = f" ({'; '.join(note.where)})" if note.where else ""
+        tone: Tone = "warn" if note.kind == "warning" else ""
+        console.print(Text(f"{note.kind}: ", style="bold") + _cell(Line(note.text + where, tone)))
+    for line in doc.about:
+        console.print(Text(line, style="dim"))
     return buffer.getvalue()
 
 
-def _flags(flags: Any) -> Text:
-    return Text(", ".join(flags), style="bold red") if flags else Text("")
+def render_table(report: dict[str, Any], kind: str, *, color: bool = False,
+                 width: int | None = None) -> str:
+    """Render a report dictionary as text; ANSI colours only when ``color``. ``width`` None
+    takes the terminal's, 0 is unlimited."""
+    from analysis.report.pages import build
+
+    return render_document(build(report, kind), report, color=color, width=width)
 
 
-def _divergence(console: Console, report: dict[str, Any]) -> None:
-    outputs = Table(title="Divergence: shadow vs primary outputs", show_lines=False)
-    for name in ("route", "primary → shadow", "n", "unmatched", "mean diff [95% CI]", "MAE",
-                 "pearson", "spearman", "out of tol", "agreement", "kappa"):
-        outputs.add_column(name, overflow="fold")
-    shape = Table(title="Distribution and operations")
-    for name in ("primary → shadow", "JS", "PSI", "KS (p)", "W1/sd", "p95 ms (P/S)",
-                 "lat ratio", "errors (P/S)", "timeouts S", "drops S"):
-        shape.add_column(name, overflow="fold")
-    notes: list[str] = []
-    flagged: list[Text] = []
-    for pair in report.get("pairs", []):
-        num = pair.get("numeric") or {}
-        cls = pair.get("classes") or {}
-        dist = pair.get("distribution") or {}
-        lat = pair.get("latency_ms") or {}
-        err = pair.get("errors") or {}
-        p_err, s_err = err.get("primary") or {}, err.get("shadow") or {}
-        name = f"{pair.get('primary')} → {pair.get('shadow')}" + (
-            " (replica)" if pair.get("replica") else "")
-        outputs.add_row(
-            pair.get("route"), name, fmt(pair.get("n")), fmt(pair.get("unmatched")),
-            f"{fmt(num.get('mean_diff'))} {fmt_ci(num.get('mean_diff_ci'))}",
-            fmt(num.get("mae")), fmt(num.get("pearson")), fmt(num.get("spearman")),
-            fmt_share(num.get("out_of_tolerance")), fmt_share(cls.get("agreement")),
-            fmt(cls.get("kappa")),
-        )
-        if pair.get("flags"):
-            flagged.append(Text(f"{name} exceeds the replica noise floor on: "
-                                + ", ".join(pair["flags"]), style="bold red"))
-        shape.add_row(
-            name, fmt(pair.get("js_divergence")), fmt(dist.get("psi")),
-            f"{fmt(dist.get('ks_stat'))} ({fmt_p(dist.get('ks_p'))})", fmt(dist.get("wasserstein")),
-            f"{fmt((lat.get('primary') or {}).get('p95'))} / "
-            f"{fmt((lat.get('shadow') or {}).get('p95'))}",
-            fmt(lat.get("ratio_median")),
-            f"{fmt_share(p_err.get('error_rate'))} / {fmt_share(s_err.get('error_rate'))}",
-            fmt_share(s_err.get("timeout_rate")), fmt(s_err.get("dropped")),
-        )
-        for part in (pair, num, cls, dist):
-            if part.get("message"):
-                notes.append(f"{name}: {part['message']}")
-    console.print(outputs)
-    console.print(shape)
-    for line in flagged:
-        console.print(line)
-    for note in notes:
-        console.print(Text(note, style="yellow"))
-
-
-def _experiment(console: Console, report: dict[str, Any]) -> None:
-    if not report.get("experiments"):
-        console.print(Text("no experiment found in the source", style="yellow"))
-    for exp in report.get("experiments", []):
-        srm = exp.get("srm") or {}
-        line = Text(f"Experiment {exp.get('name')}: sample ratio p = {fmt_p(srm.get('p_value'))} "
-                    f"counts {srm.get('counts')}")
-        if srm.get("flag"):
-            line = Text(f"SAMPLE RATIO MISMATCH — {line.plain}; results below are suspect",
-                        style="bold red")
-        console.print(line)
-        table = Table(title=f"{exp.get('name')}: effects vs control")
-        for name in ("metric", "variant", "n (C/V)", "mean (C/V)", "abs effect [95% CI]",
-                     "rel effect [95% CI]", "p", "p Holm", "p BH", "method"):
-            table.add_column(name, overflow="fold")
-        notes: list[str] = []
-        for row in exp.get("results", []):
-            p_holm = row.get("p_value_holm")
-            style = "bold red" if p_holm is not None and p_holm < 0.05 else ""
-            table.add_row(
-                row.get("metric"), f"{row.get('variant')} vs {row.get('control')}",
-                f"{fmt(row.get('n_control'))} / {fmt(row.get('n_variant'))}",
-                f"{fmt(row.get('mean_control'))} / {fmt(row.get('mean_variant'))}",
-                f"{fmt(row.get('abs_effect'))} {fmt_ci(row.get('abs_ci'))}",
-                f"{fmt_share(row.get('rel_effect'))} {_ci_share(row.get('rel_ci'))}",
-                fmt_p(row.get("p_value")), Text(fmt_p(p_holm), style=style),
-                fmt_p(row.get("p_value_bh")), fmt(row.get("method")),
-            )
-            if row.get("message"):
-                notes.append(f"{row.get('metric')}/{row.get('variant')}: {row['message']}")
-        console.print(table)
-        for note in notes:
-            console.print(Text(note, style="yellow"))
-
-
-def _ci_share(ci: Any) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return ""
-    return f"[{fmt_share(ci[0])}, {fmt_share(ci[1])}]"
-
-
-def _drift(console: Console, report: dict[str, Any]) -> None:
-    ref, cur = report.get("reference") or {}, report.get("current") or {}
-    console.print(f"Reference {ref.get('since')} → {ref.get('until')}; "
-                  f"current {cur.get('since')} → {cur.get('until')}")
-    table = Table(title="Input drift per feature")
-    for name in ("route", "feature", "kind", "n (R/C)", "null (R/C)", "PSI", "KS (p)",
-                 "chi² (p)", "out of range (R/C)", "unseen", "flags"):
-        table.add_column(name, overflow="fold")
-    notes: list[str] = []
-    for f in report.get("features", []):
-        table.add_row(
-            f.get("route"), f.get("feature"), f.get("kind"),
-            f"{fmt(f.get('n_reference'))} / {fmt(f.get('n_current'))}",
-            f"{fmt_share(f.get('null_rate_reference'))} / {fmt_share(f.get('null_rate_current'))}",
-            fmt(f.get("psi")), f"{fmt(f.get('ks_stat'))} ({fmt_p(f.get('ks_p'))})",
-            f"{fmt(f.get('chi2'))} ({fmt_p(f.get('chi2_p'))})",
-            f"{fmt_share(f.get('out_of_range_reference'))} / "
-            f"{fmt_share(f.get('out_of_range_current'))}",
-            ", ".join(f.get("unseen_categories") or []), _flags(f.get("flags")),
-        )
-        if f.get("message"):
-            notes.append(f"{f.get('feature')}: {f['message']}")
-    console.print(table)
-    for note in notes:
-        console.print(Text(note, style="yellow"))
+def render_grid(grid: Grid, *, color: bool = False, width: int | None = None) -> str:
+    """One table as text at the terminal's width (``width`` None), or unlimited (0): for
+    commands that print a table of their own (``sidecar models``)."""
+    console, buffer = make_console(color, width)
+    print_grid(console, grid, console.width if console.width != UNLIMITED else None)
+    return buffer.getvalue()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MISSING", "fmt", "fmt_ci", "fmt_p", "fmt_share"]
+__all__ = ["MISSING", "fmt", "fmt_ci", "fmt_counts", "fmt_p", "fmt_params", "fmt_share",
+           "fmt_share_ci"]
 
 #: Shown for an undefined figure (JSON ``null``).
 MISSING = "—"
@@ -40,3 +41,34 @@ def fmt_p(p: Any) -> str:
 def fmt_share(value: Any) -> str:
     """A share in [0, 1] as a percentage."""
     return MISSING if value is None else f"{100 * value:.2f}%"
+
+
+def fmt_counts(counts: Any, share: bool = False) -> str:
+    """``{"control": 48, "treat": 52}`` as ``control 48, treat 52`` (shares as percentages)."""
+    if not isinstance(counts, dict) or not counts:
+        return MISSING
+    return ", ".join(f"{name} {fmt_share(value) if share else fmt(value)}"
+                     for name, value in counts.items())
+
+
+def fmt_share_ci(ci: Any) -> str:
+    """A share interval as ``[1.20%, 3.40%]``, or :data:`MISSING`."""
+    if not ci or ci[0] is None or ci[1] is None:
+        return MISSING
+    return f"[{fmt_share(ci[0])}, {fmt_share(ci[1])}]"
+
+
+def fmt_params(params: Any) -> str:
+    """Set parameters as ``name=value, ...`` (unset ones left out), or ``defaults``."""
+    if not isinstance(params, dict):
+        return "defaults"
+    shown = [f"{k}={_plain(v)}" for k, v in params.items() if v not in (None, {}, [], False)]
+    return ", ".join(shown) or "defaults"
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + fmt_counts(value) + "}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value)
+    return fmt(value)

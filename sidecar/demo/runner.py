@@ -214,7 +214,7 @@ def _analysis_report(console: Console, db_path: Path, out_dir: Path) -> Path:
     html = out_dir / "divergence.html"
     html.write_text(render(report, "divergence", "html"), encoding="utf-8")
     console.print(f"HTML report with plots: {html}")
-    from analysis.quality import analyze_quality, quality_html, render_quality_table
+    from analysis.quality import analyze_quality
 
     con = open_source(db=str(db_path))
     try:
@@ -223,13 +223,10 @@ def _analysis_report(console: Console, db_path: Path, out_dir: Path) -> Path:
         con.close()
     console.print("\n[bold]Would the shadow have been better?[/] Model quality on the "
                   "reported labels (sidecar report quality --db ...)")
-    # Wide tables: printed at their own width rather than wrapped to the terminal's.
-    wide = Console(width=max(console.width, 160), force_terminal=console.is_terminal)
-    wide.print(render_quality_table(quality))
+    console.file.write(render(quality.to_dict(), "quality", "table", color=console.is_terminal))
+    console.file.flush()
     page = out_dir / "quality.html"
-    page.write_text("<!doctype html><html><head><meta charset='utf-8'><title>Shadowcar model "
-                    "quality</title></head><body>" + quality_html(quality) + "</body></html>\n",
-                    encoding="utf-8")
+    page.write_text(render(quality.to_dict(), "quality", "html"), encoding="utf-8")
     console.print(f"HTML quality report: {page}")
     return html
 

@@ -12,7 +12,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from rich.console import Console
 from scipy import integrate, stats
 
 from analysis.load import open_source
@@ -20,8 +19,6 @@ from analysis.quality import (
     analyze_quality,
     auc_delong,
     paired_auc_delong,
-    quality_html,
-    render_quality_table,
 )
 from sidecar.sink.schema import migrate
 
@@ -176,14 +173,14 @@ def test_windows_split_the_requests(binary_db: Any) -> None:
 
 def test_rendering(binary_db: Any) -> None:
     con, _ = binary_db
-    report = analyze_quality(con, window="1h")
-    console = Console(width=200, record=True, color_system=None)
-    console.print(render_quality_table(report))
-    text = console.export_text()
+    from analysis.report import render
+
+    report = analyze_quality(con, window="1h").to_dict()
+    text = render(report, "quality", "table", width=200)
     assert "v8@8.0" in text and "paired DeLong" in text
-    html = quality_html(report)
-    assert html.startswith('<section class="quality">') and html.endswith("</section>")
-    assert html.count("<svg") == 2 and "Reliability" in html and "http" not in html
+    html = render(report, "quality", "html")
+    assert html.startswith("<!DOCTYPE html>") and "<style>" in html
+    assert html.count("<svg") == 2 and "Reliability" in html and "http://" not in html
 
 
 def test_regression_metrics(tmp_path: Path) -> None:

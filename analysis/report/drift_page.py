@@ -1,0 +1,71 @@
+"""The drift report as a document: which input features moved between the reference and
+the current window, then the per-feature evidence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from analysis.report.document import Bars, Column, Document, Grid, Line, Section
+from analysis.report.text import fmt, fmt_p, fmt_params, fmt_share
+
+__all__ = ["build"]
+
+#: PSI above this is drift by convention; a report may state its own (``thresholds.psi``).
+_PSI_THRESHOLD = 0.2
+
+
+def _window(part: Any) -> str:
+    part = part if isinstance(part, dict) else {}
+    return f"{part.get('since') or '…'} → {part.get('until') or '…'}"
+
+
+def _grid(features: list[dict[str, Any]]) -> Grid:
+    grid = Grid("Input drift per feature", (
+        Column("route", "name"), Column("feature", "name"), Column("kind", "text"),
+        Column("n (R/C)"), Column("null (R/C)"), Column("PSI"), Column("KS (p)"),
+        Column("chi² (p)"), Column("out of range (R/C)"), Column("unseen", "text"),
+        Column("flags", "text")), [])
+    for f in features:
+        grid.rows.append([
+            str(f.get("route")), str(f.get("feature")), str(f.get("kind")),
+            f"{fmt(f.get('n_reference'))} / {fmt(f.get('n_current'))}",
+            f"{fmt_share(f.get('null_rate_reference'))} / {fmt_share(f.get('null_rate_current'))}",
+            fmt(f.get("psi")), f"{fmt(f.get('ks_stat'))} ({fmt_p(f.get('ks_p'))})",
+            f"{fmt(f.get('chi2'))} ({fmt_p(f.get('chi2_p'))})",
+            f"{fmt_share(f.get('out_of_range_reference'))} / "
+            f"{fmt_share(f.get('out_of_range_current'))}",
+            ", ".join(map(str, f.get("unseen_categories") or [])),
+            Line(", ".join(f.get("flags") or ()), "bad")])
+    return grid
+
+
+def build(report: dict[str, Any]) -> Document:
+    """The drift document for a ``shadowcar.report.drift`` dictionary."""
+    features = list(report.get("features") or [])
+    thresholds = report.get("thresholds") if isinstance(report.get("thresholds"), dict) else {}
+    psi_line = float(thresholds.get("psi") or _PSI_THRESHOLD)
+    windows = (f"reference {_window(report.get('reference'))}; "
+               f"current {_window(report.get('current'))}")
+    flagged = [f for f in features if f.get("flags")]
+    if not features:
+        verdict = [Line(report.get("message") or "no input features were recorded", "warn")]
+    elif flagged:
+        named = "; ".join(f"{f.get('feature')} ({', '.join(f['flags'])}, PSI {fmt(f.get('psi'))})"
+                          for f in flagged)
+        verdict = [Line(f"{len(flagged)} of {len(features)} input features drifted between the "
+                        f"reference and the current window: {named}.", "bad")]
+    else:
+        verdict = [Line(f"None of the {len(features)} input features drifted between the "
+                        "reference and the current window.", "good")]
+    verdict.append(Line(windows[:1].upper() + windows[1:] + "."))
+    section = Section("Drift per numeric feature")
+    numeric = [f for f in features if f.get("kind") == "numeric" and f.get("psi") is not None]
+    if numeric:
+        section.charts.append(Bars(
+            "PSI per numeric feature", [f"{f.get('feature')}" for f in numeric],
+            [float(f["psi"]) for f in numeric], [bool(f.get("flags")) for f in numeric],
+            psi_line, f"population stability index (dashed: {fmt(psi_line)})"))
+    return Document("drift", "Input drift report", verdict, [_grid(features)] if features else [],
+                    [section] if section.charts else [],
+                    [f"schema {report.get('schema')}", windows,
+                     f"parameters: {fmt_params(report.get('params'))}"])
