@@ -17,7 +17,7 @@ from sidecar.triggers.config import (
     TriggerKind,
     cross_check_triggers,
 )
-from sidecar.triggers.evaluate import TriggerResult, evaluate_triggers
+from sidecar.triggers.evaluate import TriggerResult, check_lines, evaluate_triggers
 
 __all__ = [
     "AgeTrigger",
@@ -28,6 +28,7 @@ __all__ = [
     "TriggerConfig",
     "TriggerKind",
     "TriggerResult",
+    "check_lines",
     "cross_check_triggers",
     "evaluate_triggers",
 ]

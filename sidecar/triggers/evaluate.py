@@ -23,7 +23,7 @@ from sidecar.triggers.config import (
     TriggerKind,
 )
 
-__all__ = ["TriggerResult", "evaluate_triggers"]
+__all__ = ["TriggerResult", "check_lines", "evaluate_triggers"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,21 @@ class TriggerResult:
         """The webhook event (``kind: trigger``) announcing this result."""
         return {"kind": "trigger", "name": self.name, "trigger_kind": self.kind,
                 "fired": self.fired, "evidence": _plain(self.evidence), "message": self.message}
+
+
+def check_lines(events: Sequence[dict[str, Any]]) -> list[str]:
+    """``sidecar check``'s output from :meth:`TriggerResult.as_event` values: one line per
+    trigger, then a summary that says what the exit code will say."""
+    lines = [f"{'FIRED' if e['fired'] else 'quiet':<6} {e['name']:<24} "
+             f"{e['trigger_kind']:<11} {e['message']}" for e in events]
+    fired = sum(1 for e in events if e["fired"])
+    if not events:
+        lines.append("no triggers evaluated")
+    elif fired:
+        lines.append(f"{fired} of {len(events)} triggers fired (exit 1)")
+    else:
+        lines.append(f"none of {len(events)} triggers fired")
+    return lines
 
 
 def _plain(value: Any) -> Any:
