@@ -3,69 +3,27 @@ step to primary, resume after restart, and every decision in the audit table."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 
 import aiohttp
 import duckdb
-import grpc
-import numpy as np
 import pytest
 
 from sidecar.app import Sidecar
 from sidecar.config import parse_config
-from sidecar.demo.models import build_infer_request, make_demo_models, start_model_server
-from tests.conftest import sidecar_config
+from sidecar.demo.models import make_demo_models, start_model_server
+from tests.canary.traffic import METHOD, audit_rows, canary_config, canary_spec, drive, wait_for
 
 pytestmark = pytest.mark.slow
-METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def _config(db, stable: str, candidate: str, **canary) -> dict:
-    spec = {
-        "stable": "stable", "candidate": "candidate", "steps": [20, 50, 100],
-        "step_min_duration_s": 0.2, "step_min_requests": 60, "evaluation_interval_s": 0.1,
-        "unit": {"metadata": "x-user-id"},
-        "guardrails": {"error_rate_margin": 0.05, "max_disagreement": 0.2,
-                       # Latency is judged in test_guardrails; here every server shares
-                       # one loaded event loop, so a p99 ratio would only measure noise.
-                       "max_latency_p99_ratio": 1000, "min_latency_samples": 50},
-    }
-    spec.update(canary)
-    return sidecar_config(
-        db, {"stable": stable, "candidate": candidate},
-        [{"match": METHOD, "primary": "stable", "codec": "oip", "canary": spec}],
-        storage={"path": str(db), "flush_interval_ms": 20},
-    )
+    return canary_config(db, {"stable": stable, "candidate": candidate},
+                         canary_spec(**canary))
 
 
-async def _drive(sc: Sidecar, until, max_requests: int = 6000, budget_s: float = 60) -> int:
-    """Send requests from distinct users until ``until()`` holds (bounded)."""
-    rng = np.random.default_rng(3)
-    payloads = [build_infer_request("demo", rng.standard_normal(8)) for _ in range(64)]
-    sent = 0
-    deadline = time.monotonic() + budget_s
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{sc.port}") as ch:
-        stub = ch.unary_unary(METHOD)
-
-        async def one(i: int) -> None:
-            try:
-                await stub(payloads[i % 64], metadata=(("x-user-id", f"user-{i}"),), timeout=5)
-            except grpc.aio.AioRpcError:
-                pass
-
-        while sent < max_requests and time.monotonic() < deadline and not until():
-            await asyncio.gather(*(one(sent + k) for k in range(20)))
-            sent += 20
-    return sent
-
-
-def _audit(db) -> list[tuple[str, str, str]]:
-    con = duckdb.connect(str(db), read_only=True)
-    rows = con.execute("SELECT action, actor, detail FROM audit ORDER BY ts").fetchall()
-    con.close()
-    return rows
+_drive = drive
+_audit = audit_rows
 
 
 async def test_failing_candidate_is_rolled_back(tmp_path) -> None:
@@ -216,3 +174,39 @@ async def test_review_gate_holds_until_approved(tmp_path) -> None:
     actions = [(a, actor) for a, actor, _ in _audit(db)]
     assert ("canary.gate", "controller") in actions
     assert ("canary.approve", "alice") in actions and ("canary.approve", "bob") in actions
+
+
+async def test_rolled_back_canary_stays_so_across_a_reload_until_restarted(tmp_path) -> None:
+    """Issue 15.1/15.3, as reported: a canary rolls itself back, a reload relaxes one
+    guardrail. A reload never undoes a rollback (the status says so, share 0); a restart
+    is a fresh attempt at step 1 that is evaluated again with the relaxed guardrail."""
+    model, _ = make_demo_models()
+    stable = await start_model_server(model)
+    bad = await start_model_server(model, fail_rate=0.2, seed=5)
+    db = tmp_path / "relax.duckdb"
+    data = _config(db, stable.target, bad.target)
+    relaxed = _config(db, stable.target, bad.target,
+                      guardrails={**canary_spec()["guardrails"], "error_rate_margin": 0.5})
+    try:
+        sc = Sidecar(parse_config(data))
+        await sc.start()
+        await _drive(sc, lambda: sc.canaries[METHOD].state.state == "rolled_back")
+        assert sc.canaries[METHOD].state.state == "rolled_back"
+        assert await sc.reload(parse_config(relaxed), actor="qa", reason="relax")
+        canary = sc.canaries[METHOD]
+        assert (canary.state.state, canary.share) == ("rolled_back", 0)
+        await sc.canary.act(METHOD, "restart", "qa", "margin relaxed")
+        canary = sc.canaries[METHOD]
+        assert (canary.state.state, canary.state.step_index, canary.share) == ("running", 0, 20)
+        looks = canary.evaluations
+        await _drive(sc, lambda: canary.evaluations >= looks + 3, max_requests=2000)
+        assert await wait_for(lambda: canary.evaluations >= looks + 3)
+        assert canary.state.last_decision["decision"] in ("hold", "promote")
+        assert canary.state.state != "rolled_back"  # the relaxed margin is the one judged
+        await sc.aclose()
+    finally:
+        await stable.aclose()
+        await bad.aclose()
+    actions = [a for a, _, _ in _audit(db) if a.startswith("canary.")]
+    assert actions[:4] == ["canary.start", "canary.rollback", "canary.reconfigure",
+                           "canary.restart"]
