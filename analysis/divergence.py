@@ -27,8 +27,9 @@ from analysis.load import (
     relation_columns,
     sql_quote,
     time_filter,
+    version_scope,
 )
-from analysis.noise_floor import compare_with_floor, replica_backends
+from analysis.noise_floor import ReplicaRule, compare_with_floor, replica_rule
 from analysis.operations import (
     Operations,
     backend_operations,
@@ -37,6 +38,7 @@ from analysis.operations import (
     latency_summary,
 )
 from analysis.report.json import jsonable
+from analysis.significance import P_FLOOR
 from analysis.stats import finite_or_none
 
 __all__ = [
@@ -48,7 +50,21 @@ __all__ = [
     "analyze_divergence",
 ]
 
-SCHEMA = "shadowcar.report.divergence/1"
+#: /2: replicas pair only with the backend they copy, one config version per route by
+#: default, ``null_reasons``, ``ks_p_is_bound`` and the report's own ``notes``.
+SCHEMA = "shadowcar.report.divergence/2"
+#: The rules of every pair, stated in the report itself.
+NOTES = (
+    "d = shadow - primary for every paired difference (mean_diff, its interval, the "
+    "difference histogram); latency ratio_median = shadow / primary",
+    "out_of_tolerance: share of pairs with |d| > atol + rtol * |primary score|",
+    "distribution: primary is the expected sample, shadow the actual one (PSI deciles of "
+    "the primary; wasserstein in primary standard deviations); a ks_p below 1e-300 is "
+    "reported as that bound (ks_p_is_bound)",
+    "a replica shadow is compared only with the backend it copies (replica_of, else the "
+    "backend recorded with its version, else the route's primary); its figures are the "
+    "noise floor of the route's other shadows against the same primary",
+)
 
 #: The calls columns a pair needs; naming them keeps the join's rows narrow.
 _COLUMNS = "request_id, route, backend, score, label, output, latency_ms"
@@ -94,6 +110,8 @@ class PairDivergence:
     message: str | None = None
     #: Byte-identical answers (by response hash): works for any codec, raw and streams too.
     identical: dict[str, Any] | None = None
+    #: Why each null figure is null (js_divergence, noise_floor, identical, ...).
+    null_reasons: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,12 +121,17 @@ class DivergenceReport:
     pairs: tuple[PairDivergence, ...]
     params: dict[str, Any]
     message: str | None = None
+    #: sign conventions and rules, and which config versions are covered
+    notes: tuple[str, ...] = NOTES
+    versions: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The stable JSON form, schema ``shadowcar.report.divergence/1``."""
+        """The stable JSON form, schema ``shadowcar.report.divergence/2``."""
         return {
             "schema": SCHEMA,
+            "notes": list(self.notes),
             "params": jsonable(self.params),
+            "versions": self.versions,
             "pairs": [jsonable(_pair_dict(p)) for p in self.pairs],
             "message": self.message,
         }
@@ -121,7 +144,29 @@ def _pair_dict(pair: PairDivergence) -> dict[str, Any]:
         if name in ("numeric", "classes", "distribution") and value is not None:
             value = {k: getattr(value, k) for k in type(value).__dataclass_fields__}
         out[name] = value
+    dist = out.get("distribution")
+    if dist is not None:
+        bound = dist.get("ks_p") == 0.0
+        dist["ks_p_is_bound"] = bound
+        if bound:  # underflow: the true p-value is below the smallest we print
+            dist["ks_p"] = P_FLOOR
+    reasons = dict(pair.null_reasons)
+    for name in ("numeric", "classes", "js_divergence", "distribution", "noise_floor",
+                 "identical"):
+        if out.get(name) is None and name not in reasons:
+            reasons[name] = _DEFAULT_REASONS[name]
+    out["null_reasons"] = {k: v for k, v in reasons.items() if out.get(k) is None}
     return out
+
+
+_DEFAULT_REASONS = {
+    "numeric": "no pair has a scalar score on both sides",
+    "classes": "no pair has a class label on both sides (scalar outputs)",
+    "js_divergence": "no pair has output vectors on both sides",
+    "distribution": "no pair has a finite score on both sides",
+    "noise_floor": "no replica shadow of this route copies this primary",
+    "identical": "no matched pair has a response hash on both sides",
+}
 
 
 
@@ -135,16 +180,26 @@ def analyze_divergence(
     atol: float = 1e-6,
     rtol: float = 1e-3,
     segment: str | None = None,
+    version: str | None = None,
+    all_versions: bool = False,
 ) -> DivergenceReport:
-    """Compare every shadow backend with its route's primary over the recorded calls."""
+    """Compare every shadow backend with its route's primary over the recorded calls.
+
+    Each route's newest config version is analysed unless ``version`` names one or
+    ``all_versions``; a replica shadow is paired only with the backend it copies.
+    """
     params = {"since": since, "until": until, "route": route, "atol": atol, "rtol": rtol,
-              "segment": segment}
+              "segment": segment, "version": version, "all_versions": all_versions}
     calls = relation_columns(con, "calls")
     if not calls:
         return DivergenceReport((), params, "the source has no calls table")
     where = time_filter(since, until)
     if route is not None:
         where += " AND route = " + sql_quote(route)
+    scope = version_scope(con, "calls", where=f"{where} AND role IN ('shadow', 'replay')",
+                          version=version, all_versions=all_versions)
+    where += f" AND {scope.condition}"
+    notes = (*NOTES, scope.note)
     seg_sql, seg_join = _segment_sql(con, segment, calls)
     seg_column = f', "{segment}"' if seg_sql.startswith("s.") else ""
     vectors = con.execute("SELECT EXISTS (SELECT 1 FROM calls WHERE output IS NOT NULL)")
@@ -158,14 +213,20 @@ def analyze_divergence(
     join = f"FROM shad s LEFT JOIN prim p ON p.request_id = s.request_id {seg_join}"
     rows = _pair_rows(con, base, join, seg_sql, atol, rtol, has_vectors)
     if not rows:
-        return DivergenceReport((), params, "no shadow calls in the selected window")
+        return DivergenceReport((), params, "no shadow calls in the selected window", notes,
+                                scope.to_dict())
     ops = backend_operations(con, where, PRIMARY_SQL)
-    replicas = replica_backends(con)
+    replicas = replica_rule(con, where)
     pairs: list[PairDivergence] = []
     unmatched_only: list[dict[str, Any]] = []
+    skipped: dict[tuple[str, str, str], int] = {}
     for row in rows:
         if row["pb"] is None:
             unmatched_only.append(row)
+            continue
+        if not replicas.pairs(row["route"], row["pb"], row["sb"]):
+            key = (row["route"], row["sb"], row["pb"])
+            skipped[key] = skipped.get(key, 0) + int(row["matched"])
             continue
         scores = list(_fetch_scores(con, base, join, seg_sql, row) if row["n"]
                       else (np.empty(0), np.empty(0)))
@@ -174,10 +235,19 @@ def analyze_divergence(
     pairs = _apply_noise_floor(pairs)
     if "response_hash" in calls and segment is None:
         pairs = _attach_identical(con, where, pairs)
+    else:
+        why = ("identical rates are not split by segment" if segment is not None else
+               "the calls table has no response_hash column (recorded by an older sidecar)")
+        pairs = [replace(p, null_reasons={**p.null_reasons, "identical": why}) for p in pairs]
+    notes_found = [f"replica {sb} was mirrored on {n} request(s) served by {pb}: left out "
+                   f"(it is compared only with {', '.join(sorted(replicas.copies(r, sb)))})"
+                   for (r, sb, pb), n in sorted(skipped.items())]
     message = None if any(p.n for p in pairs) else (
         "no primary/shadow pair has outputs on both sides"
     )
-    return DivergenceReport(tuple(pairs), params, message)
+    if notes_found:
+        message = "; ".join([*([message] if message else []), *notes_found])
+    return DivergenceReport(tuple(pairs), params, message, notes, scope.to_dict())
 
 
 def _attach_identical(
@@ -369,7 +439,7 @@ def _plots(primary: np.ndarray, shadow: np.ndarray) -> dict[str, Any]:
 
 def _build_pair(
     row: dict[str, Any], scores: list[np.ndarray], ops: Operations,
-    replicas: dict[str, set[str]],
+    replicas: ReplicaRule,
 ) -> PairDivergence:
     """One pair's result; ``scores`` ([primary, shadow]) is emptied so the arrays can be
     released as soon as their sorted copies exist (10M pairs are 160 MB per copy)."""
@@ -395,12 +465,18 @@ def _build_pair(
     notes = []
     if n == 0:
         notes.append("no pair has outputs on both sides")
+    reasons: dict[str, str] = {}
     if row["n_vectors"] and not row["n_js"]:
         notes.append("output vectors are not probability vectors of equal length; no js_divergence")
+        reasons["js_divergence"] = ("output vectors differ in length, have fewer than 2 "
+                                    "entries, negative entries or a zero sum")
+    elif not row["n_vectors"]:
+        reasons["js_divergence"] = ("no matched pair has output vectors on both sides "
+                                    "(scalar or undecoded outputs)")
     if row["n_without_output"]:
         notes.append(f"{row['n_without_output']} matched pairs lack an output on one side")
     return PairDivergence(
-        route=route, primary=pb, shadow=sb, replica=sb in replicas.get(route, set()),
+        route=route, primary=pb, shadow=sb, replica=replicas.is_replica(route, sb),
         n=n, unmatched=int(row["unmatched"]), incomplete=int(row["n_without_output"]),
         numeric=numeric, classes=classes, js_divergence=js, distribution=distribution,
         latency_ms=latency_summary(ops, route, pb, sb, row["latency_ratio"]),
@@ -408,12 +484,13 @@ def _build_pair(
         segment=None if row["seg"] is None else {"value": row["seg"]},
         plots=plots,
         message="; ".join(notes) or None,
+        null_reasons=reasons,
     )
 
 
 def _attach_unmatched(
     pairs: list[PairDivergence], orphans: list[dict[str, Any]],
-    ops: Operations, replicas: dict[str, set[str]], segment: str | None,
+    ops: Operations, replicas: ReplicaRule, segment: str | None,
 ) -> list[PairDivergence]:
     """Shadow calls without a primary count as ``unmatched`` on their (route, shadow) pairs."""
     out = list(pairs)
@@ -426,7 +503,7 @@ def _attach_unmatched(
         if not hits:
             route, sb = orphan["route"], orphan["sb"]
             out.append(PairDivergence(
-                route=route, primary=None, shadow=sb, replica=sb in replicas.get(route, set()),
+                route=route, primary=None, shadow=sb, replica=replicas.is_replica(route, sb),
                 n=0, unmatched=int(orphan["unmatched"]), incomplete=0, numeric=None,
                 classes=None, js_divergence=None, distribution=None,
                 latency_ms=latency_summary(ops, route, None, sb, None),
@@ -462,7 +539,14 @@ def _apply_noise_floor(pairs: list[PairDivergence]) -> list[PairDivergence]:
                 if p.replica and p.n and p.route == pair.route and p.primary == pair.primary
                 and (p.segment or {}).get("value") == seg]
         if pair.replica or not refs:
-            out.append(pair)
+            if pair.replica:
+                why = "this pair is the replica: it is the noise floor of the other shadows"
+            elif any(p.replica and p.route == pair.route for p in pairs):
+                why = (f"the route's replica has no pairs with {pair.primary}"
+                       + (" in this segment" if seg is not None else ""))
+            else:
+                why = "the route has no replica shadow (replica: true) to measure noise with"
+            out.append(replace(pair, null_reasons={**pair.null_reasons, "noise_floor": why}))
             continue
         floor, flags = compare_with_floor(_noise_metrics(pair), refs)
         out.append(replace(pair, noise_floor=floor, flags=flags))

@@ -13,18 +13,49 @@ from typing import Any, Literal
 import duckdb
 import numpy as np
 from scipy import stats
+from scipy.spatial.distance import jensenshannon
 
 from analysis.distribution import compare_distributions
-from analysis.load import parse_time, relations, sql_quote, sql_timestamp, time_filter
+from analysis.load import (
+    parse_time,
+    relations,
+    sql_quote,
+    sql_timestamp,
+    time_filter,
+    version_scope,
+)
 from analysis.report.json import jsonable
+from analysis.significance import P_FLOOR
 
-__all__ = ["CHI2_ALPHA", "PSI_ALERT", "SCHEMA", "DriftReport", "FeatureDrift", "analyze_drift"]
+__all__ = [
+    "CHI2_ALPHA", "DRIFT_METHODS", "DRIFT_THRESHOLDS", "PSI_ALERT", "SCHEMA", "DriftMethod",
+    "DriftReport", "FeatureDrift", "analyze_drift",
+]
 
-SCHEMA = "shadowcar.report.drift/1"
+#: /2: flags follow a stated drift method (default Evidently's size-aware rule, not PSI
+#: alone), one config version per route by default, wasserstein/js_distance per feature.
+SCHEMA = "shadowcar.report.drift/2"
 #: PSI at or above this flags a numeric feature (the customary "significant shift" level).
 PSI_ALERT = 0.2
-#: A chi-square p-value below this flags a categorical feature.
+#: A chi-square p-value below this flags a categorical feature (methods psi, wasserstein, ks).
 CHI2_ALPHA = 0.001
+#: How a feature is judged drifted. ``auto`` is Evidently's DataDriftPreset rule: with at
+#: most AUTO_SMALL_N reference values a test (KS for numbers, chi-square for categories,
+#: p < 0.05), else a distance (Wasserstein in reference sd units for numbers, Jensen-Shannon
+#: distance for categories, >= 0.1). Tests alone flag trivial shifts at large n and
+#: distances alone are noisy at small n; PSI over deciles misses a 0.1 sd shift.
+DriftMethod = Literal["auto", "psi", "wasserstein", "jensenshannon", "ks"]
+DRIFT_METHODS: tuple[str, ...] = ("auto", "psi", "wasserstein", "jensenshannon", "ks")
+#: Default threshold of each method: a distance at or above it (psi, wasserstein,
+#: jensenshannon), or a p-value below it (ks).
+DRIFT_THRESHOLDS: dict[str, float] = {"psi": PSI_ALERT, "wasserstein": 0.1,
+                                      "jensenshannon": 0.1, "ks": 0.05}
+#: Up to this many reference values ``auto`` uses a test, above it a distance (Evidently).
+AUTO_SMALL_N = 1000
+#: ``auto``'s p-value level for the small-sample tests (Evidently's 0.95 confidence).
+AUTO_ALPHA = 0.05
+#: A histogram share below this is raised to it before Jensen-Shannon (Evidently's floor).
+_JS_FLOOR = 1e-4
 #: A null rate this much above the reference's flags the feature.
 NULL_RATE_ALERT = 0.01
 _MAX_CATEGORIES = 50
@@ -47,9 +78,18 @@ class FeatureDrift:
     psi: float | None = None
     ks_stat: float | None = None
     ks_p: float | None = None
+    #: Wasserstein-1 distance over the reference's standard deviation
+    wasserstein: float | None = None
+    #: Jensen-Shannon distance (natural log) of the binned shares (Sturges bins for numbers)
+    js_distance: float | None = None
     chi2: float | None = None
     chi2_p: float | None = None
     dof: int | None = None
+    #: which method judged drift, its score and threshold, and the verdict
+    drift_method: str | None = None
+    drift_score: float | None = None
+    drift_threshold: float | None = None
+    drifted: bool | None = None
     range: tuple[float, float] | None = None
     out_of_range_reference: float | None = None
     out_of_range_current: float | None = None
@@ -67,17 +107,27 @@ class DriftReport:
     current: dict[str, Any]
     features: tuple[FeatureDrift, ...]
     message: str | None = None
+    #: the method, thresholds and conventions, stated in the report itself
+    notes: tuple[str, ...] = ()
+    versions: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The stable JSON form, schema ``shadowcar.report.drift/1``."""
+        """The stable JSON form, schema ``shadowcar.report.drift/2``."""
+        features = []
+        for f in self.features:
+            row = {k: getattr(f, k) for k in FeatureDrift.__dataclass_fields__}
+            for key in ("ks_p", "chi2_p"):  # underflow: report the bound, flagged
+                row[f"{key}_is_bound"] = row[key] == 0.0
+                if row[key] == 0.0:
+                    row[key] = P_FLOOR
+            features.append(row)
         out: dict[str, Any] = jsonable({
             "schema": SCHEMA,
+            "notes": list(self.notes),
             "reference": self.reference,
             "current": self.current,
-            "features": [
-                {k: getattr(f, k) for k in FeatureDrift.__dataclass_fields__}
-                for f in self.features
-            ],
+            "versions": self.versions,
+            "features": features,
             "message": self.message,
         })
         return out
@@ -106,21 +156,40 @@ def analyze_drift(
     ranges: dict[str, tuple[float, float]] | None = None,
     since: str | datetime | None = None,
     until: str | datetime | None = None,
+    method: DriftMethod = "auto",
+    threshold: float | None = None,
+    version: str | None = None,
+    all_versions: bool = False,
 ) -> DriftReport:
     """Compare each input feature's ``current`` window with its ``reference`` window.
 
     Windows are ``(since, until)``, half-open; without them the reference is the first half
     of the recorded time span (bounded by ``since``/``until`` when given) and the current
     window the second half. ``ranges`` declares each feature's valid ``[low, high]``.
+    ``method`` (see DriftMethod) and ``threshold`` (default DRIFT_THRESHOLDS; for ``auto``
+    the distance threshold) decide each feature's drift flag. Each route's newest config
+    version is analysed unless ``version`` names one or ``all_versions``.
     """
+    if method not in DRIFT_METHODS:
+        raise ValueError(f"drift method must be one of {', '.join(DRIFT_METHODS)}, "
+                         f"got {method!r}")
+    if threshold is not None and not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError("drift threshold must be a finite number > 0")
     ranges = dict(ranges or {})
     tables = relations(con)
+    notes = _notes(method, threshold)
     if "requests" not in tables:
-        return DriftReport({}, {}, (), "the source has no requests table")
+        return DriftReport({}, {}, (), "the source has no requests table", notes)
     route_sql = "TRUE" if route is None else f"route = {sql_quote(route)}"
+    scope = version_scope(con, "requests",
+                          where=f"inputs IS NOT NULL AND {route_sql} AND "
+                                f"{time_filter(since, until)}",
+                          version=version, all_versions=all_versions)
+    route_sql = f"{route_sql} AND {scope.condition}"
+    notes = (*notes, scope.note)
     defaults = _default_windows(con, route_sql, time_filter(since, until))
     if defaults is None:
-        return DriftReport({}, {}, (), "no request has decoded inputs")
+        return DriftReport({}, {}, (), "no request has decoded inputs", notes, scope.to_dict())
     ref = _window(reference, defaults[0])
     cur = _window(current, defaults[1])
     table = f"_sc_drift_{uuid.uuid4().hex[:12]}"
@@ -129,10 +198,30 @@ def analyze_drift(
         features = _features(con, table, n_requests, ranges)
     finally:
         con.execute(f"DROP TABLE IF EXISTS {table}")
+    features = [_judge(f, method, threshold) for f in features]
     windows = [{"since": w[0], "until": w[1], "n": n_requests.get(k, {})}
                for k, w in (("reference", ref), ("current", cur))]
     message = None if features else "no feature values in the two windows"
-    return DriftReport(windows[0], windows[1], tuple(features), message)
+    return DriftReport(windows[0], windows[1], tuple(features), message, notes,
+                       scope.to_dict())
+
+
+def _notes(method: DriftMethod, threshold: float | None) -> tuple[str, ...]:
+    if method == "auto":
+        rule = (f"drift method auto (Evidently's default): with at most {AUTO_SMALL_N} "
+                f"reference values KS (numbers) or chi-square (categories) at p < {AUTO_ALPHA};"
+                " above that Wasserstein distance in reference standard deviations (numbers) or "
+                "Jensen-Shannon distance (categories), flagged at >= "
+                f"{threshold if threshold is not None else 0.1:g}")
+    else:
+        level = threshold if threshold is not None else DRIFT_THRESHOLDS[method]
+        test = "p-value below" if method == "ks" else "at or above"
+        cats = ("Jensen-Shannon distance" if method == "jensenshannon"
+                else f"chi-square p < {CHI2_ALPHA:g}")
+        rule = (f"drift method {method}: numeric features flagged with {method} {test} "
+                f"{level:g}; categorical features by {cats}")
+    return (rule, "reference is the expected sample, current the actual one (PSI uses the "
+                  "reference deciles; wasserstein is over the reference standard deviation)")
 
 
 def _window(given: Window | None, default: tuple[datetime, datetime]) -> tuple[datetime, datetime]:
@@ -263,7 +352,21 @@ def _numeric_shift(result: FeatureDrift, ref: np.ndarray, cur: np.ndarray) -> Fe
         side = "reference" if ref.size == 0 else "current"
         return replace(result, message=f"no finite values in the {side} window")
     shift = compare_distributions(ref, cur)
-    return replace(result, psi=shift.psi, ks_stat=shift.ks_stat, ks_p=shift.ks_p)
+    edges = np.histogram_bin_edges(np.concatenate([ref, cur]), bins="sturges")
+    js = _js(np.histogram(ref, edges)[0], np.histogram(cur, edges)[0])
+    message = shift.message if shift.wasserstein is None else None
+    return replace(result, psi=shift.psi, ks_stat=shift.ks_stat, ks_p=shift.ks_p,
+                   wasserstein=shift.wasserstein, js_distance=js, message=message)
+
+
+def _js(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float | None:
+    """Jensen-Shannon distance (natural log) of two histograms' shares, floored as Evidently
+    does so an empty bin on one side stays finite."""
+    if ref_counts.sum() == 0 or cur_counts.sum() == 0:
+        return None
+    p = np.maximum(ref_counts / ref_counts.sum(), _JS_FLOOR)
+    q = np.maximum(cur_counts / cur_counts.sum(), _JS_FLOOR)
+    return float(jensenshannon(p, q))
 
 
 def _category_counts(
@@ -290,6 +393,7 @@ def _categorical_shift(result: FeatureDrift, counts: dict[str, tuple[int, int]])
     result = replace(result, unseen_categories=tuple(unseen[:_MAX_UNSEEN_LISTED]),
                      unseen_share=unseen_share)
     table = np.array([c for _, c in ordered], dtype=np.int64).T
+    result = replace(result, js_distance=_js(table[0].astype(float), table[1].astype(float)))
     if table.shape[1] > _MAX_CATEGORIES:  # fold the rare tail so expected counts stay usable
         tail = table[:, _MAX_CATEGORIES - 1:].sum(axis=1, keepdims=True)
         table = np.hstack([table[:, : _MAX_CATEGORIES - 1], tail])
@@ -302,12 +406,39 @@ def _categorical_shift(result: FeatureDrift, counts: dict[str, tuple[int, int]])
     return replace(result, chi2=float(chi2), chi2_p=float(p), dof=int(dof))
 
 
+def _judge(f: FeatureDrift, method: DriftMethod, threshold: float | None) -> FeatureDrift:
+    """Apply the drift method: which score decides, at which threshold, and the verdict."""
+    distance = threshold if threshold is not None else 0.1
+    if f.kind == "categorical":
+        if method == "auto" and f.n_reference <= AUTO_SMALL_N:
+            name, score, level = "chi2", f.chi2_p, AUTO_ALPHA
+        elif method in ("auto", "jensenshannon"):
+            name, score = "jensenshannon", f.js_distance
+            level = distance if method == "auto" else (threshold or DRIFT_THRESHOLDS[method])
+        else:
+            name, score, level = "chi2", f.chi2_p, CHI2_ALPHA
+    elif method == "auto":
+        if f.n_reference <= AUTO_SMALL_N:
+            name, score, level = "ks", f.ks_p, AUTO_ALPHA
+        else:
+            name, score, level = "wasserstein", f.wasserstein, distance
+    else:
+        name = method
+        score = {"psi": f.psi, "wasserstein": f.wasserstein, "jensenshannon": f.js_distance,
+                 "ks": f.ks_p}[method]
+        level = threshold if threshold is not None else DRIFT_THRESHOLDS[method]
+    drifted = None
+    if score is not None:
+        drifted = score < level if name in ("ks", "chi2") else score >= level
+    judged = replace(f, drift_method=name, drift_score=score, drift_threshold=level,
+                     drifted=drifted)
+    extra = (name,) if drifted else ()
+    return replace(judged, flags=extra + tuple(x for x in f.flags if x not in extra))
+
+
 def _flags(f: FeatureDrift) -> tuple[str, ...]:
+    """Flags that hold under every drift method (the method's own flag comes from _judge)."""
     flags: list[str] = []
-    if f.psi is not None and f.psi >= PSI_ALERT:
-        flags.append("psi")
-    if f.chi2_p is not None and f.chi2_p < CHI2_ALPHA:
-        flags.append("chi2")
     if f.out_of_range_current:
         flags.append("out_of_range")
     if f.unseen_categories:

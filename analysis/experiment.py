@@ -1,26 +1,29 @@
-"""A/B experiment analysis: DuckDB reduces units to per-variant sufficient statistics,
-:mod:`analysis.significance` turns them into one report (SRM, effects, adjusted p-values).
+"""A/B experiment analysis: DuckDB reduces units to per-variant sufficient statistics
+(:mod:`analysis.exposure`), :mod:`analysis.significance` turns them into one report.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 
-from analysis.load import sql_quote, time_filter
+from analysis.exposure import INPUT_TABLE, Gathered, MetricSums, RatioSums, gather
+from analysis.load import VersionScope, version_scope
 from analysis.significance import (
-    DEFAULT_SEQUENTIAL_N_OPT,
+    DEFAULT_ALPHA,
     Comparison,
     Inference,
     SrmResult,
     benjamini_hochberg,
     cuped_test,
     holm,
+    horizon_alpha,
     proportions_test,
     ratio_test,
     srm_test,
@@ -31,7 +34,10 @@ from analysis.stats import PairStats, SampleStats
 if TYPE_CHECKING:
     import pandas as pd  # type: ignore[import-untyped]
 
+    from analysis.canary_readout import CanaryReport
+
 __all__ = [
+    "DEFAULT_CUPED_LOOKBACK",
     "REPORT_SCHEMA",
     "ExperimentReport",
     "ExperimentResult",
@@ -40,11 +46,17 @@ __all__ = [
     "analyze_experiments",
 ]
 
-REPORT_SCHEMA = "shadowcar.report.experiment/1"
+#: /2: outcomes count from first exposure, non-finite rows no longer count as 0, one config
+#: version per route by default, notes/rel_effect_of/p_value_is_bound, canaries apart.
+REPORT_SCHEMA = "shadowcar.report.experiment/2"
 #: Name given to the single experiment of an analyst table when none is passed.
 DEFAULT_TABLE_EXPERIMENT = "experiment"
-#: The analyst table read by ``source="table"``.
-INPUT_TABLE = "experiment_input"
+#: How far before a unit's first exposure its outcomes feed the CUPED covariate.
+DEFAULT_CUPED_LOOKBACK = timedelta(days=14)
+#: The requests that expose a unit to an experiment (the version scope looks at these).
+_EXPOSED = "exposed AND experiment IS NOT NULL AND unit_id IS NOT NULL AND variant IS NOT NULL"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 Source = Literal["recorded", "table"]
 RowKind = Literal["mean", "ratio"]
@@ -115,11 +127,17 @@ class ExperimentReport:
 
     experiments: tuple[ExperimentResult, ...]
     settings: dict[str, Any] = field(default_factory=dict)
+    #: the rules every row follows (signs, exposure, CUPED, sequential tuning, versions)
+    notes: tuple[str, ...] = ()
+    #: the canary readout of the same source (recorded data), or None
+    canaries: CanaryReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": REPORT_SCHEMA,
+            "notes": list(self.notes),
             "experiments": [e.to_dict() for e in self.experiments],
+            "canaries": None if self.canaries is None else self.canaries.to_dict(),
             "settings": dict(self.settings),
         }
 
@@ -139,49 +157,12 @@ class ExperimentReport:
         return pd.DataFrame.from_records(records)
 
 
-# ------------------------------------------------------------------- SQL layer
-
-
 @dataclass(frozen=True)
 class _Config:
     """What the newest recorded configuration says about one experiment."""
 
     order: tuple[str, ...]
     weights: dict[str, float] | None
-
-
-@dataclass
-class _Gathered:
-    """Per-experiment sufficient statistics as read back from DuckDB."""
-
-    #: experiment -> variant -> distinct units
-    units: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: experiment -> units seen in several variants (left out)
-    excluded: dict[str, int] = field(default_factory=dict)
-    #: (experiment, variant, metric) -> _MetricSums
-    metrics: dict[tuple[str, str, str], _MetricSums] = field(default_factory=dict)
-    #: (experiment, variant, ratio) -> sum over units of numerator * denominator
-    cross: dict[tuple[str, str, str], float] = field(default_factory=dict)
-
-    def present(self, experiment: str) -> list[str]:
-        """Metrics with at least one row for this experiment's units."""
-        return sorted({m for (e, _, m), s in self.metrics.items() if e == experiment and s.rows})
-
-
-@dataclass(frozen=True)
-class _MetricSums:
-    sum: float
-    sum_sq: float
-    sum_pre: float
-    sum_pre_sq: float
-    sum_cross: float
-    binary: bool
-    bad: int
-    rows: int
-
-    @staticmethod
-    def zero() -> _MetricSums:
-        return _MetricSums(0.0, 0.0, 0.0, 0.0, 0.0, True, 0, 0)
 
 
 def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> set[str]:
@@ -202,185 +183,18 @@ def _newest_config(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, _Config], 
         cfg = json.loads(row[0])
         out: dict[str, _Config] = {}
         for route in cfg.get("routes") or []:
-            exp = (route or {}).get("experiment") or {}
-            if not exp.get("name"):
-                continue
-            variants = exp.get("variants") or []
-            order = tuple(str(v["name"]) for v in variants)
-            weighted = {str(v["name"]): float(v["weight"])
-                        for v in variants if v.get("weight") is not None}
-            out[str(exp["name"])] = _Config(order, weighted or None)
+            exps = [(route or {}).get("experiment"), *((route or {}).get("experiments") or [])]
+            for exp in exps:
+                if not exp or not exp.get("name"):
+                    continue
+                variants = exp.get("variants") or []
+                order = tuple(str(v["name"]) for v in variants)
+                weighted = {str(v["name"]): float(v["weight"])
+                            for v in variants if v.get("weight") is not None}
+                out[str(exp["name"])] = _Config(order, weighted or None)
         return out, None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         return {}, f"newest configs row is unreadable ({exc}); weights and order unknown"
-
-
-def _pivot(metrics: Sequence[str], has_pre: bool, counts: bool) -> str:
-    """Per-unit columns v_i (value sum), p_i (pre_value sum) and, with ``counts``, r_i
-    (rows) and b_i (non-finite values)."""
-    cols = []
-    for i, m in enumerate(metrics):
-        is_m = f"metric = {sql_quote(m)}"
-        cols.append(f"coalesce(sum(value) FILTER (WHERE {is_m} AND isfinite(value)), 0) AS v_{i}")
-        if has_pre:
-            cols.append(f"coalesce(sum(pre_value) FILTER (WHERE {is_m} AND isfinite(pre_value)),"
-                        f" 0) AS p_{i}")
-        if not counts:
-            continue
-        cols.append(f"count(*) FILTER (WHERE {is_m}) AS r_{i}")
-        cols.append(f"count(*) FILTER (WHERE {is_m} AND (value IS NULL OR NOT isfinite(value)))"
-                    f" AS b_{i}")
-    return ",\n".join(cols)
-
-
-def _recorded_units(metrics: Sequence[str], since: Any, until: Any) -> tuple[str, list[Any]]:
-    """``unit_rows`` CTE body for the recorded schema: one row per (experiment, unit)."""
-
-    # the same bounds as every other report: ISO times, datetimes or ages ("24h")
-    req_w = f" AND {time_filter(since, until, 'ts')}"
-    out_w = f" AND {time_filter(since, until, 'o.ts')}"
-    carry = [f"coalesce(p.{c}_{i}, 0) AS {c}_{i}"
-             for i in range(len(metrics)) for c in ("v", "r", "b")]
-    per_unit = (
-        f"""SELECT unit_id, {_pivot(metrics, False, True)}
-            FROM o WHERE unit_id IS NOT NULL GROUP BY unit_id"""
-        if metrics else "SELECT NULL::VARCHAR AS unit_id WHERE false"
-    )
-    # Outcomes reach a unit directly or through the request that carried them.
-    sql = f"""
-        exposed AS (
-            SELECT experiment, unit_id, min(variant) AS variant,
-                   min(variant) = max(variant) AS single
-            FROM requests
-            WHERE exposed AND experiment IS NOT NULL AND unit_id IS NOT NULL
-                  AND variant IS NOT NULL{req_w}
-            GROUP BY experiment, unit_id
-        ), orphan AS (
-            SELECT request_id, any_value(unit_id) AS unit_id FROM requests
-            WHERE request_id IN (SELECT request_id FROM outcomes WHERE unit_id IS NULL)
-            GROUP BY request_id
-        ), o AS (
-            SELECT coalesce(o.unit_id, r.unit_id) AS unit_id, o.metric, o.value
-            FROM outcomes o LEFT JOIN orphan r
-                 ON o.unit_id IS NULL AND o.request_id = r.request_id
-            WHERE o.metric IS NOT NULL{out_w}
-        ), per_unit AS ({per_unit}
-        ), unit_rows AS (
-            SELECT e.experiment, e.variant, e.single{''.join(', ' + c for c in carry)}
-            FROM exposed e LEFT JOIN per_unit p ON p.unit_id = e.unit_id
-        )"""
-    return sql, []
-
-
-def _table_units(metrics: Sequence[str], name: str, has_pre: bool) -> str:
-    """``unit_rows`` CTE body for the analyst table: one row per unit.
-
-    Row and non-finite counts are additive over rows, so :func:`_table_counts` takes them
-    straight from the table and this wide aggregate stays narrow (it is the costly one).
-    """
-    pivot = (",\n" + _pivot(metrics, has_pre, False)) if metrics else ""
-    return f"""
-        unit_rows AS (
-            SELECT {sql_quote(name)} AS experiment, CAST(min(variant) AS VARCHAR) AS variant,
-                   min(variant) = max(variant) AS single{pivot}
-            FROM {INPUT_TABLE}
-            WHERE unit_id IS NOT NULL AND variant IS NOT NULL
-            GROUP BY unit_id
-        )"""
-
-
-def _table_counts(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], tuple[int, int]]:
-    """(variant, metric) -> (rows, non-finite values) of the analyst table."""
-    return {
-        (str(v), str(m)): (int(r), int(b))
-        for v, m, r, b in con.execute(
-            f"""SELECT variant, metric, count(*),
-                   count(*) FILTER (WHERE value IS NULL OR NOT isfinite(value))
-            FROM {INPUT_TABLE}
-            WHERE unit_id IS NOT NULL AND variant IS NOT NULL AND metric IS NOT NULL
-            GROUP BY ALL"""
-        ).fetchall()
-    }
-
-
-def _clip(metrics: Sequence[str], level: float) -> str:
-    """Clip each metric's unit values to its [1 - level, level] linear quantiles over the
-    experiment's units (units without rows count as 0, so all units are in)."""
-    qs = [f"quantile_cont(v_{i}, [{1.0 - level!r}, {level!r}]) AS q_{i}"
-          for i in range(len(metrics))]
-    clipped = [f"least(greatest(u.v_{i}, q.q_{i}[1]), q.q_{i}[2]) AS v_{i}"
-               for i in range(len(metrics))]
-    return f""", bounds AS (
-            SELECT experiment, {', '.join(qs)} FROM unit_rows WHERE single GROUP BY experiment
-        ), clipped AS (
-            SELECT u.* REPLACE ({', '.join(clipped)})
-            FROM unit_rows u JOIN bounds q ON q.experiment = u.experiment
-        )"""
-
-
-def _gather(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    source: Source,
-    name: str,
-    has_pre: bool,
-    since: Any,
-    until: Any,
-    winsorize: float | None,
-    ratios: Mapping[str, tuple[str, str]],
-) -> _Gathered:
-    """One SQL statement: rows -> units (one wide row each) -> per-variant sums.
-
-    Metric names come first (a cheap DISTINCT) so the per-unit pivot has fixed columns.
-    """
-    table = INPUT_TABLE if source == "table" else "outcomes"
-    metrics = [str(r[0]) for r in con.execute(
-        f"SELECT DISTINCT metric FROM {table} WHERE metric IS NOT NULL ORDER BY 1"
-    ).fetchall()]
-    params: list[Any] = []
-    counts: dict[tuple[str, str], tuple[int, int]] | None = None
-    if source == "table":
-        ctes = _table_units(metrics, name, has_pre)
-        counts = _table_counts(con)
-    else:
-        ctes, params = _recorded_units(metrics, since, until)
-    relation = "unit_rows"
-    if winsorize is not None and metrics:
-        ctes += _clip(metrics, winsorize)
-        relation = "clipped"
-    index = {m: i for i, m in enumerate(metrics)}
-    aggs = ["count(*)"]
-    for i in range(len(metrics)):
-        p = f"p_{i}" if has_pre else "0"
-        aggs += [f"sum(v_{i})", f"sum(v_{i} * v_{i})", f"sum({p})", f"sum({p} * {p})",
-                 f"sum(v_{i} * {p})", f"bool_and(v_{i} = 0 OR v_{i} = 1)",
-                 *((f"sum(b_{i})", f"sum(r_{i})") if counts is None else ("0", "0"))]
-    usable = {k: (index[a], index[b]) for k, (a, b) in ratios.items()
-              if a in index and b in index}
-    aggs += [f"sum(v_{a} * v_{b})" for a, b in usable.values()]
-    sql = f"""WITH {ctes}
-        SELECT experiment, CASE WHEN single THEN variant END AS variant, {', '.join(aggs)}
-        FROM {relation} GROUP BY ALL"""
-    g = _Gathered()
-    width = 8
-    for row in con.execute(sql, params).fetchall():
-        exp, variant, n = str(row[0]), row[1], int(row[2])
-        if variant is None:
-            g.excluded[exp] = n
-            continue
-        variant = str(variant)
-        g.units.setdefault(exp, {})[variant] = n
-        for m, i in index.items():
-            s = row[3 + width * i: 3 + width * (i + 1)]
-            rows, bad = (int(s[7] or 0), int(s[6] or 0)) if counts is None else \
-                counts.get((variant, m), (0, 0))
-            g.metrics[(exp, variant, m)] = _MetricSums(
-                float(s[0] or 0), float(s[1] or 0), float(s[2] or 0), float(s[3] or 0),
-                float(s[4] or 0), bool(s[5]), bad, rows)
-        base = 3 + width * len(metrics)
-        for j, ratio in enumerate(usable):
-            g.cross[(exp, variant, ratio)] = float(row[base + j] or 0)
-    return g
 
 
 # --------------------------------------------------------------- numpy layer
@@ -406,11 +220,14 @@ def _choose_control(variants: Sequence[str], control: str | None) -> tuple[str |
     return ("control" if "control" in variants else variants[0]), None
 
 
-def _row_notes(bad_a: int, bad_b: int, srm: SrmResult) -> list[str]:
+def _row_notes(a: MetricSums, b: MetricSums, srm: SrmResult) -> list[str]:
     notes = []
-    if bad_a or bad_b:
-        notes.append(f"ignored non-finite values (NaN/inf/NULL): control {bad_a}, "
-                     f"variant {bad_b}")
+    if a.bad or b.bad:
+        notes.append(f"non-finite values (NaN/inf/NULL) left out of their units' values: "
+                     f"control {a.bad} row(s), variant {b.bad} row(s)")
+    if a.dropped or b.dropped:
+        notes.append(f"units whose every value was non-finite left out of this metric: "
+                     f"control {a.dropped}, variant {b.dropped}")
     if srm.flag:
         notes.append("sample ratio mismatch flagged: interpret with care")
     return notes
@@ -422,17 +239,43 @@ def _with_notes(c: Comparison, notes: Sequence[str]) -> Comparison:
     return replace(c, message="; ".join([*([c.message] if c.message else []), *notes]))
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How every comparison of one report is made."""
+
+    cuped: bool
+    recorded: bool
+    inference: Inference
+    alpha: float
+    n_opt: float | None
+    level: float | None
+    lookback: timedelta | None
+
+
+def _compare_metric(plan: _Plan, a: MetricSums, b: MetricSums) -> Comparison:
+    ya, yb = SampleStats(a.n, a.sum, a.sum_sq), SampleStats(b.n, b.sum, b.sum_sq)
+    seq = {"inference": plan.inference, "n_opt": plan.n_opt, "level": plan.level,
+           "alpha": plan.alpha}
+    if plan.cuped and plan.recorded and a.pre_rows + b.pre_rows == 0:
+        days = plan.lookback.total_seconds() / 86400 if plan.lookback else 0
+        return _with_notes(welch_test(ya, yb, **seq),  # type: ignore[arg-type]
+                           [f"no pre-exposure data for this metric in the {days:g}-day "
+                            "lookback: CUPED not applied, Welch reported"])
+    if plan.cuped:
+        pair_a = PairStats(a.n, a.sum, a.sum_sq, a.sum_pre, a.sum_pre_sq, a.sum_cross)
+        pair_b = PairStats(b.n, b.sum, b.sum_sq, b.sum_pre, b.sum_pre_sq, b.sum_cross)
+        return cuped_test(pair_a, pair_b, **seq)  # type: ignore[arg-type]
+    return welch_test(ya, yb, **seq)  # type: ignore[arg-type]
+
+
 def _analyze_one(
     name: str,
-    g: _Gathered,
+    g: Gathered,
     cfg: _Config | None,
     weights: Mapping[str, float] | None,
     control: str | None,
     ratios: Mapping[str, tuple[str, str]],
-    *,
-    cuped: bool,
-    inference: Inference,
-    n_opt: float,
+    plan: _Plan,
     notes: Sequence[str],
 ) -> ExperimentResult:
     units = g.units.get(name, {})
@@ -444,6 +287,16 @@ def _analyze_one(
     excluded = g.excluded.get(name, 0)
     if excluded:
         messages.append(f"{excluded} unit(s) seen in several variants were excluded")
+    timing = g.timing.get(name, {})
+    if timing.get("early"):
+        messages.append(f"{timing['early']} outcome row(s) from before their unit's first "
+                        "exposure left out")
+    if timing.get("late"):
+        messages.append(f"{timing['late']} outcome row(s) after their unit's metric window "
+                        "left out")
+    if timing.get("untimed"):
+        messages.append(f"{timing['untimed']} outcome row(s) without a timestamp counted "
+                        "as after exposure")
     if chosen is None:
         return ExperimentResult(name, None, variants, srm, (),
                                 "; ".join([*messages, problem or "no control"]), excluded)
@@ -452,40 +305,40 @@ def _analyze_one(
     if not metrics:
         messages.append("no outcomes for the exposed units")
 
-    def sums(variant: str, metric: str) -> tuple[int, _MetricSums]:
-        found = g.metrics.get((name, variant, metric))
-        return units.get(variant, 0), found or _MetricSums.zero()
+    def sums(variant: str, metric: str) -> MetricSums:
+        return g.metrics.get((name, variant, metric)) or MetricSums.zero()
 
-    def pair(n: int, s: _MetricSums) -> PairStats:
-        return PairStats(n, s.sum, s.sum_sq, s.sum_pre, s.sum_pre_sq, s.sum_cross)
-
+    seq = {"inference": plan.inference, "n_opt": plan.n_opt, "level": plan.level,
+           "alpha": plan.alpha}
     rows: list[ResultRow] = []
     for metric in metrics:
         for variant in others:
-            (na, sa), (nb, sb) = sums(chosen, metric), sums(variant, metric)
-            ya, yb = SampleStats(na, sa.sum, sa.sum_sq), SampleStats(nb, sb.sum, sb.sum_sq)
+            sa, sb = sums(chosen, metric), sums(variant, metric)
             extra: dict[str, Any] = {}
-            if cuped:
-                comp = cuped_test(pair(na, sa), pair(nb, sb), inference=inference, n_opt=n_opt)
-            else:
-                comp = welch_test(ya, yb, inference=inference, n_opt=n_opt)
-            if sa.binary and sb.binary and na > 0 and nb > 0:
-                extra["p_value_ztest"] = proportions_test(ya, yb).p_value
-            comp = _with_notes(comp, _row_notes(sa.bad, sb.bad, srm))
+            comp = _compare_metric(plan, sa, sb)
+            if sa.binary and sb.binary and sa.n > 0 and sb.n > 0:
+                extra["p_value_ztest"] = proportions_test(
+                    SampleStats(sa.n, sa.sum, sa.sum_sq), SampleStats(sb.n, sb.sum, sb.sum_sq),
+                    alpha=plan.alpha).p_value
+            comp = _with_notes(comp, _row_notes(sa, sb, srm))
             rows.append(ResultRow(metric, variant, chosen, "mean", comp, extra=extra))
     for ratio, (num, den) in ratios.items():
         missing = [m for m in (num, den) if m not in metrics]
         for variant in others:
             arms = []
             for v in (chosen, variant):
-                (n, y), (_, x) = sums(v, num), sums(v, den)
-                cross = g.cross.get((name, v, ratio), 0.0)
-                arms.append(PairStats(n, y.sum, y.sum_sq, x.sum, x.sum_sq, cross))
-            notes_r = _row_notes(sums(chosen, num)[1].bad + sums(chosen, den)[1].bad,
-                                 sums(variant, num)[1].bad + sums(variant, den)[1].bad, srm)
+                r = g.ratios.get((name, v, ratio)) or RatioSums(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+                arms.append(PairStats(r.n, r.sum_y, r.sum_y2, r.sum_x, r.sum_x2, r.sum_xy))
+            ca, cb = sums(chosen, num), sums(variant, num)
+            da, db = sums(chosen, den), sums(variant, den)
+            notes_r = _row_notes(
+                MetricSums(0, 0, 0, 0, 0, 0, True, ca.bad + da.bad, 0,
+                           arms[0].n and (units.get(chosen, 0) - arms[0].n)),
+                MetricSums(0, 0, 0, 0, 0, 0, True, cb.bad + db.bad, 0,
+                           arms[1].n and (units.get(variant, 0) - arms[1].n)), srm)
             if missing:
                 notes_r.insert(0, f"metric(s) {', '.join(map(repr, missing))} have no outcomes")
-            comp = ratio_test(arms[0], arms[1], inference=inference, n_opt=n_opt)
+            comp = ratio_test(arms[0], arms[1], **seq)  # type: ignore[arg-type]
             rows.append(ResultRow(ratio, variant, chosen, "ratio", _with_notes(comp, notes_r),
                                   extra={"numerator": num, "denominator": den}))
     pvals = [r.comparison.p_value for r in rows]
@@ -493,6 +346,65 @@ def _analyze_one(
             for r, h, b in zip(rows, holm(pvals), benjamini_hochberg(pvals), strict=True)]
     return ExperimentResult(name, chosen, variants, srm, tuple(rows),
                             "; ".join(messages) or None, excluded)
+
+
+def _span(value: timedelta | str | None, flag: str) -> timedelta | None:
+    """A duration from a timedelta or text such as ``7d``, ``36h``, ``90m``."""
+    if value is None or isinstance(value, timedelta):
+        if isinstance(value, timedelta) and value <= timedelta(0):
+            raise ValueError(f"{flag} must be a positive duration")
+        return value
+    found = _DURATION.match(value.strip())
+    if not found:
+        raise ValueError(f"{flag}: cannot read {value!r}; use a duration such as 7d, 36h, 90m")
+    span = timedelta(seconds=float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+    if span <= timedelta(0):
+        raise ValueError(f"{flag} must be a positive duration")
+    return span
+
+
+def _method_notes(plan: _Plan, window: timedelta | None, source: Source,
+                  expected_n: float | None) -> list[str]:
+    """The rules every result row of the report follows, said once."""
+    notes = ["abs_effect = variant - control; rel_effect = abs_effect / |control figure| "
+             "(rows name the figure in rel_effect_of); intervals are "
+             f"{100 * (1 - plan.alpha):g}% two-sided"]
+    if source == "recorded":
+        rule = ("a unit counts from its first exposure: its outcomes from that moment on"
+                + (f", within {_fmt_span(window)} of it," if window else "")
+                + " are its value (0 without any); earlier outcomes are left out")
+        notes.append(rule)
+    notes.append("a unit's value is the sum of its finite outcome rows; non-finite rows are "
+                 "left out, and a unit whose every row is non-finite is left out of the metric")
+    if plan.cuped:
+        cov = (f"the same metric's outcomes in the {_fmt_span(plan.lookback)} before the unit's "
+               "first exposure" if plan.recorded else "the table's pre_value column")
+        notes.append(f"CUPED: covariate = {cov}; mean_control/mean_variant are raw means, "
+                     "mean_*_adjusted the CUPED-adjusted ones; abs_effect and rel_effect are "
+                     "adjusted (rel_effect over the adjusted control mean)")
+    if plan.inference == "sequential":
+        if expected_n is not None:
+            tuning = (f"tuned to the planned {expected_n:g} units, boundary level "
+                      f"{plan.level:.4g} so that continuous monitoring up to that size spends "
+                      f"alpha {plan.alpha:g} (the guarantee ends there)")
+        elif plan.n_opt is not None:
+            tuning = f"tightest at n_opt = {plan.n_opt:g} units"
+        else:
+            tuning = "tuned to each comparison's own units (the experiment's traffic)"
+        notes.append("sequential: asymptotic confidence sequences (Waudby-Smith et al. 2023), "
+                     f"valid under peeking, {tuning}; p_value < alpha exactly when the interval "
+                     "excludes 0")
+    return notes
+
+
+def _fmt_span(span: timedelta | None) -> str:
+    if span is None:
+        return "-"
+    seconds = span.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def analyze_experiments(
@@ -505,47 +417,76 @@ def analyze_experiments(
     control: str | None = None,
     weights: Mapping[str, float] | None = None,
     sequential: bool = False,
-    sequential_n_opt: float = DEFAULT_SEQUENTIAL_N_OPT,
+    sequential_n_opt: float | None = None,
+    expected_n: float | None = None,
+    alpha: float = DEFAULT_ALPHA,
     cuped: bool | None = None,
+    cuped_lookback: timedelta | str = DEFAULT_CUPED_LOOKBACK,
+    window: timedelta | str | None = None,
     winsorize: float | None = None,
     ratios: Mapping[str, tuple[str, str]] | None = None,
+    version: str | None = None,
+    all_versions: bool = False,
+    canaries: bool = True,
 ) -> ExperimentReport:
     """Analyse every experiment in ``con``.
 
     ``source="recorded"``: tables/views ``requests``, ``outcomes``, ``configs`` in the
     recorded schema; exposure is an exposed request of an experiment, and weights and
-    variant order come from the newest ``configs`` row unless ``weights`` is given.
-    Outcomes join by unit_id, or by request_id to that request's unit; ``since``/``until``
-    bound both requests.ts and outcomes.ts (half-open). ``source="table"``: the analyst
-    table ``experiment_input(unit_id, variant, metric, value[, pre_value])`` as one
-    experiment called ``name``.
+    variant order come from the newest ``configs`` row unless ``weights`` is given. A unit
+    counts from its first exposure: its outcomes from then on (within ``window`` of it, e.g.
+    ``"7d"``) are its value; earlier ones are left out. Outcomes join by unit_id, or by
+    request_id to that request's unit; ``since``/``until`` bound the exposures (half-open),
+    ``until`` the outcomes too. Each route's newest config version is analysed unless
+    ``version`` names one or ``all_versions``. Canaries get their own readout
+    (:mod:`analysis.canary_readout`, ``canaries=False`` skips it).
+    ``source="table"``: the analyst table
+    ``experiment_input(unit_id, variant, metric, value[, pre_value])`` as one experiment
+    called ``name``.
 
-    A unit's value is the sum of its rows, 0 without rows; non-finite values are ignored
-    and counted in the row's message; units seen in several variants are excluded.
-    ``cuped``: None uses CUPED when ``pre_value`` exists, True asks for it, False never.
+    A unit's value is the sum of its finite rows, 0 without rows; a unit whose every row is
+    non-finite is left out of that metric; both are counted in the row's message. Units
+    seen in several variants are excluded. ``cuped``: None uses CUPED when ``pre_value``
+    exists (analyst table), True asks for it (recorded data: the covariate is the same
+    metric's outcomes in ``cuped_lookback`` before first exposure), False never.
     ``winsorize=q`` (0.5 < q < 1) clips each metric's unit values to its [1-q, q] quantiles.
     ``ratios`` maps a result name to (numerator metric, denominator metric).
-    ``sequential`` reports asymptotic confidence sequences (see significance).
+    ``sequential`` reports asymptotic confidence sequences, tightest at ``sequential_n_opt``
+    units (default: each comparison's own units), or tuned to a planned ``expected_n``.
 
     Raises ValueError for invalid arguments or an analyst table without the required
     columns; problems in the data never raise, they become ``message`` fields.
     """
     if winsorize is not None and not 0.5 < winsorize < 1.0:
         raise ValueError(f"winsorize must be in (0.5, 1), got {winsorize!r}")
-    if sequential_n_opt <= 0:
+    if sequential_n_opt is not None and not sequential_n_opt > 0:
         raise ValueError("sequential_n_opt must be positive")
+    if expected_n is not None and not expected_n > 0:
+        raise ValueError("expected_n must be positive")
+    if sequential_n_opt is not None and expected_n is not None:
+        raise ValueError("give sequential_n_opt or expected_n, not both")
+    if not 0.0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
+    span = _span(window, "window")
+    lookback = _span(cuped_lookback, "cuped_lookback")
+    level = horizon_alpha(alpha) if sequential and expected_n is not None else None
     ratios = dict(ratios or {})
     inference: Inference = "sequential" if sequential else "fixed"
     notes: list[str] = []
     configs: dict[str, _Config] = {}
+    scope: VersionScope | None = None
     if source == "recorded":
         configs, problem = _newest_config(con)
         if problem:
             notes.append(problem)
-        has_pre = False
+        has_pre = bool(cuped)
+        scope = version_scope(con, "requests", where=_EXPOSED, version=version,
+                              all_versions=all_versions)
     elif source == "table":
         if since is not None or until is not None:
             notes.append("since/until ignored: the analyst table has no timestamps")
+        if span is not None:
+            notes.append("window ignored: the analyst table has no timestamps")
         columns = _columns(con, INPUT_TABLE)
         missing = sorted({"unit_id", "variant", "metric", "value"} - columns)
         if missing:
@@ -553,18 +494,29 @@ def analyze_experiments(
         has_pre = "pre_value" in columns
     else:
         raise ValueError(f"source must be 'recorded' or 'table', got {source!r}")
-    g = _gather(con, source=source, name=name, has_pre=has_pre, since=since, until=until,
-                winsorize=winsorize, ratios=ratios)
+    g = gather(con, source=source, name=name, has_pre=has_pre, since=since, until=until,
+               winsorize=winsorize, ratios=ratios,
+               versions=scope.condition if scope else "TRUE",
+               window=span, lookback=lookback if has_pre else None)
     use_cuped = has_pre if cuped is None else (cuped and has_pre)
     if cuped and not has_pre:
         notes.append("CUPED needs a pre_value column; analysed without it")
+    plan = _Plan(use_cuped, source == "recorded", inference, alpha, sequential_n_opt
+                 if expected_n is None else expected_n, level, lookback)
     names = sorted(set(g.units) | set(g.excluded) | ({name} if source == "table" else set()))
     experiments = tuple(
-        _analyze_one(exp, g, configs.get(exp), weights, control, ratios,
-                     cuped=use_cuped, inference=inference, n_opt=sequential_n_opt,
-                     notes=notes)
+        _analyze_one(exp, g, configs.get(exp), weights, control, ratios, plan, notes)
         for exp in names
     )
+    method_notes = _method_notes(plan, span, source, expected_n)
+    if scope is not None:
+        method_notes.append(scope.note)
+    readout = None
+    if source == "recorded" and canaries:
+        from analysis.canary_readout import analyze_canaries
+
+        readout = analyze_canaries(con, since=since, until=until, window=span,
+                                   version=version, all_versions=all_versions, alpha=alpha)
     settings = {
         "source": source,
         "since": None if since is None else str(since),
@@ -572,11 +524,18 @@ def analyze_experiments(
         "control": control,
         "weights": dict(weights) if weights is not None else None,
         "sequential": sequential,
-        "sequential_n_opt": sequential_n_opt if sequential else None,
+        "sequential_n_opt": (expected_n if expected_n is not None else sequential_n_opt)
+        if sequential else None,
+        "sequential_tuning": None if not sequential else (
+            "expected_n" if expected_n is not None else
+            "n_opt" if sequential_n_opt is not None else "own_traffic"),
+        "sequential_level": level,
         "cuped": use_cuped,
+        "cuped_lookback": _fmt_span(lookback) if use_cuped and source == "recorded" else None,
+        "window": _fmt_span(span) if span else None,
         "winsorize": winsorize,
         "ratios": {k: list(v) for k, v in ratios.items()},
-        "alpha": 0.05,
+        "alpha": alpha,
+        "versions": scope.to_dict() if scope else None,
     }
-    return ExperimentReport(experiments, settings)
-
+    return ExperimentReport(experiments, settings, tuple(method_notes), readout)

@@ -24,7 +24,7 @@ from analysis.load import (
     sql_quote,
     time_filter,
 )
-from analysis.noise_floor import newest_route_configs, replica_backends
+from analysis.noise_floor import ReplicaRule, newest_route_configs, replica_rule
 from analysis.report.json import jsonable
 
 __all__ = ["SCHEMA", "FieldDiff", "FieldDiffReport", "FieldPair", "analyze_field_diff"]
@@ -226,14 +226,14 @@ def analyze_field_diff(
         f"SELECT DISTINCT route FROM ({base}) WHERE role = 'shadow' ORDER BY route"
     ).fetchall()]
     settings = newest_route_configs(con)  # read once for replicas and ignore_fields
-    replicas = replica_backends(con, settings)
+    replicas = replica_rule(con, where, settings)
     configured = _ignore_fields(settings) if ignore is None else {}
     pairs: list[FieldPair] = []
     notes: list[str] = []
     for name in routes:
         globs = list(ignore) if ignore is not None else configured.get(name, [])
         built, note = _route_pairs(
-            con, base, primary, name, {**params, "ignore": globs}, replicas.get(name, set())
+            con, base, primary, name, {**params, "ignore": globs}, replicas
         )
         pairs.extend(built)
         if note:
@@ -256,8 +256,9 @@ def _route_pairs(
     primary: str,
     route: str,
     params: dict[str, Any],
-    replicas: set[str],
+    rule: ReplicaRule,
 ) -> tuple[list[FieldPair], str | None]:
+    replicas = set(rule.replicas.get(route, {}))
     scope = f"FROM ({base}) WHERE route = {sql_quote(route)} AND ({primary} OR role = 'shadow')"
     (structure_text,) = con.execute(f"SELECT json_group_structure(j) {scope}").fetchall()[0]
     structure = json.loads(structure_text) if structure_text else {}
@@ -298,7 +299,9 @@ def _route_pairs(
         SELECT pb, sb, count(*) AS n{counts} FROM flags GROUP BY pb, sb ORDER BY sb, pb
     """
     rows = con.execute(sql).fetchall()
-    by_pair = {(str(r[0]), str(r[1])): r for r in rows}
+    # A replica is compared only with the backend it copies (issue 16.6).
+    by_pair = {(str(r[0]), str(r[1])): r for r in rows
+               if rule.pairs(route, str(r[0]), str(r[1]))}
     pairs: list[FieldPair] = []
     for (pb, sb), row in by_pair.items():
         n = int(row[2])

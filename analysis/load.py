@@ -9,8 +9,9 @@ import glob
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 
@@ -20,6 +21,7 @@ __all__ = [
     "RECORDED_TABLES",
     "AnalysisSourceError",
     "SourceKind",
+    "VersionScope",
     "open_source",
     "parse_time",
     "primary_calls",
@@ -28,12 +30,15 @@ __all__ = [
     "sql_quote",
     "sql_timestamp",
     "time_filter",
+    "version_scope",
 ]
 
 SourceKind = Literal["divergence", "experiment", "drift"]
 
 #: The tables of the recorded-data contract (DESIGN section 4) that become views.
-RECORDED_TABLES: tuple[str, ...] = ("configs", "requests", "calls", "outcomes", "audit")
+RECORDED_TABLES: tuple[str, ...] = (
+    "configs", "requests", "calls", "outcomes", "audit", "canary_state",
+)
 
 _EXPERIMENT_COLUMNS = ("unit_id", "variant", "metric", "value")
 _DIVERGENCE_COLUMNS = ("request_id", "backend", "role", "output")
@@ -66,8 +71,12 @@ PRIMARY_SQL = primary_calls()
 
 def relations(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the tables and views a connection sees."""
-    rows = con.execute("SELECT view_name FROM duckdb_views() UNION ALL "
-                       "SELECT table_name FROM duckdb_tables()").fetchall()
+    # Only what an unqualified name reaches: an attached file's tables are not in scope.
+    rows = con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() "
+        "AND schema_name = current_schema() UNION ALL SELECT table_name FROM duckdb_tables() "
+        "WHERE database_name = current_database() AND schema_name = current_schema()"
+    ).fetchall()
     return {str(r[0]) for r in rows}
 
 
@@ -351,3 +360,112 @@ def time_filter(
     if end is not None:
         parts.append(f"{column} < {sql_timestamp(end)}")
     return " AND ".join(parts) if parts else "TRUE"
+
+
+#: How a report picks config versions: each route's newest, one named version, or all.
+VersionRule = Literal["newest", "given", "all"]
+
+
+@dataclass(frozen=True)
+class VersionScope:
+    """Which config versions a report covers, per route, and the SQL condition keeping them.
+
+    ``routes`` maps a route (``"(none)"`` for rows without one) to the versions kept and
+    the versions left out; ``condition`` is SQL on the table's ``route`` and
+    ``config_version`` columns (qualified by the alias given to :func:`version_scope`).
+    """
+
+    rule: VersionRule
+    condition: str
+    routes: dict[str, dict[str, list[str | None]]] = field(default_factory=dict)
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "routes": {k: dict(v) for k, v in self.routes.items()},
+                "message": self.message}
+
+    @property
+    def note(self) -> str:
+        """One sentence for a report's notes: the rule and what it left out."""
+        if self.rule == "all":
+            head = "all config versions are included (--all-versions)"
+        elif self.rule == "given":
+            head = "only rows recorded under the requested config version are included"
+        else:
+            head = ("each route's newest config version is analysed (--version V or "
+                    "--all-versions for others)")
+        left = sum(len(v["left_out"]) for v in self.routes.values())
+        kept = sorted({str(x) for v in self.routes.values() for x in v["kept"]})
+        tail = f"; versions covered: {', '.join(kept) or 'none'}"
+        if left:
+            tail += f"; {left} older route version(s) left out"
+        return head + tail + (f"; {self.message}" if self.message else "")
+
+
+_NO_ROUTE = "(none)"
+
+
+def version_scope(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    *,
+    where: str = "TRUE",
+    version: str | None = None,
+    all_versions: bool = False,
+    alias: str = "",
+) -> VersionScope:
+    """Pick the config versions of ``table`` (requests or calls) a report covers.
+
+    By default each route keeps its newest version among the rows matching ``where``:
+    newest by the time ``configs`` accepted it, else by its first row. ``version`` keeps one
+    named version on every route; ``all_versions`` keeps everything (the rule is stated in
+    the report either way). A table without ``config_version`` is taken whole.
+    """
+    if version is not None and all_versions:
+        raise ValueError("give either a config version or all versions, not both")
+    p = f"{alias}." if alias else ""
+    columns = relation_columns(con, table)
+    if "config_version" not in columns or "route" not in columns:
+        return VersionScope("all", "TRUE", {}, f"{table} has no config_version: all rows kept")
+    accepted = ("LEFT JOIN (SELECT config_version, max(ts) AS accepted FROM configs "
+                "GROUP BY 1) c USING (config_version)"
+                if "ts" in relation_columns(con, "configs") else "")
+    rows = con.execute(f"""
+        SELECT route, config_version, {'max(c.accepted)' if accepted else 'NULL'} AS accepted,
+               min(t.ts) AS first_ts
+        FROM {table} t {accepted} WHERE {where} GROUP BY ALL
+    """).fetchall()
+    by_route: dict[str | None, list[tuple[Any, ...]]] = {}
+    for route, ver, acc, first in rows:
+        by_route.setdefault(route, []).append((ver, acc, first))
+    routes: dict[str, dict[str, list[str | None]]] = {}
+    keep: list[tuple[str | None, str | None]] = []
+    for route, found in by_route.items():
+        # Versioned rows beat unversioned ones; then the latest acceptance or first row.
+        found.sort(key=lambda f: (f[0] is not None, f[1] or f[2] or datetime.min),
+                   reverse=True)
+        versions = [f[0] for f in found]
+        if all_versions:
+            kept = versions
+        elif version is not None:
+            kept = [v for v in versions if v == version]
+        else:
+            kept = versions[:1]
+        routes[_NO_ROUTE if route is None else str(route)] = {
+            "kept": list(kept), "left_out": [v for v in versions if v not in kept]}
+        keep += [(route, v) for v in kept]
+    if all_versions:
+        return VersionScope("all", "TRUE", routes)
+
+    def literal(value: str | None) -> str:
+        return "NULL" if value is None else sql_quote(value)
+
+    condition = " OR ".join(
+        f"({p}route IS NOT DISTINCT FROM {literal(r)} AND "
+        f"{p}config_version IS NOT DISTINCT FROM {literal(v)})" for r, v in keep
+    ) or "FALSE"
+    message = None
+    if version is not None and not keep:
+        message = f"no rows were recorded under config version {version!r}"
+    return VersionScope("given" if version is not None else "newest", f"({condition})",
+                        routes, message)

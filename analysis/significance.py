@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_POWER",
     "DEFAULT_SEQUENTIAL_N_OPT",
+    "P_FLOOR",
     "SRM_THRESHOLD",
     "Comparison",
     "Inference",
@@ -31,6 +32,7 @@ __all__ = [
     "cs_p_value",
     "cuped_test",
     "holm",
+    "horizon_alpha",
     "minimum_detectable_effect",
     "mixture_rho2",
     "proportions_test",
@@ -47,6 +49,18 @@ DEFAULT_POWER = 0.8
 SRM_THRESHOLD = 0.001
 #: Total units (both arms) at which the confidence sequence is tightest; see mixture_rho2.
 DEFAULT_SEQUENTIAL_N_OPT = 5000
+
+#: A p-value that underflows to 0.0 is reported as this upper bound (flagged as a bound).
+P_FLOOR = 1e-300
+#: alpha -> boundary level of a confidence sequence tuned to a planned sample size N whose
+#: crossing probability under continuous monitoring up to N is alpha (the untruncated
+#: sequence spends most of alpha after N: 1.9 % of 5 % by N). Seeded simulation of
+#: 100 000 Brownian paths watched at 1 000 equal looks, bisection on the level
+#: (tests/analysis/test_sequential.py::calibrate reproduces it).
+HORIZON_LEVELS: tuple[tuple[float, float], ...] = (
+    (0.001, 0.003326), (0.005, 0.015942), (0.01, 0.030253), (0.02, 0.058680),
+    (0.05, 0.135262), (0.1, 0.251088), (0.2, 0.458540),
+)
 
 Method = Literal[
     "welch",
@@ -188,8 +202,12 @@ class Comparison:
     mde: float | None = None
     message: str | None = None
     extra: dict[str, float | None] = field(default_factory=dict)
+    #: what ``rel_effect`` divides by (the control figure it is relative to)
+    rel_base: str = "control mean"
 
     def to_dict(self) -> dict[str, Any]:
+        p = self.p_value
+        bound = p is not None and p == 0.0
         out: dict[str, Any] = {
             "n_control": self.n_control,
             "n_variant": self.n_variant,
@@ -199,9 +217,11 @@ class Comparison:
             "abs_ci": self.abs_ci,
             "rel_effect": self.rel_effect,
             "rel_ci": self.rel_ci,
-            "p_value": self.p_value,
+            "p_value": P_FLOOR if bound else p,
             "method": self.method,
             "message": self.message,
+            "p_value_is_bound": bound,
+            "rel_effect_of": self.rel_base,
             "statistic": self.statistic,
             "df": self.df,
             "se": self.se,
@@ -209,6 +229,17 @@ class Comparison:
             **self.extra,
         }
         return {k: _clean(v) for k, v in out.items()}
+
+
+def horizon_alpha(alpha: float) -> float:
+    """Boundary level that spends ``alpha`` by the planned sample size (see HORIZON_LEVELS),
+    interpolated linearly in log-log between the calibrated points."""
+    lo, hi = HORIZON_LEVELS[0][0], HORIZON_LEVELS[-1][0]
+    if not lo <= alpha <= hi:
+        raise ValueError(f"a planned sample size needs {lo} <= alpha <= {hi}, got {alpha!r}")
+    xs = np.log([a for a, _ in HORIZON_LEVELS])
+    ys = np.log([b for _, b in HORIZON_LEVELS])
+    return float(np.exp(np.interp(math.log(alpha), xs, ys)))
 
 
 def mixture_rho2(n_opt: float, alpha: float = DEFAULT_ALPHA) -> float:
@@ -264,7 +295,8 @@ def _compare(
     *,
     alpha: float,
     power: float = DEFAULT_POWER,
-    n_opt: float = DEFAULT_SEQUENTIAL_N_OPT,
+    n_opt: float | None = DEFAULT_SEQUENTIAL_N_OPT,
+    level: float | None = None,
     means: tuple[float, float] | None = None,
     messages: Sequence[str] = (),
     extra: Mapping[str, float | None] | None = None,
@@ -306,11 +338,18 @@ def _compare(
         q = float(_sps.norm.ppf(1.0 - alpha / 2.0))
         p = float(2.0 * _sps.norm.sf(abs(z)))
     else:
-        rho2 = mixture_rho2(n_opt, alpha)
+        # n_opt None: tuned to this comparison's own units; level: the boundary's alpha
+        # (a planned sample size raises it, see horizon_alpha).
         n_total = arms.n_a + arms.n_b
-        q = float(cs_multiplier(n_total, alpha, rho2))
-        p = float(cs_p_value(z, n_total, rho2))
+        tuned = float(n_total) if n_opt is None else float(n_opt)
+        boundary = alpha if level is None else level
+        rho2 = mixture_rho2(tuned, boundary)
+        q = float(cs_multiplier(n_total, boundary, rho2))
+        p = float(cs_p_value(z, n_total, rho2)) * alpha / boundary
+        p = min(1.0, p)
         extras["sequential_rho2"] = rho2
+        extras["sequential_n_opt"] = tuned
+        extras["sequential_level"] = boundary
     mde = _z_sum(alpha, power) * se
 
     rel = rel_ci = None
@@ -350,7 +389,8 @@ def welch_test(
     alpha: float = DEFAULT_ALPHA,
     power: float = DEFAULT_POWER,
     inference: Inference = "fixed",
-    n_opt: float = DEFAULT_SEQUENTIAL_N_OPT,
+    n_opt: float | None = DEFAULT_SEQUENTIAL_N_OPT,
+    level: float | None = None,
 ) -> Comparison:
     """Difference in means, Welch: t quantile at the Welch-Satterthwaite df.
 
@@ -360,7 +400,8 @@ def welch_test(
     multiplier (see :func:`cs_multiplier`).
     """
     if inference == "sequential":
-        return sequential_test(control, variant, alpha=alpha, power=power, n_opt=n_opt)
+        return sequential_test(control, variant, alpha=alpha, power=power, n_opt=n_opt,
+                               level=level)
     return _compare("welch", _sample_arms(control, variant), "t", alpha=alpha, power=power)
 
 
@@ -370,17 +411,21 @@ def sequential_test(
     *,
     alpha: float = DEFAULT_ALPHA,
     power: float = DEFAULT_POWER,
-    n_opt: float = DEFAULT_SEQUENTIAL_N_OPT,
+    n_opt: float | None = DEFAULT_SEQUENTIAL_N_OPT,
+    level: float | None = None,
 ) -> Comparison:
     """Difference in means with an asymptotic confidence sequence (safe under peeking).
 
     The interval is (b - a) +- se * k(n), n = n_a + n_b units, se the Welch standard
     error, k from :func:`cs_multiplier` with rho^2 = :func:`mixture_rho2` (n_opt, alpha):
-    rho tunes where the boundary is tightest, n_opt=5000 units by default. Decide by the
-    interval excluding 0, equivalently ``p_value`` (:func:`cs_p_value`) < alpha.
+    rho tunes where the boundary is tightest (n_opt units; None: this comparison's own
+    units). ``level`` is the boundary's alpha when it differs from ``alpha``
+    (:func:`horizon_alpha` for a planned sample size); ``p_value`` is then
+    :func:`cs_p_value` * alpha / level, so ``p_value < alpha`` exactly when the interval
+    excludes 0.
     """
     return _compare("welch_sequential", _sample_arms(control, variant), "cs",
-                    alpha=alpha, power=power, n_opt=n_opt)
+                    alpha=alpha, power=power, n_opt=n_opt, level=level)
 
 
 def proportions_test(
@@ -426,7 +471,8 @@ def ratio_test(
     alpha: float = DEFAULT_ALPHA,
     power: float = DEFAULT_POWER,
     inference: Inference = "fixed",
-    n_opt: float = DEFAULT_SEQUENTIAL_N_OPT,
+    n_opt: float | None = DEFAULT_SEQUENTIAL_N_OPT,
+    level: float | None = None,
 ) -> Comparison:
     """Ratio metric sum(y)/sum(x) over units (y numerator, x denominator), delta method.
 
@@ -445,12 +491,12 @@ def ratio_test(
         v = (s.var_y - 2.0 * r * s.cov_xy + r * r * s.var_x) / (mx * mx) if s.n > 1 else math.nan
         arms.append((r, max(v, 0.0) if math.isfinite(v) else v))
     method: Method = "ratio_delta_sequential" if inference == "sequential" else "ratio_delta"
-    return _compare(
+    return replace(_compare(
         method,
         _Arms(control.n, arms[0][0], arms[0][1], variant.n, arms[1][0], arms[1][1]),
         "cs" if inference == "sequential" else "z",
-        alpha=alpha, power=power, n_opt=n_opt, messages=msgs,
-    )
+        alpha=alpha, power=power, n_opt=n_opt, level=level, messages=msgs,
+    ), rel_base="control ratio")
 
 
 def cuped_test(
@@ -460,7 +506,8 @@ def cuped_test(
     alpha: float = DEFAULT_ALPHA,
     power: float = DEFAULT_POWER,
     inference: Inference = "fixed",
-    n_opt: float = DEFAULT_SEQUENTIAL_N_OPT,
+    n_opt: float | None = DEFAULT_SEQUENTIAL_N_OPT,
+    level: float | None = None,
 ) -> Comparison:
     """CUPED with a pooled theta on the covariate x (pre-period value), y the metric.
 
@@ -496,14 +543,17 @@ def cuped_test(
         se_adj2 = va / control.n + vb / variant.n
         if se_raw2 > 0 and math.isfinite(se_adj2):
             extra["variance_reduction"] = 1.0 - se_adj2 / se_raw2
+    extra["mean_control_adjusted"] = _fin(ma) if control.n > 0 else None
+    extra["mean_variant_adjusted"] = _fin(mb) if variant.n > 0 else None
     sequential = inference == "sequential"
-    return _compare(
+    # mean_control/mean_variant stay the raw means; the effect and rel_effect are adjusted.
+    return replace(_compare(
         "cuped_sequential" if sequential else "cuped",
         _Arms(control.n, ma, va, variant.n, mb, vb),
         "cs" if sequential else "t",
-        alpha=alpha, power=power, n_opt=n_opt, messages=msgs, extra=extra,
+        alpha=alpha, power=power, n_opt=n_opt, level=level, messages=msgs, extra=extra,
         means=(control.mean_y, variant.mean_y),
-    )
+    ), rel_base="adjusted control mean")
 
 
 # ------------------------------------------------------------ multiple testing

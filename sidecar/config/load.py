@@ -121,6 +121,9 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
             elif shadow.backend in seen:
                 problems.append((where, f"backend {shadow.backend!r} is mirrored twice"))
             seen.add(shadow.backend)
+            if shadow.replica_of is not None and shadow.replica_of not in names:
+                problems.append((f"routes[{r}].shadows[{s}].replica_of",
+                                 f"unknown backend {shadow.replica_of!r} (known: {known})"))
         problems.extend(_check_tests(r, route, names, known))
     return problems
 

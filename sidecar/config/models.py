@@ -272,6 +272,9 @@ class MirrorShadowConfig(_Model):
     timeout_ms: PositiveMs = Field(1000, description="deadline of each shadow call")
     max_in_flight: int = Field(64, ge=1, le=100_000, description="cap on concurrent shadow calls")
     replica: bool = Field(False, description="same model as the primary: measures the noise floor")
+    replica_of: str | None = Field(
+        None, description="backend this replica copies (default: same version, else the primary)"
+    )
 
 
 class RouteConfig(_Model):

@@ -111,7 +111,11 @@ def test_default_windows_split_the_span_in_half(recorded: tuple[str, pd.DataFram
     outside = np.mean((f_cur < 20) | (f_cur > 70))
     assert amount["range"] == [20.0, 70.0]
     assert amount["out_of_range_current"] == pytest.approx(outside, rel=RTOL)
-    assert "psi" in amount["flags"] and "out_of_range" in amount["flags"]
+    # auto (Evidently's rule): 300 reference values, so KS at p < 0.05 decides
+    assert amount["drift_method"] == "ks" and amount["drifted"] is True
+    assert "ks" in amount["flags"] and "out_of_range" in amount["flags"]
+    psi = _feature(analyze_drift(open_source(db=path), method="psi").to_dict(), "amount")
+    assert psi["drift_method"] == "psi" and "psi" in psi["flags"]
     json.dumps(report, allow_nan=False)
 
 
@@ -177,7 +181,7 @@ def test_no_requests_or_inputs(tmp_path: Path) -> None:
     con.close()
     report = analyze_drift(open_source(db=str(path)))
     assert report.features == () and report.message
-    assert report.to_dict()["schema"] == "shadowcar.report.drift/1"
+    assert report.to_dict()["schema"] == "shadowcar.report.drift/2"
     bare = duckdb.connect()
     bare.execute("CREATE TABLE calls (x INT)")
     assert analyze_drift(bare).message == "the source has no requests table"

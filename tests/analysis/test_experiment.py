@@ -109,7 +109,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                           "value": [1e6]})
     outcomes = pd.concat([rev, conv, ghost], ignore_index=True)
     outcomes["event_id"] = [f"e{i}" for i in range(len(outcomes))]
-    outcomes["ts"] = T0 + timedelta(hours=1)
+    outcomes["ts"] = T0 + timedelta(days=1, hours=1)  # after every exposure
 
     path = tmp_path_factory.mktemp("recorded") / "shadowcar.duckdb"
     con = duckdb.connect(str(path))
@@ -360,7 +360,9 @@ def test_table_edge_cases_give_messages() -> None:
     assert "control mean is 0" in zero["message"]
     nan = row(report, "nan", "treat")
     assert "non-finite" in nan["message"] and nan["p_value"] is not None
-    assert nan["mean_control"] == pytest.approx(5.0 / 4)  # NaN ignored, unit still counted
+    # Issue 16.1: unit 0's only row is NaN: it leaves the metric instead of counting as 0
+    assert nan["mean_control"] == pytest.approx(5.0 / 3) and nan["n_control"] == 3
+    assert "every value was non-finite" in nan["message"] and "control 1" in nan["message"]
     lonely = row(report, "flat", "lonely")
     assert lonely["n_variant"] == 1 and "at least 2" in lonely["message"]
     assert exp.srm.counts == {"control": 4, "lonely": 1, "treat": 4}

@@ -1,0 +1,313 @@
+"""Exposures and outcomes reduced to per-variant sufficient statistics in one SQL statement.
+
+A recorded unit counts from its first exposure on (GrowthBook's and Eppo's rule): outcomes
+in ``[first exposure, first exposure + window)`` are its metric value, the same metric's
+outcomes in ``[first exposure - lookback, first exposure)`` its CUPED covariate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+import duckdb
+
+from analysis.load import parse_time, sql_quote, sql_timestamp
+
+__all__ = ["INPUT_TABLE", "Gathered", "MetricSums", "RatioSums", "gather"]
+
+#: The analyst table read by ``source="table"``.
+INPUT_TABLE = "experiment_input"
+#: The canary controller records its decisions as experiment ``canary`` with these variants;
+#: the canary readout analyses them (units move between arms as the share grows).
+CANARY_EXPERIMENT = "canary"
+
+Source = Literal["recorded", "table"]
+
+
+@dataclass(frozen=True)
+class MetricSums:
+    """One metric in one variant: units in the metric and their value/covariate sums."""
+
+    n: int
+    sum: float
+    sum_sq: float
+    sum_pre: float
+    sum_pre_sq: float
+    sum_cross: float
+    binary: bool
+    #: rows with a NaN, infinite or NULL value (left out of their unit's value)
+    bad: int
+    rows: int
+    #: units whose every row was non-finite (left out of this metric)
+    dropped: int = 0
+    #: finite rows in the units' pre-exposure lookback (recorded data)
+    pre_rows: int = 0
+
+    @staticmethod
+    def zero() -> MetricSums:
+        return MetricSums(0, 0.0, 0.0, 0.0, 0.0, 0.0, True, 0, 0)
+
+
+@dataclass(frozen=True)
+class RatioSums:
+    """One ratio in one variant, over units with a usable value for both metrics."""
+
+    n: int
+    sum_y: float
+    sum_y2: float
+    sum_x: float
+    sum_x2: float
+    sum_xy: float
+
+
+@dataclass
+class Gathered:
+    """Per-experiment sufficient statistics as read back from DuckDB."""
+
+    #: experiment -> variant -> distinct exposed units
+    units: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: experiment -> units seen in several variants (left out)
+    excluded: dict[str, int] = field(default_factory=dict)
+    #: (experiment, variant, metric) -> MetricSums
+    metrics: dict[tuple[str, str, str], MetricSums] = field(default_factory=dict)
+    #: (experiment, variant, ratio name) -> RatioSums
+    ratios: dict[tuple[str, str, str], RatioSums] = field(default_factory=dict)
+    #: experiment -> outcome rows left out by the exposure rule: early, late, untimed
+    timing: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def present(self, experiment: str) -> list[str]:
+        """Metrics with at least one row for this experiment's units."""
+        return sorted({m for (e, _, m), s in self.metrics.items() if e == experiment and s.rows})
+
+
+def _interval(span: timedelta) -> str:
+    return f"INTERVAL {int(span.total_seconds() * 1_000_000)} MICROSECONDS"
+
+
+def _pivot(metrics: Sequence[str], pre: str | None, post: str, counts: bool) -> str:
+    """Per-unit columns for metric i: v (finite value sum), f (has a finite row; NULL
+    without rows), p (covariate sum) with ``pre``, and with ``counts`` r (rows), b
+    (non-finite rows) and c (finite covariate rows)."""
+    cols = []
+    for i, m in enumerate(metrics):
+        is_m = f"metric = {sql_quote(m)} AND {post}"
+        cols.append(f"coalesce(sum(value) FILTER (WHERE {is_m} AND isfinite(value)), 0) AS v_{i}")
+        cols.append(f"bool_or(coalesce(isfinite(value), false)) FILTER (WHERE {is_m}) AS f_{i}")
+        if pre is not None:
+            cols.append(_pre_col(i, m, pre))
+        if counts:
+            cols.append(f"count(*) FILTER (WHERE {is_m}) AS r_{i}")
+            cols.append(f"count(*) FILTER (WHERE {is_m} AND (value IS NULL OR NOT isfinite(value)))"
+                        f" AS b_{i}")
+            if pre is not None:
+                cols.append(f"count(*) FILTER (WHERE metric = {sql_quote(m)} AND {pre} "
+                            f"AND isfinite(value)) AS c_{i}")
+    return ",\n".join(cols)
+
+
+def _pre_col(i: int, metric: str, pre: str) -> str:
+    """The covariate sum: the ``pre_value`` column of an analyst table, or (recorded) the
+    metric's own finite values in the lookback before exposure."""
+    is_m = f"metric = {sql_quote(metric)}"
+    if pre == "pre_value":
+        return (f"coalesce(sum(pre_value) FILTER (WHERE {is_m} AND isfinite(pre_value)), 0)"
+                f" AS p_{i}")
+    return f"coalesce(sum(value) FILTER (WHERE {is_m} AND {pre} AND isfinite(value)), 0) AS p_{i}"
+
+
+def _recorded_units(
+    metrics: Sequence[str], *, since: Any, until: Any, versions: str,
+    window: timedelta | None, lookback: timedelta | None,
+) -> str:
+    """``unit_rows`` CTE body for the recorded schema: one row per (experiment, unit)."""
+    start, end = parse_time(since), parse_time(until)
+    req_w = "".join([f" AND ts >= {sql_timestamp(start)}" if start else "",
+                     f" AND ts < {sql_timestamp(end)}" if end else ""])
+    # Outcomes are bounded by ``until`` only: the covariate's lookback reaches before since.
+    out_w = f" AND o.ts < {sql_timestamp(end)}" if end else ""
+    late = f"WHEN o.ts >= e.t0 + {_interval(window)}" if window else "WHEN false"
+    pre = (f"WHEN o.ts >= e.t0 - {_interval(lookback)} THEN 'pre'" if lookback else "")
+    carry = [f"coalesce(p.{c}_{i}, 0) AS {c}_{i}" for i in range(len(metrics))
+             for c in ("v", "r", "b", *(("p", "c") if lookback else ()))]
+    carry += [f"p.f_{i}" for i in range(len(metrics))]
+    carry += [f"coalesce(p.{k}, 0) AS {k}" for k in ("early", "late", "untimed")]
+    pivot = _pivot(metrics, "phase = 'pre'" if lookback else None,
+                   "phase IN ('post', 'untimed')", True)
+    per_unit = f"""SELECT experiment, unit_id, {pivot + ',' if metrics else ''}
+                   count(*) FILTER (WHERE phase = 'early') AS early,
+                   count(*) FILTER (WHERE phase = 'late') AS late,
+                   count(*) FILTER (WHERE phase = 'untimed') AS untimed
+            FROM joined GROUP BY experiment, unit_id"""
+    # Outcomes reach a unit directly or through the request that carried them.
+    return f"""
+        exposed AS (
+            SELECT experiment, unit_id, min(variant) AS variant,
+                   min(variant) = max(variant) AS single, min(ts) AS t0
+            FROM requests
+            WHERE exposed AND experiment IS NOT NULL AND unit_id IS NOT NULL
+                  AND variant IS NOT NULL{req_w} AND {versions}
+                  AND NOT (experiment = {sql_quote(CANARY_EXPERIMENT)}
+                           AND variant IN ('stable', 'canary'))
+            GROUP BY experiment, unit_id
+        ), orphan AS (
+            SELECT request_id, any_value(unit_id) AS unit_id FROM requests
+            WHERE request_id IN (SELECT request_id FROM outcomes WHERE unit_id IS NULL)
+            GROUP BY request_id
+        ), o AS (
+            SELECT coalesce(o.unit_id, r.unit_id) AS unit_id, o.metric, o.value,
+                   coalesce(o.ts, o.received_at) AS ts
+            FROM outcomes o LEFT JOIN orphan r
+                 ON o.unit_id IS NULL AND o.request_id = r.request_id
+            WHERE o.metric IS NOT NULL{out_w}
+        ), joined AS (
+            SELECT e.experiment, e.unit_id, o.metric, o.value,
+                   CASE WHEN o.ts IS NULL OR e.t0 IS NULL THEN 'untimed'
+                        WHEN o.ts >= e.t0 THEN CASE {late} THEN 'late' ELSE 'post' END
+                        {pre} ELSE 'early' END AS phase
+            FROM exposed e JOIN o ON o.unit_id = e.unit_id
+        ), per_unit AS ({per_unit}
+        ), unit_rows AS (
+            SELECT e.experiment, e.variant, e.single, {', '.join(carry)}
+            FROM exposed e LEFT JOIN per_unit p USING (experiment, unit_id)
+        )"""
+
+
+def _table_units(metrics: Sequence[str], name: str, has_pre: bool) -> str:
+    """``unit_rows`` CTE body for the analyst table: one row per unit.
+
+    Row and non-finite counts are additive over rows, so :func:`_table_counts` takes them
+    straight from the table and this wide aggregate stays narrow (it is the costly one).
+    """
+    pivot = (",\n" + _pivot(metrics, "pre_value" if has_pre else None, "true", False)
+             ) if metrics else ""
+    return f"""
+        unit_rows AS (
+            SELECT {sql_quote(name)} AS experiment, CAST(min(variant) AS VARCHAR) AS variant,
+                   min(variant) = max(variant) AS single{pivot}
+            FROM {INPUT_TABLE}
+            WHERE unit_id IS NOT NULL AND variant IS NOT NULL
+            GROUP BY unit_id
+        )"""
+
+
+def _table_counts(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], tuple[int, int]]:
+    """(variant, metric) -> (rows, non-finite values) of the analyst table."""
+    return {
+        (str(v), str(m)): (int(r), int(b))
+        for v, m, r, b in con.execute(
+            f"""SELECT variant, metric, count(*),
+                   count(*) FILTER (WHERE value IS NULL OR NOT isfinite(value))
+            FROM {INPUT_TABLE}
+            WHERE unit_id IS NOT NULL AND variant IS NOT NULL AND metric IS NOT NULL
+            GROUP BY ALL"""
+        ).fetchall()
+    }
+
+
+def _ok(i: int) -> str:
+    """A unit is in metric i unless every one of its rows was non-finite."""
+    return f"f_{i} IS DISTINCT FROM false"
+
+
+def _clip(metrics: Sequence[str], level: float) -> str:
+    """Clip each metric's unit values to its [1 - level, level] linear quantiles over the
+    experiment's units in the metric (units without rows count as 0)."""
+    qs = [f"quantile_cont(v_{i}, [{1.0 - level!r}, {level!r}]) FILTER (WHERE {_ok(i)}) AS q_{i}"
+          for i in range(len(metrics))]
+    clipped = [f"least(greatest(u.v_{i}, q.q_{i}[1]), q.q_{i}[2]) AS v_{i}"
+               for i in range(len(metrics))]
+    return f""", bounds AS (
+            SELECT experiment, {', '.join(qs)} FROM unit_rows WHERE single GROUP BY experiment
+        ), clipped AS (
+            SELECT u.* REPLACE ({', '.join(clipped)})
+            FROM unit_rows u JOIN bounds q ON q.experiment = u.experiment
+        )"""
+
+
+def gather(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    source: Source,
+    name: str,
+    has_pre: bool,
+    since: Any,
+    until: Any,
+    winsorize: float | None,
+    ratios: Mapping[str, tuple[str, str]],
+    versions: str = "TRUE",
+    window: timedelta | None = None,
+    lookback: timedelta | None = None,
+) -> Gathered:
+    """One SQL statement: rows -> units (one wide row each) -> per-variant sums.
+
+    Metric names come first (a cheap DISTINCT) so the per-unit pivot has fixed columns.
+    ``lookback`` (recorded data) makes each metric's covariate its own pre-exposure sum.
+    """
+    table = INPUT_TABLE if source == "table" else "outcomes"
+    metrics = [str(r[0]) for r in con.execute(
+        f"SELECT DISTINCT metric FROM {table} WHERE metric IS NOT NULL ORDER BY 1"
+    ).fetchall()]
+    counts: dict[tuple[str, str], tuple[int, int]] | None = None
+    if source == "table":
+        ctes = _table_units(metrics, name, has_pre)
+        counts = _table_counts(con)
+        lookback = None
+    else:
+        ctes = _recorded_units(metrics, since=since, until=until, versions=versions,
+                               window=window, lookback=lookback)
+        has_pre = lookback is not None
+    relation = "unit_rows"
+    if winsorize is not None and metrics:
+        ctes += _clip(metrics, winsorize)
+        relation = "clipped"
+    index = {m: i for i, m in enumerate(metrics)}
+    recorded = counts is None
+    aggs = ["count(*)"]
+    for i in range(len(metrics)):
+        p, ok = (f"p_{i}" if has_pre else "0"), f"FILTER (WHERE {_ok(i)})"
+        aggs += [f"count(*) {ok}", f"sum(v_{i}) {ok}", f"sum(v_{i} * v_{i}) {ok}",
+                 f"sum({p}) {ok}", f"sum({p} * {p}) {ok}", f"sum(v_{i} * {p}) {ok}",
+                 f"bool_and(v_{i} = 0 OR v_{i} = 1) {ok}", f"count(*) FILTER (WHERE f_{i} = false)",
+                 *((f"sum(b_{i})", f"sum(r_{i})") if recorded else ("0", "0")),
+                 f"sum(c_{i})" if recorded and lookback is not None else "0"]
+    usable = {k: (index[a], index[b]) for k, (a, b) in ratios.items()
+              if a in index and b in index}
+    for a, b in usable.values():
+        ok = f"FILTER (WHERE {_ok(a)} AND {_ok(b)})"
+        aggs += [f"count(*) {ok}", f"sum(v_{a}) {ok}", f"sum(v_{a} * v_{a}) {ok}",
+                 f"sum(v_{b}) {ok}", f"sum(v_{b} * v_{b}) {ok}", f"sum(v_{a} * v_{b}) {ok}"]
+    if recorded:
+        aggs += ["sum(early)", "sum(late)", "sum(untimed)"]
+    sql = f"""WITH {ctes}
+        SELECT experiment, CASE WHEN single THEN variant END AS variant, {', '.join(aggs)}
+        FROM {relation} GROUP BY ALL"""
+    g = Gathered()
+    width, rwidth = 11, 6
+    for row in con.execute(sql).fetchall():
+        exp, variant, n = str(row[0]), row[1], int(row[2])
+        if recorded:
+            timing = g.timing.setdefault(exp, {"early": 0, "late": 0, "untimed": 0})
+            for key, value in zip(("early", "late", "untimed"), row[-3:], strict=True):
+                timing[key] += int(value or 0)
+        if variant is None:
+            g.excluded[exp] = n
+            continue
+        variant = str(variant)
+        g.units.setdefault(exp, {})[variant] = n
+        for m, i in index.items():
+            s = row[3 + width * i: 3 + width * (i + 1)]
+            rows, bad = (int(s[9] or 0), int(s[8] or 0)) if recorded else \
+                counts.get((variant, m), (0, 0))  # type: ignore[union-attr]
+            g.metrics[(exp, variant, m)] = MetricSums(
+                int(s[0] or 0), float(s[1] or 0), float(s[2] or 0), float(s[3] or 0),
+                float(s[4] or 0), float(s[5] or 0), bool(s[6]) if s[6] is not None else True,
+                bad, rows, int(s[7] or 0), int(s[10] or 0))
+        base = 3 + width * len(metrics)
+        for j, ratio in enumerate(usable):
+            r = row[base + rwidth * j: base + rwidth * (j + 1)]
+            g.ratios[(exp, variant, ratio)] = RatioSums(int(r[0] or 0),
+                                                        *(float(x or 0) for x in r[1:]))
+    return g
