@@ -42,7 +42,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_divergence_json_to_stdout(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "divergence", "--db", db, "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["schema"] == "shadowcar.report.divergence/1"
+    assert report["schema"] == "shadowcar.report.divergence/2"
     assert report["pairs"][0]["n"] == 120
     assert report["pairs"][0]["numeric"]["mean_diff"] == pytest.approx(0.01)
 
@@ -109,7 +109,7 @@ def test_experiment_from_input_table(tmp_path: Path, capsys: pytest.CaptureFixtu
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
-    assert report["schema"] == "shadowcar.report.experiment/1"
+    assert report["schema"] == "shadowcar.report.experiment/2"
 
 
 def test_mounts_under_another_parser(db: str, capsys: pytest.CaptureFixture[str]) -> None:
