@@ -188,3 +188,80 @@ async def test_sighup_and_cli_reload_and_audit(echo, tmp_path) -> None:
     res = _cli("audit", "--db", str(tmp_path / "h.duckdb"))
     assert res.returncode == 0 and "config.reload_rejected" in res.stdout
     assert time.time() - t0 < 30
+
+
+@pytest.mark.subprocess
+async def test_sighup_rereads_the_file_most_recently_loaded(echo, tmp_path) -> None:
+    """Issue 15.5: ``sidecar reload --config X`` makes X the file SIGHUP rereads (it was
+    silently undone by a SIGHUP rereading the start file); /v1/config names the file and
+    each reload logs the rule."""
+    a, b = await echo(), await echo()
+    admin = _free_port()
+    data = sidecar_config(tmp_path / "f.duckdb", {"a": a.target, "b": b.target},
+                          [{"match": "*", "primary": "a"}])
+    data["listen"] = f"127.0.0.1:{_free_port()}"
+    data["admin"] = {"listen": f"127.0.0.1:{admin}"}
+    start = tmp_path / "start.yaml"
+    start.write_text(yaml.safe_dump(data))
+    other = tmp_path / "sub" / "other.yaml"
+    other.parent.mkdir()
+    other.write_text(yaml.safe_dump(dict(data, routes=[{"match": "*", "primary": "b"}])))
+    proc = await asyncio.to_thread(
+        subprocess.Popen, [sys.executable, "-m", "sidecar", "serve", "--config", str(start)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{admin}"
+
+    async def config() -> dict:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "/v1/config") as resp:
+                return await resp.json()
+
+    async def after_hup(previous: str) -> dict:
+        os.kill(proc.pid, signal.SIGHUP)
+        for _ in range(200):
+            now = await config()
+            if now["version"] != previous:
+                return now
+            await asyncio.sleep(0.05)
+        return now
+
+    try:
+        for _ in range(200):
+            try:
+                first = await config()
+                break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+        assert first["file"] == str(start)
+        res = await asyncio.to_thread(_cli, "reload", "--admin", base, "--config",
+                                      str(other), "--reason", "to b")
+        assert res.returncode == 0, res.stderr
+        assert f"SIGHUP rereads {other}" in res.stdout
+        second = await config()
+        assert second["file"] == str(other)
+        assert second["config"]["routes"][0]["primary"] == "b"
+        # An edit of the file most recently loaded is what SIGHUP picks up...
+        other.write_text(yaml.safe_dump(dict(data, routes=[{"match": "*", "primary": "a"},
+                                                           {"match": "/x.Y/Z",
+                                                            "primary": "b"}])))
+        third = await after_hup(second["version"])
+        assert len(third["config"]["routes"]) == 2 and third["file"] == str(other)
+        # ... and the start file is no longer read: this edit is never served.
+        start.write_text(yaml.safe_dump(dict(data, routes=[{"match": "*", "primary": "b"}])))
+        os.kill(proc.pid, signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        assert (await config())["version"] == third["version"]
+        # A reload without a file rereads the same file.
+        res = await asyncio.to_thread(_cli, "reload", "--admin", base, "--reason", "again")
+        assert res.returncode == 0 and f"SIGHUP rereads {other}" in res.stdout, res
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, err
+    assert err.count(f"SIGHUP rereads {other}") >= 3, err  # each reload logs the rule
