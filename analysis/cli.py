@@ -59,7 +59,8 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="outcome metric the models are scored on (quality)")
     parser.add_argument("--quality-kind", choices=("binary", "regression"), default="binary",
                         help="scores vs 0/1 labels, or values vs numbers (quality)")
-    parser.add_argument("--window", help="metric per time window, e.g. 1h or 1d (quality)")
+    parser.add_argument("--window", help="quality: metric per time window, e.g. 1h or 1d; "
+                        "experiment: outcomes within this span of first exposure, e.g. 7d")
     parser.add_argument("--contract", metavar="FILE",
                         help="data contract whose feature ranges the drift report checks")
     parser.add_argument("--ignore", action="append", default=None, metavar="PATH",
@@ -68,6 +69,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="DuckDB memory cap, e.g. 1GB (it spills to disk beyond it)")
     parser.add_argument("--format", choices=_FORMATS, default="table", help="output format")
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    from analysis.report_options import add_statistics_options
+
+    add_statistics_options(parser)
     parser.set_defaults(handler=run_report)
     return parser
 
@@ -118,18 +122,24 @@ def _check(args: argparse.Namespace) -> None:
         raise _UsageError("--winsorize must be between 0.5 and 1 (exclusive)")
     for name in ("since", "until"):
         parse_time(getattr(args, name))  # raises AnalysisSourceError with the accepted forms
+    from analysis.report_options import check_statistics_options
+
+    check_statistics_options(args)
 
 
 def _analyze(
     con: duckdb.DuckDBPyConnection, args: argparse.Namespace,
     weights: dict[str, float] | None,
 ) -> dict[str, Any]:
+    from analysis.report_options import statistics_kwargs
+
     if args.kind == "divergence":
         from analysis.divergence import analyze_divergence
 
         return analyze_divergence(con, since=args.since, until=args.until, route=args.route,
                                   atol=args.atol, rtol=args.rtol,
-                                  segment=args.segment).to_dict()
+                                  segment=args.segment,
+                                  **statistics_kwargs(args, "divergence")).to_dict()
     if args.kind == "fields":
         from analysis.field_diff import analyze_field_diff
 
@@ -139,7 +149,8 @@ def _analyze(
         from analysis.drift import analyze_drift
 
         return analyze_drift(con, since=args.since, until=args.until, route=args.route,
-                             ranges=_contract_ranges(args.contract)).to_dict()
+                             ranges=_contract_ranges(args.contract),
+                             **statistics_kwargs(args, "drift")).to_dict()
     try:
         from analysis.experiment import analyze_experiments
     except ImportError as exc:
@@ -148,7 +159,7 @@ def _analyze(
         con, source="table" if args.input else "recorded", since=parse_time(args.since),
         until=parse_time(args.until), control=args.control, weights=weights,
         sequential=args.sequential, cuped=True if args.cuped else None,
-        winsorize=args.winsorize,
+        winsorize=args.winsorize, **statistics_kwargs(args, "experiment"),
     )
     result: dict[str, Any] = report.to_dict()
     return result
