@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = ["Bars", "Chart", "Column", "Document", "Forest", "Grid", "Histogram", "Line",
-           "Lines", "Section", "Tone"]
+           "Lines", "Section", "Tone", "constant_names", "plain"]
 
 #: How a line or cell stands out: ``bad`` red, ``good`` green, ``warn`` amber, ``key`` bold.
 Tone = Literal["", "bad", "good", "warn", "key"]
@@ -42,6 +42,23 @@ class Grid:
     title: str
     columns: tuple[Column, ...]
     rows: list[list[str | Line]]
+
+
+def plain(value: str | Line) -> str:
+    """A cell's text."""
+    return value.text if isinstance(value, Line) else value
+
+
+def constant_names(grid: Grid) -> Grid:
+    """Name columns with one value in every row move into the title."""
+    keep = [i for i, c in enumerate(grid.columns)
+            if c.kind != "name" or len({plain(r[i]) for r in grid.rows}) != 1 or not grid.rows]
+    if len(keep) == len(grid.columns) or not keep:
+        return grid
+    moved = [f"{c.title} {plain(grid.rows[0][i])}" for i, c in enumerate(grid.columns)
+             if i not in keep]
+    return Grid(f"{grid.title} ({'; '.join(moved)})", tuple(grid.columns[i] for i in keep),
+                [[row[i] for i in keep] for row in grid.rows])
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from analysis.report.document import Document, Grid, Line, Section
+from analysis.report.document import Document, Grid, Line, Section, constant_names
 from analysis.report.notes import collect
 
 __all__ = ["CSS", "render_document", "render_html"]
@@ -64,6 +64,7 @@ def _cell(value: str | Line, kind: str) -> str:
 
 
 def _grid(grid: Grid) -> str:
+    grid = constant_names(grid)
     head = "".join(f'<th class="{c.kind}">{escape(c.title)}</th>' for c in grid.columns)
     body = "".join("<tr>" + "".join(_cell(v, c.kind) for c, v in zip(grid.columns, row,
                                                                      strict=True)) + "</tr>"

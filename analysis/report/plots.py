@@ -42,8 +42,9 @@ def _legend(figure: Any, ax: Any, extra: tuple[Any, ...] = ()) -> None:
     handles, labels = ax.get_legend_handles_labels()
     handles, labels = [*handles, *extra], [*labels, *(h.get_label() for h in extra)]
     if handles:
-        figure.legend(handles, labels, loc="outside lower center",
-                      ncols=min(len(labels), 4))
+        # As many per row as fit the figure's width, so a long name never runs off it.
+        per_row = max(1, min(len(labels), 4, 90 // max(len(max(labels, key=len)) + 6, 1)))
+        figure.legend(handles, labels, loc="outside lower center", ncols=per_row)
 
 
 def _histogram(figure: Any, chart: Histogram) -> None:
@@ -97,6 +98,8 @@ def _bars(figure: Any, chart: Bars) -> None:
     red = [i < len(chart.highlight) and chart.highlight[i] for i in range(len(chart.labels))]
     colours = [_BAD if r else _PALETTE[0] for r in red][::-1]
     ax.barh(labels, values, color=colours, height=0.6)
+    top = max([*values, chart.threshold or 0.0, 0.0])
+    ax.set_xlim(0.0, top * 1.08 if top > 0 else 1.0)  # bars start at zero, all-zero bars too
     ax.grid(axis="y", visible=False)
     if chart.threshold is not None:
         ax.axvline(chart.threshold, color=_BAD, linestyle="--", linewidth=1,

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from analysis.report.document import Column, Document, Grid, Line, Tone
+from analysis.report.document import Column, Document, Grid, Line, Tone, constant_names
 from analysis.report.notes import collect
 
 __all__ = ["UNLIMITED", "make_console", "print_grid", "render_document", "render_grid",
@@ -82,18 +82,6 @@ def _shorten(grid: Grid, limit: int) -> tuple[Grid, dict[str, str]]:
     return Grid(grid.title, grid.columns, rows), legend
 
 
-def _constant_names(grid: Grid) -> Grid:
-    """Name columns with one value in every row move into the title."""
-    keep = [i for i, c in enumerate(grid.columns)
-            if c.kind != "name" or len({_plain(r[i]) for r in grid.rows}) != 1 or not grid.rows]
-    if len(keep) == len(grid.columns) or not keep:
-        return grid
-    moved = [f"{c.title} {_plain(grid.rows[0][i])}" for i, c in enumerate(grid.columns)
-             if i not in keep]
-    return Grid(f"{grid.title} ({'; '.join(moved)})", tuple(grid.columns[i] for i in keep),
-                [[row[i] for i in keep] for row in grid.rows])
-
-
 def _needed(grid: Grid) -> int:
     """The narrowest width the table fits in without breaking a number or a word."""
     total = 1
@@ -137,7 +125,7 @@ def print_grid(console: Console, grid: Grid, width: int | None) -> None:
     """One table at ``width`` (None: unlimited), shortened, turned or split so that it fits."""
     legend: dict[str, str] = {}
     if width and _needed(grid) > width:
-        grid = _constant_names(grid)
+        grid = constant_names(grid)
         for limit in _LIMITS:
             if _needed(grid) <= width:
                 break
