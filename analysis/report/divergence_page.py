@@ -33,6 +33,7 @@ def _verdict(pair: dict[str, Any], prefix: str) -> list[Line]:
     floor, flags = pair.get("noise_floor") or {}, set(pair.get("flags") or ())
     if not pair.get("n"):
         return [Line(f"{prefix}{shadow} and {primary} have no paired answers to compare", "warn")]
+    value: float | None
     if cls.get("agreement") is not None:
         metric, value = "disagreement", 1 - float(cls["agreement"])
         head = f"{prefix}{shadow} disagrees with {primary} on {fmt_share(value)} of decisions"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = ["Bars", "Chart", "Column", "Document", "Forest", "Grid", "Histogram", "Line",
-           "Lines", "Section", "Tone", "constant_names", "plain"]
+           "Lines", "Section", "Tone", "as_dict", "constant_names", "plain"]
 
 #: How a line or cell stands out: ``bad`` red, ``good`` green, ``warn`` amber, ``key`` bold.
 Tone = Literal["", "bad", "good", "warn", "key"]
@@ -42,6 +42,11 @@ class Grid:
     title: str
     columns: tuple[Column, ...]
     rows: list[list[str | Line]]
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a dictionary, else an empty one (a report field may be null)."""
+    return value if isinstance(value, dict) else {}
 
 
 def plain(value: str | Line) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from analysis.report.document import Bars, Column, Document, Grid, Line, Section
+from analysis.report.document import Bars, Column, Document, Grid, Line, Section, as_dict
 from analysis.report.text import fmt, fmt_p, fmt_params, fmt_share
 
 __all__ = ["build"]
@@ -42,7 +42,7 @@ def _grid(features: list[dict[str, Any]]) -> Grid:
 def build(report: dict[str, Any]) -> Document:
     """The drift document for a ``shadowcar.report.drift`` dictionary."""
     features = list(report.get("features") or [])
-    thresholds = report.get("thresholds") if isinstance(report.get("thresholds"), dict) else {}
+    thresholds = as_dict(report.get("thresholds"))
     psi_line = float(thresholds.get("psi") or _PSI_THRESHOLD)
     windows = (f"reference {_window(report.get('reference'))}; "
                f"current {_window(report.get('current'))}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from analysis.report.document import Column, Document, Forest, Grid, Line, Section
+from analysis.report.document import Column, Document, Forest, Grid, Line, Section, as_dict
 from analysis.report.text import fmt, fmt_ci, fmt_counts, fmt_p, fmt_params, fmt_share
 
 __all__ = ["build"]
@@ -70,9 +70,8 @@ def _effects(exp: dict[str, Any]) -> Grid:
 
 def _split(exp: dict[str, Any]) -> Grid:
     srm = exp.get("srm") or {}
-    counts = srm.get("counts") if isinstance(srm.get("counts"), dict) else {}
-    expected = srm.get("expected_share") if isinstance(srm.get("expected_share"), dict) else {}
-    total = sum(v for v in counts.values() if isinstance(v, int | float)) or 0
+    counts, expected = as_dict(srm.get("counts")), as_dict(srm.get("expected_share"))
+    total = float(sum(v for v in counts.values() if isinstance(v, int | float)))
     rows: list[list[str | Line]] = [
         [str(name), fmt(counts.get(name)),
          fmt_share(counts[name] / total) if total and counts.get(name) is not None else "—",

@@ -19,7 +19,7 @@ __all__ = ["svg"]
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _BAD = "#d62728"
-_RC = {
+_RC: dict[str, Any] = {
     "svg.fonttype": "none", "svg.hashsalt": "shadowcar", "font.size": 9.0,
     "font.family": "sans-serif", "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.color": "#e6e6e6", "grid.linewidth": 0.6,
@@ -85,9 +85,9 @@ def _lines(figure: Any, chart: Lines) -> None:
     if chart.dates:
         from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
-        locator = AutoDateLocator()
+        locator = AutoDateLocator()  # type: ignore[no-untyped-call]
         ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
     _legend(figure, ax)
 
 
@@ -133,7 +133,7 @@ def svg(chart: Chart) -> str:
     rows = len(chart.labels) if isinstance(chart, Bars) else (
         len(chart.rows) if isinstance(chart, Forest) else 0)
     height = max(_HEIGHT, 1.0 + 0.28 * rows) if rows else _HEIGHT
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(_RC):  # type: ignore[arg-type]  # keys are checked at run time
         figure = _figure(height)
         if isinstance(chart, Histogram):
             _histogram(figure, chart)

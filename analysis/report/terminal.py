@@ -166,8 +166,8 @@ def render_document(doc: Document, report: dict[str, Any], *, color: bool = Fals
         where = f" ({'; '.join(note.where)})" if note.where else ""
         tone: Tone = "warn" if note.kind == "warning" else ""
         console.print(Text(f"{note.kind}: ", style="bold") + _cell(Line(note.text + where, tone)))
-    for line in doc.about:
-        console.print(Text(line, style="dim"))
+    for about in doc.about:
+        console.print(Text(about, style="dim"))
     return buffer.getvalue()
 
 
