@@ -67,15 +67,11 @@ def _no_record() -> None:
 def _no_insert() -> None:
     """The writer builds every Arrow batch but skips DuckDB's INSERT (measurement only)."""
     import sidecar.sink.duckdb_sink as sink_mod
-    import sidecar.sink.writer as writer_mod
 
-    def build_only(con: Any, table: str, rows: Any, on_call: Any = None) -> None:
-        if table == "calls":
-            writer_mod._calls_table(rows, on_call)
-        elif table == "requests":
-            writer_mod._requests_table(rows)
+    def skip_insert(con: Any, table: str, batch: Any) -> None:
+        return None
 
-    sink_mod.write_batch = build_only  # type: ignore[assignment]
+    sink_mod.insert_batch = skip_insert
 
 
 def _no_observe() -> None:

@@ -60,7 +60,8 @@ async def _serve(
         await sidecar.aclose()
         raise
     await sidecar.run_until_stopped()
-    return 0
+    # Accepted records the final flush could not write: an orchestrator must see the loss.
+    return 1 if sidecar.sink.stats.lost_at_close else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

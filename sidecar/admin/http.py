@@ -118,8 +118,9 @@ class AdminServer:
         reasons = []
         if sc.draining:
             reasons.append("draining")
-        if not sc.sink.writable:
-            reasons.append(f"sink not writable: {sc.sink.stats.last_error or 'writer stopped'}")
+        sink_problem = sc.sink.problem  # re-checked by the sink's own probe, traffic or not
+        if sink_problem is not None:
+            reasons.append(sink_problem)
         if not sc.primaries_ready:
             reasons.append("primary backend not reachable yet")
         if reasons:

@@ -65,11 +65,12 @@ __all__ = [
 class Codec(Protocol):
     """Decodes one route's recorded messages; None means the codec does not decode."""
 
-    def decode_request(self, data: bytes) -> list[Tensor] | None:
-        """The request's input tensors, or None when this codec does not decode."""
+    def decode_request(self, data: bytes, max_bytes: int | None = None) -> list[Tensor] | None:
+        """The request's input tensors, or None when this codec does not decode; tensors
+        whose values would pass ``max_bytes`` decoded come back ``truncated``, without values."""
         ...
 
-    def decode_response(self, data: bytes) -> list[Tensor] | None:
+    def decode_response(self, data: bytes, max_bytes: int | None = None) -> list[Tensor] | None:
         """The response's output tensors, or None when this codec does not decode."""
         ...
 
@@ -79,13 +80,13 @@ class OipCodec:
 
     __slots__ = ()
 
-    def decode_request(self, data: bytes) -> list[Tensor] | None:
+    def decode_request(self, data: bytes, max_bytes: int | None = None) -> list[Tensor] | None:
         """Input tensors of a serialized ``ModelInferRequest``; raises CodecError."""
-        return decode_infer_request(data)
+        return decode_infer_request(data, max_bytes)
 
-    def decode_response(self, data: bytes) -> list[Tensor] | None:
+    def decode_response(self, data: bytes, max_bytes: int | None = None) -> list[Tensor] | None:
         """Output tensors of a serialized ``ModelInferResponse``; raises CodecError."""
-        return decode_infer_response(data)
+        return decode_infer_response(data, max_bytes)
 
     def __repr__(self) -> str:
         return "OipCodec()"
@@ -96,11 +97,11 @@ class RawCodec:
 
     __slots__ = ()
 
-    def decode_request(self, data: bytes) -> list[Tensor] | None:
+    def decode_request(self, data: bytes, max_bytes: int | None = None) -> list[Tensor] | None:
         """Always None: raw routes are not decoded."""
         return None
 
-    def decode_response(self, data: bytes) -> list[Tensor] | None:
+    def decode_response(self, data: bytes, max_bytes: int | None = None) -> list[Tensor] | None:
         """Always None: raw routes are not decoded."""
         return None
 

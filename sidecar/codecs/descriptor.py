@@ -236,14 +236,16 @@ class DescriptorCodec:
         _, found = self._lookup(method)
         return self._decode(found.response, data, found.response.DESCRIPTOR.full_name)
 
-    def decode_request(self, data: bytes) -> list[Tensor] | None:
-        """The compare paths of the request as tensors; None without a method or paths."""
+    def decode_request(self, data: bytes, max_bytes: int | None = None) -> list[Tensor] | None:
+        """The compare paths of the request as tensors; None without a method or paths (a
+        few values each: ``max_bytes`` binds the recorded JSON, in the sink's writer)."""
         if self._method is None or not self._compare:
             return None
         return json_tensors(self.decode_request_json(self._method, data), self._compare)
 
-    def decode_response(self, data: bytes) -> list[Tensor] | None:
-        """The compare paths of the response as tensors; None without a method or paths."""
+    def decode_response(self, data: bytes, max_bytes: int | None = None) -> list[Tensor] | None:
+        """The compare paths of the response as tensors; None without a method or paths (a
+        few values each: ``max_bytes`` binds the recorded JSON, in the sink's writer)."""
         if self._method is None or not self._compare:
             return None
         return json_tensors(self.decode_response_json(self._method, data), self._compare)

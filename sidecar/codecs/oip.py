@@ -22,6 +22,7 @@ __all__ = [
     "OutputSummary",
     "decode_infer_request",
     "decode_infer_response",
+    "decoded_size",
     "summarize",
 ]
 
@@ -70,18 +71,23 @@ class OutputSummary:
     label: str | None
 
 
-def decode_infer_request(data: bytes) -> list[Tensor]:
-    """Decode a serialized ``ModelInferRequest`` into its input tensors."""
+def decode_infer_request(data: bytes, max_bytes: int | None = None) -> list[Tensor]:
+    """Decode a serialized ``ModelInferRequest`` into its input tensors.
+
+    With ``max_bytes``, inputs whose decoded values would take more (8 bytes a number, the
+    bytes of each BYTES element) come back as truncated summaries, never materialized.
+    """
     request = inference_pb2.ModelInferRequest()
     _parse(request, data, "ModelInferRequest")
-    return _decode_tensors(request.inputs, request.raw_input_contents, "input")
+    return _decode_tensors(request.inputs, request.raw_input_contents, "input", max_bytes)
 
 
-def decode_infer_response(data: bytes) -> list[Tensor]:
-    """Decode a serialized ``ModelInferResponse`` into its output tensors."""
+def decode_infer_response(data: bytes, max_bytes: int | None = None) -> list[Tensor]:
+    """Decode a serialized ``ModelInferResponse`` into its output tensors (``max_bytes`` as
+    for :func:`decode_infer_request`)."""
     response = inference_pb2.ModelInferResponse()
     _parse(response, data, "ModelInferResponse")
-    return _decode_tensors(response.outputs, response.raw_output_contents, "output")
+    return _decode_tensors(response.outputs, response.raw_output_contents, "output", max_bytes)
 
 
 def summarize(
@@ -131,10 +137,15 @@ def _parse(
 
 
 def _decode_tensors(
-    tensors: Sequence[_WireTensor], raw: Sequence[bytes], role: str
+    tensors: Sequence[_WireTensor], raw: Sequence[bytes], role: str, max_bytes: int | None
 ) -> list[Tensor]:
     if raw and len(raw) != len(tensors):
         raise CodecError(f"{len(raw)} raw {role} contents for {len(tensors)} {role} tensors")
+    if max_bytes is not None and decoded_size(tensors, raw) > max_bytes:
+        # Checked before any value becomes a Python float: a 16 MB message would otherwise
+        # take ~30x its size in the writer before the sink could refuse it.
+        return [Tensor(w.name, w.datatype, _shape(w), None, None, truncated=True)
+                for w in tensors]
     decoded: list[Tensor] = []
     for index, wire in enumerate(tensors):
         shape = _shape(wire)
@@ -149,6 +160,22 @@ def _decode_tensors(
             data, text = _from_typed(wire, shape)
         decoded.append(Tensor(wire.name, wire.datatype, shape, data, text))
     return decoded
+
+
+def decoded_size(tensors: Sequence[_WireTensor], raw: Sequence[bytes]) -> int:
+    """Bytes the decoded values of ``tensors`` take: 8 a number (recorded as doubles), the
+    length of each BYTES element; from the wire sizes, without decoding anything."""
+    total = 0
+    for index, wire in enumerate(tensors):
+        if raw:
+            size = len(raw[index])
+            dtype = NUMERIC_DTYPES.get(wire.datatype)
+            total += size if dtype is None else size // dtype.itemsize * 8
+        elif wire.datatype == BYTES_DATATYPE:
+            total += wire.contents.ByteSize()  # the elements plus a few bytes of framing each
+        elif wire.datatype in TYPED_FIELD:  # an unknown datatype is refused by _shape
+            total += len(getattr(wire.contents, TYPED_FIELD[wire.datatype])) * 8
+    return total
 
 
 def _shape(wire: _WireTensor) -> tuple[int, ...]:

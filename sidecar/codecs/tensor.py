@@ -71,7 +71,8 @@ class Tensor:
     """One decoded tensor, flattened in row-major order.
 
     Numeric datatypes fill ``data`` (BOOL as 0.0/1.0) and leave ``text`` None; BYTES fills
-    ``text`` (UTF-8, undecodable bytes replaced) and leaves ``data`` None.
+    ``text`` (UTF-8, undecodable bytes replaced) and leaves ``data`` None. A ``truncated``
+    tensor is a summary of one too big to record: name, datatype and shape, no values.
     """
 
     name: str
@@ -79,6 +80,7 @@ class Tensor:
     shape: tuple[int, ...]
     data: list[float] | None
     text: list[str] | None
+    truncated: bool = False
 
     @property
     def size(self) -> int:

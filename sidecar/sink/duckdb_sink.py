@@ -2,6 +2,12 @@
 
 The hot path only appends to a list (dropping and counting when full); the writer
 flushes on ``flush_interval_ms`` or as soon as ``batch_rows`` records wait.
+
+A batch DuckDB refuses is split in halves until only the rows it refuses alone are left:
+those are dropped and counted by reason, the rest are written. A fatal DuckDB error (the
+database invalidated) is recovered with a fresh connection, to a new segment file when the
+old one cannot be reopened. While the sink cannot write, a probe re-checks it every
+``probe_interval_ms``, so readiness comes back without traffic.
 """
 
 from __future__ import annotations
@@ -11,15 +17,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 import duckdb
+import pyarrow as pa
 
 from sidecar.config import StorageConfig
 from sidecar.errors import SinkError
+from sidecar.sink import storage
 from sidecar.sink.records import (
     AuditRecord,
     CallRecord,
@@ -29,36 +37,58 @@ from sidecar.sink.records import (
     RequestRecord,
 )
 from sidecar.sink.schema import migrate
-from sidecar.sink.writer import CallObserver, warm_up, write_batch
+from sidecar.sink.writer import CallObserver, Observed, build_batch, insert_batch, observe, warm_up
 
-__all__ = ["DuckDBSink", "SinkStats"]
+__all__ = ["DropReason", "DuckDBSink", "SinkStats"]
 
 log = logging.getLogger(__name__)
 
 _TABLES = ("configs", "requests", "calls", "audit", "outcomes", "canary_state")
 
+#: Why a record was not written. The first two refuse it on the hot path (never accepted);
+#: the last two lose an accepted record: DuckDB refused the row alone, or could not write at
+#: all (disk full, no usable database).
+DropReason = Literal["buffer_full", "closing", "rejected", "unwritable"]
+_LOST: Final = ("rejected", "unwritable")
+
 
 @dataclass
 class SinkStats:
-    """Counters a sink keeps; read by metrics and the demo summary."""
+    """Counters a sink keeps; read by metrics, /v1/stats and the demo summary.
+
+    ``written`` counts exactly the rows in the file(s); ``accepted`` = ``written`` + the
+    rejected and unwritable drops + what is still queued.
+    """
 
     accepted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TABLES, 0))
     written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TABLES, 0))
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TABLES, 0))
+    reasons: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(get_args(DropReason), 0)
+    )
     flushes: int = 0
     last_flush_ms: float = 0.0
     write_errors: int = 0
     last_error: str | None = None
+    #: Fresh connections after a fatal DuckDB error, and new segment files among them.
+    recoveries: int = 0
+    segments: int = 0
+    #: Accepted records not written when the sink closed (the process exits non-zero).
+    lost_at_close: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "accepted": dict(self.accepted),
             "written": dict(self.written),
             "dropped": dict(self.dropped),
+            "dropped_by_reason": dict(self.reasons),
             "flushes": self.flushes,
             "last_flush_ms": round(self.last_flush_ms, 3),
             "write_errors": self.write_errors,
             "last_error": self.last_error,
+            "recoveries": self.recoveries,
+            "segments": self.segments,
+            "lost_at_close": self.lost_at_close,
         }
 
 
@@ -75,12 +105,17 @@ class DuckDBSink:
         self._limit = settings.buffer_rows
         self._batch = settings.batch_rows
         self._interval = settings.flush_interval_ms / 1000.0
+        self._probe_every = settings.probe_interval_ms / 1000.0
+        self._max_payload = settings.max_payload_bytes
         # deque.append and popleft are atomic: the hot path never takes a lock.
         self._pending: dict[str, deque[Any]] = {t: deque() for t in _TABLES}
         self._wake = threading.Event()
         self._stopping = False
         self._closed = False
-        self._last_flush_failed = False
+        #: The database refused a write or a probe (or there is none): /readyz says so.
+        self._failing = False
+        self._next_probe = 0.0
+        self._lost_before_stop = 0
         self._thread: threading.Thread | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self.stats = SinkStats()
@@ -94,7 +129,13 @@ class DuckDBSink:
         if path.parent and not path.parent.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = self._connect()
+            self._con = duckdb.connect(
+                str(self._path),
+                config={
+                    "threads": self._settings.duckdb_threads,
+                    "memory_limit": self._settings.duckdb_memory_limit,
+                },
+            )
             migrate(self._con)
         except (duckdb.Error, OSError, RuntimeError) as exc:
             raise SinkError(f"cannot open recording database {self._path}: {exc}") from exc
@@ -127,15 +168,25 @@ class DuckDBSink:
             return None
         self._closed = True
         if self._thread is not None:
+            self._lost_before_stop = self._lost()
             self._stopping = True
             self._wake.set()
         return self._thread
 
-    @staticmethod
-    def _join(thread: threading.Thread, timeout: float) -> None:
+    def _lost(self) -> int:
+        return sum(self.stats.reasons[r] for r in _LOST)
+
+    def _join(self, thread: threading.Thread, timeout: float) -> None:
         thread.join(timeout)
         if thread.is_alive():
             log.error("sink writer did not finish within %.1fs; records may be lost", timeout)
+        # Accepted and not written, less what was already lost (and counted) before the stop:
+        # what the final flush could not write, or what it never reached.
+        lost = sum(self.stats.accepted.values()) - sum(self.stats.written.values())
+        self.stats.lost_at_close = lost - self._lost_before_stop
+        if self.stats.lost_at_close:
+            log.error("sink closed with %d accepted records not written",
+                      self.stats.lost_at_close)
 
     # -- hot path --------------------------------------------------------------
     def _put(self, table: str, row: Any) -> bool:
@@ -143,6 +194,7 @@ class DuckDBSink:
         pending = self._pending[table]
         if len(pending) >= self._limit or self._stopping:
             self.stats.dropped[table] += 1
+            self.stats.reasons["closing" if self._stopping else "buffer_full"] += 1
             return False
         pending.append(row)
         self.stats.accepted[table] += 1
@@ -167,9 +219,10 @@ class DuckDBSink:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A separate connection to the same database, for reads from another thread."""
-        if self._con is None:
+        con = self._con
+        if con is None:
             raise SinkError("the recording database is not open")
-        return self._con.cursor()
+        return con.cursor()
 
     def latest_canary_states(self) -> dict[str, tuple[Any, ...]]:
         """route -> (canary_key, state, step_index, step_started, last_decision JSON)."""
@@ -194,13 +247,24 @@ class DuckDBSink:
         return sum(len(v) for v in self._pending.values())
 
     @property
+    def problem(self) -> str | None:
+        """Why the sink cannot record now (for /readyz), None when it can."""
+        if self._thread is None or not self._thread.is_alive():
+            return "sink not writable: writer stopped"
+        if self._con is None:
+            return f"sink not writable: no usable database ({self.stats.last_error})"
+        if self._failing:
+            return f"sink not writable: {self.stats.last_error}"
+        return None
+
+    @property
     def writable(self) -> bool:
-        """The writer runs and its last flush did not fail."""
-        alive = self._thread is not None and self._thread.is_alive()
-        return alive and not self._last_flush_failed
+        """The writer runs and the database took its last write (or probe)."""
+        return self.problem is None
 
     @property
     def path(self) -> str:
+        """The file being written: ``storage.path``, or the segment that replaced it."""
         return self._path
 
     # -- writer thread -----------------------------------------------------------
@@ -218,82 +282,179 @@ class DuckDBSink:
         taken = self._swap()
         if not taken:
             return
-        if self._con is None:
-            self._recover()
-        if self._con is None:  # still cannot open: drop and count, try again next time
-            for table, rows in taken.items():
-                self.stats.dropped[table] += len(rows)
-            self._last_flush_failed = True
-            return
         started = time.perf_counter()
-        failed = False
         for table, rows in taken.items():
-            try:
-                write_batch(self._con, table, rows, self._on_call)
-            except Exception as exc:  # the writer must survive any bad batch
-                failed = True
-                self.stats.write_errors += 1
-                self.stats.dropped[table] += len(rows)
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("sink could not write %d %s rows: %s", len(rows), table, exc)
-            else:
-                self.stats.written[table] += len(rows)
-        self._last_flush_failed = failed
-        if failed:
-            self._recover()
+            self._write(table, rows)
         self.stats.flushes += 1
         self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
         if self.on_flush is not None:
             self.on_flush(self.stats.last_flush_ms)
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        return duckdb.connect(
-            str(self._path),
-            config={
-                "threads": self._settings.duckdb_threads,
-                "memory_limit": self._settings.duckdb_memory_limit,
-            },
-        )
-
-    def _recover(self) -> None:
-        """After a failed write: keep the connection if it still answers, else reopen the
-        file (a fatal error invalidates a DuckDB connection). Writing resumes by itself."""
-        con = self._con
+    def _write(self, table: str, rows: list[Any]) -> None:
+        """Build ``rows`` into one Arrow batch and insert it; split what cannot be built."""
         try:
-            if con is not None:
-                con.execute("SELECT 1").fetchall()
+            batch, observed = build_batch(table, rows, self._max_payload)
+        except Exception as exc:  # a record the writer cannot turn into columns at all
+            if len(rows) == 1:
+                self._drop(table, rows, "rejected", exc)
                 return
-        except duckdb.Error:
-            pass
+            mid = len(rows) // 2
+            self._write(table, rows[:mid])
+            self._write(table, rows[mid:])
+            return
+        self._insert(table, rows, batch, observed, 0, len(rows), retry=True)
+
+    def _insert(self, table: str, rows: list[Any], batch: pa.Table,
+                observed: list[Observed] | None, lo: int, hi: int, retry: bool) -> None:
+        """Insert rows ``lo:hi`` of ``batch``; on failure, recover or bisect (see module)."""
+        con = self._con
+        if con is None:
+            self._drop(table, rows[lo:hi], "unwritable", None)
+            return
         try:
-            if con is not None:
-                con.close()
-        except duckdb.Error:
-            pass
+            insert_batch(con, table, batch if hi - lo == len(rows) else batch.slice(lo, hi - lo))
+        except Exception as exc:  # the writer must survive any batch
+            self._note(exc)
+            kind = storage.fault(exc)
+            if kind == "committed":  # durable: the rows are in the file, the instance is not
+                self._wrote(table, rows, observed, lo, hi)
+                self._reconnect(exc)
+            elif kind == "fatal":
+                if retry and self._reconnect(exc):
+                    self._insert(table, rows, batch, observed, lo, hi, retry=False)
+                else:
+                    self._drop(table, rows[lo:hi], "unwritable", exc)
+            elif not self._probe():
+                # Not even a one-row write goes through: the storage, not these rows.
+                self._drop(table, rows[lo:hi], "unwritable", exc)
+            elif hi - lo == 1:
+                self._drop(table, rows[lo:hi], "rejected", exc)
+            else:
+                mid = (lo + hi) // 2
+                self._insert(table, rows, batch, observed, lo, mid, retry)
+                self._insert(table, rows, batch, observed, mid, hi, retry)
+        else:
+            self._wrote(table, rows, observed, lo, hi)
+
+    def _wrote(self, table: str, rows: list[Any], observed: list[Observed] | None,
+               lo: int, hi: int) -> None:
+        self.stats.written[table] += hi - lo
+        self._failing = False
+        if self._on_call is not None and table == "calls":
+            observe(self._on_call, rows[lo:hi], None if observed is None else observed[lo:hi])
+
+    def _drop(self, table: str, rows: Sequence[Any], reason: DropReason,
+              exc: BaseException | None) -> None:
+        self.stats.dropped[table] += len(rows)
+        self.stats.reasons[reason] += len(rows)
+        if reason == "unwritable":
+            self._failing = True
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else self.stats.last_error
+        if reason == "rejected":
+            ids = ", ".join(str(getattr(r, "request_id", None) or "?") for r in rows)
+            log.error("sink dropped a %s row DuckDB refuses alone (%s): %s", table, ids, why)
+        else:
+            log.error("sink could not write %d %s rows: %s", len(rows), table, why)
+
+    def _note(self, exc: BaseException) -> None:
+        self.stats.write_errors += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _probe(self) -> bool:
+        """Whether the database takes a one-row write now; a dead one is replaced first."""
+        if self._con is None:
+            return self._reconnect(None)
         try:
-            self._con = self._connect()
-            migrate(self._con)
-            log.warning("sink reopened %s after a write failure", self._path)
-        except (duckdb.Error, OSError, RuntimeError) as exc:
-            self._con = None
-            self.stats.last_error = f"reopen failed: {exc}"
+            self._con.execute(storage.PROBE).fetchall()
+        except Exception as exc:
+            self._note(exc)
+            if storage.fault(exc) == "statement":
+                self._failing = True
+                return False
+            return self._reconnect(exc)
+        return True
+
+    def _reconnect(self, cause: BaseException | None) -> bool:
+        """After a fatal error: a fresh connection to the file, else to a new segment (a
+        WAL too big to checkpoint, an instance still invalidated). False when neither opens:
+        the probe tries again every ``probe_interval_ms``."""
+        old, self._con = self._con, None
+        self._failing = True
+        if old is not None:
+            try:
+                old.close()
+            except duckdb.Error:
+                pass
+        try:
+            self._con = self._open(self._path)
+        except Exception as exc:
+            self._note(exc)
+            segment = storage.next_segment(self._settings.path)
+            try:
+                self._con = self._open(segment)
+            except Exception as seg_exc:
+                storage.remove_new(segment)
+                self._note(seg_exc)
+                log.error("sink cannot reopen %s (%s) nor start %s (%s); retrying every %.1fs",
+                          self._path, exc, segment, seg_exc, self._probe_every)
+                return False
+            log.error("sink cannot reopen %s (%s); recording goes on in %s",
+                      self._path, exc, segment)
+            self._path = segment
+            self.stats.segments += 1
+        self.stats.recoveries += 1
+        self._failing = False
+        log.warning("sink recovered with a fresh connection to %s after: %s", self._path,
+                    cause if cause is not None else self.stats.last_error)
+        return True
+
+    def _open(self, path: str) -> duckdb.DuckDBPyConnection:
+        return storage.open_checked(
+            path, self._settings.duckdb_threads, self._settings.duckdb_memory_limit
+        )
 
     def _run(self) -> None:
         try:
             while not self._stopping:
-                self._wake.wait(self._interval)
+                wait = min(self._interval, self._probe_every) if self._failing else self._interval
+                self._wake.wait(wait)
                 self._wake.clear()
-                self._flush()
+                self._step()
             # Late appends raced with the stop flag: one more swap takes them.
-            self._flush()
-            self._flush()
+            self._next_probe = 0.0
+            self._step()
+            self._step()
         finally:
-            con, self._con = self._con, None
-            if con is not None:
-                try:
-                    con.execute("CHECKPOINT").fetchall()
-                finally:
-                    con.close()
+            self._close_connection()
+
+    def _step(self) -> None:
+        """One turn of the writer: re-check a failing database when due, then flush."""
+        try:
+            now = time.monotonic()
+            if self._failing and now >= self._next_probe:
+                self._next_probe = now + self._probe_every
+                if self._probe():
+                    self._failing = False
+                    log.warning("sink can write %s again", self._path)
+            self._flush()
+        except Exception as exc:  # a bug here must not end recording: counted at close
+            self._note(exc)
+            log.exception("sink writer step failed")
+
+    def _close_connection(self) -> None:
+        con, self._con = self._con, None
+        if con is None:
+            return
+        try:
+            con.execute("CHECKPOINT").fetchall()
+        except duckdb.Error as exc:
+            # Every committed row is in the WAL, replayed when the file is next opened.
+            log.warning("sink's final checkpoint failed (the WAL keeps the data): %s", exc)
+        finally:
+            try:
+                con.close()
+            except duckdb.Error:
+                pass
 
     def wait_flushed(self, timeout: float = 5.0) -> bool:
         """Block (in a worker thread) until every record accepted before the call is

@@ -9,7 +9,7 @@ import duckdb
 
 __all__ = ["SCHEMA_VERSION", "TENSOR_TYPE", "migrate"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: One decoded tensor (OIP input or output). Numbers go to ``data``, BYTES to ``text``.
 TENSOR_TYPE = (
@@ -100,7 +100,22 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
-_MIGRATIONS: dict[int, str] = {1: _V1}
+# Version 2: a message over storage.max_payload_bytes is recorded as a summary, and the sink
+# has a row of its own to check that it can write (its readiness probe).
+_V2 = """
+-- true: the request passed max_payload_bytes: inputs keep name, datatype and shape only,
+-- request_bytes and request_json are NULL, request_size and request_hash describe it
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS truncated BOOLEAN DEFAULT false;
+-- BLAKE2b-64 of the request's bytes, set when truncated
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS request_hash VARCHAR;
+-- true: the answer passed max_payload_bytes: outputs keep name, datatype and shape only,
+-- output, score, label, response_bytes and response_json are NULL (response_hash is set)
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS truncated BOOLEAN DEFAULT false;
+-- one row, rewritten by the sink's probe while it cannot write
+CREATE TABLE IF NOT EXISTS sink_health (id INTEGER PRIMARY KEY, ts TIMESTAMP)
+"""
+
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:

@@ -20,10 +20,24 @@ from sidecar.codecs.descriptor import MethodCodec, json_tensors
 from sidecar.codecs.fieldpath import summarize_json
 from sidecar.sink.records import CallRecord, Decoding, RequestRecord
 
-__all__ = ["CallObserver", "warm_up", "write_batch"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "CallObserver",
+    "Observed",
+    "build_batch",
+    "insert_batch",
+    "observe",
+    "warm_up",
+    "write_batch",
+]
 
 #: Called by the writer thread for each call written: (record, score, label).
 CallObserver = Callable[[CallRecord, float | None, str | None], None]
+#: What the observer is told about one call, kept until the call's row is written.
+Observed = tuple[CallRecord, float | None, str | None]
+
+#: ``storage.max_payload_bytes``'s default, for writers without settings (replay, gold).
+DEFAULT_MAX_PAYLOAD = 4 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +88,13 @@ def _json_text(dec: Decoding, doc: dict[str, Any]) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def _requests_table(
+    rows: Sequence[RequestRecord], max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> pa.Table:
     if all(r.decoding.plain and r.violations is None and r.imputed is None for r in rows):
         return _plain_requests(rows)
     inputs: list[list[dict[str, Any]] | None] = []
@@ -84,28 +104,44 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
     imputed: list[str | None] = []
     request_jsons: list[str | None] = []
     units: list[str | None] = []
+    truncations: list[bool] = []
+    hashes: list[str | None] = []
     for row in rows:
         dec = row.decoding
         tensors = None
         contract = dec.contract
         found = row.violations
         request_json = None
+        # A message over the cap is never decoded in full nor kept raw: its summary (tensor
+        # names, datatypes and shapes, size, digest) takes its place, so one big record
+        # cannot exhaust DuckDB's memory for the whole batch.
+        big = len(row.request) > max_payload
+        truncated = big and dec.record_bytes
         if hasattr(dec.codec, "decode_response_json"):  # a MethodCodec (cheap check)
-            try:
-                # hasattr does not narrow to the protocol (isinstance on it would be slow)
-                doc = cast(MethodCodec, dec.codec).decode_request_json(row.method, row.request)
-            except CodecError:
-                doc = None
+            doc = None
+            if big:
+                truncated = True
+            else:
+                try:
+                    # hasattr does not narrow to the protocol (isinstance would be slow)
+                    doc = cast(MethodCodec, dec.codec).decode_request_json(
+                        row.method, row.request
+                    )
+                except CodecError:
+                    doc = None
             if doc is not None:
                 request_json = _json_text(dec, doc)
+                if len(request_json) > max_payload:
+                    request_json, truncated = None, True
         elif dec.codec is not None:
             try:
-                decoded = dec.codec.decode_request(row.request)
+                decoded = dec.codec.decode_request(row.request, 0 if big else max_payload)
             except CodecError:
                 decoded = None
             if decoded is not None:
                 tensors = [t.as_row() for t in decoded]
-                if contract is not None and found is None:
+                truncated = truncated or big or any(t.truncated for t in decoded)
+                if contract is not None and found is None and not truncated:
                     from sidecar.contracts import check_inputs
 
                     found = tuple(check_inputs(contract, decoded))
@@ -120,11 +156,15 @@ def _requests_table(rows: Sequence[RequestRecord]) -> pa.Table:
                 unit = dec.redactor.value(unit)
         inputs.append(tensors)
         units.append(unit)
-        raw.append(row.request if dec.record_bytes else None)
+        raw.append(row.request if dec.record_bytes and not big else None)
+        truncations.append(truncated)
+        hashes.append(_digest(row.request) if truncated else None)
     columns = _request_columns(rows)
     columns.update({
         "unit_id": pa.array(units, pa.string()),
         "request_bytes": pa.array(raw, pa.binary()),
+        "truncated": pa.array(truncations, pa.bool_()),
+        "request_hash": pa.array(hashes, pa.string()),
         "inputs": pa.array(inputs, _TENSORS),
         "contract": pa.array(contracts, pa.string()),
         "violations": pa.array(violations, pa.string()),
@@ -179,17 +219,15 @@ def _plain_requests(rows: Sequence[RequestRecord]) -> pa.Table:
     return pa.table(columns)
 
 
-def _plain_calls(rows: Sequence[CallRecord], on_call: CallObserver | None) -> pa.Table:
-    """Raw routes with nothing to decode, check or keep: every column in bulk."""
-    if on_call is not None:
-        for row in rows:
-            on_call(row, None, None)
-    return pa.table(_call_columns(rows))
-
-
-def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None) -> pa.Table:
+def _calls_table(
+    rows: Sequence[CallRecord], max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> tuple[pa.Table, list[Observed] | None]:
+    """The calls batch and, in row order, what the call observer is told about each (None:
+    nothing was decoded, each call is observed without score and label)."""
     if all(r.decoding.plain for r in rows):
-        return _plain_calls(rows, on_call)
+        # Raw routes with nothing to decode, check or keep: every column in bulk.
+        return pa.table(_call_columns(rows)), None
+    observed: list[Observed] = []
     outputs: list[list[dict[str, Any]] | None] = []
     output: list[list[float] | None] = []
     score: list[float | None] = []
@@ -198,6 +236,7 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
     raw: list[bytes | None] = []
     out_violations: list[str | None] = []
     response_jsons: list[str | None] = []
+    truncations: list[bool] = []
     for row in rows:
         dec = row.decoding
         error = row.error
@@ -206,8 +245,13 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
         response_json = None
         #: (compared output, score, label) of the answer
         summary: tuple[list[float] | None, float | None, str | None] = (None, None, None)
+        # As for requests: an answer over the cap is recorded as its summary only.
+        big = row.response is not None and len(row.response) > max_payload
+        truncated = big and dec.record_bytes
         if hasattr(dec.codec, "decode_response_json"):  # a MethodCodec (cheap check)
-            if row.response is not None:
+            if big:
+                truncated = True
+            elif row.response is not None:
                 try:
                     # hasattr does not narrow to the protocol (isinstance would be slow)
                     doc = cast(MethodCodec, dec.codec).decode_response_json(
@@ -217,20 +261,26 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
                     doc, error = None, f"undecodable response: {exc}"
                 if doc is not None:
                     response_json = _json_text(dec, doc)
+                    if len(response_json) > max_payload:
+                        response_json, truncated = None, True
                     tensors = [t.as_row() for t in json_tensors(doc, dec.compare_fields)] or None
                     summary = summarize_json(doc, dec.compare_fields, dec.score_index)
         elif dec.codec is not None and row.response is not None:
             try:
-                decoded = dec.codec.decode_response(row.response)
+                decoded = dec.codec.decode_response(row.response, 0 if big else max_payload)
             except CodecError as exc:
                 decoded = None
                 error = f"undecodable response: {exc}"
             if decoded is not None:
                 tensors = [t.as_row() for t in decoded]
-                s = summarize(decoded, dec.compare_output, dec.score_index)
-                if s is not None:
+                truncated = truncated or big or any(t.truncated for t in decoded)
+                try:
+                    s = summarize(decoded, dec.compare_output, dec.score_index)
+                except CodecError as exc:  # no compared output: this row says so, alone
+                    error = error or f"undecodable response: {exc}"
+                else:
                     summary = (s.output, s.score, s.label)
-                if dec.contract is not None and dec.contract.outputs:
+                if dec.contract is not None and dec.contract.outputs and not truncated:
                     from sidecar.contracts import check_outputs
 
                     found = check_outputs(dec.contract, decoded)
@@ -240,13 +290,14 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
         score.append(summary[1])
         label.append(summary[2])
         response_jsons.append(response_json)
-        if on_call is not None:
-            on_call(row, score[-1], label[-1])
+        observed.append((row, score[-1], label[-1]))
         errors.append(error)
-        raw.append(row.response if dec.record_bytes else None)
+        raw.append(row.response if dec.record_bytes and not big else None)
+        truncations.append(truncated)
     columns = _call_columns(rows)
     columns.update({
         "response_bytes": pa.array(raw, pa.binary()),
+        "truncated": pa.array(truncations, pa.bool_()),
         "error": pa.array(errors, pa.string()),
         "outputs": pa.array(outputs, _TENSORS),
         "output": pa.array(output, pa.list_(pa.float64())),
@@ -255,7 +306,7 @@ def _calls_table(rows: Sequence[CallRecord], on_call: CallObserver | None = None
         "violations": pa.array(out_violations, pa.string()),
         "response_json": pa.array(response_jsons, pa.string()),
     })
-    return pa.table(columns)
+    return pa.table(columns), observed
 
 
 def _plain_table(rows: Sequence[Any]) -> pa.Table:
@@ -286,19 +337,19 @@ WHERE b._n = 1 AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.event_id = b.eve
 """
 
 
-def write_batch(
-    con: duckdb.DuckDBPyConnection,
-    table: str,
-    rows: Sequence[Any],
-    on_call: CallObserver | None = None,
-) -> None:
-    """Append ``rows`` to ``table`` in one Arrow insert; ``on_call`` sees each decoded call."""
+def build_batch(
+    table: str, rows: Sequence[Any], max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> tuple[pa.Table, list[Observed] | None]:
+    """``rows`` as one Arrow table for ``table``, decoded; for calls, what each observed."""
     if table == "calls":
-        batch = _calls_table(rows, on_call)
-    elif table == "requests":
-        batch = _requests_table(rows)
-    else:
-        batch = _plain_table(rows)
+        return _calls_table(rows, max_payload)
+    if table == "requests":
+        return _requests_table(rows, max_payload), None
+    return _plain_table(rows), None
+
+
+def insert_batch(con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None:
+    """Append an Arrow table built by :func:`build_batch`: one statement, one transaction."""
     # DuckDB finds the Arrow table by this local's name (a replacement scan): a third cheaper
     # than register() + unregister(), which cost 0.5 ms a batch with the GIL held (measured).
     _shadowcar_batch = batch  # read by name by the SQL below
@@ -306,3 +357,28 @@ def write_batch(
         con.execute(_OUTCOMES_INSERT).fetchall()
     else:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _shadowcar_batch").fetchall()
+
+
+def observe(on_call: CallObserver, rows: Sequence[Any], observed: list[Observed] | None) -> None:
+    """Tell ``on_call`` about written calls (``observed`` as :func:`build_batch` made it)."""
+    if observed is None:
+        for row in rows:
+            on_call(row, None, None)
+    else:
+        for seen in observed:
+            on_call(*seen)
+
+
+def write_batch(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    rows: Sequence[Any],
+    on_call: CallObserver | None = None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> None:
+    """Append ``rows`` to ``table`` in one Arrow insert; ``on_call`` sees each decoded call
+    once it is written. For writers of their own (replay, gold): the sink bisects instead."""
+    batch, observed = build_batch(table, rows, max_payload)
+    insert_batch(con, table, batch)
+    if on_call is not None and table == "calls":
+        observe(on_call, rows, observed)

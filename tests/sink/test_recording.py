@@ -93,7 +93,7 @@ async def test_restart_appends(echo, start_sidecar, channel_to, tmp_path) -> Non
     con = duckdb.connect(str(db), read_only=True)
     ids = sorted(r[0] for r in con.execute("SELECT request_id FROM requests").fetchall())
     assert ids == sorted(f"r{r}-{i}" for r in range(2) for i in range(5))
-    assert con.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+    assert con.execute("SELECT count(*) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
     con.close()
 
 
