@@ -82,8 +82,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
 CREATE TABLE IF NOT EXISTS canary_state (
     ts TIMESTAMP,
     route VARCHAR,
-    canary_key VARCHAR,          -- hash of the canary's config: state resumes only for it
-    state VARCHAR,               -- running|paused|rolled_back|promoted
+    canary_key VARCHAR,          -- PAIR.STEPS.ALL hashes (canary/supervisor.py: what carries over)
+    state VARCHAR,               -- running|paused|awaiting_approval|rolled_back|promoted|removed
     step_index INTEGER,
     step_started DOUBLE,         -- epoch seconds
     last_decision VARCHAR,       -- JSON
