@@ -1,6 +1,8 @@
 """The ``report`` command: open a source, run one analysis, render it as table, JSON or HTML.
 
 Mounted as ``sidecar report ...`` by sidecar/cli.py and as ``python -m analysis report ...``.
+A ``--db`` file a live sidecar writes is analysed by that sidecar (``GET /v1/reports/KIND``,
+found through the file's discovery file): the same options travel as query parameters.
 """
 
 from __future__ import annotations
@@ -9,17 +11,32 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from functools import cache
 from typing import Any
 
 import duckdb
 
 from analysis.load import DEFAULT_MEMORY_LIMIT, AnalysisSourceError, open_source, parse_time
+from sidecar.exit_codes import EPILOG, EXIT_DATA, EXIT_USAGE
 
-__all__ = ["EXIT_BAD_INPUT", "add_report_parser", "build_parser", "main", "run_report"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_NO_DATA",
+    "ReportUsageError",
+    "add_report_parser",
+    "build_parser",
+    "main",
+    "render_report",
+    "report_args",
+    "report_query",
+    "run_report",
+]
 
-#: Exit code for bad arguments or an unreadable source (argparse uses it too).
-EXIT_BAD_INPUT = 2
+#: Exit code for bad arguments (argparse uses it too).
+EXIT_BAD_INPUT = EXIT_USAGE
+#: Exit code for a source that cannot be read (missing, locked with no live sidecar, corrupt).
+EXIT_NO_DATA = EXIT_DATA
 
 _KINDS = ("divergence", "experiment", "drift", "quality", "fields")
 _FORMATS = ("table", "json", "html")
@@ -31,8 +48,10 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
         "report",
         help="divergence, experiment or drift report from recorded data",
         description="Analyse recorded traffic: shadow divergence, A/B experiments or input "
-        "drift. Read a stopped sidecar's DuckDB file (--db), its Parquet export (--parquet) "
-        "or your own table (--input).",
+        "drift. Read a sidecar's DuckDB file (--db; a live sidecar's file is analysed by "
+        "that sidecar through its admin API), its Parquet export (--parquet) or your own "
+        "table (--input).",
+        epilog=EPILOG,
     )
     parser.add_argument("kind", choices=_KINDS, help="which report")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -91,8 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-class _UsageError(Exception):
+class ReportUsageError(Exception):
     """An argument that argparse accepted but the report cannot use."""
+
+
+_UsageError = ReportUsageError
 
 
 def _weights(text: str | None) -> dict[str, float] | None:
@@ -148,8 +170,10 @@ def _analyze(
     if args.kind == "drift":
         from analysis.drift import analyze_drift
 
+        ranges = getattr(args, "ranges", None)  # sent by a CLI to a live sidecar
         return analyze_drift(con, since=args.since, until=args.until, route=args.route,
-                             ranges=_contract_ranges(args.contract),
+                             ranges=ranges if ranges is not None
+                             else _contract_ranges(args.contract),
                              **statistics_kwargs(args, "drift")).to_dict()
     try:
         from analysis.experiment import analyze_experiments
@@ -198,31 +222,50 @@ def _quality(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[s
     return report.to_dict()
 
 
-def run_report(args: argparse.Namespace) -> int:
-    """Run one report from parsed arguments; 0 on success, 2 on bad arguments or source."""
+def render_report(con: duckdb.DuckDBPyConnection, args: argparse.Namespace,
+                  color: bool = False) -> str:
+    """The report's text, in ``args.format``, from an open source: a connection of
+    :func:`analysis.load.open_source` or a cursor of a live sidecar's own database."""
     from analysis.report import render
 
+    _check(args)
+    weights = _weights(args.weights)
+    report = _quality(con, args) if args.kind == "quality" else _analyze(con, args, weights)
+    # A table written to a file (-o) is not wrapped; on a terminal it takes its width.
+    width = 0 if getattr(args, "output", None) else None
+    return render(report, args.kind, args.format, color=color, width=width)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Run one report from parsed arguments: 0 on success, 2 on bad arguments, 3 when the
+    source cannot be read (a file a live sidecar writes is analysed by that sidecar)."""
     try:
         _check(args)
-        weights = _weights(args.weights)  # bad arguments fail before the source is opened
-        source_kind = args.kind if args.kind in ("divergence", "experiment", "drift") else None
+        _weights(args.weights)  # bad arguments fail before the source is opened
+    except (_UsageError, AnalysisSourceError, ValueError) as exc:
+        print(f"report {args.kind}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    color = args.format == "table" and not args.output and sys.stdout.isatty()
+    source_kind = args.kind if args.kind in ("divergence", "experiment", "drift") else None
+    try:
         con = open_source(db=args.db, parquet=args.parquet, table=args.input, kind=source_kind,
                           memory_limit=args.memory_limit)
-        color = args.format == "table" and not args.output and sys.stdout.isatty()
-        try:
-            report = (_quality(con, args) if args.kind == "quality"
-                      else _analyze(con, args, weights))
-            # A table written to a file (-o) is not wrapped; on a terminal it takes its width.
-            text = render(report, args.kind, args.format, color=color,
-                          width=0 if args.output else None)
-        finally:
-            con.close()
+    except AnalysisSourceError as exc:
+        return _live_report(args, exc, color)
+    try:
+        text = render_report(con, args, color)
     except (_UsageError, AnalysisSourceError, ValueError) as exc:
         print(f"report {args.kind}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except duckdb.Error as exc:
         print(f"report {args.kind}: the source could not be analysed: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_NO_DATA
+    finally:
+        con.close()
+    return _emit(args, text)
+
+
+def _emit(args: argparse.Namespace, text: str) -> int:
     if args.output:
         try:
             directory = os.path.dirname(os.path.abspath(args.output))
@@ -235,3 +278,109 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
+
+
+def _live_report(args: argparse.Namespace, opening: AnalysisSourceError, color: bool) -> int:
+    """The source would not open: when a live sidecar writes the --db file, it runs the
+    report; otherwise the opening error stands (exit 3)."""
+    from sidecar.admin.live import LiveError, live_sidecar_for
+
+    try:
+        live = live_sidecar_for(args.db, opening) if args.db else None
+        if live is None:
+            print(f"report {args.kind}: {opening}", file=sys.stderr)
+            return EXIT_NO_DATA
+        query = report_query(args)
+        if color:
+            query.append(("color", "1"))
+        text = live.report(args.kind, query)
+    except LiveError as exc:
+        print(f"report {args.kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except _UsageError as exc:
+        print(f"report {args.kind}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return _emit(args, text)
+
+
+#: Options that name local files or this process's resources: never sent to a live sidecar
+#: (``--contract`` travels as the ``ranges`` it declares).
+_LOCAL_OPTIONS = frozenset({"db", "parquet", "input", "output", "memory_limit", "contract"})
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """A parser for query parameters: an error is a :class:`ReportUsageError`, not an exit."""
+
+    def error(self, message: str) -> Any:
+        raise ReportUsageError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> Any:
+        raise ReportUsageError(message or "invalid report options")
+
+
+@cache
+def _query_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Action]]:
+    root = _RaisingParser(prog="GET /v1/reports", add_help=False)
+    report = add_report_parser(root.add_subparsers(dest="command", required=True))
+    actions = {a.dest: a for a in report._actions
+               if a.option_strings and a.dest not in _LOCAL_OPTIONS and a.dest != "help"}
+    return root, actions
+
+
+def report_query(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The query parameters that ask a live sidecar for the report ``args`` describe:
+    every option that differs from its default, by its destination name."""
+    _, actions = _query_parser()
+    query: list[tuple[str, str]] = []
+    for dest, action in actions.items():
+        value = getattr(args, dest, action.default)
+        if value is None or value == action.default:
+            continue
+        if action.nargs == 0:
+            query.append((dest, "1" if value else "0"))
+        elif isinstance(value, list | tuple):
+            query.extend((dest, str(v)) for v in value)
+        else:
+            query.append((dest, str(value)))
+    if getattr(args, "contract", None):
+        import json
+
+        query.append(("ranges", json.dumps(_contract_ranges(args.contract))))
+    return query
+
+
+def report_args(kind: str, query: Iterable[tuple[str, str]]) -> argparse.Namespace:
+    """Parse a live report request (``kind`` and :func:`report_query`'s parameters) into the
+    arguments :func:`render_report` takes; :class:`ReportUsageError` names a bad one."""
+    import json
+
+    root, actions = _query_parser()
+    argv = ["report", kind, "--db", "(live)"]  # the source group is required; never opened
+    ranges: dict[str, tuple[float, float]] | None = None
+    for key, value in query:
+        if key == "color":
+            continue
+        if key == "ranges":
+            try:
+                raw = json.loads(value)
+                ranges = {str(k): (float(v[0]), float(v[1])) for k, v in raw.items()}
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                raise ReportUsageError(f"ranges: expected {{feature: [low, high]}}: {exc}") \
+                    from exc
+            continue
+        action = actions.get(key)
+        if action is None:
+            known = ", ".join(sorted([*actions, "ranges", "color"]))
+            raise ReportUsageError(f"unknown report option {key!r} (known: {known})")
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:
+            if value.lower() in ("1", "true", "yes", "on", ""):
+                argv.append(flag)
+            elif value.lower() not in ("0", "false", "no", "off"):
+                raise ReportUsageError(f"{key}: expected 1 or 0, got {value!r}")
+        else:
+            argv += [flag, value]
+    args = root.parse_args(argv)
+    args.ranges = ranges
+    args.db = None
+    return args

@@ -1,6 +1,8 @@
 """The ``sidecar`` command: serve, validate, demo, report.
 
-Exit codes: 0 success, 1 failure at run time, 2 invalid configuration or arguments.
+Exit codes (sidecar/exit_codes.py): 0 fine, 1 a trigger fired or a gate failed, 2 a usage or
+input error, 3 the data could not be read, 70 a bug, 130 interrupted. ``--db FILE`` commands
+on a file a live sidecar writes ask that sidecar's admin API (sidecar/admin/live.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sidecar.config import load_config
-from sidecar.errors import ConfigError, ShadowcarError
+from sidecar.errors import ConfigError, ShadowcarError, SinkError
+from sidecar.exit_codes import (
+    EPILOG,
+    EXIT_DATA,
+    EXIT_FIRED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CommandError,
+)
 from sidecar.telemetry.logs import configure_logging
 
 __all__ = ["main"]
@@ -157,25 +168,26 @@ def _cmd_canary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_audit(args: argparse.Namespace) -> int:
-    if args.db is not None:
-        import duckdb
+_AUDIT_KEYS = ("ts", "actor", "action", "route", "reason", "config_version", "detail")
 
-        con = duckdb.connect(args.db, read_only=True)
-        try:
-            rows = con.execute(
-                "SELECT ts, actor, action, route, reason, config_version, detail FROM audit "
-                "ORDER BY ts DESC LIMIT ?", [args.limit]
-            ).fetchall()
-        finally:
-            con.close()
-        keys = ("ts", "actor", "action", "route", "reason", "config_version", "detail")
-        entries = [dict(zip(keys, r, strict=True)) for r in rows]
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    if args.db is not None or args.parquet is not None:
+        source = _recorded(args)
+        if _is_live(source):
+            entries = source.get_json("/v1/audit", [("limit", str(args.limit))])["audit"]
+        else:
+            rows = _read(source, lambda con: con.execute(
+                f"SELECT {', '.join(_AUDIT_KEYS)} FROM audit ORDER BY ts DESC LIMIT ?",
+                [args.limit]).fetchall())
+            entries = [dict(zip(_AUDIT_KEYS, r, strict=True)) for r in rows]
     else:
         entries = _client(args).audit(args.limit)
     if args.json:
         print(json.dumps(entries, indent=1, default=str))
         return 0
+    if not entries:
+        print("no audit entries", file=sys.stderr)
     for e in entries:
         print(f"{e['ts']}  {e['actor']:<12} {e['action']:<22} {e['route'] or '-':<40} "
               f"{e['reason'] or ''}")
@@ -198,20 +210,54 @@ def _cmd_contract_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_recorded(args: argparse.Namespace) -> Any:
-    from analysis.load import open_source
+def _recorded(args: argparse.Namespace) -> Any:
+    """The recorded data ``--db``/``--parquet`` name: an open analysis connection, or the
+    live sidecar (:class:`sidecar.admin.live.LiveSidecar`) that writes the ``--db`` file."""
+    from analysis.load import AnalysisSourceError, open_source
+    from sidecar.admin.live import live_sidecar_for
 
     if (args.db is None) == (args.parquet is None):
-        raise ConfigError([("", "give exactly one of --db or --parquet")])
-    return open_source(db=args.db, parquet=args.parquet)
+        raise CommandError("give exactly one of --db or --parquet", EXIT_USAGE)
+    try:
+        return open_source(db=args.db, parquet=args.parquet)
+    except AnalysisSourceError as exc:
+        live = live_sidecar_for(args.db, exc) if args.db else None
+        if live is None:
+            raise CommandError(str(exc), EXIT_DATA) from exc
+        return live
+
+
+def _is_live(source: Any) -> bool:
+    from sidecar.admin.live import LiveSidecar
+
+    return isinstance(source, LiveSidecar)
+
+
+def _read(con: Any, work: Any) -> Any:
+    """``work(con)``, then close ``con``; a DuckDB error means the data could not be read."""
+    import duckdb
+
+    try:
+        return work(con)
+    except duckdb.Error as exc:
+        raise CommandError(f"the recorded data could not be read: {exc}", EXIT_DATA) from exc
+    finally:
+        con.close()
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from sidecar.provenance import models_listing
 
-    rows = models_listing(_open_recorded(args))
+    source = _recorded(args)
+    if _is_live(source):
+        rows = source.get_json("/v1/models")["models"]
+    else:
+        rows = _read(source, models_listing)
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
+        return 0
+    if not rows:
+        print("no model versions recorded", file=sys.stderr)
         return 0
     from analysis.report.document import Column, Grid
     from analysis.report.terminal import render_grid
@@ -234,21 +280,54 @@ def _cmd_check(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from sidecar.config import canonical_json
-    from sidecar.triggers import evaluate_triggers
+    from sidecar.triggers import check_lines, evaluate_triggers
 
     loaded = load_config(args.config)
-    con = _open_recorded(args)
-    results = evaluate_triggers(con, loaded.config.triggers, canonical_json(loaded.config),
-                                dt.datetime.now(dt.UTC))
-    fired = [r for r in results if r.fired]
-    if args.json:
-        print(json.dumps([r.as_event() for r in results], indent=1, default=str))
+    triggers = loaded.config.triggers
+    if not triggers:
+        if args.json:
+            print("[]")
+        print(f"{args.config}: no triggers configured (add a 'triggers:' list); nothing to "
+              "check", file=sys.stderr if args.json else sys.stdout)
+        return 0
+    config_json = canonical_json(loaded.config)
+    now = dt.datetime.now(dt.UTC)
+    source = _recorded(args)
+    if _is_live(source):
+        events = _check_live(source, triggers, config_json, now)
     else:
-        for r in results:
-            print(f"{'FIRED' if r.fired else 'quiet':<6} {r.name:<24} {r.kind:<11} {r.message}")
+        events = [r.as_event() for r in _read(
+            source, lambda con: evaluate_triggers(con, triggers, config_json, now))]
+    fired = [e for e in events if e["fired"]]
+    if args.json:
+        print(json.dumps(events, indent=1, default=str))
+    else:
+        print("\n".join(check_lines(events)))
     if args.notify and fired and loaded.config.notify.webhook:
-        run_async(_notify(loaded.config.notify, [r.as_event() for r in fired]))
-    return 1 if fired else 0
+        run_async(_notify(loaded.config.notify, fired))
+    return EXIT_FIRED if fired else 0
+
+
+def _check_live(live: Any, triggers: Sequence[Any], config_json: str,
+                now: Any) -> list[dict[str, Any]]:
+    """The live sidecar evaluates the triggers that read data; age triggers read only this
+    config's provenance, so they are evaluated here, as on a stopped file."""
+    import duckdb
+
+    from sidecar.triggers import evaluate_triggers
+
+    remote = [t for t in triggers if t.kind != "age"]
+    answered: list[dict[str, Any]] = []
+    if remote:
+        query = [("triggers", json.dumps([t.model_dump(mode="json") for t in remote]))]
+        answered = live.get_json("/v1/check", query)["results"]
+    local: list[dict[str, Any]] = []
+    ages = [t for t in triggers if t.kind == "age"]
+    if ages:
+        with duckdb.connect(":memory:") as nothing:  # age triggers read no table
+            local = [r.as_event() for r in evaluate_triggers(nothing, ages, config_json, now)]
+    by_name = {e["name"]: e for e in [*answered, *local]}
+    return [by_name[t.name] for t in triggers if t.name in by_name]
 
 
 async def _notify(settings: Any, events: list[dict[str, Any]]) -> int:
@@ -268,7 +347,8 @@ def _admin_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sidecar", description="Shadowcar: shadow, A/B and canary testing for gRPC models."
+        prog="sidecar", description="Shadowcar: shadow, A/B and canary testing for gRPC models.",
+        epilog=EPILOG,
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument(
@@ -321,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     canary.set_defaults(func=_cmd_canary)
 
     audit = sub.add_parser("audit", help="list reloads, promotions, rollbacks, pauses")
-    audit.add_argument("--db", default=None, help="read a (stopped) sidecar's DuckDB file")
+    audit.add_argument("--db", default=None,
+                       help="a sidecar's DuckDB file (a live sidecar's: asked through its admin "
+                       "API)")
+    audit.add_argument("--parquet", default=None, help="an exported Parquet directory")
     audit.add_argument("--limit", type=int, default=50)
     audit.add_argument("--json", action="store_true")
     _admin_args(audit)
@@ -343,16 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_contract_check)
 
     models = sub.add_parser("models", help="every model version, its provenance, when it served")
-    models.add_argument("--db", default=None, help="a (stopped) sidecar's DuckDB file")
+    models.add_argument("--db", default=None,
+                        help="a sidecar's DuckDB file (a live sidecar's: asked through its "
+                        "admin API)")
     models.add_argument("--parquet", default=None, help="an exported Parquet directory")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_cmd_models)
 
     check_cmd = sub.add_parser(
-        "check", help="evaluate the config's retraining triggers (exit 1 when one fires)"
+        "check", help="evaluate the config's retraining triggers (exit 1 when one fires)",
+        description="Evaluate the config's triggers on recorded data: one line per trigger, "
+        "then a summary; exit 1 when one fired, 0 when none did (or none is configured).",
     )
     check_cmd.add_argument("config", help="YAML config holding the triggers")
-    check_cmd.add_argument("--db", default=None, help="DuckDB file (a copy or a stopped one)")
+    check_cmd.add_argument("--db", default=None,
+                           help="a sidecar's DuckDB file (a live sidecar's: asked through its "
+                           "admin API)")
     check_cmd.add_argument("--parquet", default=None, help="an exported Parquet directory")
     check_cmd.add_argument("--json", action="store_true")
     check_cmd.add_argument("--notify", action="store_true", help="send fired ones to the webhook")
@@ -367,7 +456,32 @@ def build_parser() -> argparse.ArgumentParser:
         report = sub.choices.get("report")
         if report is not None:
             report.set_defaults(func=_cmd_report)
+    _add_epilog(parser)
     return parser
+
+
+def _add_epilog(parser: argparse.ArgumentParser) -> None:
+    """Every command's --help ends with the exit codes (replay and gold included)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not child.epilog:
+                    child.epilog = EPILOG
+                _add_epilog(child)
+
+
+def _admin_exit(exc: ShadowcarError) -> int | None:
+    """The exit code of an admin API error, None for any other error. A refused canary
+    action (409: its state or a review gate) is a failed gate."""
+    client = sys.modules.get("sidecar.admin.client")  # loaded when an admin call was made
+    if client is None or not isinstance(exc, client.AdminError):
+        return None
+    status = exc.status
+    if status == 409:
+        return EXIT_FIRED
+    if status is not None and 400 <= status < 500:
+        return EXIT_USAGE
+    return EXIT_DATA  # unreachable, or the sidecar failed to answer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -378,12 +492,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except SinkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DATA
     except ShadowcarError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        admin = _admin_exit(exc)
+        return EXIT_USAGE if admin is None else admin  # e.g. listen: cannot bind
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception:  # a bug: never exit 1, which says "a trigger fired"
+        log.exception("internal error (please report it with this traceback)")
+        return EXIT_INTERNAL
     return code
 
 

@@ -67,6 +67,10 @@ class AdminServer:
         r.add_post("/v1/canaries/{route:.+}/{action}", self._canary_action)
         r.add_post("/v1/outcomes", self._outcomes)
         r.add_get("/v1/audit", self._audit)
+        from sidecar.admin.reports import LiveReports
+
+        self._reports = LiveReports(sidecar)  # /v1/reports/{kind}, /v1/models, /v1/check
+        self._reports.add_routes(r)
         self._runner = web.AppRunner(app, access_log=None)
         self._closed = False
 
@@ -84,11 +88,13 @@ class AdminServer:
         server = site._server  # aiohttp exposes the bound socket only here
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
+        self._reports.listening(self._host, self.port, tls=ctx is not None)
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        await self._reports.aclose()
         await self._runner.cleanup()
 
     # -- auth --------------------------------------------------------------------------

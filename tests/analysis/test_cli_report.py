@@ -69,20 +69,33 @@ def test_html_and_table_to_file(db: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["report", "divergence", "--db", "/nonexistent.duckdb"], "no DuckDB file"),
         (["report", "drift", "--input", "x.csv"], "drift reads recorded requests"),
         (["report", "divergence", "--db", "DB", "--since", "last tuesday"], "ISO 8601"),
         (["report", "divergence", "--db", "DB", "--atol", "-1"], "--atol"),
         (["report", "experiment", "--db", "DB", "--weights", "control50"], "--weights"),
         (["report", "experiment", "--db", "DB", "--winsorize", "0.2"], "--winsorize"),
         (["report", "divergence", "--db", "DB", "--segment", "nope"], "segment"),
-        (["report", "divergence", "--parquet", "/nonexistent-dir-*"], "no Parquet"),
     ],
 )
 def test_bad_input_exits_2_with_message(db: str, capsys: pytest.CaptureFixture[str],
                                         argv: list[str], needle: str) -> None:
     argv = [db if a == "DB" else a for a in argv]
     assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["report", "divergence", "--db", "/nonexistent.duckdb"], "no DuckDB file"),
+        (["report", "divergence", "--parquet", "/nonexistent-dir-*"], "no Parquet"),
+    ],
+)
+def test_unreadable_source_exits_3_with_message(capsys: pytest.CaptureFixture[str],
+                                                argv: list[str], needle: str) -> None:
+    """Issue 15.7: a source that cannot be read is 3, not the usage code 2."""
+    assert main(argv) == 3
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
 
@@ -126,7 +139,7 @@ def test_mounts_under_another_parser(db: str, capsys: pytest.CaptureFixture[str]
 def test_python_dash_m_analysis(db: str) -> None:
     done = subprocess.run([sys.executable, "-m", "analysis", "report", "divergence", "--db",
                            "/nonexistent.duckdb"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
+    assert done.returncode == 3
     assert "no DuckDB file" in done.stderr and "Traceback" not in done.stderr
 
 
