@@ -7,30 +7,39 @@ client with a progress bar, shuts down cleanly and summarises the DuckDB file it
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import grpc
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sidecar.app import Sidecar
 from sidecar.config import parse_config
 from sidecar.demo.models import build_infer_request, make_demo_models, start_model_server
+from sidecar.demo.traffic import (
+    BASE_PRIMARY_TIMEOUT_MS,
+    METHOD,
+    Pace,
+    Tally,
+    calibrate,
+    send_traffic,
+)
 
 __all__ = ["demo_config", "run_demo", "summarize_recording"]
 
-METHOD = "/inference.GRPCInferenceService/ModelInfer"
 N_FEATURES = 8
 
 
-def demo_config(db_path: Path, targets: dict[str, str]) -> dict[str, Any]:
-    """The demo topology: one OIP route with two shadows, and a pass-through for the rest."""
+def demo_config(
+    db_path: Path, targets: dict[str, str], pace: Pace | None = None
+) -> dict[str, Any]:
+    """The demo topology: one OIP route with two shadows, and a pass-through for the rest.
+    Deadlines are those of an idle machine, stretched by ``pace`` (see :func:`calibrate`)."""
+    scale = pace.scale if pace is not None else 1.0
+    primary_ms = pace.primary_timeout_ms if pace is not None else BASE_PRIMARY_TIMEOUT_MS
     return {
         "listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0"},
@@ -44,16 +53,19 @@ def demo_config(db_path: Path, targets: dict[str, str]) -> dict[str, Any]:
             {
                 "match": METHOD,
                 "primary": "fraud-v7",
-                "timeout_ms": 500,
+                "timeout_ms": primary_ms,
                 "codec": "oip",
                 "shadows": [
-                    {"backend": "fraud-v8", "sample_percent": 100, "timeout_ms": 500,
-                     "max_in_flight": 64},
-                    {"backend": "fraud-v9-flaky", "sample_percent": 50, "timeout_ms": 150,
-                     "max_in_flight": 8},
+                    {"backend": "fraud-v8", "sample_percent": 100,
+                     "timeout_ms": round(500 * scale), "max_in_flight": 64},
+                    # Slow and flaky on purpose: some copies time out or fail, none reaches
+                    # the caller.
+                    {"backend": "fraud-v9-flaky", "sample_percent": 50,
+                     "timeout_ms": round(150 * scale), "max_in_flight": 8},
                 ],
             },
-            {"match": "/inference.GRPCInferenceService/*", "primary": "fraud-v7"},
+            {"match": "/inference.GRPCInferenceService/*", "primary": "fraud-v7",
+             "timeout_ms": primary_ms},
         ],
     }
 
@@ -61,42 +73,6 @@ def demo_config(db_path: Path, targets: dict[str, str]) -> dict[str, Any]:
 def _features(requests: int) -> np.ndarray:
     rng = np.random.default_rng(2026)
     return rng.standard_normal((requests, N_FEATURES)).astype(np.float32)
-
-
-async def _send_traffic(
-    port: int, requests: int, concurrency: int, console: Console
-) -> tuple[int, int]:
-    features = _features(requests)
-    payloads = [build_infer_request("demo", row, raw=bool(i % 2)) for i, row in enumerate(features)]
-    ok = failed = 0
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(requests):
-        queue.put_nowait(i)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        infer = channel.unary_unary(METHOD)
-        with Progress(
-            TextColumn("[bold]sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=False,
-        ) as progress:
-            task = progress.add_task("requests", total=requests)
-
-            async def worker() -> None:
-                nonlocal ok, failed
-                while True:
-                    try:
-                        i = queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        return
-                    try:
-                        await infer(payloads[i], timeout=5,
-                                    metadata=(("x-request-id", f"demo-{i}"),))
-                        ok += 1
-                    except grpc.aio.AioRpcError:
-                        failed += 1
-                    progress.advance(task)
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return ok, failed
 
 
 async def _report_outcomes(admin_port: int, requests: int, truth: Any) -> int:
@@ -125,12 +101,16 @@ def summarize_recording(db_path: Path) -> dict[str, Any]:
         requests = con.execute(
             "SELECT count(*) FROM requests WHERE method = ?", [METHOD]
         ).fetchall()[0][0]
+        # The words of docs/counters.md: sampled = sent + dropped, sent = answered + errored.
         shadows = con.execute(
             """
             SELECT backend,
-                   count(*) AS mirrored,
+                   count(*) AS sampled,
+                   count(*) FILTER (WHERE status <> 'DROPPED') AS sent,
                    count(*) FILTER (WHERE status = 'DROPPED') AS dropped,
-                   count(*) FILTER (WHERE status NOT IN ('OK', 'DROPPED')) AS errored
+                   count(*) FILTER (WHERE status NOT IN ('OK', 'DROPPED')) AS errored,
+                   count(*) FILTER (WHERE status = 'OK') AS answered,
+                   histogram(status) FILTER (WHERE status NOT IN ('OK', 'DROPPED')) AS why
             FROM calls WHERE role = 'shadow' GROUP BY backend ORDER BY backend
             """
         ).fetchall()
@@ -158,7 +138,9 @@ def summarize_recording(db_path: Path) -> dict[str, Any]:
     return {
         "requests": requests,
         "shadows": [
-            {"backend": b, "mirrored": m, "dropped": d, "errored": e} for b, m, d, e in shadows
+            {"backend": b, "sampled": sampled, "sent": sent, "dropped": d, "errored": e,
+             "answered": a, "errors": dict(sorted((why or {}).items()))}
+            for b, sampled, sent, d, e, a, why in shadows
         ],
         "latency_ms": [
             {"backend": b, "role": r, "n": n, "p50": p50, "p99": p99}
@@ -173,12 +155,15 @@ def summarize_recording(db_path: Path) -> dict[str, Any]:
 
 def _print_summary(console: Console, summary: dict[str, Any], db_path: Path) -> None:
     console.print(f"\n[bold]Recorded {summary['requests']} requests[/] in {db_path}")
-    mirror = Table(title="Mirroring per shadow")
-    for col in ("shadow", "mirrored", "dropped", "errored"):
-        mirror.add_column(col, justify="right" if col != "shadow" else "left")
+    mirror = Table(title="Mirroring per shadow (sampled = sent + dropped; "
+                         "sent = answered + errored)")
+    for col in ("shadow", "sampled", "sent", "dropped", "errored", "answered", "errors by status"):
+        mirror.add_column(col, justify="left" if col in ("shadow", "errors by status")
+                          else "right")
     for row in summary["shadows"]:
-        mirror.add_row(row["backend"], str(row["mirrored"]), str(row["dropped"]),
-                       str(row["errored"]))
+        why = ", ".join(f"{status} {n}" for status, n in row["errors"].items())
+        mirror.add_row(row["backend"], *(str(row[k]) for k in
+                       ("sampled", "sent", "dropped", "errored", "answered")), why or "-")
     console.print(mirror)
     lat = Table(title="Latency per backend (successful calls)")
     for col in ("backend", "role", "calls", "p50 ms", "p99 ms"):
@@ -231,8 +216,13 @@ def _analysis_report(console: Console, db_path: Path, out_dir: Path) -> Path:
     return html
 
 
-async def run_demo(requests: int = 3000, concurrency: int = 16, out_dir: str = "demo-out") -> int:
-    """Run the whole demo; returns the exit code (0 when every answer came back)."""
+async def run_demo(
+    requests: int = 3000, concurrency: int = 16, out_dir: str = "demo-out",
+    *, primary_fail_rate: float = 0.0,
+) -> int:
+    """Run the whole demo; returns the exit code (0 when every answer came back).
+    ``primary_fail_rate`` injects UNAVAILABLE answers into the primary, to see what a
+    failing run reports."""
     console = Console()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,7 +233,7 @@ async def run_demo(requests: int = 3000, concurrency: int = 16, out_dir: str = "
     primary_model, retrained = make_demo_models(N_FEATURES)
     started = time.perf_counter()
     servers = [
-        await start_model_server(primary_model),
+        await start_model_server(primary_model, fail_rate=primary_fail_rate, seed=3),
         await start_model_server(retrained, seed=1),
         await start_model_server(retrained, delay_ms=40, jitter_ms=35, fail_rate=0.15, seed=2),
     ]
@@ -251,13 +241,20 @@ async def run_demo(requests: int = 3000, concurrency: int = 16, out_dir: str = "
     targets = {name: s.target for name, s in zip(names, servers, strict=True)}
     console.print("[bold]Shadowcar demo[/]: models " + ", ".join(
         f"{n} on {t}" for n, t in targets.items()))
+    payloads = [build_infer_request("demo", row, raw=bool(i % 2))
+                for i, row in enumerate(_features(requests))]
     try:
-        sidecar = Sidecar(parse_config(demo_config(db_path, targets), source="<demo>"))
+        pace = await calibrate(targets["fraud-v7"], payloads, concurrency)
+        console.print(pace.describe())
+        sidecar = Sidecar(parse_config(demo_config(db_path, targets, pace), source="<demo>"))
         await sidecar.start()
         try:
             console.print(f"sidecar on 127.0.0.1:{sidecar.port}, admin on "
                           f"127.0.0.1:{sidecar.admin.port if sidecar.admin else '-'}")
-            ok, failed = await _send_traffic(sidecar.port, requests, concurrency, console)
+            tally, limit = await send_traffic(sidecar.port, payloads, pace, console)
+            if limit.lowest < pace.concurrency:
+                console.print(f"slow calls: paced down to {limit.lowest} in flight at least "
+                              "once")
             if sidecar.admin is not None:
                 truth = make_demo_models(N_FEATURES, seed=7)[1]
                 labelled = await _report_outcomes(sidecar.admin.port, requests, truth)
@@ -268,8 +265,23 @@ async def run_demo(requests: int = 3000, concurrency: int = 16, out_dir: str = "
         for server in servers:
             await server.aclose()
     elapsed = time.perf_counter() - started
-    console.print(f"{ok} answered, {failed} failed in {elapsed:.1f}s; sidecar shut down cleanly")
+    console.print(f"{tally.describe()} in {elapsed:.1f}s; sidecar shut down cleanly",
+                  style="red" if tally.failed else None, highlight=False, markup=False,
+                  soft_wrap=True)
     summary = summarize_recording(db_path)
     _print_summary(console, summary, db_path)
     _analysis_report(console, db_path, out)
-    return 0 if failed == 0 and summary["requests"] == requests else 1
+    if tally.failed:
+        _explain_failures(console, tally)
+    return 0 if tally.failed == 0 and summary["requests"] == requests else 1
+
+
+def _explain_failures(console: Console, tally: Tally) -> None:
+    """Repeat, last, why calls failed: the status counts and the first errors verbatim."""
+    console.print(f"\n[bold red]{tally.failed} of {tally.ok + tally.failed} calls failed[/]",
+                  highlight=False)
+    for status, n in tally.statuses.most_common():
+        console.print(f"  {status}: {n}", highlight=False)
+    console.print("First errors:", highlight=False)
+    for line in tally.first_errors:
+        console.print(f"  {line}", highlight=False, markup=False)
