@@ -112,6 +112,16 @@ class PairDivergence:
     identical: dict[str, Any] | None = None
     #: Why each null figure is null (js_divergence, noise_floor, identical, ...).
     null_reasons: dict[str, str] = field(default_factory=dict)
+    #: The shadow's copies on this route, in the live counters' words (docs/counters.md):
+    #: sampled = sent + dropped, sent = answered + errored.
+    shadow_calls: dict[str, int] | None = None
+
+
+def _shadow_calls(ops: Operations, route: str, shadow: str) -> dict[str, int]:
+    figures = ops.get((route, shadow, "shadow"), {}).get("errors") or {}
+    sent, errored, dropped = (int(figures.get(k) or 0) for k in ("n", "errors", "dropped"))
+    return {"sampled": sent + dropped, "sent": sent, "dropped": dropped, "errored": errored,
+            "answered": sent - errored}
 
 
 @dataclass(frozen=True)
@@ -473,8 +483,12 @@ def _build_pair(
     elif not row["n_vectors"]:
         reasons["js_divergence"] = ("no matched pair has output vectors on both sides "
                                     "(scalar or undecoded outputs)")
+    calls = _shadow_calls(ops, route, sb)
     if row["n_without_output"]:
-        notes.append(f"{row['n_without_output']} matched pairs lack an output on one side")
+        # Mostly the shadow's dropped and failed copies: say so, in the counters' words.
+        notes.append(f"{row['n_without_output']} matched pairs lack an output on one side "
+                     f"(of {calls['sampled']} sampled copies the shadow's route had, "
+                     f"{calls['dropped']} were dropped and {calls['errored']} errored)")
     return PairDivergence(
         route=route, primary=pb, shadow=sb, replica=replicas.is_replica(route, sb),
         n=n, unmatched=int(row["unmatched"]), incomplete=int(row["n_without_output"]),
@@ -485,6 +499,7 @@ def _build_pair(
         plots=plots,
         message="; ".join(notes) or None,
         null_reasons=reasons,
+        shadow_calls=calls,
     )
 
 
@@ -510,6 +525,7 @@ def _attach_unmatched(
                 errors=error_summary(ops, route, None, sb),
                 segment=None if segment is None else {"value": orphan["seg"]},
                 message="no shadow call of this backend matched a primary call",
+                shadow_calls=_shadow_calls(ops, route, sb),
             ))
     return out
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from analysis import analyze_divergence, open_source
 from sidecar.config import parse_config
+from sidecar.demo.runner import summarize_recording
 from tests.conftest import sidecar_config
 
 
@@ -52,6 +54,21 @@ async def test_shadow_counters_add_up_in_stats_and_metrics(
     for name, c in shadows.items():
         for word in ("sampled", "sent", "dropped", "errored", "answered"):
             assert values[(f"shadowcar_mirror_{word}_total", name)] == c[word], (word, name)
+    # The recording says the same in the same words: the demo's summary and the report.
+    await sc.aclose()
+    db = sc.loaded.config.storage.path
+    summary = {row["backend"]: row for row in summarize_recording(Path(db))["shadows"]}
+    con = open_source(db=db)
+    try:
+        report = analyze_divergence(con).to_dict()
+    finally:
+        con.close()
+    reported = {pair["shadow"]: pair["shadow_calls"] for pair in report["pairs"]}
+    for name, c in shadows.items():
+        live = {word: c[word] for word in ("sampled", "sent", "dropped", "errored", "answered")}
+        assert {k: summary[name][k] for k in live} == live, name
+        assert reported[name] == live, name
+    assert summary["slow"]["errors"] == {"NOT_FOUND": 6}
 
 
 async def test_after_a_reload_rows_of_roles_no_longer_configured_go(
