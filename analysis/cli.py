@@ -231,8 +231,11 @@ def render_report(con: duckdb.DuckDBPyConnection, args: argparse.Namespace,
     _check(args)
     weights = _weights(args.weights)
     report = _quality(con, args) if args.kind == "quality" else _analyze(con, args, weights)
-    # A table written to a file (-o) is not wrapped; on a terminal it takes its width.
-    width = 0 if getattr(args, "output", None) else None
+    # A table written to a file (-o) is not wrapped; on a terminal it takes its width (a
+    # live sidecar is told the width of the terminal that asked: ``args.width``).
+    width = getattr(args, "width", None)
+    if width is None:
+        width = 0 if getattr(args, "output", None) else None
     return render(report, args.kind, args.format, color=color, width=width)
 
 
@@ -293,6 +296,10 @@ def _live_report(args: argparse.Namespace, opening: AnalysisSourceError, color: 
         query = report_query(args)
         if color:
             query.append(("color", "1"))
+        if args.format == "table":  # the asking terminal's width, not the sidecar's
+            from analysis.report.terminal import terminal_width
+
+            query.append(("width", str(0 if args.output else terminal_width() or 0)))
         text = live.report(args.kind, query)
     except LiveError as exc:
         print(f"report {args.kind}: {exc}", file=sys.stderr)
@@ -357,8 +364,14 @@ def report_args(kind: str, query: Iterable[tuple[str, str]]) -> argparse.Namespa
     root, actions = _query_parser()
     argv = ["report", kind, "--db", "(live)"]  # the source group is required; never opened
     ranges: dict[str, tuple[float, float]] | None = None
+    width: int | None = None
     for key, value in query:
         if key == "color":
+            continue
+        if key == "width":
+            if not value.isdigit():
+                raise ReportUsageError(f"width: expected a number of columns >= 0, got {value!r}")
+            width = int(value)
             continue
         if key == "ranges":
             try:
@@ -370,7 +383,7 @@ def report_args(kind: str, query: Iterable[tuple[str, str]]) -> argparse.Namespa
             continue
         action = actions.get(key)
         if action is None:
-            known = ", ".join(sorted([*actions, "ranges", "color"]))
+            known = ", ".join(sorted([*actions, "ranges", "color", "width"]))
             raise ReportUsageError(f"unknown report option {key!r} (known: {known})")
         flag = max(action.option_strings, key=len)
         if action.nargs == 0:
@@ -382,5 +395,6 @@ def report_args(kind: str, query: Iterable[tuple[str, str]]) -> argparse.Namespa
             argv += [flag, value]
     args = root.parse_args(argv)
     args.ranges = ranges
+    args.width = width
     args.db = None
     return args

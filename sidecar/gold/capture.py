@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sidecar.gold.cases import GoldFileError
+from sidecar.gold.cases import GoldFileError, GoldSourceError
 
 __all__ = ["CaptureResult", "allocate", "capture"]
 
@@ -49,11 +49,11 @@ def capture(source: str, route: str, out: str, *, n: int = 200, stratify: Strati
     if n < 1:
         raise GoldFileError("--n must be at least 1")
     if not os.path.exists(source):
-        raise GoldFileError(f"--from {source!r}: no such file or directory")
+        raise GoldSourceError(f"--from {source!r}: no such file or directory")
     try:
         con = open_source(parquet=source) if os.path.isdir(source) else open_source(db=source)
     except AnalysisSourceError as exc:
-        raise GoldFileError(str(exc)) from exc
+        raise GoldSourceError(str(exc)) from exc
     try:
         cols = {str(r[0]) for r in con.execute("DESCRIBE requests").fetchall()}
         if "request_bytes" not in cols:

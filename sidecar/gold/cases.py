@@ -19,6 +19,7 @@ import numpy as np
 from sidecar._proto import inference_pb2 as pb
 from sidecar.codecs import CodecError, codec_for, summarize
 from sidecar.errors import ShadowcarError
+from sidecar.exit_codes import EXIT_DATA, EXIT_USAGE
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -26,6 +27,7 @@ __all__ = [
     "Expected",
     "GoldCase",
     "GoldFileError",
+    "GoldSourceError",
     "Verdict",
     "judge",
     "load_cases",
@@ -48,6 +50,14 @@ _CONTENTS: Final = {
 
 class GoldFileError(ShadowcarError):
     """A gold set file cannot be read; the message names the file and the line (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class GoldSourceError(GoldFileError):
+    """The recorded source a capture reads cannot be read: missing, locked, corrupt (exit 3)."""
+
+    exit_code = EXIT_DATA
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """``sidecar gold run`` and ``sidecar gold capture``. Exit codes: 0 every case passed (or a
-capture was written), 1 a regression or an error answer, 2 a bad gold file or arguments.
+capture was written), 1 a regression or an error answer, 2 a bad gold file or arguments,
+3 a recorded source (--from) that cannot be read.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def run_gold(args: argparse.Namespace) -> int:
         return _run(args, console)
     except GoldFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code  # 2 a bad gold file or arguments, 3 an unreadable --from
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:

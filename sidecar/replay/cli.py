@@ -1,5 +1,6 @@
-"""``sidecar replay``: arguments, the run and its summary. Exit codes: 0 done, 1 failure at
-run time, 2 bad arguments or a source that cannot be replayed, 130 interrupted (resumable).
+"""``sidecar replay``: arguments, the run and its summary. Exit codes: 0 done, 2 bad
+arguments or a source that cannot be replayed, 3 a source that cannot be read, 130
+interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run_replay(args: argparse.Namespace) -> int:
         result = asyncio.run(replay(options))
     except ReplayInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code  # 2 bad arguments or data, 3 a source that cannot be read
     _summary(result, console)
     return EXIT_INTERRUPTED if result.interrupted else 0
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 from analysis.load import PRIMARY_SQL
 from sidecar.codecs import codec_for
 from sidecar.errors import ShadowcarError
+from sidecar.exit_codes import EXIT_DATA, EXIT_USAGE
 from sidecar.sink import Decoding
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "RecordedRequest",
     "ReplayInputError",
     "ReplaySource",
+    "ReplaySourceError",
     "RouteDecoding",
 ]
 
@@ -32,6 +34,14 @@ _PAGE_ROWS = 500
 
 class ReplayInputError(ShadowcarError):
     """The source, its recorded data or the arguments cannot give a replay (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ReplaySourceError(ReplayInputError):
+    """The source cannot be read at all: missing, locked or corrupt (exit 3)."""
+
+    exit_code = EXIT_DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +99,20 @@ class ReplaySource:
         except ImportError as exc:  # pragma: no cover - analysis ships with the sidecar
             raise ReplayInputError("replay needs the analysis package") from exc
         if not os.path.exists(location):
-            raise ReplayInputError(f"--from {location!r}: no such file or directory")
+            raise ReplaySourceError(f"--from {location!r}: no such file or directory")
         self.location = location
         self.route = route
+        try:
+            self._where = time_filter(since, until)  # a bad --since is a usage error (2)
+        except AnalysisSourceError as exc:
+            raise ReplayInputError(str(exc)) from exc
         try:
             if os.path.isdir(location):
                 self.con = open_source(parquet=location)
             else:
                 self.con = open_source(db=location)
-            self._where = time_filter(since, until)
         except AnalysisSourceError as exc:
-            raise ReplayInputError(str(exc)) from exc
+            raise ReplaySourceError(str(exc)) from exc
         self._check()
 
     def close(self) -> None:

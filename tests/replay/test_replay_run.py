@@ -203,7 +203,8 @@ def test_requests_without_bytes_are_a_clear_error(tmp_path: Path, capsys: Any) -
     assert replay_main(args) == 2
     err = capsys.readouterr().err
     assert "record_bytes: true" in err and "1 recorded requests" in err
-    assert replay_main(["--from", str(tmp_path / "nope.duckdb"), *args[2:]]) == 2
+    # Issue 15.7: a source that cannot be read is 3 ("could not read the data"), not 2
+    assert replay_main(["--from", str(tmp_path / "nope.duckdb"), *args[2:]]) == 3
     assert "no such file" in capsys.readouterr().err
     assert replay_main([*args[:3], "/x.S/M", *args[4:]]) == 2
     assert "routes recorded: " + ROUTE in capsys.readouterr().err
