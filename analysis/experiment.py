@@ -329,13 +329,11 @@ def _analyze_one(
             for v in (chosen, variant):
                 r = g.ratios.get((name, v, ratio)) or RatioSums(0, 0.0, 0.0, 0.0, 0.0, 0.0)
                 arms.append(PairStats(r.n, r.sum_y, r.sum_y2, r.sum_x, r.sum_x2, r.sum_xy))
-            ca, cb = sums(chosen, num), sums(variant, num)
-            da, db = sums(chosen, den), sums(variant, den)
-            notes_r = _row_notes(
-                MetricSums(0, 0, 0, 0, 0, 0, True, ca.bad + da.bad, 0,
-                           arms[0].n and (units.get(chosen, 0) - arms[0].n)),
-                MetricSums(0, 0, 0, 0, 0, 0, True, cb.bad + db.bad, 0,
-                           arms[1].n and (units.get(variant, 0) - arms[1].n)), srm)
+            # Non-finite rows of either metric, and units left out of either, count here.
+            joint = [replace(MetricSums.zero(), bad=sums(v, num).bad + sums(v, den).bad,
+                             dropped=units.get(v, 0) - arm.n if arm.n else 0)
+                     for v, arm in ((chosen, arms[0]), (variant, arms[1]))]
+            notes_r = _row_notes(joint[0], joint[1], srm)
             if missing:
                 notes_r.insert(0, f"metric(s) {', '.join(map(repr, missing))} have no outcomes")
             comp = ratio_test(arms[0], arms[1], **seq)  # type: ignore[arg-type]

@@ -87,15 +87,21 @@ def _interval(span: timedelta) -> str:
     return f"INTERVAL {int(span.total_seconds() * 1_000_000)} MICROSECONDS"
 
 
-def _pivot(metrics: Sequence[str], pre: str | None, post: str, counts: bool) -> str:
+def _pivot(metrics: Sequence[str], pre: str | None, post: str, counts: bool,
+           clean: frozenset[str] = frozenset()) -> str:
     """Per-unit columns for metric i: v (finite value sum), f (has a finite row; NULL
     without rows), p (covariate sum) with ``pre``, and with ``counts`` r (rows), b
-    (non-finite rows) and c (finite covariate rows)."""
+    (non-finite rows) and c (finite covariate rows). Metrics in ``clean`` have no
+    non-finite value at all and skip the f aggregate (a quarter of the pass's cost)."""
     cols = []
     for i, m in enumerate(metrics):
         is_m = f"metric = {sql_quote(m)} AND {post}"
         cols.append(f"coalesce(sum(value) FILTER (WHERE {is_m} AND isfinite(value)), 0) AS v_{i}")
-        cols.append(f"bool_or(coalesce(isfinite(value), false)) FILTER (WHERE {is_m}) AS f_{i}")
+        if m in clean:  # no non-finite value anywhere: every unit is in the metric
+            cols.append(f"NULL::BOOLEAN AS f_{i}")
+        else:
+            cols.append(f"bool_or(coalesce(isfinite(value), false)) FILTER (WHERE {is_m})"
+                        f" AS f_{i}")
         if pre is not None:
             cols.append(_pre_col(i, m, pre))
         if counts:
@@ -175,13 +181,14 @@ def _recorded_units(
         )"""
 
 
-def _table_units(metrics: Sequence[str], name: str, has_pre: bool) -> str:
+def _table_units(metrics: Sequence[str], name: str, has_pre: bool,
+                 clean: frozenset[str]) -> str:
     """``unit_rows`` CTE body for the analyst table: one row per unit.
 
     Row and non-finite counts are additive over rows, so :func:`_table_counts` takes them
     straight from the table and this wide aggregate stays narrow (it is the costly one).
     """
-    pivot = (",\n" + _pivot(metrics, "pre_value" if has_pre else None, "true", False)
+    pivot = (",\n" + _pivot(metrics, "pre_value" if has_pre else None, "true", False, clean)
              ) if metrics else ""
     return f"""
         unit_rows AS (
@@ -252,8 +259,9 @@ def gather(
     ).fetchall()]
     counts: dict[tuple[str, str], tuple[int, int]] | None = None
     if source == "table":
-        ctes = _table_units(metrics, name, has_pre)
         counts = _table_counts(con)
+        dirty = {m for (_, m), (_, bad) in counts.items() if bad}
+        ctes = _table_units(metrics, name, has_pre, frozenset(metrics) - dirty)
         lookback = None
     else:
         ctes = _recorded_units(metrics, since=since, until=until, versions=versions,
