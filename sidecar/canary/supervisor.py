@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
@@ -79,15 +79,13 @@ def _legacy_key(config: CanaryConfig) -> str:
     return _h(config.model_dump_json())[:12]
 
 
+@dataclass(frozen=True)
 class Carry:
     """What :func:`carry_over` decided: the verdict, the state to run with, and why."""
 
-    __slots__ = ("reason", "state", "verdict")
-
-    def __init__(self, verdict: Verdict, state: CanaryState | None, reason: str) -> None:
-        self.verdict = verdict
-        self.state = state
-        self.reason = reason
+    verdict: Verdict
+    state: CanaryState | None  # None: a fresh attempt
+    reason: str
 
 
 def carry_over(
@@ -174,7 +172,7 @@ class CanarySupervisor:
                 self._saved = await asyncio.to_thread(self._read_saved)
             wanted = {r.match: r for r in routes if r.canary is not None}
             for match in sorted(set(self._controllers) - set(wanted)):
-                await self._replace(match, None)
+                await self._remove(match)
             for match in sorted(set(self._saved) - set(wanted)):
                 if match not in self._controllers:
                     self._end(match)  # removed while the sidecar was stopped
@@ -262,13 +260,10 @@ class CanarySupervisor:
         if not task.cancelled() and task.exception() is not None:
             log.error("canary %s: evaluation task ended: %r", match, task.exception())
 
-    async def _replace(self, match: str, controller: CanaryController | None) -> None:
+    async def _remove(self, match: str) -> None:
         await self._stop_task(match)
-        if controller is None:
-            self._controllers.pop(match, None)
-            self._end(match)
-        else:
-            self._start(match, controller)
+        self._controllers.pop(match, None)
+        self._end(match)
 
     def _end(self, match: str) -> None:
         assert self._saved is not None
