@@ -71,8 +71,9 @@ async def _serve(
         await sidecar.aclose()
         raise
     await sidecar.run_until_stopped()
-    # Accepted records the final flush could not write: an orchestrator must see the loss.
-    return 1 if sidecar.sink.stats.lost_at_close else 0
+    # Accepted records the final flush could not write: an orchestrator must see the loss
+    # (3, the data code: 1 means a fired trigger or a failed gate and nothing else).
+    return EXIT_DATA if sidecar.sink.stats.lost_at_close else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -26,7 +26,8 @@ EXIT_FIRED = 1
 #: A usage or input error: bad arguments, an invalid config or contract, a bad gold file.
 EXIT_USAGE = 2
 #: The data could not be read: a missing, locked or corrupt DuckDB file with no live sidecar
-#: to ask, an unreadable Parquet export, an admin API that cannot be reached.
+#: to ask, an unreadable Parquet export, an admin API that cannot be reached; for ``serve``,
+#: records it accepted that the final flush could not write.
 EXIT_DATA = 3
 #: An unexpected error: a bug (the traceback is printed). Never 1: a crash must not pass
 #: for a fired trigger (sysexits' EX_SOFTWARE).
@@ -39,7 +40,7 @@ EPILOG = (
     "exit codes: 0 fine; 1 a trigger fired or a gate failed; 2 usage or input error "
     "(arguments, config, contract, gold file); 3 the data could not be read (missing, "
     "locked or corrupt DuckDB file with no live sidecar, unreadable Parquet, admin API "
-    "unreachable); 70 internal error (a bug: the traceback is printed); 130 interrupted"
+    "unreachable; serve: accepted records lost at close); 70 internal error (a bug: the traceback is printed); 130 interrupted"
 )
 
 
