@@ -140,6 +140,7 @@ class CanarySupervisor:
         self._version = version
         self._notify = notify
         self._controllers: dict[str, CanaryController] = {}
+        self._units: dict[str, Any] = {}  # route -> the route's unit setting it runs with
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: route -> (key, state) last persisted: the rule's "before", also for rows the
         #: sink has not flushed yet. Read from the file at the first apply.
@@ -179,7 +180,9 @@ class CanarySupervisor:
             for match, route in wanted.items():
                 assert route.canary is not None
                 current = self._controllers.get(match)
-                if current is not None and current.config == route.canary:
+                # The route's unit counts too: a canary without its own ``unit`` uses it.
+                if (current is not None and current.config == route.canary
+                        and self._units.get(match) == route.unit):
                     continue
                 await self._stop_task(match)  # quiescent now: its state is final
                 old_key, old_state = self._saved.get(match, (None, None))
@@ -187,7 +190,7 @@ class CanarySupervisor:
                     old_state = current.state
                 carry = carry_over(old_key, old_state, route.canary, time.time())
                 controller = self._build(route, carry.state, current)
-                self._start(match, controller)
+                self._start(match, route, controller)
                 if carry.verdict == "keep":
                     if current is None:
                         log.info("canary %s resumes: %s at step %d", match,
@@ -249,8 +252,9 @@ class CanarySupervisor:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    def _start(self, match: str, controller: CanaryController) -> None:
+    def _start(self, match: str, route: RouteConfig, controller: CanaryController) -> None:
         self._controllers[match] = controller
+        self._units[match] = route.unit
         task = asyncio.get_running_loop().create_task(controller.run(),
                                                       name=f"canary {match}")
         task.add_done_callback(functools.partial(self._ended, match))
@@ -263,6 +267,7 @@ class CanarySupervisor:
     async def _remove(self, match: str) -> None:
         await self._stop_task(match)
         self._controllers.pop(match, None)
+        self._units.pop(match, None)
         self._end(match)
 
     def _end(self, match: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from sidecar.app import Sidecar
+from sidecar.assignment import UnitKey
 from sidecar.config import parse_config
 from sidecar.demo.models import make_demo_models, start_model_server
 from tests.canary.traffic import METHOD, canary_config, canary_spec, drive, wait_for
@@ -30,6 +31,7 @@ GATED = canary_spec(approval_before=[50])
 GATED_RELAXED = canary_spec(approval_before=[50],
                             guardrails={**BASE["guardrails"], "error_rate_margin": 0.2})
 GATE_GONE = canary_spec()
+ROUTE_UNIT = {k: v for k, v in BASE.items() if k != "unit"}  # the canary uses the route's
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Case:
     restart: bool = False  # stop the sidecar and start one on ``after`` (same file)
     then: str | None = None  # the action after which looks must resume
     after_then: tuple[str, int] | None = field(default=None)
+    unit_before: dict[str, Any] | None = None  # the route's unit setting
+    unit_after: dict[str, Any] | None = None
 
 
 CASES = {
@@ -54,6 +58,9 @@ CASES = {
                              "canary.reconfigure"),
     "change the candidate": Case(BASE, ("promote",), NEW_CANDIDATE, ("running", 0),
                                  "canary.start"),
+    "change the route's unit": Case(ROUTE_UNIT, ("promote",), ROUTE_UNIT, ("running", 1),
+                                    None, unit_before={"metadata": "x-user-id"},
+                                    unit_after={"metadata": "x-session-id"}),
     "remove": Case(BASE, ("promote",), None, None, "canary.remove"),
     "re-add after remove": Case(BASE, ("promote", "rollback", "remove"), BASE,
                                 ("running", 0), "canary.start"),
@@ -108,8 +115,8 @@ async def test_reload_sequence(case: Case, tmp_path: Path) -> None:
     backends = dict(zip(("stable", "candidate", "candidate2"), (s.target for s in servers),
                         strict=True))
     db = tmp_path / "canary.duckdb"
-    before = canary_config(db, backends, case.before)
-    after = canary_config(db, backends, case.after)
+    before = canary_config(db, backends, case.before, case.unit_before)
+    after = canary_config(db, backends, case.after, case.unit_after)
     sc = Sidecar(parse_config(before))
     try:
         await sc.start()
@@ -126,6 +133,9 @@ async def test_reload_sequence(case: Case, tmp_path: Path) -> None:
         else:
             state = sc.canaries[METHOD].state
             assert (state.state, state.step_index) == case.expect, sc.canaries[METHOD].status()
+            assert sc.canaries[METHOD].unit == UnitKey.of(
+                parse_config(after).config.routes[0].canary.unit or
+                parse_config(after).config.routes[0].unit)  # the unit it is configured with
         new = [r for r in await _audit(sc) if r["ts"] not in seen
                and r["action"].startswith("canary.")]
         assert [r["action"] for r in new] == ([case.audit] if case.audit else []), new

@@ -36,9 +36,12 @@ def canary_spec(**overrides: Any) -> dict[str, Any]:
 
 
 def canary_config(db: Path, backends: dict[str, str], spec: dict[str, Any] | None,
-                  **extra: Any) -> dict[str, Any]:
-    """A sidecar config with one OIP route, with the canary ``spec`` (None: none)."""
+                  unit: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A sidecar config with one OIP route (its ``unit``), with the canary ``spec``
+    (None: none)."""
     route: dict[str, Any] = {"match": METHOD, "primary": "stable", "codec": "oip"}
+    if unit is not None:
+        route["unit"] = unit
     if spec is not None:
         route["canary"] = spec
     return sidecar_config(db, backends, [route],
