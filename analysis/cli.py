@@ -166,7 +166,8 @@ def _analyze(
         from analysis.field_diff import analyze_field_diff
 
         return analyze_field_diff(con, route=args.route, ignore=args.ignore, atol=args.atol,
-                                  rtol=args.rtol, since=args.since, until=args.until).to_dict()
+                                  rtol=args.rtol, since=args.since, until=args.until,
+                                  **statistics_kwargs(args, "fields")).to_dict()
     if args.kind == "drift":
         from analysis.drift import analyze_drift
 

@@ -23,6 +23,7 @@ from analysis.load import (
     relation_columns,
     sql_quote,
     time_filter,
+    version_scope,
 )
 from analysis.noise_floor import ReplicaRule, newest_route_configs, replica_rule
 from analysis.report.json import jsonable
@@ -79,6 +80,8 @@ class FieldDiffReport:
     pairs: tuple[FieldPair, ...]
     params: dict[str, Any]
     message: str | None = None
+    #: which config versions the pairs come from (see analysis.load.version_scope)
+    versions: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stable JSON form, schema ``shadowcar.report.fields/1``."""
@@ -90,7 +93,8 @@ class FieldDiffReport:
             ]
             pairs.append(item)
         out: dict[str, Any] = jsonable(
-            {"schema": SCHEMA, "params": self.params, "pairs": pairs, "message": self.message}
+            {"schema": SCHEMA, "params": self.params, "versions": self.versions,
+             "pairs": pairs, "message": self.message}
         )
         return out
 
@@ -189,6 +193,8 @@ def analyze_field_diff(
     since: str | datetime | None = None,
     until: str | datetime | None = None,
     max_fields: int = 200,
+    version: str | None = None,
+    all_versions: bool = False,
 ) -> FieldDiffReport:
     """Field difference rates of every shadow against its route's primary.
 
@@ -198,7 +204,8 @@ def analyze_field_diff(
     ``meta.*`` or ``*.id``); None takes each route's ``ignore_fields`` from the newest
     recorded config. Cost per route: one scan for the structure, then each call's
     document is parsed once for all plain fields plus once per list field, and each pair is
-    compared in SQL (no Python loop over rows).
+    compared in SQL (no Python loop over rows). Each route's newest config version is
+    compared unless ``version`` names one or ``all_versions``.
     """
     params = {
         "route": route, "fields": None if fields is None else list(fields),
@@ -215,6 +222,9 @@ def analyze_field_diff(
     where = time_filter(since, until) if since or until else "TRUE"
     if route is not None:
         where += f" AND route = {sql_quote(route)}"
+    scope = version_scope(con, "calls", where=f"{where} AND role = 'shadow'", version=version,
+                          all_versions=all_versions)
+    where += f" AND {scope.condition}"
     primary = PRIMARY_SQL if "served" in columns else "role = 'primary'"
     served = "served" if "served" in columns else "NULL AS served"
     base = (
@@ -241,7 +251,7 @@ def analyze_field_diff(
     message = "; ".join(notes) or None
     if not pairs:
         message = message or "no primary/shadow pair has a decoded response on both sides"
-    return FieldDiffReport(tuple(pairs), params, message)
+    return FieldDiffReport(tuple(pairs), params, message, scope.to_dict())
 
 
 def _ignore_fields(routes: dict[str, dict[str, Any]]) -> dict[str, list[str]]:

@@ -91,6 +91,6 @@ def statistics_kwargs(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     if kind == "drift":
         return {**versions, "method": getattr(args, "drift_method", None) or "auto",
                 "threshold": getattr(args, "drift_threshold", None)}
-    if kind == "divergence":
+    if kind in ("divergence", "fields"):
         return versions
     return {}

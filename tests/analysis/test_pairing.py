@@ -147,3 +147,8 @@ def test_divergence_takes_the_newest_config_version(tmp_path: Path) -> None:
     assert nn["n"] == 400
     only_old = analyze_divergence(con, version="c0").to_dict()
     assert {p["n"] for p in only_old["pairs"]} == {100}
+    fields = analyze_field_diff(con).to_dict()
+    assert fields["versions"]["routes"][ROUTE] == {"kept": ["c1"], "left_out": ["c0"]}
+    assert {p["n"] for p in fields["pairs"]} == {300}
+    assert {p["n"] for p in analyze_field_diff(con, all_versions=True).to_dict()["pairs"]} == {
+        400}
