@@ -1,14 +1,14 @@
 """The admin HTTP API (aiohttp): health, metrics, config, control, outcomes, dashboard.
 
 Bound to loopback by default. When a token is configured (config ``admin.token`` or env
-``SHADOWCAR_ADMIN_TOKEN``) every POST needs ``Authorization: Bearer TOKEN`` (401 without).
+``SHADOWCAR_ADMIN_TOKEN``) every POST needs ``Authorization: Bearer TOKEN`` (401 without);
+Host, Origin and body type are checked for every request (``sidecar.admin.guard``).
 Handlers only translate; the sidecar holds the state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -17,11 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from aiohttp import web
 
+from sidecar.admin.guard import AdminGuard
 from sidecar.canary.controller import ACTIONS as CANARY_ACTIONS
-from sidecar.config import parse_config
+from sidecar.config.load import parse_config_text
 from sidecar.errors import ConfigError
 from sidecar.telemetry import prometheus
 from sidecar.telemetry.tracing import host_port
@@ -71,6 +71,8 @@ class AdminServer:
 
         self._reports = LiveReports(sidecar)  # /v1/reports/{kind}, /v1/models, /v1/check
         self._reports.add_routes(r)
+        self._guard = AdminGuard(self._host, sidecar.loaded.config.admin.allowed_hosts,
+                                 lambda: self._sidecar.loaded.admin_token)
         self._runner = web.AppRunner(app, access_log=None)
         self._closed = False
 
@@ -100,15 +102,15 @@ class AdminServer:
     # -- auth --------------------------------------------------------------------------
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method in ("POST", "PUT", "DELETE", "PATCH"):
-            token = self._sidecar.loaded.admin_token
-            if token is not None:
-                given = request.headers.get("Authorization", "")
-                scheme, _, value = given.partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    value.strip().encode(), token.encode()
-                ):
-                    return _error(401, "a bearer token is required for this endpoint")
+        # Host (DNS rebinding), Origin/Sec-Fetch-Site, token and body type: sidecar.admin.guard
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        refusal = self._guard.check(request.method, request.path, headers, request.body_exists,
+                                    request.content_type if request.body_exists else "")
+        if refusal is not None:
+            extra = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else {}
+            response = _error(refusal.status, refusal.reason)
+            response.headers.update(extra)
+            return response
         return await handler(request)
 
     # -- reads -------------------------------------------------------------------------
@@ -180,13 +182,17 @@ class AdminServer:
 
     # -- mutations ----------------------------------------------------------------------
     async def _body_json(self, request: web.Request) -> dict[str, Any] | web.Response:
-        text = await request.text()
-        if not text.strip():
+        raw = await request.read()
+        if not raw.strip():
             return {}
         try:
-            data = json.loads(text)
+            data = json.loads(raw)
         except json.JSONDecodeError as exc:
             return _error(400, f"body is not valid JSON: {exc.msg} at position {exc.pos}")
+        except UnicodeDecodeError:
+            return _error(400, "body is not valid JSON: not UTF-8 text")
+        except RecursionError:
+            return _error(400, "body is not valid JSON: nested too deeply")
         if not isinstance(data, dict):
             return _error(400, "body must be a JSON object")
         return data
@@ -223,7 +229,7 @@ class AdminServer:
 
     async def _reload(self, request: web.Request) -> web.Response:
         sc = self._sidecar
-        text = await request.text()
+        raw = await request.read()
         body_reason = request.query.get("reason", "")
         actor = request.query.get("actor") or request.remote or "admin"
         # ``file``: the body is that file's text (``sidecar reload --config``): its relative
@@ -232,13 +238,10 @@ class AdminServer:
         if file is not None and not os.path.isabs(file):
             return _error(400, "file: must be an absolute path")
         try:
-            if text.strip():
-                try:
-                    data = yaml.safe_load(text)
-                except yaml.YAMLError as exc:
-                    return _error(400, f"config is not valid YAML/JSON: {exc}")
+            if raw.strip():
                 base = Path(file).parent if file is not None else None
-                loaded = parse_config(data, source=file or "POST /v1/config", base_dir=base)
+                # Bytes, not text: non-UTF-8, deep or alias-bomb bodies are ConfigErrors (400).
+                loaded = parse_config_text(raw, source=file or "POST /v1/config", base_dir=base)
             else:
                 if file is None:
                     file = sc.config_path

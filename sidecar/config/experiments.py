@@ -23,8 +23,8 @@ __all__ = [
     "VariantConfig",
 ]
 
-_FIELD = re.compile(r"^(parameters|inputs)\.[A-Za-z0-9_.-]{1,128}$")
-_HEADER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+_FIELD = re.compile(r"(parameters|inputs)\.[A-Za-z0-9_.-]{1,128}\Z")
+_HEADER = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}\Z")
 
 
 class _Model(BaseModel):

@@ -15,6 +15,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias, get_args
 
 import aiohttp
+import yarl
+
+from sidecar.config.security import mask_url
 
 if TYPE_CHECKING:
     from sidecar.config.models import NotifyConfig
@@ -66,6 +69,8 @@ class WebhookNotifier:
         if timeout_s <= 0 or retries < 0 or backoff_s < 0 or queue_size < 1:
             raise ValueError("timeout_s > 0, retries >= 0, backoff_s >= 0, queue_size >= 1")
         self.url = url
+        #: What logs show instead of ``url``, which may carry credentials.
+        self.shown_url = mask_url(url)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._retries = retries
         self._backoff_s = backoff_s
@@ -162,7 +167,8 @@ class WebhookNotifier:
             reason = "refused by the receiver"
             break  # a client error that another attempt would repeat
         self.stats.failed += 1
-        self._warn("webhook %s: %s event not delivered: %s", self.url, event.get("kind"), reason)
+        self._warn("webhook %s: %s event not delivered: %s", self.shown_url, event.get("kind"),
+                   self._scrub(reason))
 
     async def _post(self, event: dict[str, Any]) -> bool:
         """True when delivered, False when refused for good; raises _Retryable otherwise."""
@@ -177,6 +183,18 @@ class WebhookNotifier:
                 return False
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (an aiohttp error may quote the URL) with the URL's secrets masked."""
+        try:
+            parsed = yarl.URL(self.url)
+            pieces = [self.url, str(parsed), parsed.raw_user or "", parsed.raw_password or "",
+                      parsed.raw_query_string, parsed.raw_path.strip("/")]
+        except (ValueError, TypeError):
+            pieces = [self.url]
+        for piece in sorted({p for p in pieces if len(p) >= 3}, key=len, reverse=True):
+            text = text.replace(piece, self.shown_url if piece == self.url else "***")
+        return text
 
     def _warn(self, message: str, *args: object) -> None:
         now = time.monotonic()

@@ -66,6 +66,7 @@ BAD: list[tuple[list[Any], Any, str]] = [
     (["backends", 0, "target"], "127.0.0.1:6001\n", "backends[0].target"),
     (["listen"], "127.0.0.1:1\n", "listen"),
     (["routes", 0, "redact"], {"inputs": ["x"], "key_env": "KEY\n"}, "routes[0].redact.key_env"),
+    (["routes", 0, "unit"], {"metadata": "x-user\n"}, "routes[0].unit"),
     (["storage", "export"], {"dir": "e", "replica": "r1\n"}, "storage.export.replica"),
     (["storage", "path"], "a\x00b.duckdb", "storage.path"),
     (["notify", "webhook"], "lots", "notify.webhook"),

@@ -23,6 +23,7 @@ from tests.conftest import sidecar_config
 
 async def _post(port: int, text: str, token: str | None = "tok") -> tuple[int, dict]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers["Content-Type"] = "application/yaml"
     async with aiohttp.ClientSession() as http:
         async with http.post(f"http://127.0.0.1:{port}/v1/config?reason=test", data=text,
                              headers=headers) as resp:
