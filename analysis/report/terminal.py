@@ -27,8 +27,9 @@ __all__ = ["UNLIMITED", "make_console", "print_grid", "render_document", "render
 UNLIMITED = 100_000
 _STYLE: dict[Tone, str] = {"": "", "bad": "bold red", "good": "green", "warn": "yellow",
                            "key": "bold"}
-#: Name lengths tried, longest first, when a table does not fit.
-_LIMITS = (40, 28, 20, 14)
+#: Layouts tried in turn when a table does not fit: (longest name kept, turned on its side).
+_ATTEMPTS = ((0, False), (40, False), (28, False), (0, True), (40, True), (28, True),
+             (20, False), (20, True), (14, False), (14, True))
 
 
 def terminal_width() -> int | None:
@@ -121,30 +122,36 @@ def _sideways(grid: Grid) -> Grid:
     return Grid(grid.title, columns, rows)
 
 
+def _fitted(grid: Grid, width: int) -> tuple[Grid, dict[str, str]] | None:
+    """The first layout that fits ``width``: the table, names shortened a little, the table
+    turned on its side, then names shortened more; None when none fits."""
+    grid = constant_names(grid)
+    for limit, turned in _ATTEMPTS:
+        shortened, legend = _shorten(grid, limit) if limit else (grid, {})
+        candidate = _sideways(shortened) if turned else shortened
+        if _needed(candidate) <= width:
+            return candidate, legend
+    return None
+
+
 def print_grid(console: Console, grid: Grid, width: int | None) -> None:
     """One table at ``width`` (None: unlimited), shortened, turned or split so that it fits."""
     legend: dict[str, str] = {}
-    if width and _needed(grid) > width:
-        grid = constant_names(grid)
-        for limit in _LIMITS:
-            if _needed(grid) <= width:
-                break
-            grid, more = _shorten(grid, limit)
-            for alias, name in more.items():  # a shortened alias maps back to the full name
-                legend[alias] = legend.pop(name, name)
-    if not width or _needed(grid) <= width:
+    fitted = _fitted(grid, width) if width and _needed(grid) > width else (grid, legend)
+    if fitted is not None:
+        grid, legend = fitted
         console.print(_table(grid))
-    elif _needed(_sideways(grid)) <= width:
-        console.print(_table(_sideways(grid)))
-    else:
+    else:  # as a last resort, one block of "column: value" lines per row
+        grid = constant_names(grid)
         console.print(Text(grid.title, style="italic"))
         for row in grid.rows:
             console.print(Text("• ") + _cell(row[0]))
             for column, value in zip(grid.columns[1:], row[1:], strict=True):
                 if _plain(value):
                     console.print(Text(f"    {column.title}: ") + _cell(value))
-    for alias, name in legend.items():
-        console.print(Text(f"  {alias} = {name}", style="dim"))
+    for alias, name in legend.items():  # the full name on a line of its own when needed
+        gap = " " if not width or len(alias) + len(name) + 5 <= width else "\n     "
+        console.print(Text(f"  {alias}{gap}= {name}", style="dim"))
 
 
 def render_document(doc: Document, report: dict[str, Any], *, color: bool = False,
