@@ -46,9 +46,10 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``report KIND [options]`` to an argparse subparsers object; return its parser."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "report",
-        help="divergence, experiment or drift report from recorded data",
-        description="Analyse recorded traffic: shadow divergence, A/B experiments or input "
-        "drift. Read a sidecar's DuckDB file (--db; a live sidecar's file is analysed by "
+        help="divergence, experiment, drift, quality or fields report from recorded data",
+        description="Analyse recorded traffic: shadow divergence, A/B experiments, input "
+        "drift, model quality on outcomes, or field-by-field differences. Read a sidecar's "
+        "DuckDB file (--db; a live sidecar's file is analysed by "
         "that sidecar through its admin API), its Parquet export (--parquet) or your own "
         "table (--input).",
         epilog=EPILOG,
