@@ -97,7 +97,7 @@ def _needed(grid: Grid) -> int:
     return total
 
 
-def _table(grid: Grid) -> Table:
+def _table(grid: Grid, wrap_headers: bool = True) -> Table:
     # A number column never wraps (rich then never narrows it); its header is wrapped here,
     # between words, to the width of the widest number.
     table = Table(title=grid.title, title_justify="left")
@@ -105,8 +105,8 @@ def _table(grid: Grid) -> Table:
         if column.kind == "num":
             widest = max([len(_plain(row[i])) for row in grid.rows]
                          + [len(w) for w in column.title.split()] + [1])
-            table.add_column("\n".join(textwrap.wrap(column.title, widest)) or column.title,
-                             no_wrap=True)
+            title = "\n".join(textwrap.wrap(column.title, widest)) if wrap_headers else ""
+            table.add_column(title or column.title, no_wrap=True)
         else:
             table.add_column(column.title, overflow="fold")
     for row in grid.rows:
@@ -140,7 +140,7 @@ def print_grid(console: Console, grid: Grid, width: int | None) -> None:
     fitted = _fitted(grid, width) if width and _needed(grid) > width else (grid, legend)
     if fitted is not None:
         grid, legend = fitted
-        console.print(_table(grid))
+        console.print(_table(grid, wrap_headers=bool(width)))
     else:  # as a last resort, one block of "column: value" lines per row
         grid = constant_names(grid)
         console.print(Text(grid.title, style="italic"))
