@@ -25,7 +25,8 @@ def _browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    for flag in ("--headless=new", "--window-size=1280,900", "--no-sandbox", "--disable-gpu",
+                 "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"):
         options.add_argument(flag)
@@ -131,3 +132,75 @@ async def test_rollback_click_changes_the_canary(echo, start_sidecar, tmp_path) 
         await asyncio.to_thread(driver.save_screenshot, str(png))
     finally:
         await asyncio.to_thread(driver.quit)
+
+
+async def test_dashboard_says_why_a_shadow_fails_and_forgets_removed_rows(
+    start_sidecar, channel_to, tmp_path
+) -> None:
+    """Issue 15.8 / 15.9 / issue 17 "Failure visible": a shadow answering NOT_FOUND for a
+    model it does not serve shows its status and message next to its errored count and in
+    the backends table; counters use the words sampled/sent/dropped/errored/answered; after
+    a reload that removes the shadow, its rows leave the page."""
+    import dataclasses
+
+    from sidecar.config import parse_config
+    from sidecar.demo.models import build_infer_request, make_demo_models, start_model_server
+    from tests.conftest import sidecar_config
+
+    method = "/inference.GRPCInferenceService/ModelInfer"
+    model, _ = make_demo_models()
+    other = dataclasses.replace(model, name="fraud-gbm")
+    async with (await start_model_server(model) as primary,
+                await start_model_server(other) as shadow):
+        backends = {"fraud-lr": primary.target, "fraud-gbm": shadow.target}
+        sc = await start_sidecar(backends, [{"match": method, "primary": "fraud-lr",
+                                             "codec": "oip",
+                                             "shadows": [{"backend": "fraud-gbm"}]}])
+        infer = channel_to(sc.port).unary_unary(method)
+        for _ in range(12):
+            await infer(build_infer_request(model.name, [[0.5] * 8]))
+        driver = await asyncio.to_thread(_browser)
+        try:
+            await asyncio.to_thread(driver.get, f"http://127.0.0.1:{sc.admin.port}/")
+
+            def read(selector: str) -> str:
+                return str(driver.execute_script(
+                    "const e = document.querySelector(arguments[0]);"
+                    "return e ? e.textContent : '';", selector))
+
+            async def wait_for(selector: str, want: str) -> str:
+                shown = ""
+                for _ in range(100):
+                    shown = await asyncio.to_thread(read, selector)
+                    if want in shown:
+                        break
+                    await asyncio.sleep(0.1)
+                return shown
+
+            assert await wait_for('[data-errored="fraud-gbm"]', "12") == "12"
+            assert await wait_for('[data-answered="fraud-gbm"]', "0") == "0"
+            last = await wait_for('[data-last-error="shadow-fraud-gbm"]', "NOT_FOUND")
+            assert "NOT_FOUND" in last and "not served here" in last and "ago" in last
+            table = await wait_for('[data-last-error="fraud-gbm"]', "NOT_FOUND")
+            assert "not served here" in table
+            assert await wait_for('[data-breaker="fraud-gbm"]', "closed") == "closed"
+            assert await wait_for('[data-error-rate="fraud-gbm"]', "100") == "100.0%"
+            no_error = await asyncio.to_thread(read, '[data-last-error="fraud-lr"]')
+            assert no_error == "\u2013"  # the page's dash: none
+            await asyncio.to_thread(driver.save_screenshot, str(tmp_path / "errors.png"))
+
+            loaded = parse_config(sidecar_config(
+                tmp_path / "sidecar.duckdb", backends,
+                [{"match": method, "primary": "fraud-lr", "codec": "oip"}]))
+            assert await sc.reload(loaded, actor="test", reason="drop the shadow")
+            for _ in range(100):
+                gone = await asyncio.to_thread(
+                    driver.execute_script,
+                    "return document.body.innerText.includes('fraud-gbm\\tshadow') || "
+                    "!!document.querySelector('[data-errored]');")
+                if not gone:
+                    break
+                await asyncio.sleep(0.1)
+            assert not gone
+        finally:
+            await asyncio.to_thread(driver.quit)
