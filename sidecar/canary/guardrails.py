@@ -15,6 +15,7 @@ from typing import Any, Literal
 import duckdb
 
 from sidecar.config.experiments import CanaryConfig
+from sidecar.resilience.breaker import CALLER_DEADLINE, CALLER_FAULTS
 
 __all__ = ["Evaluation", "Evidence", "gather_evidence", "judge"]
 
@@ -61,14 +62,22 @@ class Evaluation:
         }
 
 
-_SQL = """
+#: The breaker's rule for call outcomes: answers of the caller's making (its input, its
+#: own short deadline) are no verdict on either side, so a caller cannot force a rollback.
+_BACKENDS_DOING = (
+    f"status NOT IN ({', '.join(repr(c) for c in sorted(CALLER_FAULTS))}) AND NOT "
+    f"(status = 'DEADLINE_EXCEEDED' AND error IS NOT DISTINCT FROM {CALLER_DEADLINE!r})"
+)
+
+_SQL = f"""
 WITH served AS (
     SELECT 'canary' AS role, status, latency_ms FROM calls
     WHERE route = $route AND served AND ts >= $since AND role = 'canary'
+      AND {_BACKENDS_DOING}
     UNION ALL
     SELECT 'stable' AS role, status, latency_ms FROM calls
     WHERE route = $route AND served AND ts >= $stable_since AND backend = $stable
-      AND role IN ('stable', 'primary')
+      AND role IN ('stable', 'primary') AND {_BACKENDS_DOING}
 ),
 pairs AS (
     SELECT (s.label IS DISTINCT FROM c.label) AS differs, abs(c.score - s.score) AS d

@@ -1,6 +1,7 @@
 """Resilience: circuit breakers and fallback responses for failing backends."""
 
 from sidecar.resilience.breaker import (
+    CALLER_DEADLINE,
     CALLER_FAULTS,
     PASS,
     BreakerConfig,
@@ -11,6 +12,7 @@ from sidecar.resilience.breaker import (
 from sidecar.resilience.fallback import FallbackConfig, load_static_fallback
 
 __all__ = [
+    "CALLER_DEADLINE",
     "CALLER_FAULTS",
     "PASS",
     "BreakerConfig",

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "CALLER_DEADLINE",
     "CALLER_FAULTS",
     "PASS",
     "BreakerConfig",
@@ -43,6 +44,9 @@ CALLER_FAULTS = frozenset({
     "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "OUT_OF_RANGE", "FAILED_PRECONDITION",
     "NOT_FOUND", "UNAUTHENTICATED", "PERMISSION_DENIED", "CANCELLED",
 })
+#: The error recorded for a DEADLINE_EXCEEDED that the caller's own, shorter deadline set
+#: (not the route's timeout): read by the canary guardrails, which apply the same rule.
+CALLER_DEADLINE = "deadline set by the caller"
 _DEADLINE = "DEADLINE_EXCEEDED"
 #: Failure codes when a caller gives none.
 _DEFAULT_FAILURES = frozenset({"UNAVAILABLE", _DEADLINE})

@@ -19,6 +19,7 @@ from opentelemetry.context import Context
 from sidecar.assignment import Decision
 from sidecar.backends import CallOutcome, Metadata
 from sidecar.mirror import Mirror
+from sidecar.resilience import CALLER_DEADLINE
 from sidecar.routing import CallCounts, RoutePlan, RouteTable
 from sidecar.sink import CallRecord, DuckDBSink, RequestRecord
 from sidecar.telemetry.logs import current_request
@@ -43,6 +44,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 REQUEST_ID = "x-request-id"
+_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def new_request_id() -> str:
@@ -173,6 +175,8 @@ class Dispatch:
         plan.contract_refused += 1
         status = "INVALID_ARGUMENT"
         contract = plan.enforce
+        if plan.decoding.redactor is not None:  # the answer's text quotes no redacted value
+            violations = tuple(plan.decoding.redactor.violations(violations) or ())
         shown = "; ".join(f"{v.field}: {v.rule}: {v.detail}" for v in violations[:5])
         more = f" (+{len(violations) - 5} more)" if len(violations) > 5 else ""
         details = f"contract {contract.name}@{contract.version}: {shown}{more}"
@@ -335,11 +339,14 @@ class Dispatch:
             if outcome is None:  # the caller went away first: its call row says so
                 outcome = CallOutcome(grpc.StatusCode.CANCELLED, _why_cut(sys.exc_info()[1]),
                                       None, (), (), arrived, (time.perf_counter() - t0) * 1000)
+            error = outcome.details
+            if outcome.code is _DEADLINE and timeout != plan.timeout_s:
+                error = CALLER_DEADLINE  # no verdict on the backend (the guardrails read it)
             self.sink.record_call(
                 CallRecord(
                     request_id, outcome.started, plan.match, method, primary.name,
                     primary.version, role, served is outcome, outcome.code.name,
-                    outcome.latency_ms, len(request), outcome.response, outcome.details,
+                    outcome.latency_ms, len(request), outcome.response, error,
                     self.version, plan.decoding,
                 )
             )

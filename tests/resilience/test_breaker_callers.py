@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from sidecar.config import parse_config
-from sidecar.resilience import CALLER_FAULTS
+from sidecar.resilience import CALLER_DEADLINE, CALLER_FAULTS
 from tests.conftest import sidecar_config
 
 DOWN = (("x-echo-status", "UNAVAILABLE"), ("x-echo-details", "model server restarting"))
@@ -203,3 +203,50 @@ async def test_state_changes_are_logged_with_the_last_error(
     assert "UNAVAILABLE: 'model server restarting'" in opened
     assert "breaker p closed" in closed
     assert sc.backends["p"].breaker.snapshot()["state"] == "closed"
+
+
+async def test_callers_cannot_push_a_canary_into_rollback(
+    start_sidecar, channel_to, echo, tmp_path
+) -> None:
+    """Issue 14.2 (guardrails): the canary's error-rate evidence applies the breaker's rule,
+    so calls that fail by the caller's doing (bad input, a deadline shorter than the
+    backend needs) are no errors of either arm; the backend's own failures still are."""
+    import duckdb
+
+    from sidecar.canary.guardrails import gather_evidence
+
+    stable, candidate = await echo(delay_ms=30), await echo(delay_ms=30)
+    db = tmp_path / "canary.duckdb"
+    spec = {"stable": "stable", "candidate": "candidate", "steps": [50, 100],
+            "evaluation_interval_s": 3600, "unit": {"metadata": "x-user-id"}}
+    sc = await start_sidecar({"stable": stable.target, "candidate": candidate.target},
+                             [{"match": "*", "primary": "stable", "canary": spec}], db_path=db)
+    stub = channel_to(sc.port).unary_unary("/m.S/P")
+    for i in range(60):
+        user = (("x-user-id", f"u{i}"),)
+        assert await stub(b"ok", metadata=user) == b"ok"
+        for bad in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub(b"x", metadata=(*user, ("x-echo-status", bad)))
+        try:  # a loaded machine may still answer in time, or cut it before it is served
+            await stub(b"x", metadata=user, timeout=0.015)
+        except grpc.aio.AioRpcError:
+            pass
+    for i in range(4):  # the backend's own failures still count
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub(b"x", metadata=(("x-user-id", f"down{i}"), *DOWN))
+    await sc.aclose()
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        ev = gather_evidence(con, "*", "candidate", "stable", 0.0, 0.0)
+        (theirs,) = con.execute(
+            "SELECT count(*) FROM calls WHERE served AND role IN ('canary', 'stable') "
+            "AND (status IN ('INVALID_ARGUMENT', 'RESOURCE_EXHAUSTED') OR error = ?)",
+            [CALLER_DEADLINE],
+        ).fetchone()
+    finally:
+        con.close()
+    assert theirs >= 120  # recorded, as they happened, and left out of the evidence
+    assert ev.n_canary > 10 and ev.n_stable > 10
+    assert ev.n_canary + ev.n_stable - ev.lat_n_canary - ev.lat_n_stable == 4
+    assert ev.err_canary + ev.err_stable == 4
