@@ -171,3 +171,28 @@ async def test_calls_arriving_during_shutdown_get_unavailable(start_sidecar, ech
     assert counts["CANCELLED"] == 0, dict(counts)
     assert set(counts) <= {"OK", "UNAVAILABLE", "shutting down", "refused"}, dict(counts)
     assert counts["shutting down"] > 0  # the held calls were answered, not dropped
+
+
+async def test_a_streaming_shadow_obeys_the_breaker_rule(
+    stream_backends, start_sidecar, channel_to
+) -> None:
+    """Issue 14.2 (streams): mirrored server streams that the shadow ends with a status of
+    the caller's making (RESOURCE_EXHAUSTED, "quota") never open the shadow's breaker:
+    every copy is still sent."""
+    _primary, ptarget = await stream_backends()
+    _shadow, starget = await stream_backends()
+    sc = await start_sidecar(
+        {"p": ptarget, "s": starget},
+        [{"match": "/gen.G/*", "primary": "p", "streaming": "server",
+          "shadows": [{"backend": "s", "timeout_ms": 5000}]}],
+    )
+    ch = channel_to(sc.port)
+    for _ in range(8):
+        call = ch.unary_stream("/gen.G/Fail")(b"x")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            _ = [m async for m in call]
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await _wait_for(lambda: sc.mirror.in_flight == 0)
+    lane = sc.stats()["routes"][0]["shadows"]["s"]
+    assert lane["sent"] == 8 and lane["breaker_skipped"] == 0
+    assert sc.backends["s"].breaker.state == "closed"
