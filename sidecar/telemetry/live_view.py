@@ -51,17 +51,19 @@ def backend_views(
     """Every configured backend: its breaker state, recent error rate and last error."""
     seen = errors.snapshot(backends)
     empty = {"calls": 0, "errors": 0, "error_rate": None, "window": 0, "last_error": None}
-    return [
-        {"name": name, "version": b.version, "target": b.target,
-         "breaker": breaker_state(b), **seen.get(name, empty)}
-        for name, b in backends.items()
-    ]
+    out = []
+    for name, b in backends.items():
+        breaker = b.breaker.snapshot()
+        out.append({"name": name, "version": b.version, "target": b.target,
+                    "breaker": breaker["state"], "breaker_detail": breaker,
+                    **seen.get(name, empty)})
+    return out
 
 
 def breaker_state(backend: Backend) -> str:
-    """``closed``, ``open``, ``half_open`` or ``disabled``."""
-    breaker = backend.breaker
-    return str(breaker.state) if breaker.config.enabled else "disabled"
+    """``closed``, ``open``, ``half_open`` (also an open one whose cooldown is over) or
+    ``disabled``: the breaker's own account of itself."""
+    return str(backend.breaker.snapshot()["state"])
 
 
 def configured_roles(plans: Iterable[RoutePlan]) -> set[RoleKey]:

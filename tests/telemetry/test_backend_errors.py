@@ -106,6 +106,13 @@ async def test_an_open_breaker_and_canary_step_are_metrics(
           "shadows": [{"backend": "dead", "timeout_ms": 2000}],
           "canary": {"stable": "stable", "candidate": "cand", "steps": [10, 50, 100],
                      "evaluation_interval_s": 3600}}],
+        backends_override=[
+            {"name": "stable", "version": "1", "target": stable.target},
+            {"name": "cand", "version": "1", "target": cand.target},
+            # a long cooldown: still open when a slow machine reads the metrics
+            {"name": "dead", "version": "1", "target": "127.0.0.1:1",
+             "breaker": {"cooldown_s": 600}},
+        ],
     )
     stub = channel_to(sc.port).unary_unary("/pkg.Model/Predict")
     for i in range(20):
