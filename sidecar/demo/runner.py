@@ -273,6 +273,10 @@ async def run_demo(
     _analysis_report(console, db_path, out)
     if tally.failed:
         _explain_failures(console, tally)
+    if summary["requests"] != requests:
+        dropped = sum(sidecar.sink.stats.dropped.values())
+        console.print(f"[bold red]{summary['requests']} of {requests} requests recorded[/] "
+                      f"({dropped} records dropped by the sink: its buffer was full)")
     return 0 if tally.failed == 0 and summary["requests"] == requests else 1
 
 
