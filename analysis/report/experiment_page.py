@@ -51,7 +51,7 @@ def _effect_line(row: dict[str, Any], alpha: float) -> Line:
 
 def _effects(exp: dict[str, Any]) -> Grid:
     grid = Grid(f"{exp.get('name')}: effects vs control", (
-        Column("metric", "name"), Column("variant", "text"), Column("n (C/V)"),
+        Column("metric", "name"), Column("variant", "name"), Column("n (C/V)"),
         Column("mean (C/V)"), Column("abs effect [95% CI]"), Column("rel effect [95% CI]"),
         Column("p"), Column("p Holm"), Column("p BH"), Column("method", "text")), [])
     for row in exp.get("results") or []:
@@ -94,6 +94,64 @@ def _forest(exp: dict[str, Any]) -> Forest | None:
                   percent=True)
 
 
+_WORSE_WHEN_HIGHER = frozenset({"error_rate", "latency_ms_mean"})
+
+
+def _step_name(step: dict[str, Any]) -> str:
+    index = step.get("index")
+    name = "one step" if index is None else f"step {int(index) + 1}"
+    return name + (f" ({fmt(step['share'])}%)" if step.get("share") is not None else "")
+
+
+def _canary_lines(route: dict[str, Any], alpha: float) -> list[Line]:
+    """What the newest step of one route's canary says: candidate against stable."""
+    steps = route.get("steps") or []
+    if not steps:
+        return [Line(f"Canary on {route.get('route')}: no step was recorded"
+                     + (f" ({route['message']})" if route.get("message") else ""), "warn")]
+    step = steps[-1]
+    stable, candidate = route.get("stable") or "stable", route.get("candidate") or "candidate"
+    head = f"Canary on {route.get('route')}, {_step_name(step)}"
+    lines, same = [], []
+    for r in step.get("results") or []:
+        p, effect = r.get("p_value"), r.get("abs_effect")
+        if p is None or effect is None or p >= alpha:
+            same.append(str(r.get("metric")))
+            continue
+        metric = str(r.get("metric"))
+        worse = metric in _WORSE_WHEN_HIGHER and effect > 0
+        size = (f"{fmt_share(abs(r['rel_effect']))} {_share_ci(r.get('rel_ci'))}"
+                if r.get("rel_effect") is not None else fmt(abs(effect)))
+        lines.append(Line(f"{head}: {candidate} {'raises' if effect > 0 else 'lowers'} {metric} "
+                          f"by {size} against {stable} ({fmt(r.get('mean_control'))} → "
+                          f"{fmt(r.get('mean_variant'))}; p = {fmt_p(p)}).",
+                          "bad" if worse else "key"))
+    if same:
+        lines.append(Line(f"{head}: no detectable difference between {candidate} and {stable} "
+                          f"in {', '.join(same)}."))
+    return lines
+
+
+def _canary_grid(route: dict[str, Any]) -> Grid:
+    grid = Grid(f"Canary {route.get('route')}: {route.get('candidate')} (candidate) vs "
+                f"{route.get('stable')} (stable), per step", (
+                    Column("step", "name"), Column("units (S/C)"), Column("metric", "name"),
+                    Column("stable"), Column("candidate"), Column("effect [95% CI]"),
+                    Column("rel effect [95% CI]"), Column("p"), Column("method", "text")), [])
+    for step in route.get("steps") or []:
+        units = as_dict(step.get("units"))
+        for r in step.get("results") or []:
+            p = r.get("p_value")
+            grid.rows.append([
+                _step_name(step), f"{fmt(units.get('stable'))} / {fmt(units.get('candidate'))}",
+                str(r.get("metric")), fmt(r.get("mean_control")), fmt(r.get("mean_variant")),
+                f"{fmt(r.get('abs_effect'))} {fmt_ci(r.get('abs_ci'))}",
+                f"{fmt_share(r.get('rel_effect'))} {_share_ci(r.get('rel_ci'))}".strip(),
+                Line(fmt_p(p), "key" if p is not None and p < _ALPHA else ""),
+                fmt(r.get("method"))])
+    return grid
+
+
 def build(report: dict[str, Any]) -> Document:
     """The experiment document for a ``shadowcar.report.experiment`` dictionary."""
     settings = report.get("settings") or {}
@@ -110,6 +168,9 @@ def build(report: dict[str, Any]) -> Document:
         if forest is not None:
             section.charts.append(forest)
         sections.append(section)
+    for route in as_dict(report.get("canaries")).get("routes") or []:
+        verdict += _canary_lines(route, alpha)
+        summary.append(_canary_grid(route))
     if not verdict:
         verdict.append(Line(report.get("message") or "no experiment found in the source",
                             "warn"))

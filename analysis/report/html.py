@@ -10,7 +10,7 @@ from html import escape
 from typing import Any
 
 from analysis.report.document import Document, Grid, Line, Section, constant_names
-from analysis.report.notes import collect
+from analysis.report.notes import collect, places
 
 __all__ = ["CSS", "render_document", "render_html"]
 
@@ -98,7 +98,7 @@ def _notes(report: dict[str, Any]) -> str:
         return ""
     items = "".join(
         f'<li class="{n.kind}"><span class="kind">{n.kind}</span> {escape(n.text)}'
-        + (f' <span class="where">— {escape("; ".join(n.where))}</span>' if n.where else "")
+        + (f' <span class="where">— {escape(places(n))}</span>' if n.where else "")
         + "</li>" for n in notes)
     return f'<section class="card notes"><h2>Notes and methods</h2><ul>{items}</ul></section>'
 

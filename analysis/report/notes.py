@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Note", "NoteKind", "collect", "note_kind", "where"]
+__all__ = ["Note", "NoteKind", "collect", "note_kind", "places", "where"]
 
 NoteKind = Literal["warning", "note", "method"]
 
@@ -59,6 +59,12 @@ def where(item: dict[str, Any]) -> str:
         return head
     if "metric" in item and "variant" in item:
         return f"{item['metric']}: {item['variant']} vs {item.get('control')}"
+    if "stable" in item and "candidate" in item and "route" in item:
+        return f"canary {item['route']}: {item['candidate']} vs {item['stable']}"
+    if "index" in item and "units" in item:
+        return "one step" if item["index"] is None else f"step {int(item['index']) + 1}"
+    if "metric" in item and isinstance(item["metric"], str):
+        return item["metric"]
     if "feature" in item:
         return f"{item['feature']}"
     if "backend" in item and "version" in item:
@@ -104,12 +110,23 @@ def _walk(value: Any, path: tuple[str, ...]) -> Iterator[tuple[NoteKind, str, tu
 def collect(report: dict[str, Any]) -> list[Note]:
     """Every note in ``report``: warnings first, then notes, then methods; one entry per text
     with all the places it was found, in the order first seen."""
-    found: dict[tuple[NoteKind, str], list[str]] = {}
+    found: dict[str, list[str]] = {}
+    kinds: dict[str, NoteKind] = {}
     for kind, text, path in _walk(report, ()):
-        places = found.setdefault((kind, text), [])
+        places = found.setdefault(text, [])
+        # A text said both as a note and as a method is shown once, as the weightier kind.
+        if text not in kinds or _ORDER[kind] < _ORDER[kinds[text]]:
+            kinds[text] = kind
         label = " / ".join(path)
         if label not in places:
             places.append(label)
-    notes = [Note(kind, text, tuple(p for p in places if p)) for (kind, text), places
+    notes = [Note(kinds[text], text, tuple(p for p in places if p)) for text, places
              in found.items()]
     return sorted(notes, key=lambda n: _ORDER[n.kind])
+
+
+def places(note: Note, limit: int = 4) -> str:
+    """Where a note was found, the first ``limit`` places and how many more."""
+    shown = "; ".join(note.where[:limit])
+    more = len(note.where) - limit
+    return shown + (f"; and {more} more" if more > 0 else "")

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from analysis.report.document import Column, Document, Grid, Line, Tone, constant_names
-from analysis.report.notes import collect
+from analysis.report.notes import collect, places
 
 __all__ = ["UNLIMITED", "make_console", "print_grid", "render_document", "render_grid",
            "render_table", "terminal_width"]
@@ -170,7 +170,7 @@ def render_document(doc: Document, report: dict[str, Any], *, color: bool = Fals
         console.print()
         console.print(Text("Notes and methods", style="bold"))
     for note in notes:
-        where = f" ({'; '.join(note.where)})" if note.where else ""
+        where = f" ({places(note)})" if note.where else ""
         tone: Tone = "warn" if note.kind == "warning" else ""
         console.print(Text(f"{note.kind}: ", style="bold") + _cell(Line(note.text + where, tone)))
     for about in doc.about:

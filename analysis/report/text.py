@@ -67,8 +67,9 @@ def fmt_params(params: Any) -> str:
 
 
 def _plain(value: Any) -> str:
+    """Nested settings as words (``rule newest; routes {...}``), never a Python repr."""
     if isinstance(value, dict):
-        return "{" + fmt_counts(value) + "}"
+        return "{" + "; ".join(f"{k} {_plain(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list | tuple):
-        return ", ".join(_plain(v) for v in value)
+        return ", ".join(_plain(v) for v in value) or "none"
     return fmt(value)

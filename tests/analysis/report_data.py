@@ -18,10 +18,11 @@ import pandas as pd
 
 from sidecar.sink.schema import migrate
 
-__all__ = ["FRAUD", "KINDS", "RANK", "build_showcase"]
+__all__ = ["CANARY", "FRAUD", "KINDS", "RANK", "build_showcase"]
 
 FRAUD = "/fraud.Model/Predict"
 RANK = "/rank.Model/Score"
+CANARY = "/score.Model/Rank"
 KINDS = ("divergence", "experiment", "drift", "quality", "fields")
 T0 = datetime(2026, 1, 5)
 
@@ -33,6 +34,8 @@ _CONFIG = {"routes": [
      "experiment": {"name": "ranker-ab", "variants": [
          {"name": "control", "backend": "rank-a", "weight": 50},
          {"name": "treat", "backend": "rank-b", "weight": 50}]}},
+    {"match": CANARY, "primary": "score-v1",
+     "canary": {"stable": "score-v1", "candidate": "score-v2", "steps": [10, 50, 100]}},
 ]}
 
 
@@ -86,11 +89,35 @@ def _experiment(rng: np.random.Generator, units: int) -> tuple[pd.DataFrame, pd.
     return requests, pd.concat(rows, ignore_index=True)
 
 
+def _canary(rng: np.random.Generator, units: int) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                           pd.DataFrame]:
+    """Two canary steps (10 %, then 50 % of units on score-v2); the candidate errs more."""
+    rows, outcomes = [], []
+    for step, (share, start) in enumerate(((0.1, T0), (0.5, T0 + timedelta(hours=12)))):
+        for u in range(units):
+            arm = "canary" if rng.random() < share else "stable"
+            ts = start + timedelta(seconds=int(rng.integers(0, 40000)))
+            bad = rng.random() < (0.04 if arm == "canary" else 0.01)
+            rows.append({"request_id": f"c{step}-{u}", "ts": ts, "route": CANARY,
+                         "unit_id": f"cu{step}-{u}", "experiment": "canary", "variant": arm,
+                         "exposed": True, "status": "UNAVAILABLE" if bad else "OK",
+                         "latency_ms": float(rng.gamma(3.0, 2.0) + (1.0 if arm == "canary"
+                                                                      else 0.0))})
+            outcomes.append({"event_id": f"cv{step}-{u}", "unit_id": f"cu{step}-{u}",
+                             "request_id": None, "metric": "converted",
+                             "value": float(rng.random() < 0.2),
+                             "ts": ts + timedelta(minutes=3)})
+    states = pd.DataFrame({"ts": [T0, T0 + timedelta(hours=12)], "route": CANARY,
+                           "canary_key": "k", "state": "running", "step_index": [0, 1]})
+    return pd.DataFrame(rows), pd.DataFrame(outcomes), states
+
+
 def build_showcase(path: Path, *, n: int = 2000, units: int = 4000, seed: int = 7) -> Path:
     """Write the showcase DuckDB file at ``path`` and return it."""
     rng = np.random.default_rng(seed)
     f_req, f_calls, f_out = _fraud(rng, n)
     x_req, x_out = _experiment(rng, units)
+    c_req, c_out, c_states = _canary(rng, units // 2)
     con = duckdb.connect(str(path))
     try:
         migrate(con)
@@ -109,12 +136,19 @@ def build_showcase(path: Path, *, n: int = 2000, units: int = 4000, seed: int = 
         con.execute("INSERT INTO requests (request_id, ts, route, method, status, unit_id, "
                     "experiment, variant, exposed) SELECT request_id, ts, route, route, 'OK', "
                     "unit_id, experiment, variant, exposed FROM x_req")
+        con.register("c_req", c_req)
+        con.execute("INSERT INTO requests (request_id, ts, route, method, status, unit_id, "
+                    "experiment, variant, exposed, latency_ms) SELECT request_id, ts, route, "
+                    "route, status, unit_id, experiment, variant, exposed, latency_ms FROM c_req")
+        con.register("c_states", c_states)
+        con.execute("INSERT INTO canary_state (ts, route, canary_key, state, step_index) "
+                    "SELECT ts, route, canary_key, state, step_index FROM c_states")
         con.register("f_calls", f_calls)
         con.execute("INSERT INTO calls (request_id, ts, route, method, backend, backend_version, "
                     "role, served, status, latency_ms, score, label, response_json) "
                     "SELECT request_id, ts, route, route, backend, backend_version, role, "
                     "served, status, latency_ms, score, label, response_json FROM f_calls")
-        outcomes = pd.concat([f_out, x_out], ignore_index=True)
+        outcomes = pd.concat([f_out, x_out, c_out], ignore_index=True)
         con.register("outcomes_df", outcomes)
         con.execute("INSERT INTO outcomes (event_id, unit_id, request_id, metric, value, ts) "
                     "SELECT event_id, unit_id, request_id, metric, value, ts FROM outcomes_df")

@@ -226,3 +226,16 @@ def test_serving_never_imports_matplotlib() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=60, check=True, cwd=REPO)
     assert done.stdout.strip() == "False"
+
+
+def test_canaries_read_per_step_in_table_and_html(reports: dict[str, dict[str, Any]]) -> None:
+    """Issue 16.12 with 16.5: a canary is read per step, candidate against stable, in words,
+    not as a one-variant experiment (`counts {'canary': 48}`)."""
+    report = reports["experiment"]
+    if not report.get("canaries"):
+        pytest.skip("this experiment report has no canary readout")
+    table = _one_line(render(report, "experiment", "table", width=0))
+    html = _plain_html(render(report, "experiment", "html"))
+    for text in (table, html):
+        assert "Canary on /score.Model/Rank, step 2 (50%): score-v2 raises error_rate" in text
+        assert "per step" in text and "{'" not in text
