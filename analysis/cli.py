@@ -286,8 +286,12 @@ def _emit(args: argparse.Namespace, text: str) -> int:
 
 
 def _live_report(args: argparse.Namespace, opening: AnalysisSourceError, color: bool) -> int:
-    """The source would not open: when a live sidecar writes the --db file, it runs the
-    report; otherwise the opening error stands (exit 3)."""
+    """The source would not open: when a live sidecar writes the --db file, it computes the
+    report (as JSON) and this process renders the table or HTML page, so that drawing
+    charts costs the serving process nothing; otherwise the opening error stands (exit 3)."""
+    import json
+
+    from analysis.report import render
     from sidecar.admin.live import LiveError, live_sidecar_for
 
     try:
@@ -295,18 +299,19 @@ def _live_report(args: argparse.Namespace, opening: AnalysisSourceError, color: 
         if live is None:
             print(f"report {args.kind}: {opening}", file=sys.stderr)
             return EXIT_NO_DATA
-        query = report_query(args)
-        if color:
-            query.append(("color", "1"))
-        if args.format == "table":  # the asking terminal's width, not the sidecar's
-            from analysis.report.terminal import terminal_width
-
-            query.append(("width", str(0 if args.output else terminal_width() or 0)))
-        text = live.report(args.kind, query)
+        query = [(k, v) for k, v in report_query(args) if k != "format"]
+        text = live.report(args.kind, [*query, ("format", "json")])
+        if args.format != "json":  # rendered from the JSON: the same text (tests hold it)
+            text = render(json.loads(text), args.kind, args.format, color=color,
+                          width=0 if args.output else None)
     except LiveError as exc:
         print(f"report {args.kind}: {exc}", file=sys.stderr)
         return exc.exit_code
-    except _UsageError as exc:
+    except json.JSONDecodeError as exc:
+        print(f"report {args.kind}: the live sidecar's answer is not JSON: {exc}",
+              file=sys.stderr)
+        return EXIT_NO_DATA
+    except (_UsageError, ValueError) as exc:
         print(f"report {args.kind}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return _emit(args, text)

@@ -32,9 +32,9 @@ from proxy_rig import PY, Echo, Sidecar, _free_port, h2load, tree_hash
 class Reporter(threading.Thread):
     """Asks for one report after another until stopped; records each duration."""
 
-    def __init__(self, admin: str, kind: str) -> None:
+    def __init__(self, admin: str, kind: str, fmt: str) -> None:
         super().__init__(daemon=True)
-        self.url = f"{admin}/v1/reports/{kind}?format=json"
+        self.url = f"{admin}/v1/reports/{kind}?format={fmt}"
         self.stop_event = threading.Event()
         self.durations: list[float] = []
         self.failures: list[str] = []
@@ -44,7 +44,7 @@ class Reporter(threading.Thread):
             started = time.monotonic()
             try:
                 with urllib.request.urlopen(self.url, timeout=600) as resp:
-                    json.loads(resp.read())
+                    resp.read()
             except Exception as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
                 time.sleep(0.5)
@@ -72,6 +72,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--kind", default="divergence",
                         help="report kind asked (divergence, drift, fields, ...)")
+    parser.add_argument("--format", default="json", choices=("json", "html", "table"),
+                        help="report format asked (html draws its charts: the most Python)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
@@ -103,7 +105,7 @@ def main() -> int:
         print(f"sidecar report {args.kind} --db (live): exit {cli.returncode}")
         for run in range(args.runs):
             for phase in ("quiet", "reporting"):
-                reporter = Reporter(admin, args.kind) if phase == "reporting" else None
+                reporter = Reporter(admin, args.kind, args.format) if phase == "reporting" else None
                 dropped0 = _dropped(admin)
                 if reporter is not None:
                     reporter.start()

@@ -101,6 +101,7 @@ async def test_commands_on_a_live_file_match_the_stopped_file(live: Live) -> Non
         "divergence": ("report", "divergence", "--db", db, "--format", "json"),
         "drift": ("report", "drift", "--db", db, "--format", "json", "--since", "2000-01-01"),
         "fields": ("report", "fields", "--db", db, "--format", "json"),
+        "html": ("report", "drift", "--db", db, "--format", "html", "--since", "2000-01-01"),
         "models": ("models", "--db", db, "--json"),
         "audit": ("audit", "--db", db, "--json"),
         "check": ("check", str(live.config), "--db", db, "--json"),
@@ -112,11 +113,13 @@ async def test_commands_on_a_live_file_match_the_stopped_file(live: Live) -> Non
     divergence = json.loads(during["divergence"][1])
     (pair,) = divergence["pairs"]
     assert pair["n"] == 240 and pair["shadow"] == "v2"
-    html = await sidecar("report", "divergence", "--db", db, "--format", "html")
-    assert html[0] == 0 and html[1].lstrip().lower().startswith("<!doctype html")
+    assert during["html"][1].lstrip().lower().startswith("<!doctype html")
+    assert "<svg" in during["html"][1]  # drawn by this process from the sidecar's JSON
     table = await sidecar("check", str(live.config), "--db", db)
     assert table[0] == 1
     assert "FIRED  v2-diverges" in table[1] and "1 of 3 triggers fired" in table[1]
+    text_during = live.db.parent / "during.txt"  # a table to a file: unwrapped, as offline
+    assert (await sidecar("report", "divergence", "--db", db, "-o", str(text_during)))[0] == 0
 
     await live.sc.aclose()  # the same commands on the stopped file
     assert not Path(discovery_path(db)).exists()
@@ -124,9 +127,13 @@ async def test_commands_on_a_live_file_match_the_stopped_file(live: Live) -> Non
     for name in ("divergence", "drift", "fields", "models", "audit"):
         assert after[name][0] == 0, after[name][2]
         assert json.loads(after[name][1]) == json.loads(during[name][1]), name
+    assert after["html"][1] == during["html"][1]
     verdicts = [[(e["name"], e["fired"], e["message"]) for e in json.loads(run[1])]
                 for run in (during["check"], after["check"])]
     assert verdicts[0] == verdicts[1] and after["check"][0] == 1
+    text_after = live.db.parent / "after.txt"
+    assert (await sidecar("report", "divergence", "--db", db, "-o", str(text_after)))[0] == 0
+    assert text_during.read_text() == text_after.read_text()
 
 
 async def test_admin_api_serves_reports(live: Live) -> None:
@@ -240,3 +247,34 @@ async def test_stale_discovery_file_is_ignored(tmp_path: Path, echo, channel_to)
     code, out, err = await sidecar("models", "--db", str(db), "--json")
     assert code == 0, err
     assert json.loads(out)[0]["roles"]["primary"]["calls"] == 1
+
+
+def test_every_report_option_travels_to_a_live_sidecar(tmp_path: Path) -> None:
+    """Issue 15.6: the options a user gives `sidecar report` reach the live sidecar as they
+    are, including any added later (the query is derived from the parser itself)."""
+    import argparse
+
+    from analysis.cli import add_report_parser, report_args, report_query
+
+    contract = tmp_path / "c.yaml"
+    contract.write_text(yaml.safe_dump({
+        "name": "c", "version": "1", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2],
+                                                  "features": [{"name": "a", "range": [0, 1]},
+                                                               {"name": "b", "range": [2, 3]}]}]}))
+    parser = argparse.ArgumentParser()
+    add_report_parser(parser.add_subparsers(dest="command"))
+    argv = ["report", "experiment", "--db", "x.duckdb", "--since", "24h", "--until",
+            "2030-01-01", "--route", "/a.B/C", "--control", "ctl", "--weights", "ctl=1,t=2",
+            "--sequential", "--cuped", "--winsorize", "0.99", "--atol", "0.5", "--rtol", "0.25",
+            "--segment", "variant", "--metric", "clicks", "--quality-kind", "regression",
+            "--window", "1h", "--ignore", "a.b", "--ignore", "c", "--format", "html",
+            "--contract", str(contract), "-o", "out.html", "--memory-limit", "1GB"]
+    given = parser.parse_args(argv)
+    query = report_query(given)
+    assert not {k for k, _ in query} & {"db", "output", "contract", "memory_limit"}
+    sent = report_args("experiment", query)
+    local = {"db", "parquet", "input", "output", "memory_limit", "contract", "help"}
+    for name, value in vars(given).items():
+        if name not in local:
+            assert getattr(sent, name) == value, name
+    assert sent.ranges == {"x[0]": (0.0, 1.0), "x[1]": (2.0, 3.0)}
