@@ -27,7 +27,7 @@ from sidecar.config import BackendConfig, LoadedConfig, canonical_json
 from sidecar.config.reload import check_reload
 from sidecar.errors import ConfigError, ShadowcarError
 from sidecar.mirror import Mirror
-from sidecar.outcomes import OutcomeIngest, add_feedback_service
+from sidecar.outcomes import FeedbackAuth, OutcomeIngest, add_feedback_service
 from sidecar.routing import CallCounts, RoutePlan, RouteTable
 from sidecar.server import Dispatch, ProxyHandler, stop_serving
 from sidecar.sink import AuditRecord, CallRecord, DuckDBSink
@@ -103,7 +103,7 @@ class Sidecar:
         oc = cfg.outcomes
         self.outcomes = OutcomeIngest(
             self.sink, max_events=oc.max_events, recent_ids=oc.recent_ids,
-            max_future_s=oc.max_future_s,
+            max_future_s=oc.max_future_s, unit_redactor=lambda: self.loaded.unit_redactor,
         )
         self._server: grpc.aio.Server | None = None
         self._handler: ProxyHandler | None = None
@@ -254,8 +254,9 @@ class Sidecar:
         backend's error window (which logs what goes wrong)."""
         if row.latency_ms is not None:
             self.metrics.observe_call(row.route, row.backend, row.role, row.latency_ms)
-        self.backend_errors.observe(row.backend, row.route, row.role, row.status, row.error,
-                                    row.ts)
+        red = row.decoding.redactor  # a backend may quote redacted input in its message
+        self.backend_errors.observe(row.backend, row.route, row.role, row.status,
+                                    row.error if red is None else red.error(row.error), row.ts)
         self.health.observe(
             row.request_id, row.route, row.backend, row.role, row.status, row.latency_ms,
             score, label,
@@ -283,7 +284,8 @@ class Sidecar:
         )
         # The sidecar's own services come first, so a '*' route never shadows them.
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._server)
-        feedback = add_feedback_service(self._server, self.outcomes)
+        feedback = add_feedback_service(self._server, self.outcomes, FeedbackAuth(
+            lambda: self.loaded.admin_token, cfg.admin.allow_unauthenticated))
         reflection.enable_server_reflection(
             (HEALTH_SERVICE, feedback, reflection.SERVICE_NAME), self._server
         )

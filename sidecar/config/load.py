@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -21,6 +21,9 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from sidecar.config.models import Config, RouteConfig
 from sidecar.errors import ConfigError
 from sidecar.resilience.fallback import load_static_fallback
+
+if TYPE_CHECKING:
+    from sidecar.sink.redaction import Redactor
 
 __all__ = [
     "LoadedConfig",
@@ -55,6 +58,8 @@ class LoadedConfig:
     contracts: dict[str, Any] = field(default_factory=dict)
     #: Descriptor codecs by route match (``codec: descriptor:FILE``), built at load.
     codecs: dict[str, Any] = field(default_factory=dict)
+    #: How outcome unit ids are redacted: like the requests' (``redact.unit``), or None.
+    unit_redactor: Redactor | None = None
 
     @property
     def admin_token(self) -> str | None:
@@ -369,6 +374,31 @@ def _redaction_keys(config: Config) -> tuple[dict[str, bytes], list[tuple[str, s
     return keys, problems
 
 
+def _unit_redaction(
+    config: Config, keys: dict[str, bytes]
+) -> tuple[Redactor | None, list[tuple[str, str]]]:
+    """The one redaction of outcome unit ids: outcomes name no route, so every route that
+    redacts its unit must do it alike (mode and key) for outcomes to join their units."""
+    from sidecar.sink.redaction import Redactor
+
+    chosen: tuple[str, bytes | None] | None = None
+    problems: list[tuple[str, str]] = []
+    for r, route in enumerate(config.routes):
+        red = route.redact
+        if red is None or not red.unit:
+            continue
+        rule = (red.mode, keys.get(route.match) if red.mode == "hash" else None)
+        if chosen is None:
+            chosen = rule
+        elif rule != chosen:
+            problems.append((f"routes[{r}].redact", "routes that redact the unit must share "
+                             "mode and key: outcome unit ids are redacted one way to join"))
+    if chosen is None:
+        return None, problems
+    mode = "drop" if chosen[0] == "drop" else "hash"
+    return Redactor(frozenset(), (), True, mode, chosen[1]), problems
+
+
 def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> LoadedConfig:
     """Validate already-parsed YAML/JSON data."""
     if not isinstance(data, dict):
@@ -401,6 +431,8 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     problems.extend(more)
     keys, more = _redaction_keys(config)
     problems.extend(more)
+    unit_redactor, more = _unit_redaction(config, keys)
+    problems.extend(more)
     contracts, more = _contracts(config, base)
     problems.extend(more)
     codecs, more = _descriptor_codecs(config, base)
@@ -423,7 +455,7 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     return LoadedConfig(
         config=config, version=digest.hexdigest()[:12], source=source,
         static_fallbacks=statics, files=files, redaction_keys=keys, contracts=contracts,
-        codecs=codecs,
+        codecs=codecs, unit_redactor=unit_redactor,
     )
 
 

@@ -7,7 +7,14 @@ a request, and :func:`contract_markdown` renders the human page.
 
 from __future__ import annotations
 
-from sidecar.contracts.check import Rule, Violation, check_inputs, check_outputs, impute
+from sidecar.contracts.check import (
+    Rule,
+    Violation,
+    check_inputs,
+    check_outputs,
+    hide_values,
+    impute,
+)
 from sidecar.contracts.docs import contract_markdown
 from sidecar.contracts.model import (
     Contract,
@@ -28,6 +35,7 @@ __all__ = [
     "check_inputs",
     "check_outputs",
     "contract_markdown",
+    "hide_values",
     "impute",
     "load_contract",
     "parse_contract",

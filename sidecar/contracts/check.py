@@ -6,8 +6,8 @@ Checks are vectorised per tensor with numpy; imputation re-encodes an OIP ``Mode
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
 
 import numpy as np
@@ -18,7 +18,7 @@ from sidecar.codecs.oip import LENGTH_PREFIX, TYPED_FIELD
 from sidecar.codecs.tensor import BYTES_DATATYPE, NUMERIC_DTYPES, CodecError, Tensor
 from sidecar.contracts.model import Contract, FeatureSpec, InputSpec, OutputSpec, Scalar
 
-__all__ = ["Rule", "Violation", "check_inputs", "check_outputs", "impute"]
+__all__ = ["Rule", "Violation", "check_inputs", "check_outputs", "hide_values", "impute"]
 
 #: The closed vocabulary of contract rules a violation names.
 Rule: TypeAlias = Literal["missing", "datatype", "shape", "range", "category", "null", "nan"]
@@ -29,11 +29,33 @@ _INT_DATATYPES = frozenset({"UINT8", "UINT16", "UINT32", "UINT64",
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    """One broken rule of one tensor or feature; ``detail`` says how, for humans."""
+    """One broken rule of one tensor or feature; ``detail`` says how, for humans.
+
+    ``sample`` is the part of ``detail`` that quotes the request's own values
+    (``min 3, max 9``, ``e.g. a, b``); :func:`hide_values` removes it for redacted tensors.
+    """
 
     field: str
     rule: Rule
     detail: str
+    #: The tensor the field belongs to (a feature's label names it too).
+    tensor: str = ""
+    #: The values quoted in ``detail`` ("" when it quotes none).
+    sample: str = ""
+
+    def without_values(self) -> Violation:
+        """This violation with the quoted values replaced (counts and bounds stay)."""
+        if not self.sample:
+            return self
+        detail = self.detail.replace(f"({self.sample})", "(values redacted)")
+        return replace(self, detail=detail, sample="")
+
+
+def hide_values(found: Sequence[Violation], tensors: Collection[str]) -> tuple[Violation, ...]:
+    """``found`` with the values of the named (redacted) tensors withheld from every text."""
+    if not tensors:
+        return tuple(found)
+    return tuple(v.without_values() if v.tensor in tensors else v for v in found)
 
 
 def check_inputs(contract: Contract, tensors: Sequence[Tensor]) -> list[Violation]:
@@ -44,7 +66,8 @@ def check_inputs(contract: Contract, tensors: Sequence[Tensor]) -> list[Violatio
         tensor = found.get(spec.name)
         if tensor is None:
             hint = " (a default is declared: imputation adds it)" if spec.default_row() else ""
-            out.append(Violation(spec.name, "missing", f"input tensor is absent{hint}"))
+            out.append(Violation(spec.name, "missing", f"input tensor is absent{hint}",
+                                 spec.name))
             continue
         if not _header_ok(spec, tensor, out):
             continue
@@ -60,7 +83,7 @@ def check_outputs(contract: Contract, tensors: Sequence[Tensor]) -> list[Violati
     for spec in contract.outputs:
         tensor = found.get(spec.name)
         if tensor is None:
-            out.append(Violation(spec.name, "missing", "output tensor is absent"))
+            out.append(Violation(spec.name, "missing", "output tensor is absent", spec.name))
             continue
         if not _header_ok(spec, tensor, out) or tensor.data is None:
             continue
@@ -68,11 +91,11 @@ def check_outputs(contract: Contract, tensors: Sequence[Tensor]) -> list[Violati
         nan = np.isnan(values)
         if not spec.allow_nan and nan.any():
             out.append(Violation(spec.name, "nan", f"{int(nan.sum())} of {values.size} "
-                                                   "values are NaN"))
+                                                   "values are NaN", spec.name))
         if spec.range is not None:
             bad = _outside(values[~nan], spec.range)
             if bad is not None:
-                out.append(Violation(spec.name, "range", bad))
+                out.append(Violation(spec.name, "range", bad[0], spec.name, bad[1]))
     return out
 
 
@@ -81,14 +104,15 @@ def _header_ok(spec: InputSpec | OutputSpec, tensor: Tensor, out: list[Violation
     comparable = True
     if tensor.datatype != spec.datatype:
         out.append(Violation(spec.name, "datatype",
-                             f"expected {spec.datatype}, got {tensor.datatype}"))
+                             f"expected {spec.datatype}, got {tensor.datatype}", spec.name))
         comparable = (tensor.datatype == BYTES_DATATYPE) == (spec.datatype == BYTES_DATATYPE)
     shape_ok = len(spec.shape) == len(tensor.shape) and all(
         want in (-1, got) for want, got in zip(spec.shape, tensor.shape, strict=True)
     )
     if not shape_ok:
         want = "[" + ", ".join("*" if d == -1 else str(d) for d in spec.shape) + "]"
-        out.append(Violation(spec.name, "shape", f"expected {want}, got {list(tensor.shape)}"))
+        out.append(Violation(spec.name, "shape", f"expected {want}, got {list(tensor.shape)}",
+                             spec.name))
     return comparable and shape_ok
 
 
@@ -105,13 +129,14 @@ def _feature_violations(spec: InputSpec, tensor: Tensor) -> list[Violation]:
         index = spec.feature_index(position)
         if index >= width:
             out.append(Violation(label, "shape", f"feature index {index} is outside the last "
-                                                  f"dimension ({width})"))
+                                                  f"dimension ({width})", spec.name))
             continue
         column = matrix[:, index]
         if tensor.data is not None:
-            out += _numeric_feature(label, feature, column)
+            found = _numeric_feature(label, feature, column)
         else:
-            out += _text_feature(label, feature, column)
+            found = _text_feature(label, feature, column)
+        out += [replace(v, tensor=spec.name) for v in found]
     return out
 
 
@@ -125,12 +150,13 @@ def _numeric_feature(label: str, feature: FeatureSpec, column: np.ndarray) -> li
     if feature.range is not None:
         bad = _outside(finite, feature.range)
         if bad is not None:
-            out.append(Violation(label, "range", bad))
+            out.append(Violation(label, "range", bad[0], sample=bad[1]))
     if feature.categories is not None:
         allowed = np.asarray([float(c) for c in feature.categories if not isinstance(c, str)])
         unknown = finite[~np.isin(finite, allowed)]
         if unknown.size:
-            out.append(Violation(label, "category", _unknown(unknown, column.size)))
+            detail, sample = _unknown(unknown, column.size)
+            out.append(Violation(label, "category", detail, sample=sample))
     return out
 
 
@@ -146,22 +172,26 @@ def _text_feature(label: str, feature: FeatureSpec, column: np.ndarray) -> list[
         present = text[~empty]
         unknown = present[~np.isin(present, allowed)]
         if unknown.size:
-            out.append(Violation(label, "category", _unknown(unknown, text.size)))
+            detail, sample = _unknown(unknown, text.size)
+            out.append(Violation(label, "category", detail, sample=sample))
     return out
 
 
-def _outside(values: np.ndarray, bounds: tuple[float, float]) -> str | None:
+def _outside(values: np.ndarray, bounds: tuple[float, float]) -> tuple[str, str] | None:
+    """(detail, sample) of the values outside ``bounds``; None when none are."""
     low, high = bounds
     bad = values[(values < low) | (values > high)]
     if not bad.size:
         return None
-    return (f"{bad.size} of {values.size} values outside [{low:g}, {high:g}] "
-            f"(min {float(bad.min()):g}, max {float(bad.max()):g})")
+    sample = f"min {float(bad.min()):g}, max {float(bad.max()):g}"
+    return f"{bad.size} of {values.size} values outside [{low:g}, {high:g}] ({sample})", sample
 
 
-def _unknown(values: np.ndarray, total: int) -> str:
+def _unknown(values: np.ndarray, total: int) -> tuple[str, str]:
+    """(detail, sample) of the values outside the allowed categories."""
     shown = sorted({str(v) for v in values[:1000].tolist()})[:5]
-    return f"{values.size} of {total} values not allowed (e.g. {', '.join(shown)})"
+    sample = f"e.g. {', '.join(shown)}"
+    return f"{values.size} of {total} values not allowed ({sample})", sample
 
 
 def impute(contract: Contract, request_bytes: bytes) -> tuple[bytes, list[str]] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sidecar._lazy import lazy_exports
-from sidecar.outcomes.grpc_service import FeedbackServicer, add_feedback_service
+from sidecar.outcomes.grpc_service import FeedbackAuth, FeedbackServicer, add_feedback_service
 from sidecar.outcomes.ingest import (
     EVENT_FIELDS,
     BatchTooLarge,
@@ -27,6 +27,7 @@ __all__ = [
     "EVENT_FIELDS",
     "MAX_BODY_BYTES",
     "BatchTooLarge",
+    "FeedbackAuth",
     "FeedbackServicer",
     "IngestResult",
     "MemoryOutcomeSink",

@@ -12,10 +12,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.errors import BatchTooLarge
 from sidecar.sink.records import OutcomeRecord
+
+if TYPE_CHECKING:
+    from sidecar.sink.redaction import Redactor
 
 __all__ = [
     "EVENT_FIELDS",
@@ -200,6 +203,17 @@ def _iso(ts: float) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _redact_unit(row: OutcomeRecord, redactor: Redactor, index: int) -> OutcomeRecord | Rejection:
+    """``row`` with its unit id as the requests table records it (hashed, or dropped)."""
+    if row.unit_id is None:
+        return row
+    unit = redactor.value(row.unit_id)
+    if unit is None and row.request_id is None:
+        return Rejection(index, row.event_id, "unit_id: unit ids are not recorded here "
+                         "(redact.unit with mode: drop); identify the outcome by request_id")
+    return row._replace(unit_id=unit)
+
+
 class OutcomeIngest:
     """Validates outcome batches and hands the valid, not recently seen events to a sink.
 
@@ -214,7 +228,11 @@ class OutcomeIngest:
         recent_ids: int = 100_000,
         max_future_s: float = 300,
         clock: Callable[[], float] = time.time,
+        unit_redactor: Callable[[], Redactor | None] | None = None,
     ) -> None:
+        """``unit_redactor`` gives, per batch, how recorded unit ids are redacted (the
+        config's ``redact.unit``): outcome unit ids get the same keyed hash as the requests'
+        so they still join, and are never stored in clear."""
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, got {max_events}")
         if recent_ids < 0:
@@ -226,6 +244,7 @@ class OutcomeIngest:
         self.recent_ids = recent_ids
         self.max_future_s = float(max_future_s)
         self._clock = clock
+        self._unit_redactor = unit_redactor
         # Insertion-ordered set of recently stored ids; the oldest falls out first.
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._accepted_total = 0
@@ -259,11 +278,14 @@ class OutcomeIngest:
         if len(events) > self.max_events:
             raise BatchTooLarge(len(events), self.max_events)
         now = self._clock()
+        redactor = self._unit_redactor() if self._unit_redactor is not None else None
         accepted = dropped = 0
         duplicates: list[str] = []
         rejected: list[Rejection] = []
         for index, event in enumerate(events):
             outcome = self._validate(index, event, now)
+            if redactor is not None and not isinstance(outcome, Rejection):
+                outcome = _redact_unit(outcome, redactor, index)
             if isinstance(outcome, Rejection):
                 rejected.append(outcome)
                 continue

@@ -2,7 +2,9 @@
 replaced by a keyed hash (HMAC-SHA256, hex, first 32 characters), in the writer thread.
 
 A keyed hash keeps equal values equal (units stay countable, categories comparable) while
-the value itself cannot be recovered without the key.
+the value itself cannot be recovered without the key. Texts derived from the request are
+redacted too: contract violations lose the values they quote, and a call's error text on a
+redacted route (a backend may echo the request in it) is replaced by its keyed hash.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,6 +56,22 @@ class Redactor:
         replace = None if self.mode == "drop" else (lambda v: self.value(str(v)))
         result: dict[str, Any] = redact_paths(doc, self.fields, replace)
         return result
+
+    def violations(self, found: Sequence[Any] | None) -> Sequence[Any] | None:
+        """Contract violations with the values of redacted inputs withheld."""
+        if not found or not self.inputs:
+            return found
+        from sidecar.contracts import hide_values
+
+        return hide_values(found, self.inputs)
+
+    def error(self, text: str | None) -> str | None:
+        """A call's error text as recorded: the backend may quote redacted request content
+        in it, so only a keyed hash (equal errors stay equal) or nothing is kept."""
+        if text is None:
+            return None
+        hashed = self.value(text)
+        return "redacted" if hashed is None else f"redacted:{hashed}"
 
     def tensors(self, rows: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         if rows is None:

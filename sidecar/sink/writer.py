@@ -146,7 +146,8 @@ def _requests_table(
 
                     found = tuple(check_inputs(contract, decoded))
         contracts.append(f"{contract.name}@{contract.version}" if contract is not None else None)
-        violations.append(_violations_json(found))
+        violations.append(_violations_json(found if dec.redactor is None
+                                           else dec.redactor.violations(found)))
         imputed.append(json.dumps(list(row.imputed)) if row.imputed else None)
         request_jsons.append(request_json)
         unit = row.unit_id
@@ -284,14 +285,15 @@ def _calls_table(
                     from sidecar.contracts import check_outputs
 
                     found = check_outputs(dec.contract, decoded)
-        out_violations.append(_violations_json(found))
+        out_violations.append(_violations_json(found if dec.redactor is None
+                                               else dec.redactor.violations(found)))
         outputs.append(tensors)
         output.append(summary[0])
         score.append(summary[1])
         label.append(summary[2])
         response_jsons.append(response_json)
         observed.append((row, score[-1], label[-1]))
-        errors.append(error)
+        errors.append(error if dec.redactor is None else dec.redactor.error(error))
         raw.append(row.response if dec.record_bytes and not big else None)
         truncations.append(truncated)
     columns = _call_columns(rows)
