@@ -239,3 +239,21 @@ def test_canaries_read_per_step_in_table_and_html(reports: dict[str, dict[str, A
     for text in (table, html):
         assert "Canary on /score.Model/Rank, step 2 (50%): score-v2 raises error_rate" in text
         assert "per step" in text and "{'" not in text
+
+
+def test_legends_sit_outside_the_axes(reports: dict[str, dict[str, Any]]) -> None:
+    """Issue 16.12: a legend drawn inside the plotting area can cover a curve; every legend
+    is the figure's (below the axes), never an axes' own."""
+    import xml.etree.ElementTree as ET
+
+    legends = 0
+    for kind, report in reports.items():
+        html = render(report, kind, "html")  # type: ignore[arg-type]
+        for svg in re.findall(r"<svg.*?</svg>", html, flags=re.S):
+            root = ET.fromstring(svg.replace("xlink:href", "href"))
+            for group in root.iter("g"):
+                if group.get("id", "").startswith("axes"):
+                    inside = [g for g in group.iter("g") if g.get("id", "").startswith("legend")]
+                    assert not inside, kind
+            legends += sum(1 for g in root.iter("g") if g.get("id", "").startswith("legend"))
+    assert legends >= 8
