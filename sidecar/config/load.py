@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -381,7 +381,7 @@ def _unit_redaction(
     redacts its unit must do it alike (mode and key) for outcomes to join their units."""
     from sidecar.sink.redaction import Redactor
 
-    chosen: tuple[str, bytes | None] | None = None
+    chosen: tuple[Literal["hash", "drop"], bytes | None] | None = None
     problems: list[tuple[str, str]] = []
     for r, route in enumerate(config.routes):
         red = route.redact
@@ -395,8 +395,7 @@ def _unit_redaction(
                              "mode and key: outcome unit ids are redacted one way to join"))
     if chosen is None:
         return None, problems
-    mode = "drop" if chosen[0] == "drop" else "hash"
-    return Redactor(frozenset(), (), True, mode, chosen[1]), problems
+    return Redactor(frozenset(), (), True, chosen[0], chosen[1]), problems
 
 
 def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> LoadedConfig:
