@@ -89,14 +89,15 @@ def _texts(value: Any) -> Iterator[str]:
                 yield f"{key}: {text}"
 
 
-def _walk(value: Any, path: tuple[str, ...]) -> Iterator[tuple[NoteKind, str, tuple[str, ...]]]:
+def _walk(value: Any, path: tuple[str, ...],
+          root: bool = False) -> Iterator[tuple[NoteKind, str, tuple[str, ...]]]:
     if isinstance(value, list | tuple):
         for item in value:
             yield from _walk(item, path)
         return
     if not isinstance(value, dict):
         return
-    label = where(value)
+    label = "" if root else where(value)  # the report itself is no place worth naming
     here = (*path, label) if label and (not path or path[-1] != label) else path
     for key, item in value.items():
         kind = note_kind(key)
@@ -112,7 +113,7 @@ def collect(report: dict[str, Any]) -> list[Note]:
     with all the places it was found, in the order first seen."""
     found: dict[str, list[str]] = {}
     kinds: dict[str, NoteKind] = {}
-    for kind, text, path in _walk(report, ()):
+    for kind, text, path in _walk(report, (), root=True):
         places = found.setdefault(text, [])
         # A text said both as a note and as a method is shown once, as the weightier kind.
         if text not in kinds or _ORDER[kind] < _ORDER[kinds[text]]:
