@@ -153,6 +153,12 @@ class CircuitBreaker:
         a deadline the caller's own, shorter deadline set: ``timeout_bound`` False) is no
         verdict and only gives a probe slot back."""
         if status == "OK":
+            if ticket is PASS and self.state == "closed" and not self._failures_in_window:
+                # The pass-through's common case, kept short: nothing to open or log.
+                recent = self._recent
+                recent.append(False)
+                self._streak = 0
+                return
             self._verdict(ticket, False, status, details)
         elif status in CALLER_FAULTS or (status == _DEADLINE and not timeout_bound):
             self.release(ticket)
