@@ -326,7 +326,12 @@ def parse_time(value: str | datetime | None, *, now: datetime | None = None) -> 
         if relative:
             seconds = float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
             base = now or datetime.now(UTC)
-            moment = base - timedelta(seconds=seconds)
+            try:
+                moment = base - timedelta(seconds=seconds)
+            except OverflowError:  # an age beyond year 1 (99999999999999d)
+                raise AnalysisSourceError(
+                    f"time {value!r} reaches before the year 1: use a smaller age"
+                ) from None
         else:
             try:
                 moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -336,7 +341,12 @@ def parse_time(value: str | datetime | None, *, now: datetime | None = None) -> 
                     "use ISO 8601 (2024-05-01T12:00) or an age (24h, 7d)"
                 ) from exc
     if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
+        try:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # 9999-12-31T23:59-14:00 is past the year 9999 in UTC
+            raise AnalysisSourceError(
+                f"time {value!r} is outside the years 1-9999 in UTC"
+            ) from None
     return moment
 
 
