@@ -72,6 +72,11 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no
         return self._refusing
 
     @property
+    def refusing(self) -> bool:
+        """New calls are held and refused (the sidecar is stopping)."""
+        return self._refusing is not None
+
+    @property
     def refused(self) -> int:
         """Calls answered UNAVAILABLE because they arrived during shutdown."""
         return self._refusing.arrived if self._refusing is not None else 0

@@ -196,3 +196,52 @@ async def test_a_streaming_shadow_obeys_the_breaker_rule(
     lane = sc.stats()["routes"][0]["shadows"]["s"]
     assert lane["sent"] == 8 and lane["breaker_skipped"] == 0
     assert sc.backends["s"].breaker.state == "closed"
+
+
+async def test_every_kind_of_call_arriving_at_shutdown_is_held_then_unavailable(
+    stream_backends, start_sidecar, channel_to, echo, tmp_path
+) -> None:
+    """Issue 14.12, each kind of method: a unary call and server, client and bidi streams
+    that arrive while the sidecar stops are held (none of them reaches a backend), then
+    answered UNAVAILABLE, and leave no row; a call in flight still finishes OK."""
+    handler, target = await stream_backends()
+    slow = await echo(delay_ms=600)
+    db = tmp_path / "held.duckdb"
+    sc = await start_sidecar(
+        {"g": target, "e": slow.target},
+        [{"match": "/gen.G/Generate", "primary": "g", "streaming": "server"},
+         {"match": "/gen.G/Upload", "primary": "g", "streaming": "client"},
+         {"match": "/gen.G/Chat", "primary": "g", "streaming": "bidi"},
+         {"match": "*", "primary": "e"}],
+        db_path=db, shutdown={"grace_s": 5, "drain_s": 5, "drain_quiet_ms": 400},
+    )
+    ch = channel_to(sc.port)
+    in_flight = asyncio.ensure_future(ch.unary_unary("/m.S/P")(b"first"))
+    await _wait_for(lambda: slow.calls == 1)
+    stopping = asyncio.ensure_future(sc.aclose())
+    proxy = sc._handler
+    assert proxy is not None
+    await _wait_for(lambda: proxy.refusing)
+
+    async def chunks() -> Any:
+        yield b"a"
+
+    async def drain_stream(call: Any) -> None:
+        _ = [m async for m in call]
+
+    attempts = [
+        ch.unary_unary("/m.S/P")(b"late", timeout=10),
+        drain_stream(ch.unary_stream("/gen.G/Generate")(b"late", timeout=10)),
+        ch.stream_unary("/gen.G/Upload")(chunks(), timeout=10),
+        drain_stream(ch.stream_stream("/gen.G/Chat")(chunks(), timeout=10)),
+    ]
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    for result in results:
+        assert isinstance(result, grpc.aio.AioRpcError), result
+        assert result.code() == grpc.StatusCode.UNAVAILABLE, result
+        assert "shutting down" in (result.details() or ""), result
+    assert await in_flight == b"first"
+    await stopping
+    assert handler.calls == 0 and slow.calls == 1
+    assert proxy.refused == 4
+    assert _rows(db, "SELECT request_id IS NOT NULL, status FROM requests") == [(True, "OK")]
