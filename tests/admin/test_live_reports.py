@@ -278,3 +278,21 @@ def test_every_report_option_travels_to_a_live_sidecar(tmp_path: Path) -> None:
         if name not in local:
             assert getattr(sent, name) == value, name
     assert sent.ranges == {"x[0]": (0.0, 1.0), "x[1]": (2.0, 3.0)}
+
+
+async def test_wildcard_admin_address_with_a_token(tmp_path: Path, echo, channel_to) -> None:
+    """Issue 15.6: an admin API on 0.0.0.0 with a token is found on loopback, and the
+    command sends $SHADOWCAR_ADMIN_TOKEN (the discovery file holds no secret)."""
+    primary = await echo()
+    db = tmp_path / "wild.duckdb"
+    data = sidecar_config(db, {"p": primary.target}, [{"match": "*", "primary": "p"}])
+    data["admin"] = {"listen": "0.0.0.0:0", "token": "s3cret-token"}
+    async with Sidecar(parse_config(data)) as sc:
+        await channel_to(sc.port).unary_unary("/a.B/C")(b"x")
+        await asyncio.to_thread(sc.sink.wait_flushed, 30.0)
+        found = Path(discovery_path(str(db))).read_text()
+        assert "127.0.0.1" in found and "s3cret" not in found
+        code, out, err = await sidecar("models", "--db", str(db), "--json",
+                                       env={"SHADOWCAR_ADMIN_TOKEN": "s3cret-token"})
+        assert code == 0, err
+        assert json.loads(out)[0]["roles"]["primary"]["calls"] == 1
