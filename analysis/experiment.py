@@ -17,6 +17,7 @@ from analysis.exposure import INPUT_TABLE, Gathered, MetricSums, RatioSums, gath
 from analysis.load import VersionScope, version_scope
 from analysis.significance import (
     DEFAULT_ALPHA,
+    P_FLOOR,
     Comparison,
     Inference,
     SrmResult,
@@ -92,6 +93,10 @@ class ResultRow:
             "kind": self.kind,
             **self.extra,
         }
+        for key in ("p_value_holm", "p_value_bh", "p_value_ztest"):
+            if out.get(key) == 0.0:  # underflow: the bound, flagged like p_value
+                out[key] = P_FLOOR
+                out["p_value_is_bound"] = True
         ordered = {k: out[k] for k in _ROW_KEYS}
         ordered.update((k, v) for k, v in out.items() if k not in ordered)
         return ordered

@@ -229,3 +229,17 @@ def test_newest_config_version_by_default(tmp_path: Path) -> None:
     assert "v9" in " ".join(missing.notes)
     with pytest.raises(ValueError, match="not both"):
         analyze_experiments(con, version="v1", all_versions=True)
+
+
+def test_underflowing_p_values_are_reported_as_a_bound() -> None:
+    """Issue 16.8 for experiments: a p-value that underflows is the bound 1e-300, flagged."""
+    n = 4000
+    frame = pd.DataFrame({"unit_id": np.arange(n), "variant": np.where(np.arange(n) % 2,
+                                                                         "treat", "control"),
+                          "metric": "m", "value": np.arange(n) % 2 * 100.0
+                          + np.random.default_rng(1).normal(0, 1, n)})
+    con = duckdb.connect()
+    con.register("experiment_input", frame)
+    r = one_row(analyze_experiments(con, source="table"), "m")
+    assert r["p_value"] == 1e-300 and r["p_value_is_bound"] is True
+    assert r["p_value_holm"] == 1e-300 and r["p_value_bh"] == 1e-300
