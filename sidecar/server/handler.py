@@ -64,7 +64,6 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no
                 handlers[method] = handler
         return handler
 
-
     def refuse_new_calls(self) -> _Refusal:
         """From now on hold every new call, then answer it UNAVAILABLE (shutdown)."""
         if self._refusing is None:
