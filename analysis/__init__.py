@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from analysis.canary_readout import CanaryReport, analyze_canaries
     from analysis.divergence import DivergenceReport, PairDivergence, analyze_divergence
     from analysis.drift import DriftReport, FeatureDrift, analyze_drift
     from analysis.experiment import ExperimentReport, analyze_experiments
@@ -16,11 +17,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnalysisSourceError",
+    "CanaryReport",
     "DivergenceReport",
     "DriftReport",
     "ExperimentReport",
     "FeatureDrift",
     "PairDivergence",
+    "analyze_canaries",
     "analyze_divergence",
     "analyze_drift",
     "analyze_experiments",
@@ -37,6 +40,7 @@ _LAZY = {
                     "analysis.divergence"),
     **dict.fromkeys(("DriftReport", "FeatureDrift", "analyze_drift"), "analysis.drift"),
     **dict.fromkeys(("ExperimentReport", "analyze_experiments"), "analysis.experiment"),
+    **dict.fromkeys(("CanaryReport", "analyze_canaries"), "analysis.canary_readout"),
     **dict.fromkeys(("AnalysisSourceError", "open_source", "parse_time", "time_filter"),
                     "analysis.load"),
     "render": "analysis.report",
