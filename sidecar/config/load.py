@@ -10,6 +10,7 @@ import ipaddress
 import json
 import math
 import os
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,15 +303,43 @@ def _files(config: Config, base: Path) -> tuple[dict[str, bytes], list[tuple[str
                 problems.append((f"backends[{i}].tls.key",
                                  "give both cert and key for a client certificate"))
             wanted += [(f"backends[{i}].tls.{k}", getattr(b.tls, k)) for k in ("ca", "cert", "key")]
+    paths: dict[str, Path] = {}
     for where, name in wanted:
         if name is None:
             continue
         path = base / name  # an absolute path replaces base
         try:
             found[where] = path.read_bytes()
+            paths[where] = path
         except OSError as exc:
             problems.append((where, f"cannot read {path}: {exc.strerror or exc}"))
+    problems += _tls_material(paths, found)
     return found, problems
+
+
+def _tls_material(paths: dict[str, Path], found: dict[str, bytes]) -> list[tuple[str, str]]:
+    """Readable TLS files that are not usable PEM (a certificate chain with its key, a CA):
+    serve would fail on them when it sets up a listener or a channel."""
+    problems: list[tuple[str, str]] = []
+    for prefix in sorted({where.rsplit(".", 1)[0] for where in paths}):
+        cert, key = paths.get(f"{prefix}.cert"), paths.get(f"{prefix}.key")
+        if cert is not None and key is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            try:  # an encrypted key fails too: neither grpc nor the admin can prompt
+                ctx.load_cert_chain(cert, key, password=lambda: b"")
+            except (ssl.SSLError, OSError, ValueError):
+                problems.append((f"{prefix}.cert", f"not a PEM certificate chain whose "
+                                 f"unencrypted private key is {prefix}.key"))
+        for name in ("client_ca", "ca"):
+            data = found.get(f"{prefix}.{name}")
+            if data is None:
+                continue
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+                    cadata=data.decode("ascii"))
+            except (ssl.SSLError, ValueError):  # UnicodeDecodeError is a ValueError
+                problems.append((f"{prefix}.{name}", "not a PEM CA certificate"))
+    return problems
 
 
 def _contracts(config: Config, base: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:

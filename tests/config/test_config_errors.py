@@ -177,3 +177,20 @@ def test_webhook_credentials_never_in_the_canonical_form() -> None:
     assert doc["telemetry"]["traces"]["endpoint"] == "http://***@collector:4317"
     other = parse_config(dict(data, notify={"webhook": url.replace("XYZ", "ABC")}))
     assert canonical_json(other.config) == shown and other.version != loaded.version
+
+
+def test_unusable_tls_files_are_config_errors(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14.10 (sibling): readable but unusable PEM passed validate; serve then died in
+    ssl (admin, a traceback) or said 'cannot bind' (listener)."""
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    data = copy.deepcopy(GOOD)
+    data["tls"] = {"cert": "bad.pem", "key": "bad.pem", "client_ca": "bad.pem"}
+    data["admin"]["tls"] = {"cert": "bad.pem", "key": "bad.pem"}
+    data["backends"][0]["tls"] = {"ca": "bad.pem"}
+    file = tmp_path / "c.yaml"
+    file.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(file)]) == 2
+    err = capsys.readouterr().err
+    for field in ("tls.cert", "tls.client_ca", "admin.tls.cert", "backends[0].tls.ca"):
+        assert f"{field}: not a PEM" in err

@@ -60,18 +60,17 @@ async def test_adding_listener_tls_by_reload_is_refused(echo: Any, tmp_path: Pat
 
 
 @pytest.mark.parametrize(("key", "value"), [
-    ("tls", {"cert": "a.pem", "key": "a.key"}),
+    ("tls", {"cert": "server.pem", "key": "server.key"}),
     ("notify", {"webhook": "http://127.0.0.1:9/hook"}),
     ("outcomes", {"max_events": 5}),
     ("max_message_bytes", 4096),
     ("triggers", [{"name": "t", "kind": "age", "backend": "p", "max_age_days": 30}]),
 ])
-def test_every_part_set_up_at_start_is_restart_only(tmp_path: Path, key: str,
+def test_every_part_set_up_at_start_is_restart_only(pki: Any, key: str,  # noqa: F811
                                                     value: Any) -> None:
     """Issue 14.7 (siblings): the webhook notifier, outcome ingestion, message limits and
     the trigger loop are built once at start too; a reload changing them is refused."""
-    for name in ("a.pem", "a.key"):
-        (tmp_path / name).write_text("x")
+    tmp_path, _ = pki
     base = sidecar_config(tmp_path / "x.duckdb", {"p": "127.0.0.1:1"},
                           [{"match": "*", "primary": "p"}])
     old = parse_config(base, base_dir=tmp_path).config
