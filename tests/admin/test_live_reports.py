@@ -296,3 +296,24 @@ async def test_wildcard_admin_address_with_a_token(tmp_path: Path, echo, channel
                                        env={"SHADOWCAR_ADMIN_TOKEN": "s3cret-token"})
         assert code == 0, err
         assert json.loads(out)[0]["roles"]["primary"]["calls"] == 1
+
+
+async def test_glob_over_live_segments_exits_3(tmp_path: Path, echo) -> None:
+    """Issue 15.6: a glob of --workers segments where one is live cannot be read as one
+    (each live sidecar answers for its own file): exit 3 naming it; the one segment alone
+    goes to its sidecar."""
+    import duckdb
+
+    from sidecar.sink.schema import migrate
+
+    stopped = duckdb.connect(str(tmp_path / "seg.w1.duckdb"))
+    migrate(stopped)
+    stopped.close()
+    primary = await echo()
+    live_db = tmp_path / "seg.w0.duckdb"
+    data = sidecar_config(live_db, {"p": primary.target}, [{"match": "*", "primary": "p"}])
+    async with Sidecar(parse_config(data)):
+        code, _, err = await sidecar("models", "--db", str(tmp_path / "seg.w*.duckdb"))
+        assert code == 3 and "seg.w0.duckdb" in err and "one segment" in err, err
+        code, _, err = await sidecar("models", "--db", str(live_db), "--json")
+        assert code == 0, err
