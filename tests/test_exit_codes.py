@@ -4,6 +4,7 @@ failed gate; 2 a usage or input error; 3 the data could not be read; each --help
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -72,6 +73,8 @@ CASES = [
     (["replay", "--from", "DB", "--route", "/r", "--to", "127.0.0.1:1", "--backend-name", "c",
       "--backend-version", "1", "--since", "last tuesday"], 2, "ISO 8601"),
     (["gold", "run", "--set", "MISSING", "--target", "127.0.0.1:1"], 2, "no such gold set"),
+    (["contract", "check", "MISSING"], 2, "cannot read"),
+    (["serve", "--config", "INVALID"], 2, "primary"),
     # 3: the data could not be read (before: tracebacks, and check exited 1)
     (["check", "AGED", "--db", "MISSING"], 3, "no DuckDB file"),
     (["check", "AGED", "--db", "CORRUPT"], 3, "corrupt.duckdb"),
@@ -155,3 +158,34 @@ def test_argparse_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> Non
             main(argv)
         assert done.value.code == 2
     capsys.readouterr()
+
+
+async def test_serve_exit_codes(tmp_path: Path, echo) -> None:
+    """Issue 15.7: `sidecar serve` on a recording file another sidecar holds cannot open its
+    data (3); on a port another process holds, its listen address is the input error (2)."""
+    import asyncio
+    import os
+    import sys
+
+    from sidecar.app import Sidecar
+    from sidecar.config import parse_config
+    from tests.conftest import sidecar_config
+
+    primary = await echo()
+    db = tmp_path / "held.duckdb"
+    data = sidecar_config(db, {"p": primary.target}, [{"match": "*", "primary": "p"}])
+    async with Sidecar(parse_config(data)) as running:
+        for name, change, code, needle in [
+            ("locked", {"admin": {"listen": None}}, 3, "cannot open recording database"),
+            ("bound", {"admin": {"listen": None}, "listen": f"127.0.0.1:{running.port}",
+                       "storage": {"path": str(tmp_path / "other.duckdb")}}, 2, "cannot bind"),
+        ]:
+            config = tmp_path / f"{name}.yaml"
+            config.write_text(yaml.safe_dump({**data, **change}))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sidecar", "serve", "--config", str(config),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=dict(os.environ))
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+            assert proc.returncode == code, (name, err.decode()[-2000:])
+            assert needle in err.decode() and "Traceback" not in err.decode(), name
