@@ -78,16 +78,29 @@ def _line(line: Line) -> str:
     return f"<p{attr}>{escape(line.text)}</p>"
 
 
-def _section(section: Section) -> str:
+#: Bytes of charts one file may carry; later sections keep their tables but not their charts,
+#: so a report of many pairs or segments stays one file a mail or a ticket takes (< 2 MB).
+CHART_BUDGET = 1_500_000
+
+
+def _section(section: Section, budget: list[int]) -> str:
     from analysis.report.plots import svg
 
     parts = [f'<section class="card"><h2>{escape(section.title)}</h2>']
     parts += [_line(line) for line in section.lines]
     parts += [_grid(grid) for grid in section.grids]
-    if section.charts:
-        parts.append('<div class="charts">' + "".join(
-            f'<figure class="chart" data-chart="{escape(chart.title)}">{svg(chart)}</figure>'
-            for chart in section.charts) + "</div>")
+    charts = []
+    for chart in section.charts:
+        drawn = svg(chart) if budget[0] > 0 else ""
+        budget[0] -= len(drawn)
+        if drawn and budget[0] >= 0:
+            charts.append(f'<figure class="chart" data-chart="{escape(chart.title)}">{drawn}'
+                          "</figure>")
+    if charts:
+        parts.append('<div class="charts">' + "".join(charts) + "</div>")
+    if len(charts) < len(section.charts):
+        parts.append(_line(Line("Charts of this section left out to keep the file under "
+                                "2 MB; its tables above are complete.", "warn")))
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -109,6 +122,7 @@ def render_document(doc: Document, report: dict[str, Any]) -> str:
     summary = "".join(_grid(grid) for grid in doc.summary)
     about = "".join(f"<p>{escape(line)}</p>" for line in doc.about)
     title = f"Shadowcar {escape(doc.title.lower())}"
+    budget = [CHART_BUDGET]
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{title}</title><style>{CSS}</style></head><body><main>"
@@ -116,7 +130,7 @@ def render_document(doc: Document, report: dict[str, Any]) -> str:
             f'<section class="card verdict" id="verdict">{verdict}</section>'
             + _notes(report)
             + (f'<section class="card"><h2>Summary</h2>{summary}</section>' if summary else "")
-            + "\n".join(_section(s) for s in doc.sections)
+            + "\n".join(_section(s, budget) for s in doc.sections)
             + f'<footer class="about">{about}</footer></main></body></html>\n')
 
 

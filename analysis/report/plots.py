@@ -126,6 +126,15 @@ def _forest(figure: Any, chart: Forest) -> None:
     ax.set_xlabel(chart.xlabel)
 
 
+_PATH = re.compile(r'\bd="([^"]*)"')
+_DECIMALS = re.compile(r"(-?\d+\.\d)\d+")
+
+
+def _compact(path: str) -> str:
+    """Path data at a tenth of a point (invisible on screen) on one line: half the bytes."""
+    return " ".join(_DECIMALS.sub(r"\1", path).split())
+
+
 def svg(chart: Chart) -> str:
     """One chart as an ``<svg>`` element (no XML prolog, no fixed pixel size)."""
     import matplotlib
@@ -152,5 +161,6 @@ def svg(chart: Chart) -> str:
     # and the RDF metadata go, so the file names no URL at all. The fixed size goes too (the
     # viewBox stays), so a chart scales with the page.
     text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)
+    text = _PATH.sub(lambda m: 'd="' + _compact(m.group(1)) + '"', text)
     text = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", text)
     return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r"<svg\1", text, count=1)

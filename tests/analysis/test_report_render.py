@@ -257,3 +257,21 @@ def test_legends_sit_outside_the_axes(reports: dict[str, dict[str, Any]]) -> Non
                     assert not inside, kind
             legends += sum(1 for g in root.iter("g") if g.get("id", "").startswith("legend"))
     assert legends >= 8
+
+
+def test_many_pairs_stay_in_one_small_file(reports: dict[str, dict[str, Any]],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16.12: charts stop at a byte budget (later sections keep their tables and say
+    so), so a report of many pairs or segments stays one file under 2 MB."""
+    import analysis.report.html as html_module
+
+    monkeypatch.setattr(html_module, "CHART_BUDGET", 120_000)
+    report = copy.deepcopy(reports["divergence"])
+    report["pairs"] = [copy.deepcopy(p) for _ in range(4) for p in report["pairs"]]
+    html = render(report, "divergence", "html")
+    drawn = html.count("<svg")
+    assert 0 < drawn < 3 * len(report["pairs"])
+    assert "left out to keep the file under 2 MB" in html
+    assert html.count("<caption>Figures</caption>") == len(report["pairs"])
+    assert len(re.findall(r"<svg.*?</svg>", html, flags=re.S)) == drawn
+    assert sum(map(len, re.findall(r"<svg.*?</svg>", html, flags=re.S))) <= 120_000
