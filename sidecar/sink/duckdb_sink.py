@@ -115,6 +115,7 @@ class DuckDBSink:
         #: The database refused a write or a probe (or there is none): /readyz says so.
         self._failing = False
         self._next_probe = 0.0
+        self._probe_failures = 0
         self._lost_before_stop = 0
         self._thread: threading.Thread | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -324,8 +325,7 @@ class DuckDBSink:
                     self._insert(table, rows, batch, observed, lo, hi, retry=False)
                 else:
                     self._drop(table, rows[lo:hi], "unwritable", exc)
-            elif not self._probe():
-                # Not even a one-row write goes through: the storage, not these rows.
+            elif kind == "storage":  # the disk, not these rows: smaller pieces fail too
                 self._drop(table, rows[lo:hi], "unwritable", exc)
             elif hi - lo == 1:
                 self._drop(table, rows[lo:hi], "rejected", exc)
@@ -361,17 +361,18 @@ class DuckDBSink:
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
 
     def _probe(self) -> bool:
-        """Whether the database takes a one-row write now; a dead one is replaced first."""
+        """Whether the database takes a write now (a row, then a checkpoint that moves the
+        WAL into the file); a dead one is replaced first."""
         if self._con is None:
             return self._reconnect(None)
         try:
             self._con.execute(storage.PROBE).fetchall()
+            self._con.execute("CHECKPOINT").fetchall()
         except Exception as exc:
             self._note(exc)
-            if storage.fault(exc) == "statement":
-                self._failing = True
-                return False
-            return self._reconnect(exc)
+            if storage.fault(exc) in ("fatal", "committed"):
+                return self._reconnect(exc)
+            return False
         return True
 
     def _reconnect(self, cause: BaseException | None) -> bool:
@@ -389,14 +390,17 @@ class DuckDBSink:
             self._con = self._open(self._path)
         except Exception as exc:
             self._note(exc)
+            if storage.refused(exc):  # disk full: a new file would not fare better
+                log.error("sink cannot reopen %s: %s; retrying", self._path, exc)
+                return False
             segment = storage.next_segment(self._settings.path)
             try:
                 self._con = self._open(segment)
             except Exception as seg_exc:
                 storage.remove_new(segment)
                 self._note(seg_exc)
-                log.error("sink cannot reopen %s (%s) nor start %s (%s); retrying every %.1fs",
-                          self._path, exc, segment, seg_exc, self._probe_every)
+                log.error("sink cannot reopen %s (%s) nor start %s (%s); retrying",
+                          self._path, exc, segment, seg_exc)
                 return False
             log.error("sink cannot reopen %s (%s); recording goes on in %s",
                       self._path, exc, segment)
@@ -432,10 +436,15 @@ class DuckDBSink:
         try:
             now = time.monotonic()
             if self._failing and now >= self._next_probe:
-                self._next_probe = now + self._probe_every
                 if self._probe():
                     self._failing = False
+                    self._probe_failures = 0
                     log.warning("sink can write %s again", self._path)
+                else:
+                    # A dead database is reopened by each probe (its WAL replayed): back off
+                    # to 4 intervals while it lasts.
+                    self._probe_failures = min(self._probe_failures + 1, 2)
+                self._next_probe = now + self._probe_every * 2**self._probe_failures
             self._flush()
         except Exception as exc:  # a bug here must not end recording: counted at close
             self._note(exc)

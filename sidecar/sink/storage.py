@@ -1,10 +1,11 @@
 """The sink's DuckDB file: opening it checked, telling row faults from database faults, and
 naming the new segment the sink moves to when its file cannot be reopened.
 
-A DuckDB error after a write is one of three things (:func:`fault`): the rows were written
+A DuckDB error after a write is one of four things (:func:`fault`): the rows were written
 and then the database died (an autocheckpoint failure after a durable COMMIT), the database
-died or was invalidated before the rows were written, or the statement failed on its rows
-(memory, a value) on a connection that still works.
+died or was invalidated before the rows were written, the storage refused the bytes (disk
+full, a file size limit, permissions), or the statement failed on its rows (memory, a
+value) on a connection that still works.
 """
 
 from __future__ import annotations
@@ -19,14 +20,19 @@ import duckdb
 
 from sidecar.sink.schema import migrate
 
-__all__ = ["PROBE", "Fault", "fault", "next_segment", "open_checked"]
+__all__ = ["PROBE", "Fault", "fault", "next_segment", "open_checked", "refused", "remove_new"]
 
 log = logging.getLogger(__name__)
 
 #: The smallest real write: one row, rewritten in place (table created by the schema).
 PROBE = "INSERT OR REPLACE INTO sink_health VALUES (1, now()::TIMESTAMP)"
 
-Fault = Literal["committed", "fatal", "statement"]
+Fault = Literal["committed", "fatal", "storage", "statement"]
+
+# How DuckDB words a write the file system refused (it reports them as IO errors, or as a
+# failed COMMIT when the WAL cannot grow).
+_STORAGE_WORDS = ("Could not write", "No space left", "File too large", "Permission denied",
+                  "Read-only file system", "Disk quota")
 
 
 def fault(exc: BaseException) -> Fault:
@@ -35,7 +41,8 @@ def fault(exc: BaseException) -> Fault:
     ``committed``: DuckDB made the COMMIT durable and then failed its autocheckpoint; the rows
     are in the file but the database instance is invalidated. ``fatal``: the instance (or the
     connection) is unusable and nothing was written. ``statement``: this statement failed and
-    was rolled back; the connection still works.
+    was rolled back; the connection still works. ``storage``: the file system refused the
+    bytes; nothing was written and smaller pieces would not help.
     """
     text = str(exc)
     if "COMMIT succeeded" in text:
@@ -43,7 +50,15 @@ def fault(exc: BaseException) -> Fault:
     fatal = (duckdb.FatalException, duckdb.InternalException, duckdb.ConnectionException)
     if isinstance(exc, fatal) or "database has been invalidated" in text:
         return "fatal"
-    return "statement"
+    return "storage" if refused(exc) else "statement"
+
+
+def refused(exc: BaseException) -> bool:
+    """The file system refused bytes (disk full, a size limit, permissions): a new segment
+    on the same disk would not help, freeing space will."""
+    text = str(exc)
+    return isinstance(exc, (duckdb.IOException, OSError)) or any(
+        word in text for word in _STORAGE_WORDS)
 
 
 def open_checked(path: str, threads: int, memory_limit: str) -> duckdb.DuckDBPyConnection:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import time
 
 import duckdb
 import grpc
 import pytest
+
+from sidecar.exit_codes import EXIT_DATA
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
@@ -54,7 +57,7 @@ async def test_disk_full_degrades_then_recovers(echo, sidecar_process, tmp_path,
         # The "disk" is freed: lift the limit on the running process.
         resource.prlimit(sc.proc.pid, resource.RLIMIT_FSIZE,
                          (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        for _ in range(200):
+        for _ in range(500):  # the sink re-checks itself every second, backing off to 4 s
             assert await stub(b"after") == b"after"
             answered += 1
             status, _ = await sc.get("/readyz")
@@ -75,3 +78,80 @@ async def test_disk_full_degrades_then_recovers(echo, sidecar_process, tmp_path,
             peak_rss_mb=round(peak / 1024, 1))
     assert late == 20  # writing resumed by itself
     assert 0 < total < answered
+
+
+async def _fill_until_full(sc, stub, settle_s: float = 2.0) -> dict:
+    """Send until the "disk" is full for good: /readyz answers 503 and keeps answering it
+    while nothing is queued and the sink has re-checked itself several times. Its body."""
+    body = b"z" * 4000
+    for _ in range(100):
+        for _ in range(50):
+            assert await stub(body) == body
+        status, ready = await sc.get("/readyz")
+        if status != 503:
+            continue
+        deadline = time.monotonic() + settle_s
+        while status == 503 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            status, ready = await sc.get("/readyz")
+        _, stats = await sc.get("/v1/stats")
+        if status == 503 and stats["sink"]["queue_depth"] == 0:
+            return ready
+    raise AssertionError("the file limit was never reached for good")
+
+
+async def test_readiness_recovers_without_traffic(echo, sidecar_process, tmp_path) -> None:
+    """Issue 14.8: the disk is freed while no call comes in; the sink re-checks itself and
+    /readyz answers 200 again (an idle pod must come back), and later calls are recorded."""
+    primary = await echo()
+    db = tmp_path / "idle.duckdb"
+    sc = sidecar_process({
+        "storage": {"path": str(db), "flush_interval_ms": 50, "record_bytes": True},
+        "backends": [{"name": "p", "version": "1", "target": primary.target}],
+        "routes": [{"match": "*", "primary": "p"}],
+    }, preexec=_limit_files)
+    await sc.wait_ready()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sc.port}") as ch:
+        stub = ch.unary_unary("/m.S/P")
+        degraded = await _fill_until_full(sc, stub)
+        assert any("sink not writable" in r for r in degraded["reasons"])
+        resource.prlimit(sc.proc.pid, resource.RLIMIT_FSIZE,
+                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        status = 503
+        for _ in range(300):  # no call in between: only the sink's own probe can notice
+            status, _ = await sc.get("/readyz")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200
+        for i in range(5):
+            await stub(b"late", metadata=(("x-request-id", f"late-{i}"),))
+    assert sc.stop() == 0
+    con = duckdb.connect(str(db), read_only=True)
+    late = con.execute(
+        "SELECT count(*) FROM requests WHERE request_id LIKE 'late-%'").fetchall()[0][0]
+    con.close()
+    assert late == 5
+
+
+async def test_records_lost_at_shutdown_make_serve_exit_nonzero(
+        echo, sidecar_process, tmp_path) -> None:
+    """Issue 14.3: accepted records the final flush cannot write (the disk is full at
+    SIGTERM) are logged and make `sidecar serve` exit non-zero (3, data); it exited 0."""
+    primary = await echo()
+    db = tmp_path / "lost.duckdb"
+    sc = sidecar_process({
+        # Nothing is flushed before the stop: every record waits for the final flush.
+        "storage": {"path": str(db), "flush_interval_ms": 3_600_000,
+                    "batch_rows": 1_000_000, "record_bytes": True},
+        "backends": [{"name": "p", "version": "1", "target": primary.target}],
+        "routes": [{"match": "*", "primary": "p"}],
+    }, preexec=_limit_files)
+    await sc.wait_ready()
+    body = b"z" * 4000
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sc.port}") as ch:
+        stub = ch.unary_unary("/m.S/P")
+        for _ in range(400):  # 800 rows of 4 kB: more than the 1.2 MB the "disk" holds
+            assert await stub(body) == body
+    assert sc.stop() == EXIT_DATA
+    assert "accepted records not written" in sc.log.read_text()
