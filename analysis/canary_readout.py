@@ -17,6 +17,7 @@ from analysis.load import (
     relation_columns,
     relations,
     sql_timestamp,
+    time_filter,
     version_scope,
 )
 from analysis.noise_floor import newest_route_configs
@@ -130,8 +131,8 @@ def analyze_canaries(
         return None
     canary_rows = ("exposed AND experiment = 'canary' AND variant IN ('stable', 'canary') "
                    "AND unit_id IS NOT NULL")
-    scope = version_scope(con, "requests", where=canary_rows, version=version,
-                          all_versions=all_versions, alias="r")
+    scope = version_scope(con, "requests", where=f"{canary_rows} AND {time_filter(since, until)}",
+                          version=version, all_versions=all_versions, alias="r")
     start, end = parse_time(since), parse_time(until)
     req_w = "".join([f" AND r.ts >= {sql_timestamp(start)}" if start else "",
                      f" AND r.ts < {sql_timestamp(end)}" if end else ""])

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import duckdb
 
 from analysis.exposure import INPUT_TABLE, Gathered, MetricSums, RatioSums, gather
-from analysis.load import VersionScope, version_scope
+from analysis.load import VersionScope, time_filter, version_scope
 from analysis.significance import (
     DEFAULT_ALPHA,
     P_FLOOR,
@@ -486,7 +486,9 @@ def analyze_experiments(
         if problem:
             notes.append(problem)
         has_pre = bool(cuped)
-        scope = version_scope(con, "requests", where=_EXPOSED, version=version,
+        # The newest version among the exposures in the window, not after it.
+        scope = version_scope(con, "requests",
+                              where=f"{_EXPOSED} AND {time_filter(since, until)}", version=version,
                               all_versions=all_versions)
     elif source == "table":
         if since is not None or until is not None:

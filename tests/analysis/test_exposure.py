@@ -220,6 +220,8 @@ def test_newest_config_version_by_default(tmp_path: Path) -> None:
     assert versions["rule"] == "newest"
     assert versions["routes"]["(none)"] == {"kept": ["v2"], "left_out": ["v1"]}
     assert any("versions covered: v2" in note for note in newest.notes)
+    early = analyze_experiments(con, until=T0 + timedelta(minutes=100))  # v1's time only
+    assert sum(early.experiments[0].srm.counts.values()) == 100
     every = analyze_experiments(con, all_versions=True)
     assert sum(every.experiments[0].srm.counts.values()) == n
     old = analyze_experiments(con, version="v1")
