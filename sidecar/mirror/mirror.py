@@ -20,6 +20,7 @@ from sidecar.backends import Backend, CallOutcome, Metadata
 from sidecar.resilience import Ticket
 from sidecar.routing import CallCounts, RoutePlan, ShadowLane, sampled_lanes
 from sidecar.sink import CallRecord
+from sidecar.sink.redaction import shown_error
 from sidecar.telemetry.tracing import Tracing, call_attributes
 
 __all__ = ["Mirror"]
@@ -167,10 +168,12 @@ class Mirror:
                 span.set_attribute("shadowcar.backend", lane.backend.name)
                 span.set_attribute("shadowcar.backend.version", lane.backend.version)
                 Tracing.end(span, outcome.code if outcome is not None else code,
-                            outcome.details if outcome is not None else None)
+                            shown_error(plan.decoding.redactor, outcome.details)
+                            if outcome is not None else None)
         if outcome is None:
             return
-        breaker.report(ticket, outcome.code.name, outcome.details, plan.failure_codes)
+        breaker.report(ticket, outcome.code.name,
+                       shown_error(plan.decoding.redactor, outcome.details), plan.failure_codes)
         if not outcome.ok:
             lane.errored += 1
         self._finish(plan, lane, method, request, request_id, config_version, outcome.started,

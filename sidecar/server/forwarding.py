@@ -22,6 +22,7 @@ from sidecar.mirror import Mirror
 from sidecar.resilience import CALLER_DEADLINE
 from sidecar.routing import CallCounts, RoutePlan, RouteTable
 from sidecar.sink import CallRecord, DuckDBSink, RequestRecord
+from sidecar.sink.redaction import shown_error
 from sidecar.telemetry.logs import current_request
 from sidecar.telemetry.tracing import TRACE_KEYS, Tracing, call_attributes, rpc_attributes
 
@@ -289,7 +290,8 @@ class Dispatch:
                     raise
                 # A deadline counts against the backend only when the route's own
                 # timeout, not the caller's shorter deadline, was the limit.
-                breaker.report(ticket, outcome.code.name, outcome.details,
+                breaker.report(ticket, outcome.code.name,
+                               shown_error(plan.decoding.redactor, outcome.details),
                                plan.failure_codes, timeout == plan.timeout_s)
             else:
                 outcome = CallOutcome(
@@ -297,7 +299,8 @@ class Dispatch:
                     None, (), (), time.time(), 0.0,
                 )
             if tracing is not None:
-                tracing.end(client_span, outcome.code, outcome.details)
+                tracing.end(client_span, outcome.code,
+                            shown_error(plan.decoding.redactor, outcome.details))
             served = outcome
             if (plan.enforce is not None and outcome.ok and plan.fallback_codes
                     and _output_broken(plan.enforce, outcome.response)):
@@ -318,7 +321,8 @@ class Dispatch:
             # Recorded even when the caller goes away mid-call (status CANCELLED).
             if tracing is not None:
                 code = served.code if served is not None else grpc.StatusCode.CANCELLED
-                details = served.details if served is not None else None
+                details = (shown_error(plan.decoding.redactor, served.details)
+                           if served is not None else None)
                 if outcome is None:
                     tracing.end(client_span, code, details)
                 tracing.end(server_span, code, details)
@@ -398,10 +402,11 @@ class Dispatch:
             except BaseException:
                 breaker.release(ticket)
                 raise
-            breaker.report(ticket, answer.code.name, answer.details, plan.failure_codes,
+            breaker.report(ticket, answer.code.name,
+                           shown_error(plan.decoding.redactor, answer.details), plan.failure_codes,
                            route_bound)
             if span is not None:
-                Tracing.end(span, answer.code, answer.details)
+                Tracing.end(span, answer.code, shown_error(plan.decoding.redactor, answer.details))
             name, version = backend.name, backend.version
         plan.fallbacks += 1
         key = (plan.match, name, "fallback", answer.code.name)

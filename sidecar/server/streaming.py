@@ -20,6 +20,7 @@ from sidecar.resilience import Ticket
 from sidecar.routing import RoutePlan, ShadowLane, sampled_lanes
 from sidecar.server.forwarding import REQUEST_ID, Dispatch, forward_metadata, reply_metadata
 from sidecar.sink import CallRecord, RequestRecord
+from sidecar.sink.redaction import shown_error
 
 __all__ = ["StreamForwarder"]
 
@@ -242,6 +243,8 @@ class StreamForwarder:
                 lane.errored += 1
             lane.in_flight -= 1
             # The one rule (a CANCELLED cut, like a caller's fault, only frees a probe slot).
-            lane.backend.breaker.report(ticket, status, details, plan.failure_codes)
+            lane.backend.breaker.report(ticket, status,
+                                        shown_error(plan.decoding.redactor, details),
+                                        plan.failure_codes)
             self._record(plan, method, lane.backend, "shadow", False, rid, started, t0,
                          request, tally, status, details)

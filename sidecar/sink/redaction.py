@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Redactor"]
+__all__ = ["Redactor", "shown_error"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,9 @@ class Redactor:
             return None
         out = [self.tensor(r) for r in rows]
         return [r for r in out if r is not None]
+
+
+def shown_error(redactor: Redactor | None, text: str | None) -> str | None:
+    """A call's error text as it may leave the process (span status, the breaker's log line
+    and snapshot) on a route with ``redactor``: its recorded form; unchanged without one."""
+    return text if redactor is None or text is None else redactor.error(text)

@@ -4,8 +4,10 @@ texts; outcome unit ids are hashed with the route's key so they still join their
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,15 @@ import duckdb
 import grpc
 import pytest
 import yaml
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sidecar._proto import inference_pb2 as pb
 from sidecar._proto.shadowcar.v1 import feedback_pb2, feedback_pb2_grpc
+from sidecar.app import Sidecar
 from sidecar.codecs.oip import decode_infer_request
+from sidecar.config import parse_config
 from sidecar.contracts import Violation, check_inputs, hide_values, parse_contract
+from tests.conftest import sidecar_config
 
 OBSERVE = "/inference.GRPCInferenceService/ModelInfer"
 ENFORCE = "/enforce.Svc/Infer"
@@ -75,33 +81,38 @@ def _all_text(con: duckdb.DuckDBPyConnection, relation: str) -> str:
 
 
 async def test_nothing_redacted_reaches_disk_exports_logs_or_errors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_sidecar: Any, echo: Any,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, echo: Any,
     channel_to: Any, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Issue 14.4: requests.violations held "e.g. alice.secret@corp.example" and "min 987654,
     max 987654", so did the Parquet export; outcomes.unit_id was raw while requests.unit_id
     was hashed. Also the siblings: calls.error (a backend echoing the input), the enforce
-    refusal text, the outcome ingestion by HTTP and gRPC, logs and metric labels."""
+    refusal text, the outcome ingestion by HTTP and gRPC, a shadow's failure, logs, metric
+    labels, /v1/stats (the breaker's and the backend's last error) and spans."""
     monkeypatch.setenv("SHADOWCAR_REDACTION_KEY", KEY)
     (tmp_path / "hr.yaml").write_text(yaml.safe_dump(CONTRACT))
-    backend = await echo()
+    backend, shadow = await echo(), await echo()
     db, export = tmp_path / "leak.duckdb", tmp_path / "export"
     redact = {"inputs": ["email", "salary"], "unit": True}
     route = {"primary": "p", "codec": "oip", "unit": {"metadata": "x-user-id"}, "redact": redact,
+             "shadows": [{"backend": "s"}],
              "experiment": {"name": "e", "variants": [{"name": "only", "backend": "p",
                                                        "weight": 100}]}}
     caplog.set_level(logging.DEBUG)
-    sc = await start_sidecar(
-        {"p": backend.target},
+    data = sidecar_config(
+        db, {"p": backend.target, "s": shadow.target},
         [{**route, "match": OBSERVE, "contract": {"file": str(tmp_path / "hr.yaml")}},
          {**route, "match": ENFORCE,
           "contract": {"file": str(tmp_path / "hr.yaml"), "mode": "enforce"}}],
         storage={"path": str(db), "flush_interval_ms": 20, "record_bytes": True,
                  "export": {"dir": str(export), "every_s": 3600}},
     )
+    spans = InMemorySpanExporter()
+    sc = Sidecar(parse_config(data), span_exporter=spans)
+    await sc.start()
     channel = channel_to(sc.port)
     # The backend fails with details that echo the request, as models do.
-    echoing = (("x-user-id", UNIT), ("x-echo-status", "INVALID_ARGUMENT"),
+    echoing = (("x-user-id", UNIT), ("x-echo-status", "UNAVAILABLE"),
                ("x-echo-details", f"bad email {EMAIL} for salary {SALARY:g}"))
     with pytest.raises(grpc.aio.AioRpcError):
         await channel.unary_unary(OBSERVE)(_request(), metadata=echoing, timeout=10)
@@ -120,8 +131,19 @@ async def test_nothing_redacted_reaches_disk_exports_logs_or_errors(
     answer = await stub.RecordOutcomes(feedback_pb2.RecordOutcomesRequest(events=[
         feedback_pb2.OutcomeEvent(event_id="g1", unit_id=UNIT, metric="hired", value=1)]))
     assert answer.accepted == 1
-    metrics = sc.metrics.render()
+    for _ in range(500):  # the shadow's failure is recorded off the caller's path
+        if sc.backends["s"].breaker.snapshot()["last_error"]:
+            break
+        await asyncio.sleep(0.02)
+    for name in ("p", "s"):  # the breakers keep (and would log) the recorded form only
+        assert sc.backends[name].breaker.snapshot()["last_error"]["message"].startswith(
+            "redacted:")
+    metrics = sc.metrics.render() + json.dumps(sc.stats(), default=str)
     await sc.aclose()
+    finished = spans.get_finished_spans()
+    assert any(span.status.description for span in finished)
+    metrics += repr([(span.name, span.status.description, dict(span.attributes or {}))
+                     for span in finished])
 
     con = duckdb.connect(str(db), read_only=True)
     try:
@@ -141,7 +163,8 @@ async def test_nothing_redacted_reaches_disk_exports_logs_or_errors(
             assert secret not in text, (table, secret)
     assert all(v is not None and "values redacted" in v for _, v in violations)
     assert units == [(keyed(UNIT),)] and joined is not None and joined[0] >= 2
-    assert errors == [(f"redacted:{keyed(f'bad email {EMAIL} for salary {SALARY:g}')}",)]
+    echoed = f"redacted:{keyed(f'bad email {EMAIL} for salary {SALARY:g}')}"
+    assert errors == [(echoed,), (echoed,)]  # the primary's and the shadow's
     exported = duckdb.connect()
     try:
         for table in ("requests", "calls", "outcomes"):
@@ -152,5 +175,5 @@ async def test_nothing_redacted_reaches_disk_exports_logs_or_errors(
                 assert secret not in text, (table, secret)
     finally:
         exported.close()
-    for secret in SECRETS:
+    for secret in SECRETS:  # logs; metric labels, /v1/stats, spans
         assert secret not in caplog.text and secret not in metrics
