@@ -32,6 +32,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sidecar.config import TelemetryConfig
+from sidecar.config.security import mask_url
 
 __all__ = ["TRACE_KEYS", "Tracing"]
 
@@ -115,8 +116,11 @@ class Tracing:
                 or settings.traces.endpoint
             )
             chosen: SpanExporter | None = None
+            shown = endpoint  # what logs say: never an endpoint's credentials
+            if endpoint and ("@" in endpoint or "?" in endpoint):
+                shown = mask_url(endpoint)
             if kind == "otlp":
-                chosen = _SayOnceExporter(_otlp_exporter(endpoint), endpoint or "default")
+                chosen = _SayOnceExporter(_otlp_exporter(endpoint), shown or "default")
             elif kind == "console":
                 chosen = ConsoleSpanExporter()
             if chosen is not None:
@@ -127,7 +131,7 @@ class Tracing:
                         max_export_batch_size=min(512, settings.traces.max_queue_size),
                     )
                 )
-                self.export_target = kind if kind != "otlp" else f"otlp {endpoint or 'default'}"
+                self.export_target = kind if kind != "otlp" else f"otlp {shown or 'default'}"
         if self.export_target == "none" and not env.get("OTEL_TRACES_SAMPLER"):
             # Nothing would export the spans: record none. Non-recording spans still carry
             # trace ids, so propagation and the recorded trace_id keep working.

@@ -83,3 +83,27 @@ async def test_config_views_and_stores_mask_the_webhook(echo: Any, tmp_path: Pat
     assert versions == (2,) and "***" in stored
     for secret in SECRETS:
         assert secret not in stored and secret not in audit_rows
+
+
+def test_an_otlp_endpoint_with_credentials_is_logged_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14.9 (sibling): the start-up line and the collector warnings named the trace
+    endpoint as given, credentials and all (config or OTEL_EXPORTER_OTLP_ENDPOINT)."""
+    from sidecar.config.models import TelemetryConfig
+    from sidecar.telemetry.tracing import Tracing
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    settings = TelemetryConfig.model_validate(
+        {"traces": {"exporter": "otlp", "endpoint": "http://u:hunter2@127.0.0.1:4317"}})
+    for env in (None, "http://127.0.0.1:4317?token=qtoken99"):
+        if env is not None:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", env)
+        tracing = Tracing(settings)
+        try:
+            assert tracing.export_target.startswith("otlp http://")
+            assert "127.0.0.1:4317" in tracing.export_target
+            assert all(s not in tracing.export_target for s in SECRETS)
+        finally:
+            tracing.shutdown()
