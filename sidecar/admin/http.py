@@ -177,6 +177,8 @@ class AdminServer:
             limit = min(int(request.query.get("limit", "100")), 10_000)
         except ValueError:
             return _error(400, "limit: must be an integer")
+        if limit < 1:
+            return _error(400, "limit: must be at least 1")
         rows = await asyncio.to_thread(self._sidecar.read_audit, limit)
         return _json({"audit": rows})
 

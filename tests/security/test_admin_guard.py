@@ -152,6 +152,9 @@ async def test_hostile_bodies_are_400_not_500(tokenless: Any) -> None:
     status, answer = await _send(port, "POST", "/v1/outcomes", b"[" * 100_000,
                                  Content_Type="application/json")
     assert status == 400
+    for limit in ("-1", "0", "1e400", "x"):  # -1 reached DuckDB's LIMIT: a 500
+        status, answer = await _send(port, "GET", f"/v1/audit?limit={limit}")
+        assert status == 400 and answer["error"].startswith("limit:"), limit
 
 
 def test_serve_refuses_a_token_less_admin_off_loopback(tmp_path: Path,
