@@ -127,8 +127,8 @@ def _actor() -> str:
 def _cmd_reload(args: argparse.Namespace) -> int:
     text = file = None
     if args.config is not None:
-        text = Path(args.config).read_text(encoding="utf-8")
         load_config(args.config)  # fail here, naming the field, before sending anything
+        text = Path(args.config).read_text(encoding="utf-8")  # UTF-8: load_config checked
         file = os.path.abspath(args.config)
     result = _client(args).reload(text, args.reason, _actor(), file)
     state = "reloaded" if result.get("changed") else "unchanged"
@@ -173,6 +173,8 @@ _AUDIT_KEYS = ("ts", "actor", "action", "route", "reason", "config_version", "de
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ConfigError([("--limit", "must be at least 1")])
     if args.db is not None or args.parquet is not None:
         source = _recorded(args)
         if _is_live(source):

@@ -33,6 +33,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_config_text",
+    "shape_problem",
 ]
 
 ADMIN_TOKEN_ENV = "SHADOWCAR_ADMIN_TOKEN"
@@ -193,7 +194,7 @@ def _check_tests(
     return problems
 
 
-def _shape_problem(data: Any) -> str | None:
+def shape_problem(data: Any) -> str | None:
     """Why ``data`` is too deep or too large to validate (None when it is fine).
 
     Iterative, and it counts each use of a YAML alias, so neither a deep document nor an
@@ -431,7 +432,7 @@ def parse_config(data: Any, source: str = "", base_dir: Path | None = None) -> L
     """Validate already-parsed YAML/JSON data."""
     if not isinstance(data, dict):
         raise ConfigError([("", "the top level must be a mapping")], source)
-    shape = _shape_problem(data)
+    shape = shape_problem(data)
     if shape is not None:
         raise ConfigError([("", shape)], source)
     try:

@@ -181,6 +181,11 @@ def parse_contract(data: Any, source: str = "") -> Contract:
     """Validate already-parsed YAML data; ConfigError names each failing field path."""
     if not isinstance(data, dict):
         raise ConfigError([("", "a contract file is a mapping")], source)
+    from sidecar.config.load import shape_problem
+
+    shape = shape_problem(data)  # deep nesting or an alias bomb: before the validators
+    if shape is not None:
+        raise ConfigError([("", shape)], source)
     try:
         return Contract.model_validate(data)
     except ValidationError as exc:
@@ -200,11 +205,15 @@ def load_contract(path: str | Path) -> Contract:
     """Read and validate a contract YAML file."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([("", f"cannot read: {exc.strerror or exc}")], source) from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"not UTF-8 text (byte {exc.start})")], source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([("", f"not YAML: {exc}")], source) from exc
+    except RecursionError:
+        raise ConfigError([("", "nested too deeply")], source) from None
     return parse_contract(data, source)

@@ -194,3 +194,26 @@ def test_unusable_tls_files_are_config_errors(tmp_path: Path,
     err = capsys.readouterr().err
     for field in ("tls.cert", "tls.client_ca", "admin.tls.cert", "backends[0].tls.ca"):
         assert f"{field}: not a PEM" in err
+
+
+def test_other_commands_reading_files_fail_cleanly(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14.10 (siblings): ``sidecar reload --config`` and ``contract check`` decoded
+    the file before validating it (UnicodeDecodeError, exit 1); a contract could nest or
+    alias without bound; ``audit --limit -1`` reached DuckDB."""
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"name: caf\xe9\n")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]"
+        for i in range(1, 9)] + ["inputs: *a8"]) + "\n")
+    for file in (latin1, deep, bomb):
+        assert main(["contract", "check", str(file)]) == 2
+    assert main(["reload", "--admin", "http://127.0.0.1:9", "--config", str(latin1)]) == 2
+    db = tmp_path / "a.duckdb"
+    duckdb.connect(str(db)).close()
+    assert main(["audit", "--db", str(db), "--limit", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "not UTF-8" in err and "--limit" in err
