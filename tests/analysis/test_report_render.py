@@ -275,3 +275,18 @@ def test_many_pairs_stay_in_one_small_file(reports: dict[str, dict[str, Any]],
     assert html.count("<caption>Figures</caption>") == len(report["pairs"])
     assert len(re.findall(r"<svg.*?</svg>", html, flags=re.S)) == drawn
     assert sum(map(len, re.findall(r"<svg.*?</svg>", html, flags=re.S))) <= 120_000
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sparse_reports_render_in_every_format(kind: str) -> None:
+    """A report with nulls and missing parts (an old schema, an empty source) still renders,
+    and its message is said."""
+    sparse = {"schema": "x", "message": "nothing recorded yet",
+              "pairs": [{"route": "r", "primary": "p", "shadow": "s", "n": 0, "fields": None}],
+              "features": [{"feature": "f", "kind": "numeric"}], "models": [{"backend": "b"}],
+              "comparisons": [{"metric": "auc"}],
+              "experiments": [{"name": "e", "srm": None, "results": [{"metric": "m"}]}],
+              "canaries": {"routes": [{"route": "c", "steps": None}]}}
+    for fmt in ("table", "html", "json"):
+        out = render(sparse, kind, fmt, width=80)  # type: ignore[arg-type]
+        assert "nothing recorded yet" in out, (kind, fmt)
