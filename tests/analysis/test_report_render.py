@@ -287,6 +287,6 @@ def test_sparse_reports_render_in_every_format(kind: str) -> None:
               "comparisons": [{"metric": "auc"}],
               "experiments": [{"name": "e", "srm": None, "results": [{"metric": "m"}]}],
               "canaries": {"routes": [{"route": "c", "steps": None}]}}
-    for fmt in ("table", "html", "json"):
-        out = render(sparse, kind, fmt, width=80)  # type: ignore[arg-type]
-        assert "nothing recorded yet" in out, (kind, fmt)
+    for form in ("table", "html", "json"):
+        out = render(sparse, kind, form, width=80)  # type: ignore[arg-type]
+        assert "nothing recorded yet" in out, (kind, form)
