@@ -67,7 +67,7 @@ class Tally:
         self.failed += 1
         self.statuses[code.name] += 1
         if len(self.first_errors) < FIRST_ERRORS:
-            self.first_errors.append(f"{code.name}: {details or '(no details)'}")
+            self.first_errors.append(f"{code.name}: {(details or '(no details)')[:300]}")
 
     def describe(self) -> str:
         """``N answered, M failed (STATUS n, ...); first errors: STATUS: details; ...``."""
@@ -117,7 +117,7 @@ async def calibrate(target: str, payloads: Sequence[bytes], concurrency: int) ->
     count = max(1, concurrency) * WARMUP_ROUNDS
     async with grpc.aio.insecure_channel(target) as channel:
         infer = channel.unary_unary(METHOD)
-        await channel.channel_ready()
+        await asyncio.wait_for(channel.channel_ready(), MAX_PRIMARY_TIMEOUT_MS / 1000)
 
         async def one(i: int) -> None:
             started = time.perf_counter()
