@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.demo.runner import run_demo
+from sidecar.demo.traffic import AdaptiveLimit
 
 #: Busy-loop processes beside the demo: more than the machine's cores, as in the report.
 HOGS = max(4, 2 * (os.cpu_count() or 1))
@@ -68,3 +69,25 @@ async def test_a_failing_demo_names_the_statuses(
            "failure" in out
     assert "40 of 40 calls failed" in out and "UNAVAILABLE: 40" in out
     assert "First errors:" in out
+
+
+async def test_the_pace_halves_on_a_slow_call_and_grows_back() -> None:
+    """Issue 15.12: calls in flight halve when one takes more than the slow mark and grow by
+    one after a run of fast calls, never below 1 nor above the maximum."""
+    limit = AdaptiveLimit(8, slow_s=1.0)
+    for _ in range(3):
+        await limit.acquire()
+    await limit.release(2.0)
+    assert limit.limit == 4
+    await limit.release(5.0)
+    assert limit.limit == 2
+    await limit.release(5.0)
+    assert limit.limit == 1 and limit.lowest == 1
+    for _ in range(20):
+        await limit.acquire()
+        await limit.release(0.01)
+    assert 1 < limit.limit <= 8
+    for _ in range(200):
+        await limit.acquire()
+        await limit.release(0.01)
+    assert limit.limit == 8 and limit.lowest == 1
