@@ -318,6 +318,8 @@ async def small_recording(tmp_path: Path) -> tuple[Path, Path]:
     return db, cfg_path
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_analysis_commands_run_on_a_small_recording(
     small_recording: tuple[Path, Path], tmp_path: Path
 ) -> None:
