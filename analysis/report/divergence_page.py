@@ -75,7 +75,7 @@ def _overview(pairs: list[dict[str, Any]]) -> list[Grid]:
     shape = Grid("Distribution and operations", (
         Column("primary → shadow", "name"), Column("JS"), Column("PSI"), Column("KS (p)"),
         Column("W1/sd"), Column("p95 ms (P/S)"), Column("lat ratio"), Column("errors (P/S)"),
-        Column("timeouts S"), Column("drops S")), [])
+        Column("timeouts S"), Column("dropped S")), [])
     for pair in pairs:
         num, cls = pair.get("numeric") or {}, pair.get("classes") or {}
         dist, lat = pair.get("distribution") or {}, pair.get("latency_ms") or {}
@@ -123,7 +123,7 @@ def _figures(pair: dict[str, Any]) -> Grid:
         figures = (pair.get("errors") or {}).get(side) or {}
         rows.append([f"{side} errors", fmt_share(figures.get("error_rate")),
                      fmt_share_ci(figures.get("error_rate_ci"))])
-        rows.append([f"{side} timeouts / drops", f"{fmt_share(figures.get('timeout_rate'))} / "
+        rows.append([f"{side} timeouts / dropped", f"{fmt_share(figures.get('timeout_rate'))} / "
                                                  f"{fmt(figures.get('dropped'))}", ""])
     return Grid("Figures", (Column("figure", "text"), Column("value"), Column("95% CI")), rows)
 
