@@ -258,7 +258,8 @@ class _Plan:
 
 
 def _compare_metric(plan: _Plan, a: MetricSums, b: MetricSums) -> Comparison:
-    ya, yb = SampleStats(a.n, a.sum, a.sum_sq), SampleStats(b.n, b.sum, b.sum_sq)
+    ya = SampleStats(a.n, a.sum, a.sum_sq, a.shift)
+    yb = SampleStats(b.n, b.sum, b.sum_sq, b.shift)
     seq = {"inference": plan.inference, "n_opt": plan.n_opt, "level": plan.level,
            "alpha": plan.alpha}
     if plan.cuped and plan.recorded and a.pre_rows + b.pre_rows == 0:
@@ -267,8 +268,10 @@ def _compare_metric(plan: _Plan, a: MetricSums, b: MetricSums) -> Comparison:
                            [f"no pre-exposure data for this metric in the {days:g}-day "
                             "lookback: CUPED not applied, Welch reported"])
     if plan.cuped:
-        pair_a = PairStats(a.n, a.sum, a.sum_sq, a.sum_pre, a.sum_pre_sq, a.sum_cross)
-        pair_b = PairStats(b.n, b.sum, b.sum_sq, b.sum_pre, b.sum_pre_sq, b.sum_cross)
+        pair_a = PairStats(a.n, a.sum, a.sum_sq, a.sum_pre, a.sum_pre_sq, a.sum_cross,
+                           a.shift, a.shift_pre)
+        pair_b = PairStats(b.n, b.sum, b.sum_sq, b.sum_pre, b.sum_pre_sq, b.sum_cross,
+                           b.shift, b.shift_pre)
         return cuped_test(pair_a, pair_b, **seq)  # type: ignore[arg-type]
     return welch_test(ya, yb, **seq)  # type: ignore[arg-type]
 
@@ -323,7 +326,8 @@ def _analyze_one(
             comp = _compare_metric(plan, sa, sb)
             if sa.binary and sb.binary and sa.n > 0 and sb.n > 0:
                 extra["p_value_ztest"] = proportions_test(
-                    SampleStats(sa.n, sa.sum, sa.sum_sq), SampleStats(sb.n, sb.sum, sb.sum_sq),
+                    SampleStats(sa.n, sa.sum, sa.sum_sq, sa.shift),
+                    SampleStats(sb.n, sb.sum, sb.sum_sq, sb.shift),
                     alpha=plan.alpha).p_value
             comp = _with_notes(comp, _row_notes(sa, sb, srm))
             rows.append(ResultRow(metric, variant, chosen, "mean", comp, extra=extra))
@@ -333,7 +337,8 @@ def _analyze_one(
             arms = []
             for v in (chosen, variant):
                 r = g.ratios.get((name, v, ratio)) or RatioSums(0, 0.0, 0.0, 0.0, 0.0, 0.0)
-                arms.append(PairStats(r.n, r.sum_y, r.sum_y2, r.sum_x, r.sum_x2, r.sum_xy))
+                arms.append(PairStats(r.n, r.sum_y, r.sum_y2, r.sum_x, r.sum_x2, r.sum_xy,
+                                      r.shift_y, r.shift_x))
             # Non-finite rows of either metric, and units left out of either, count here.
             joint = [replace(MetricSums.zero(), bad=sums(v, num).bad + sums(v, den).bad,
                              dropped=units.get(v, 0) - arm.n if arm.n else 0)

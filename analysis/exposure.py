@@ -45,6 +45,10 @@ class MetricSums:
     dropped: int = 0
     #: finite rows in the units' pre-exposure lookback (recorded data)
     pre_rows: int = 0
+    #: the sums are of ``value - shift`` and ``pre - shift_pre`` (whole numbers near the
+    #: means: moments on shifted values keep their digits, issue 19)
+    shift: float = 0.0
+    shift_pre: float = 0.0
 
     @staticmethod
     def zero() -> MetricSums:
@@ -61,6 +65,8 @@ class RatioSums:
     sum_x: float
     sum_x2: float
     sum_xy: float
+    shift_y: float = 0.0
+    shift_x: float = 0.0
 
 
 @dataclass
@@ -234,6 +240,29 @@ def _clip(metrics: Sequence[str], level: float) -> str:
         )"""
 
 
+def metric_shifts(
+    con: duckdb.DuckDBPyConnection, table: str, has_pre: bool
+) -> dict[str, tuple[float, float]]:
+    """Each metric's shifts: a unit's value and covariate are summed less a whole number
+    near the mean of units' values (the metric's finite total over its distinct units),
+    so variances from sums keep their digits when the mean dwarfs the spread. Whole
+    numbers keep 0/1 metrics exact; the list is also the pivot's fixed set of metrics."""
+    pre = ("round(coalesce(avg(pre_value) FILTER (WHERE isfinite(pre_value)), 0))"
+           if has_pre and table == INPUT_TABLE else "NULL")
+    rows = con.execute(f"""
+        SELECT metric, round(coalesce(sum(value) FILTER (WHERE isfinite(value))
+                                      / nullif(count(DISTINCT unit_id), 0), 0)), {pre}
+        FROM {table} WHERE metric IS NOT NULL GROUP BY metric ORDER BY metric
+    """).fetchall()
+    return {str(m): (_whole(k), _whole(k if p is None else p)) for m, k, p in rows}
+
+
+def _whole(value: Any) -> float:
+    """A finite whole number (0 for NULL or a value beyond float range)."""
+    number = float(value or 0.0)
+    return number if abs(number) < 2.0**52 else 0.0
+
+
 def gather(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -254,9 +283,8 @@ def gather(
     ``lookback`` (recorded data) makes each metric's covariate its own pre-exposure sum.
     """
     table = INPUT_TABLE if source == "table" else "outcomes"
-    metrics = [str(r[0]) for r in con.execute(
-        f"SELECT DISTINCT metric FROM {table} WHERE metric IS NOT NULL ORDER BY 1"
-    ).fetchall()]
+    shifts = metric_shifts(con, table, has_pre)
+    metrics = list(shifts)
     counts: dict[tuple[str, str], tuple[int, int]] | None = None
     if source == "table":
         counts = _table_counts(con)
@@ -274,10 +302,14 @@ def gather(
     index = {m: i for i, m in enumerate(metrics)}
     recorded = counts is None
     aggs = ["count(*)"]
-    for i in range(len(metrics)):
-        p, ok = (f"p_{i}" if has_pre else "0"), f"FILTER (WHERE {_ok(i)})"
-        aggs += [f"count(*) {ok}", f"sum(v_{i}) {ok}", f"sum(v_{i} * v_{i}) {ok}",
-                 f"sum({p}) {ok}", f"sum({p} * {p}) {ok}", f"sum(v_{i} * {p}) {ok}",
+    def less(column: str, shift: float) -> str:
+        return f"({column} - {shift!r})" if shift else column
+
+    for i, m in enumerate(metrics):
+        v = less(f"v_{i}", shifts[m][0])
+        p, ok = (less(f"p_{i}", shifts[m][1]) if has_pre else "0"), f"FILTER (WHERE {_ok(i)})"
+        aggs += [f"count(*) {ok}", f"sum({v}) {ok}", f"sum({v} * {v}) {ok}",
+                 f"sum({p}) {ok}", f"sum({p} * {p}) {ok}", f"sum({v} * {p}) {ok}",
                  f"bool_and(v_{i} = 0 OR v_{i} = 1) {ok}", f"count(*) FILTER (WHERE f_{i} = false)",
                  *((f"sum(b_{i})", f"sum(r_{i})") if recorded else ("0", "0")),
                  f"sum(c_{i})" if recorded and lookback is not None else "0"]
@@ -285,8 +317,9 @@ def gather(
               if a in index and b in index}
     for a, b in usable.values():
         ok = f"FILTER (WHERE {_ok(a)} AND {_ok(b)})"
-        aggs += [f"count(*) {ok}", f"sum(v_{a}) {ok}", f"sum(v_{a} * v_{a}) {ok}",
-                 f"sum(v_{b}) {ok}", f"sum(v_{b} * v_{b}) {ok}", f"sum(v_{a} * v_{b}) {ok}"]
+        va, vb = less(f"v_{a}", shifts[metrics[a]][0]), less(f"v_{b}", shifts[metrics[b]][0])
+        aggs += [f"count(*) {ok}", f"sum({va}) {ok}", f"sum({va} * {va}) {ok}",
+                 f"sum({vb}) {ok}", f"sum({vb} * {vb}) {ok}", f"sum({va} * {vb}) {ok}"]
     if recorded:
         aggs += ["sum(early)", "sum(late)", "sum(untimed)"]
     sql = f"""WITH {ctes}
@@ -312,10 +345,12 @@ def gather(
             g.metrics[(exp, variant, m)] = MetricSums(
                 int(s[0] or 0), float(s[1] or 0), float(s[2] or 0), float(s[3] or 0),
                 float(s[4] or 0), float(s[5] or 0), bool(s[6]) if s[6] is not None else True,
-                bad, rows, int(s[7] or 0), int(s[10] or 0))
+                bad, rows, int(s[7] or 0), int(s[10] or 0), *shifts[m])
         base = 3 + width * len(metrics)
         for j, ratio in enumerate(usable):
             r = row[base + rwidth * j: base + rwidth * (j + 1)]
-            g.ratios[(exp, variant, ratio)] = RatioSums(int(r[0] or 0),
-                                                        *(float(x or 0) for x in r[1:]))
+            a, b = usable[ratio]
+            g.ratios[(exp, variant, ratio)] = RatioSums(
+                int(r[0] or 0), *(float(x or 0) for x in r[1:]),
+                shift_y=shifts[metrics[a]][0], shift_x=shifts[metrics[b]][0])
     return g

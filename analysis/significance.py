@@ -442,7 +442,7 @@ def proportions_test(
     """
     msgs: list[str] = []
     for name, s in (("control", control), ("variant", variant)):
-        if s.n > 0 and (s.sum_sq != s.sum or not 0 <= s.sum <= s.n):
+        if s.n > 0 and (s.total_sq != s.total or not 0 <= s.total <= s.n):
             msgs.append(f"{name} is not a 0/1 metric")
     empty = Comparison(method="ztest", n_control=control.n, n_variant=variant.n,
                        mean_control=_fin(control.mean) if control.n else None,
@@ -452,7 +452,7 @@ def proportions_test(
             msgs.append("a variant has no units")
         return replace(empty, message=_join(msgs))
     pa, pb = control.mean, variant.mean
-    pooled = (control.sum + variant.sum) / (control.n + variant.n)
+    pooled = (control.total + variant.total) / (control.n + variant.n)
     se0 = math.sqrt(pooled * (1.0 - pooled) * (1.0 / control.n + 1.0 / variant.n))
     if se0 == 0.0:
         return replace(empty, abs_effect=pb - pa,
@@ -487,7 +487,7 @@ def ratio_test(
             msgs.append(f"{name} denominator sums to 0: ratio undefined")
             arms.append((math.nan, math.nan))
             continue
-        r = s.sum_y / s.sum_x if s.n > 0 else math.nan
+        r = s.y.total / s.x.total if s.n > 0 else math.nan
         v = (s.var_y - 2.0 * r * s.cov_xy + r * r * s.var_x) / (mx * mx) if s.n > 1 else math.nan
         arms.append((r, max(v, 0.0) if math.isfinite(v) else v))
     method: Method = "ratio_delta_sequential" if inference == "sequential" else "ratio_delta"
@@ -528,7 +528,7 @@ def cuped_test(
     else:
         theta = cxy / cxx
     n = control.n + variant.n
-    xbar = (control.sum_x + variant.sum_x) / n if n > 0 else math.nan
+    xbar = (control.x.total + variant.x.total) / n if n > 0 else math.nan
 
     def adjusted(s: PairStats) -> tuple[float, float]:
         if s.n == 0 or not math.isfinite(theta):

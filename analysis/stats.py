@@ -26,6 +26,13 @@ def finite_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _reshift(n: int, total: float, total_sq: float, delta: float) -> tuple[float, float]:
+    """Sums of ``u + delta`` from sums of ``u`` (moves a sample onto another shift)."""
+    if delta == 0.0:
+        return total, total_sq
+    return total + n * delta, total_sq + 2.0 * delta * total + n * delta * delta
+
+
 def _centred(n: float, sum_u: float, sum_v: float, sum_uv: float) -> float:
     """Sum of (u - mean u)(v - mean v): the co-moment, from raw sums."""
     if n <= 0:
@@ -35,15 +42,19 @@ def _centred(n: float, sum_u: float, sum_v: float, sum_uv: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class SampleStats:
-    """n, sum and sum of squares of one sample (one metric in one variant).
+    """n, sum and sum of squares of one sample (one metric in one variant), of the values
+    less ``shift``.
 
-    Variances come from ``sum_sq - sum**2 / n``; with values whose mean is huge relative
-    to their spread this loses digits (relative error about eps * mean**2 / var).
+    Variances come from ``sum_sq - sum**2 / n``, which loses digits when the mean is huge
+    relative to the spread (relative error about eps * (mean - shift)**2 / var): the engine
+    sums ``value - shift`` with a shift near the mean (issue 19), so a metric of 1e7 + N(0,1)
+    keeps its digits. ``total`` is the plain sum of the values.
     """
 
     n: int
     sum: float
     sum_sq: float
+    shift: float = 0.0
 
     @classmethod
     def of(cls, values: Iterable[float] | np.ndarray) -> SampleStats:
@@ -58,11 +69,22 @@ class SampleStats:
     def __add__(self, other: SampleStats) -> SampleStats:
         if not isinstance(other, SampleStats):
             return NotImplemented
-        return SampleStats(self.n + other.n, self.sum + other.sum, self.sum_sq + other.sum_sq)
+        o_sum, o_sq = _reshift(other.n, other.sum, other.sum_sq, other.shift - self.shift)
+        return SampleStats(self.n + other.n, self.sum + o_sum, self.sum_sq + o_sq, self.shift)
 
     @property
     def mean(self) -> float:
-        return self.sum / self.n if self.n > 0 else _NAN
+        return self.shift + self.sum / self.n if self.n > 0 else _NAN
+
+    @property
+    def total(self) -> float:
+        """Sum of the values themselves (exact for counts: shifts are whole numbers)."""
+        return self.sum + self.n * self.shift
+
+    @property
+    def total_sq(self) -> float:
+        """Sum of the squared values themselves."""
+        return self.sum_sq + 2.0 * self.shift * self.sum + self.n * self.shift * self.shift
 
     @property
     def m2(self) -> float:
@@ -89,7 +111,8 @@ class PairStats:
     """Joint statistics of two per-unit values y and x (ratio metrics, CUPED).
 
     For a ratio metric y is the numerator and x the denominator; for CUPED y is the
-    metric and x its pre-period value (the covariate).
+    metric and x its pre-period value (the covariate). Sums are of ``y - shift_y`` and
+    ``x - shift_x`` (see :class:`SampleStats`); co-moments do not depend on the shifts.
     """
 
     n: int
@@ -98,6 +121,8 @@ class PairStats:
     sum_x: float
     sum_x2: float
     sum_xy: float
+    shift_y: float = 0.0
+    shift_x: float = 0.0
 
     @classmethod
     def of(cls, y: Iterable[float] | np.ndarray, x: Iterable[float] | np.ndarray) -> PairStats:
@@ -121,22 +146,29 @@ class PairStats:
     def __add__(self, other: PairStats) -> PairStats:
         if not isinstance(other, PairStats):
             return NotImplemented
+        dy, dx = other.shift_y - self.shift_y, other.shift_x - self.shift_x
+        oy, oy2 = _reshift(other.n, other.sum_y, other.sum_y2, dy)
+        ox, ox2 = _reshift(other.n, other.sum_x, other.sum_x2, dx)
+        # sum (y+dy)(x+dx) = sum yx + dx sum y + dy sum x + n dy dx
+        oxy = other.sum_xy + dx * other.sum_y + dy * other.sum_x + other.n * dy * dx
         return PairStats(
             self.n + other.n,
-            self.sum_y + other.sum_y,
-            self.sum_y2 + other.sum_y2,
-            self.sum_x + other.sum_x,
-            self.sum_x2 + other.sum_x2,
-            self.sum_xy + other.sum_xy,
+            self.sum_y + oy,
+            self.sum_y2 + oy2,
+            self.sum_x + ox,
+            self.sum_x2 + ox2,
+            self.sum_xy + oxy,
+            self.shift_y,
+            self.shift_x,
         )
 
     @property
     def y(self) -> SampleStats:
-        return SampleStats(self.n, self.sum_y, self.sum_y2)
+        return SampleStats(self.n, self.sum_y, self.sum_y2, self.shift_y)
 
     @property
     def x(self) -> SampleStats:
-        return SampleStats(self.n, self.sum_x, self.sum_x2)
+        return SampleStats(self.n, self.sum_x, self.sum_x2, self.shift_x)
 
     @property
     def mean_y(self) -> float:
