@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["MUTATIONS", "AdminGuard", "Refusal"]
+__all__ = ["MUTATIONS", "SAFETY_HEADERS", "AdminGuard", "Refusal"]
 
 MUTATIONS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 _JSON = frozenset({"application/json"})
@@ -24,6 +24,14 @@ _CONFIG = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "tex
                      "application/json"})
 #: Paths whose body is a config document; every other mutation takes JSON.
 _CONFIG_PATHS = frozenset({"/v1/config"})
+#: On every answer: no other site may frame the dashboard (clickjacking its buttons), and
+#: browsers take each body as the type it is declared.
+SAFETY_HEADERS = {
+    "X-Frame-Options": "SAMEORIGIN",
+    "Content-Security-Policy": "frame-ancestors 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 #: Sec-Fetch-Site values of requests a browser did not make on another site's behalf.
 _OWN_SITE = frozenset({"same-origin", "none"})
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sidecar.admin.guard import AdminGuard
+from sidecar.admin.guard import SAFETY_HEADERS, AdminGuard
 from sidecar.canary.controller import ACTIONS as CANARY_ACTIONS
 from sidecar.config.load import parse_config_text
 from sidecar.errors import ConfigError
@@ -44,6 +44,10 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 def _error(status: int, reason: str, **extra: Any) -> web.Response:
     return _json({"error": reason, **extra}, status=status)
+
+
+async def _safety_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SAFETY_HEADERS)
 
 
 class AdminServer:
@@ -73,6 +77,7 @@ class AdminServer:
         self._reports.add_routes(r)
         self._guard = AdminGuard(self._host, sidecar.loaded.config.admin.allowed_hosts,
                                  lambda: self._sidecar.loaded.admin_token)
+        app.on_response_prepare.append(_safety_headers)
         self._runner = web.AppRunner(app, access_log=None)
         self._closed = False
 

@@ -80,6 +80,18 @@ async def test_a_cross_site_text_plain_post_cannot_reload(tokenless: Any) -> Non
     assert status == 200
 
 
+async def test_no_other_site_may_frame_the_dashboard(tokenless: Any) -> None:
+    """Issue 14.5 (sibling): a page could frame the dashboard and trick a click on its
+    promote or rollback buttons; every answer now forbids framing and sniffing."""
+    sc, _ = tokenless
+    async with aiohttp.ClientSession() as http:
+        for path in ("/", "/v1/config", "/nope"):
+            async with http.get(f"http://127.0.0.1:{sc.admin.port}{path}") as resp:
+                assert resp.headers["X-Frame-Options"] == "SAMEORIGIN", path
+                assert resp.headers["Content-Security-Policy"] == "frame-ancestors 'self'"
+                assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
 async def test_a_rebound_host_name_is_refused(tokenless: Any) -> None:
     """Issue 14.5: any Host was accepted, so a DNS-rebinding page could read /v1/config."""
     sc, _ = tokenless
