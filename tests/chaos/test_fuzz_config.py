@@ -84,3 +84,23 @@ def test_random_yaml_text_fails_cleanly(tmp_path) -> None:
 
 def test_yaml_round_trip_of_good_config_is_valid() -> None:
     assert parse_config(yaml.safe_load(yaml.safe_dump(GOOD))).version
+
+
+def test_random_bytes_fail_cleanly() -> None:
+    """Issue 14.10: whatever bytes a file or a POST /v1/config body holds, the answer is a
+    ConfigError (exit 2, HTTP 400): not UTF-8, deep, aliased, or just wrong."""
+    from sidecar.config.load import parse_config_text
+
+    fragments = st.sampled_from([b"[", b"]", b"{", b"}", b"&a ", b"*a ", b"a: ", b"\n",
+                                 b"- ", b"\xff", b"\xc3", b"!!python/object ", b".inf", b"'"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.binary(max_size=300),
+                     st.lists(fragments, max_size=400).map(b"".join)))
+    def check(raw: bytes) -> None:
+        try:
+            parse_config_text(raw, "fuzz")
+        except ConfigError as exc:
+            assert exc.problems
+
+    check()
