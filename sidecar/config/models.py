@@ -157,8 +157,9 @@ class ShutdownConfig(_Model):
 
 
 class TracesConfig(_Model):
-    exporter: Literal["none", "otlp", "console"] = Field(
-        "none", description="span exporter; env OTEL_TRACES_EXPORTER overrides"
+    exporter: Literal["none", "otlp", "console"] | None = Field(
+        None, description="span exporter; unset: otlp when an OTLP endpoint is set, else none; "
+        "env OTEL_TRACES_EXPORTER overrides"
     )
     endpoint: str | None = Field(
         None, description="OTLP/gRPC endpoint; env OTEL_EXPORTER_OTLP_ENDPOINT overrides"

@@ -1,7 +1,8 @@
 """Tracing: one server span per call, a client span per backend call, W3C propagation.
 
 Configured by the config's ``telemetry.traces`` and the standard ``OTEL_*`` variables (which
-win). Export failures are said once in the log; the span queue is bounded, so a missing
+win); with no exporter named, an OTLP endpoint alone turns OTLP export on, as in the SDKs.
+Export failures are said once in the log; the span queue is bounded, so a missing
 collector costs neither memory nor the caller's latency.
 """
 
@@ -34,7 +35,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sidecar.config import TelemetryConfig
 from sidecar.config.security import mask_url
 
-__all__ = ["TRACE_KEYS", "Tracing"]
+__all__ = ["TRACE_KEYS", "Tracing", "exporter_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,13 @@ class Tracing:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
             self.export_target = "in-process"
         else:
-            kind = env.get("OTEL_TRACES_EXPORTER") or settings.traces.exporter
             endpoint = (
                 env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
                 or settings.traces.endpoint
             )
+            kind = exporter_kind(env.get("OTEL_TRACES_EXPORTER"), settings.traces.exporter,
+                                 endpoint)
             chosen: SpanExporter | None = None
             shown = endpoint  # what logs say: never an endpoint's credentials
             if endpoint and ("@" in endpoint or "?" in endpoint):
@@ -185,6 +187,29 @@ class Tracing:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def exporter_kind(env_value: str | None, configured: str | None, endpoint: str | None) -> str:
+    """The span exporter to build, by the OpenTelemetry SDKs' own rules.
+
+    ``OTEL_TRACES_EXPORTER`` wins (a list such as ``otlp,console`` names its first known
+    exporter; ``none`` anywhere in it means none). Else the config's ``exporter``. Left
+    unset, the SDKs default to ``otlp``; the sidecar follows them once an endpoint says
+    where to send (env or config), and otherwise makes no spans rather than retrying
+    localhost:4317 forever.
+    """
+    if env_value and env_value.strip():
+        names = [n.strip().lower() for n in env_value.split(",") if n.strip()]
+        if "none" in names:
+            return "none"
+        known = [n for n in names if n in ("otlp", "console")]
+        if known:
+            return known[0]
+        log.warning("OTEL_TRACES_EXPORTER=%s names no exporter the sidecar has (otlp, "
+                    "console); the config's exporter applies", env_value)
+    if configured is not None:
+        return configured
+    return "otlp" if endpoint else "none"
 
 
 def rpc_attributes(method: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ import logging
 
 import duckdb
 import grpc
+import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -217,3 +218,68 @@ async def test_standard_otel_environment_variables(echo, tmp_path, channel_to,
         assert set(names) == {"fraud-sidecar"}
     finally:
         await server.stop(0)
+
+
+_OTEL_VARS = ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
+              "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_SERVICE_NAME")
+
+
+@pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT",
+                                      "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
+async def test_an_otlp_endpoint_alone_exports_spans(echo, tmp_path, channel_to, monkeypatch,
+                                                    variable) -> None:
+    """Issue 17 (OpenTelemetry's own conventions): with the config's exporter unset, setting
+    only the endpoint variable exports spans, as OTEL_TRACES_EXPORTER defaults to otlp."""
+    for name in _OTEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    collector = _Collector()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    monkeypatch.setenv(variable, f"http://127.0.0.1:{port}")
+    try:
+        primary = await echo()
+        loaded = parse_config(sidecar_config(
+            tmp_path / "ep.duckdb", {"p": primary.target}, [{"match": "*", "primary": "p"}]))
+        assert loaded.config.telemetry.traces.exporter is None
+        async with Sidecar(loaded) as sc:
+            assert sc.tracing.exporting
+            assert sc.tracing.export_target == f"otlp http://127.0.0.1:{port}"
+            await channel_to(sc.port).unary_unary("/a.B/C")(b"x")
+        # Shutdown flushes the batch processor: server and client span.
+        assert len(collector.spans) == 2
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize(("env", "traces", "expected"), [
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}, {"exporter": "none"}, "none"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+      "OTEL_TRACES_EXPORTER": "none"}, {}, "none"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+      "OTEL_TRACES_EXPORTER": "console,none"}, {}, "none"),
+    ({}, {"exporter": "none", "endpoint": "http://127.0.0.1:4317"}, "none"),
+    ({}, {"endpoint": "http://127.0.0.1:4317"}, "otlp http://127.0.0.1:4317"),
+    ({}, {}, "none"),
+    ({"OTEL_TRACES_EXPORTER": "console"}, {"exporter": "none"}, "console"),
+    ({"OTEL_TRACES_EXPORTER": "zipkin"}, {"exporter": "console"}, "console"),
+])
+def test_which_exporter_is_built(monkeypatch, tmp_path, env, traces, expected) -> None:
+    """Issue 17: an explicit `none` (config or OTEL_TRACES_EXPORTER) wins over an endpoint;
+    an endpoint from the config alone enables OTLP too; nothing set exports nothing."""
+    from sidecar.telemetry import Tracing
+
+    for name in _OTEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    data = sidecar_config(tmp_path / "k.duckdb", {"p": "127.0.0.1:1"},
+                          [{"match": "*", "primary": "p"}])
+    data["telemetry"] = {"traces": traces}
+    tracing = Tracing(parse_config(data).config.telemetry)
+    try:
+        assert tracing.export_target == expected
+        assert tracing.exporting is (expected != "none")
+    finally:
+        tracing.shutdown()
