@@ -35,3 +35,19 @@ def test_the_widest_legal_times_still_parse() -> None:
     assert parse_time("0001-01-01T00:00:00") is not None
     assert parse_time("9999-12-31T23:59:59Z") is not None
     assert parse_time("700000d") is not None  # about 1916 years back: still year >= 1
+
+
+def test_extreme_durations_are_usage_errors(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14.10 (sibling: every duration string): ``--cuped-lookback 99999999999999d``
+    raised OverflowError as an internal error."""
+    from sidecar.sink import migrate
+
+    db = tmp_path / "r.duckdb"
+    con = duckdb.connect(str(db))
+    migrate(con)  # the recorded tables, empty
+    con.close()
+    assert main(["report", "experiment", "--db", str(db),
+                 "--cuped-lookback", "99999999999999d"]) == 2
+    err = capsys.readouterr().err
+    assert "too long a duration" in err and "Traceback" not in err
