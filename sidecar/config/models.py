@@ -124,7 +124,7 @@ class StorageConfig(_Model):
     )
     record_bytes: bool = Field(False, description="also store raw request and response bytes")
     max_payload_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, le=1024**3,
+        16 * 1024, ge=1024, le=1024**3,
         description="bytes one message may take recorded (decoded or raw); a larger one is "
         "recorded as a summary (truncated)",
     )
