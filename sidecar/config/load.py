@@ -132,6 +132,49 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
                 problems.append((f"routes[{r}].shadows[{s}].replica_of",
                                  f"unknown backend {shadow.replica_of!r} (known: {known})"))
         problems.extend(_check_tests(r, route, names, known))
+    problems.extend(_check_models(config))
+    return problems
+
+
+#: The one method a per-model route may match: the others of the protocol pass through to
+#: the primary of the route that serves the model they name (docs/oip.md).
+OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _route_backends(route: RouteConfig) -> set[str]:
+    """Every backend a route sends requests to, in any role."""
+    names = {route.primary} | {s.backend for s in route.shadows}
+    names |= {v.backend for exp in route.all_experiments for v in exp.variants}
+    if route.canary is not None:
+        names |= {route.canary.stable, route.canary.candidate}
+    if route.fallback is not None and route.fallback.backend is not None:
+        names.add(route.fallback.backend)
+    return names
+
+
+def _check_models(config: Config) -> list[tuple[str, str]]:
+    """Model names are OIP's: a backend's ``model`` needs a ``codec: oip`` route among those
+    it serves, a route's ``match.model`` needs ``codec: oip`` and matches ModelInfer."""
+    problems: list[tuple[str, str]] = []
+    for r, route in enumerate(config.routes):
+        if route.model is None:
+            continue
+        if route.method != OIP_INFER:
+            problems.append((f"routes[{r}].match.method", f"a per-model route matches "
+                             f"{OIP_INFER} (the protocol's other calls follow it)"))
+        if route.codec != "oip":
+            problems.append((f"routes[{r}].codec",
+                             "a per-model route (match with model) needs codec: oip"))
+    for i, backend in enumerate(config.backends):
+        serves = [route for route in config.routes if backend.name in _route_backends(route)]
+        if not serves or any(route.codec == "oip" for route in serves):
+            continue  # other routes of the backend forward their bytes as they come
+        for key in ("model", "model_version"):
+            if getattr(backend, key) is not None:
+                problems.append((f"backends[{i}].{key}", (
+                    f"backend {backend.name!r} serves no route with codec: oip (route "
+                    f"{serves[0].match!r} has codec {serves[0].codec}): model names are "
+                    "rewritten in OIP requests only")))
     return problems
 
 

@@ -45,6 +45,41 @@ __all__ = [
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _HOSTPORT = re.compile(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}\Z")
 _MATCH = re.compile(r"(\*|/[A-Za-z0-9_.]+/(\*|[A-Za-z0-9_]+))\Z")
+_EXACT_METHOD = re.compile(r"/[A-Za-z0-9_.]+/[A-Za-z0-9_]+\Z")
+#: A model name as OIP servers take it (MLServer, Triton, KServe): no spaces, no ';'.
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}\Z")
+#: How a per-model route's match is written as one string: the route's name everywhere
+#: (recorded rows, metrics, the admin API), e.g. /pkg.Svc/Method;model=fraud.
+MODEL_SEPARATOR = ";model="
+
+
+def _check_model(value: str) -> str:
+    if not _MODEL.match(value):
+        raise ValueError("must be 1-255 of letters, digits, '.', '_', ':', '/' or '-', "
+                         f"starting with a letter or digit, got {value!r}")
+    return value
+
+
+def _route_match(value: object) -> object:
+    """``{method: /pkg.Svc/Method, model: NAME}`` -> its one-string form; strings as given."""
+    if not isinstance(value, dict):
+        return value
+    unknown = sorted(str(k) for k in value if k not in ("method", "model"))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (a match mapping has method and model)")
+    method, model = value.get("method"), value.get("model")
+    if not isinstance(method, str):
+        raise ValueError("method: required, a string such as "
+                         "/inference.GRPCInferenceService/ModelInfer")
+    if model is None:
+        return method
+    if not isinstance(model, str):
+        raise ValueError("model: must be a string")
+    if not _EXACT_METHOD.match(method):
+        raise ValueError(f"method: a per-model route needs one exact method, got {method!r}")
+    return f"{method}{MODEL_SEPARATOR}{_check_model(model)}"
+
+
 #: A host name in admin.allowed_hosts: a DNS name, optionally "*." for its subdomains.
 _HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\Z")
 
@@ -253,6 +288,25 @@ class BackendConfig(_Model):
         default_factory=BreakerConfig, description="circuit breaker towards this backend"
     )
     tls: TlsClientConfig | None = Field(None, description="TLS (and mTLS) towards the backend")
+    model: str | None = Field(
+        None, description="OIP model name this backend is asked for (codec: oip routes only)"
+    )
+    model_version: str | None = Field(
+        None, description="OIP model version sent to this backend (default: the caller's, "
+        "none when model renames it)"
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        return None if value is None else _check_model(value)
+
+    @field_validator("model_version")
+    @classmethod
+    def _model_version(cls, value: str | None) -> str | None:
+        if value is not None and not (0 < len(value) <= 128 and value.isprintable()):
+            raise ValueError("must be 1-128 printable characters")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -279,7 +333,8 @@ class MirrorShadowConfig(_Model):
 
 
 class RouteConfig(_Model):
-    match: str = Field(description="'/pkg.Svc/Method', '/pkg.Svc/*' or '*'")
+    match: str = Field(description="'/pkg.Svc/Method', '/pkg.Svc/*', '*' or "
+                       "{method: /pkg.Svc/Method, model: NAME} (OIP: one model's calls)")
     primary: str = Field(description="name of the backend that serves")
     timeout_ms: PositiveMs = Field(1000, description="deadline of the serving call")
     codec: str = Field(
@@ -316,11 +371,33 @@ class RouteConfig(_Model):
     def all_experiments(self) -> tuple[ExperimentConfig, ...]:
         return ((self.experiment,) if self.experiment else ()) + self.experiments
 
+    @property
+    def method(self) -> str:
+        """The method pattern matched (``match`` without its model)."""
+        return self.match.partition(MODEL_SEPARATOR)[0]
+
+    @property
+    def model(self) -> str | None:
+        """The OIP model whose calls this route takes, or None (every model's)."""
+        _, sep, model = self.match.partition(MODEL_SEPARATOR)
+        return model if sep else None
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _match_form(cls, value: object) -> object:
+        return _route_match(value)
+
     @field_validator("match")
     @classmethod
     def _match(cls, value: str) -> str:
-        if not _MATCH.match(value):
-            raise ValueError("must be '/pkg.Service/Method', '/pkg.Service/*' or '*'")
+        method, sep, model = value.partition(MODEL_SEPARATOR)
+        if not _MATCH.match(method):
+            raise ValueError("must be '/pkg.Service/Method', '/pkg.Service/*', '*' or "
+                             "{method: /pkg.Service/Method, model: NAME}")
+        if sep:
+            if not _EXACT_METHOD.match(method):
+                raise ValueError("a per-model route needs one exact method")
+            _check_model(model)
         return value
 
     @field_validator("codec")
