@@ -81,9 +81,12 @@ def _skip(data: bytes, pos: int, end: int, wire: int, number: int, depth: int = 
     return after
 
 
-def _scan(data: bytes) -> tuple[list[tuple[int, int, int, int, int]], int]:
+def _scan(
+    data: bytes, strict_version: bool = True
+) -> tuple[list[tuple[int, int, int, int, int]], int]:
     """Spans of fields 1 and 2: (number, start, value_start, value_end, end), in order, and
-    the number of top-level fields walked. Fields 1 and 2 must be length-delimited."""
+    the number of top-level fields walked. Fields 1 and 2 must be length-delimited (field 2
+    may be anything when not ``strict_version``: a response's field 2 is not always one)."""
     spans: list[tuple[int, int, int, int, int]] = []
     pos, end, walked = 0, len(data), 0
     while pos < end:
@@ -109,7 +112,7 @@ def _scan(data: bytes) -> tuple[list[tuple[int, int, int, int, int]], int]:
                 raise CodecError("malformed protobuf: field number 0")
         elif number == 0:
             raise CodecError("malformed protobuf: field number 0")
-        elif number == 1 or number == 2:
+        elif number == 1 or (number == 2 and strict_version):
             raise CodecError(f"malformed protobuf: field {number} is not a string")
         elif wire == _END_GROUP:
             raise CodecError("malformed protobuf: end of a group never started")
@@ -163,8 +166,12 @@ def rewrite_model(data: bytes, name: str, version: str) -> bytes:
 
 
 def _rewritten(data: bytes, spans: list[tuple[int, int, int, int, int]], name: str,
-               version: str) -> bytes:
-    parts: list[bytes | memoryview] = [_field(1, name), _field(2, version)]
+               version: str | None) -> bytes:
+    """``spans`` removed, the new fields in front (``version`` None: field 2 left alone;
+    then ``spans`` must hold field 1's only)."""
+    parts: list[bytes | memoryview] = [_field(1, name)]
+    if version is not None:
+        parts.append(_field(2, version))
     view = memoryview(data)  # slices of a view are not copies: the join copies once
     pos = 0
     for _, start, _, _, end in spans:
@@ -184,26 +191,35 @@ class ModelRewrite:
     numbers another model.
     """
 
-    name: str
+    #: The model name sent; None keeps the caller's (only the version is set).
+    name: str | None
     version: str | None = None
+
+    @classmethod
+    def of(cls, name: str | None, version: str | None) -> ModelRewrite | None:
+        """The rewrite of a backend's ``model`` and ``model_version``; None when both unset."""
+        return None if name is None and version is None else cls(name, version)
 
     def apply(self, data: bytes) -> bytes:
         """``data`` addressed to this model; the same object when it already is."""
         spans, _ = _scan(data)
         current = _ref(data, spans)
+        name = current.name if self.name is None else self.name
         if self.version is not None:
             version = self.version
         else:
-            version = current.version if current.name == self.name else ""
-        if current == ModelRef(self.name, version):
+            version = current.version if current.name == name else ""
+        if current == ModelRef(name, version):
             return data
-        return _rewritten(data, spans, self.name, version)
+        return _rewritten(data, spans, name, version)
 
     def restore(self, data: bytes, asked: ModelRef) -> bytes:
         """A response of this model renamed back to the model the caller ``asked`` for
-        (field 1 only: the version the backend reports stays, it is the backend's)."""
-        spans, _ = _scan(data)
-        current = _ref(data, spans)
-        if current.name != self.name or current.name == asked.name:
+        (field 1 only: the versions the backend reports stay, they are the backend's)."""
+        if self.name is None or self.name == asked.name:
+            return data
+        spans, _ = _scan(data, strict_version=False)
+        current = _ref(data, [s for s in spans if s[0] == 1])
+        if current.name != self.name:
             return data  # a response naming another model is the backend's word: kept
-        return _rewritten(data, spans, asked.name, current.version)
+        return _rewritten(data, [s for s in spans if s[0] == 1], asked.name, None)

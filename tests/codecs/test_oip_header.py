@@ -158,6 +158,21 @@ def test_model_rewrite_policy() -> None:
     assert read_model(restored) == ModelRef("fraud", "7")
     other = _named("else", "1")
     assert ModelRewrite("fraud-gbm").restore(other, ModelRef("fraud", "")) is other
+    # Only the version: the caller's name stays.
+    assert read_model(ModelRewrite(None, "9").apply(data)) == ModelRef("fraud", "9")
+    assert ModelRewrite.of(None, None) is None
+
+
+def test_a_metadata_response_is_renamed_with_all_its_versions() -> None:
+    """ModelMetadataResponse: field 1 the name, field 2 *repeated* versions (all kept)."""
+    meta = inference_pb2.ModelMetadataResponse(name="fraud-gbm", versions=["1", "2"],
+                                               platform="sklearn")
+    meta.inputs.add(name="x", datatype="FP64", shape=[-1, 4])
+    data = meta.SerializeToString()
+    out = ModelRewrite("fraud-gbm").restore(data, ModelRef("fraud", ""))
+    back = inference_pb2.ModelMetadataResponse.FromString(out)
+    meta.name = "fraud"
+    assert back == meta
 
 
 @pytest.mark.parametrize("data", [
