@@ -134,15 +134,22 @@ class DivergenceReport:
     #: sign conventions and rules, and which config versions are covered
     notes: tuple[str, ...] = NOTES
     versions: dict[str, Any] | None = None
+    #: backend -> ``backend@version (model)`` for backends asked for another model name
+    labels: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stable JSON form, schema ``shadowcar.report.divergence/2``."""
+        labels = self.labels or {}
+        pairs = [jsonable(_pair_dict(p)) for p in self.pairs]
+        for pair in pairs:  # issue 17: a model name shows where one is set
+            for side in ("primary", "shadow"):
+                pair[f"{side}_label"] = labels.get(pair.get(side) or "", pair.get(side))
         return {
             "schema": SCHEMA,
             "notes": list(self.notes),
             "params": jsonable(self.params),
             "versions": self.versions,
-            "pairs": [jsonable(_pair_dict(p)) for p in self.pairs],
+            "pairs": pairs,
             "message": self.message,
         }
 
@@ -257,7 +264,10 @@ def analyze_divergence(
     )
     if notes_found:
         message = "; ".join([*([message] if message else []), *notes_found])
-    return DivergenceReport(tuple(pairs), params, message, notes, scope.to_dict())
+    from analysis.models import backend_labels
+
+    return DivergenceReport(tuple(pairs), params, message, notes, scope.to_dict(),
+                            backend_labels(con))
 
 
 def _attach_identical(

@@ -21,7 +21,8 @@ __all__ = ["build"]
 
 def pair_name(pair: dict[str, Any]) -> str:
     """``primary → shadow``, with the segment and a replica mark."""
-    name = f"{pair.get('primary')} → {pair.get('shadow')}"
+    primary = pair.get("primary_label") or pair.get("primary")
+    name = f"{primary} → {pair.get('shadow_label') or pair.get('shadow')}"
     if pair.get("segment") is not None:
         name += f" [{pair['segment']}]"
     return name + (" (replica)" if pair.get("replica") else "")
