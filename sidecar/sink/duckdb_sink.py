@@ -306,7 +306,7 @@ class DuckDBSink:
         self._insert(table, rows, batch, observed, 0, len(rows), retry=True)
 
     def _insert(self, table: str, rows: list[Any], batch: pa.Table,
-                observed: list[Observed] | None, lo: int, hi: int, retry: bool) -> None:
+                observed: Observed | None, lo: int, hi: int, retry: bool) -> None:
         """Insert rows ``lo:hi`` of ``batch``; on failure, recover or bisect (see module)."""
         con = self._con
         if con is None:
@@ -336,12 +336,16 @@ class DuckDBSink:
         else:
             self._wrote(table, rows, observed, lo, hi)
 
-    def _wrote(self, table: str, rows: list[Any], observed: list[Observed] | None,
+    def _wrote(self, table: str, rows: list[Any], observed: Observed | None,
                lo: int, hi: int) -> None:
         self.stats.written[table] += hi - lo
         self._failing = False
         if self._on_call is not None and table == "calls":
-            observe(self._on_call, rows[lo:hi], None if observed is None else observed[lo:hi])
+            if hi - lo != len(rows):  # a part of a bisected batch
+                rows = rows[lo:hi]
+                if observed is not None:
+                    observed = (observed[0][lo:hi], observed[1][lo:hi])
+            observe(self._on_call, rows, observed)
 
     def _drop(self, table: str, rows: Sequence[Any], reason: DropReason,
               exc: BaseException | None) -> None:

@@ -33,8 +33,9 @@ __all__ = [
 
 #: Called by the writer thread for each call written: (record, score, label).
 CallObserver = Callable[[CallRecord, float | None, str | None], None]
-#: What the observer is told about one call, kept until the call's row is written.
-Observed = tuple[CallRecord, float | None, str | None]
+#: Score and label of each call of a batch, in row order: the observer is told once the
+#: call's row is written.
+Observed = tuple[list[float | None], list[str | None]]
 
 #: ``storage.max_payload_bytes``'s default, for writers without settings (replay, gold).
 #: Measured with DuckDB 2.0 at its 64 MB default limit: values up to 16 KB each checkpoint at
@@ -107,9 +108,8 @@ def _requests_table(
     imputed: list[str | None] = []
     request_jsons: list[str | None] = []
     units: list[str | None] = []
-    truncations: list[bool] = []
-    hashes: list[str | None] = []
-    for row in rows:
+    truncated_at: list[int] = []
+    for index, row in enumerate(rows):
         dec = row.decoding
         tensors = None
         contract = dec.contract
@@ -137,13 +137,15 @@ def _requests_table(
                 if len(request_json) > max_payload:
                     request_json, truncated = None, True
         elif dec.codec is not None:
+            budget = _budget(len(row.request), max_payload)
             try:
-                decoded = dec.codec.decode_request(row.request, 0 if big else max_payload)
+                decoded = dec.codec.decode_request(row.request, budget)
             except CodecError:
                 decoded = None
             if decoded is not None:
                 tensors = [t.as_row() for t in decoded]
-                truncated = truncated or big or any(t.truncated for t in decoded)
+                if budget is not None:
+                    truncated = truncated or big or any(t.truncated for t in decoded)
                 if contract is not None and found is None and not truncated:
                     from sidecar.contracts import check_inputs
 
@@ -161,14 +163,18 @@ def _requests_table(
         inputs.append(tensors)
         units.append(unit)
         raw.append(row.request if dec.record_bytes and not big else None)
-        truncations.append(truncated)
-        hashes.append(_digest(row.request) if truncated else None)
+        if truncated:
+            truncated_at.append(index)
     columns = _request_columns(rows)
+    if truncated_at:  # else both columns take their defaults (false, NULL): no cost per row
+        columns["truncated"] = _flags(len(rows), truncated_at)
+        hashes: list[str | None] = [None] * len(rows)
+        for index in truncated_at:
+            hashes[index] = _digest(rows[index].request)
+        columns["request_hash"] = pa.array(hashes, pa.string())
     columns.update({
         "unit_id": pa.array(units, pa.string()),
         "request_bytes": pa.array(raw, pa.binary()),
-        "truncated": pa.array(truncations, pa.bool_()),
-        "request_hash": pa.array(hashes, pa.string()),
         "inputs": pa.array(inputs, _TENSORS),
         "contract": pa.array(contracts, pa.string()),
         "violations": pa.array(violations, pa.string()),
@@ -223,15 +229,30 @@ def _plain_requests(rows: Sequence[RequestRecord]) -> pa.Table:
     return pa.table(columns)
 
 
+def _budget(size: int, max_payload: int) -> int | None:
+    """The decoding budget of a message of ``size`` bytes: None when even 8 decoded bytes a
+    wire byte (one-byte numbers as doubles) stay within the cap, 0 when the message alone
+    passes it (summary only)."""
+    if size * 8 <= max_payload:
+        return None
+    return 0 if size > max_payload else max_payload
+
+
+def _flags(n: int, true_at: list[int]) -> pa.Array:
+    flags = [False] * n
+    for index in true_at:
+        flags[index] = True
+    return pa.array(flags, pa.bool_())
+
+
 def _calls_table(
     rows: Sequence[CallRecord], max_payload: int = DEFAULT_MAX_PAYLOAD
-) -> tuple[pa.Table, list[Observed] | None]:
-    """The calls batch and, in row order, what the call observer is told about each (None:
-    nothing was decoded, each call is observed without score and label)."""
+) -> tuple[pa.Table, Observed | None]:
+    """The calls batch and what the call observer is told about each (None: nothing was
+    decoded, each call is observed without score and label)."""
     if all(r.decoding.plain for r in rows):
         # Raw routes with nothing to decode, check or keep: every column in bulk.
         return pa.table(_call_columns(rows)), None
-    observed: list[Observed] = []
     outputs: list[list[dict[str, Any]] | None] = []
     output: list[list[float] | None] = []
     score: list[float | None] = []
@@ -240,8 +261,8 @@ def _calls_table(
     raw: list[bytes | None] = []
     out_violations: list[str | None] = []
     response_jsons: list[str | None] = []
-    truncations: list[bool] = []
-    for row in rows:
+    truncated_at: list[int] = []
+    for index, row in enumerate(rows):
         dec = row.decoding
         error = row.error
         tensors = None
@@ -270,14 +291,16 @@ def _calls_table(
                     tensors = [t.as_row() for t in json_tensors(doc, dec.compare_fields)] or None
                     summary = summarize_json(doc, dec.compare_fields, dec.score_index)
         elif dec.codec is not None and row.response is not None:
+            budget = _budget(len(row.response), max_payload)
             try:
-                decoded = dec.codec.decode_response(row.response, 0 if big else max_payload)
+                decoded = dec.codec.decode_response(row.response, budget)
             except CodecError as exc:
                 decoded = None
                 error = f"undecodable response: {exc}"
             if decoded is not None:
                 tensors = [t.as_row() for t in decoded]
-                truncated = truncated or big or any(t.truncated for t in decoded)
+                if budget is not None:
+                    truncated = truncated or big or any(t.truncated for t in decoded)
                 try:
                     s = summarize(decoded, dec.compare_output, dec.score_index)
                 except CodecError as exc:  # no compared output: this row says so, alone
@@ -295,14 +318,15 @@ def _calls_table(
         score.append(summary[1])
         label.append(summary[2])
         response_jsons.append(response_json)
-        observed.append((row, score[-1], label[-1]))
         errors.append(error if dec.redactor is None else dec.redactor.error(error))
         raw.append(row.response if dec.record_bytes and not big else None)
-        truncations.append(truncated)
+        if truncated:
+            truncated_at.append(index)
     columns = _call_columns(rows)
+    if truncated_at:
+        columns["truncated"] = _flags(len(rows), truncated_at)
     columns.update({
         "response_bytes": pa.array(raw, pa.binary()),
-        "truncated": pa.array(truncations, pa.bool_()),
         "error": pa.array(errors, pa.string()),
         "outputs": pa.array(outputs, _TENSORS),
         "output": pa.array(output, pa.list_(pa.float64())),
@@ -311,7 +335,7 @@ def _calls_table(
         "violations": pa.array(out_violations, pa.string()),
         "response_json": pa.array(response_jsons, pa.string()),
     })
-    return pa.table(columns), observed
+    return pa.table(columns), (score, label)
 
 
 def _plain_table(rows: Sequence[Any]) -> pa.Table:
@@ -344,7 +368,7 @@ WHERE b._n = 1 AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.event_id = b.eve
 
 def build_batch(
     table: str, rows: Sequence[Any], max_payload: int = DEFAULT_MAX_PAYLOAD
-) -> tuple[pa.Table, list[Observed] | None]:
+) -> tuple[pa.Table, Observed | None]:
     """``rows`` as one Arrow table for ``table``, decoded; for calls, what each observed."""
     if table == "calls":
         return _calls_table(rows, max_payload)
@@ -364,14 +388,14 @@ def insert_batch(con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) ->
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _shadowcar_batch").fetchall()
 
 
-def observe(on_call: CallObserver, rows: Sequence[Any], observed: list[Observed] | None) -> None:
+def observe(on_call: CallObserver, rows: Sequence[Any], observed: Observed | None) -> None:
     """Tell ``on_call`` about written calls (``observed`` as :func:`build_batch` made it)."""
     if observed is None:
         for row in rows:
             on_call(row, None, None)
     else:
-        for seen in observed:
-            on_call(*seen)
+        for row, score, label in zip(rows, *observed, strict=True):
+            on_call(row, score, label)
 
 
 def write_batch(
