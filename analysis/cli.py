@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 
+from analysis.engine import Engine, EngineUnsupported
 from analysis.load import DEFAULT_MEMORY_LIMIT, AnalysisSourceError, open_source, parse_time
 from sidecar.exit_codes import EPILOG, EXIT_DATA, EXIT_USAGE
 
@@ -86,7 +87,14 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--ignore", action="append", default=None, metavar="PATH",
                         help="field path the field diff ignores (fields; repeatable)")
     parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, metavar="SIZE",
-                        help="DuckDB memory cap, e.g. 1GB (it spills to disk beyond it)")
+                        help="memory cap, e.g. 1GB: DuckDB's (it spills to disk beyond it) or "
+                        f"Spark's driver heap (default {DEFAULT_MEMORY_LIMIT})")
+    parser.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
+                        help="where the row work runs: embedded DuckDB (default) or Spark "
+                        "over a fleet export (--parquet DIR; docs/engines.md)")
+    parser.add_argument("--spark-master", metavar="URL",
+                        help="Spark master (local[*], spark://..., or sc://HOST:15002 for "
+                        "Spark Connect); default SPARK_REMOTE, else local[*]")
     parser.add_argument("--format", choices=_FORMATS, default="table", help="output format")
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     from analysis.report_options import add_statistics_options
@@ -151,10 +159,17 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _analyze(
-    con: duckdb.DuckDBPyConnection, args: argparse.Namespace,
-    weights: dict[str, float] | None,
+    con: duckdb.DuckDBPyConnection | None, args: argparse.Namespace,
+    weights: dict[str, float] | None, engine: Engine | None = None,
 ) -> dict[str, Any]:
     from analysis.report_options import statistics_kwargs
+
+    if args.kind == "experiment":
+        return _experiment(con, args, weights, engine)
+    if con is None:
+        raise EngineUnsupported(
+            f"the {args.kind} report runs on --engine duckdb only for now (docs/engines.md "
+            "says which parts are ported); read the export with --engine duckdb --parquet DIR")
 
     if args.kind == "divergence":
         from analysis.divergence import analyze_divergence
@@ -177,6 +192,15 @@ def _analyze(
                              ranges=ranges if ranges is not None
                              else _contract_ranges(args.contract),
                              **statistics_kwargs(args, "drift")).to_dict()
+    raise _UsageError(f"unknown report kind {args.kind!r}")
+
+
+def _experiment(
+    con: duckdb.DuckDBPyConnection | None, args: argparse.Namespace,
+    weights: dict[str, float] | None, engine: Engine | None,
+) -> dict[str, Any]:
+    from analysis.report_options import statistics_kwargs
+
     try:
         from analysis.experiment import analyze_experiments
     except ImportError as exc:
@@ -185,7 +209,7 @@ def _analyze(
         con, source="table" if args.input else "recorded", since=parse_time(args.since),
         until=parse_time(args.until), control=args.control, weights=weights,
         sequential=args.sequential, cuped=True if args.cuped else None,
-        winsorize=args.winsorize, **statistics_kwargs(args, "experiment"),
+        winsorize=args.winsorize, engine=engine, **statistics_kwargs(args, "experiment"),
     )
     result: dict[str, Any] = report.to_dict()
     return result
@@ -224,15 +248,21 @@ def _quality(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[s
     return report.to_dict()
 
 
-def render_report(con: duckdb.DuckDBPyConnection, args: argparse.Namespace,
-                  color: bool = False) -> str:
+def render_report(con: duckdb.DuckDBPyConnection | None, args: argparse.Namespace,
+                  color: bool = False, engine: Engine | None = None) -> str:
     """The report's text, in ``args.format``, from an open source: a connection of
-    :func:`analysis.load.open_source` or a cursor of a live sidecar's own database."""
+    :func:`analysis.load.open_source` or a cursor of a live sidecar's own database, or
+    an ``engine`` (:mod:`analysis.engine`; Spark has no DuckDB connection)."""
     from analysis.report import render
 
     _check(args)
     weights = _weights(args.weights)
-    report = _quality(con, args) if args.kind == "quality" else _analyze(con, args, weights)
+    if args.kind == "quality":
+        if con is None:
+            raise EngineUnsupported("the quality report runs on --engine duckdb only for now")
+        report = _quality(con, args)
+    else:
+        report = _analyze(con, args, weights, engine)
     # A table written to a file (-o) is not wrapped; on a terminal it takes its width (a
     # live sidecar is told the width of the terminal that asked: ``args.width``).
     width = getattr(args, "width", None)
@@ -252,6 +282,8 @@ def run_report(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     color = args.format == "table" and not args.output and sys.stdout.isatty()
     source_kind = args.kind if args.kind in ("divergence", "experiment", "drift") else None
+    if getattr(args, "engine", "duckdb") == "spark":
+        return _spark_report(args, source_kind, color)
     try:
         con = open_source(db=args.db, parquet=args.parquet, table=args.input, kind=source_kind,
                           memory_limit=args.memory_limit)
@@ -267,6 +299,30 @@ def run_report(args: argparse.Namespace) -> int:
         return EXIT_NO_DATA
     finally:
         con.close()
+    return _emit(args, text)
+
+
+def _spark_report(args: argparse.Namespace, source_kind: str | None, color: bool) -> int:
+    """``--engine spark``: the row work runs in Spark; a part that runs on DuckDB only is
+    refused (exit 2) rather than computed another way."""
+    from analysis.engine import spark_engine, spark_session
+
+    try:
+        if args.kind != "experiment":
+            raise EngineUnsupported(
+                f"the {args.kind} report runs on --engine duckdb only for now (docs/engines.md "
+                "says which parts are ported); read the export with --engine duckdb "
+                "--parquet DIR")
+        if args.db:
+            raise EngineUnsupported("--engine spark reads a fleet export (--parquet DIR) or an "
+                                    "analyst table (--input FILE); a DuckDB file (--db) is "
+                                    "read by --engine duckdb")
+        session = spark_session(args.spark_master, args.memory_limit)
+        engine = spark_engine(session, parquet=args.parquet, table=args.input, kind=source_kind)
+        text = render_report(None, args, color, engine)
+    except (EngineUnsupported, _UsageError, AnalysisSourceError, ValueError) as exc:
+        print(f"report {args.kind}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return _emit(args, text)
 
 
@@ -319,7 +375,8 @@ def _live_report(args: argparse.Namespace, opening: AnalysisSourceError, color: 
 
 #: Options that name local files or this process's resources: never sent to a live sidecar
 #: (``--contract`` travels as the ``ranges`` it declares).
-_LOCAL_OPTIONS = frozenset({"db", "parquet", "input", "output", "memory_limit", "contract"})
+_LOCAL_OPTIONS = frozenset({"db", "parquet", "input", "output", "memory_limit", "contract",
+                            "engine", "spark_master"})
 
 
 class _RaisingParser(argparse.ArgumentParser):

@@ -13,6 +13,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 
+from analysis.engine import Engine
+from analysis.experiment_engine import (
+    exposed_condition,
+    gather_engine,
+    newest_config_json,
+    refuse_canaries,
+    scope_engine,
+    table_columns,
+)
 from analysis.exposure import INPUT_TABLE, Gathered, MetricSums, RatioSums, gather
 from analysis.load import VersionScope, time_filter, version_scope
 from analysis.significance import (
@@ -182,10 +191,20 @@ def _newest_config(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, _Config], 
         ).fetchone()
     except duckdb.CatalogException:
         return {}, None
-    if row is None or row[0] is None:
+    return _read_config(None if row is None else row[0])
+
+
+def _need(con: duckdb.DuckDBPyConnection | None) -> duckdb.DuckDBPyConnection:
+    if con is None:
+        raise ValueError("analyze_experiments needs a DuckDB connection or an engine")
+    return con
+
+
+def _read_config(text: str | None) -> tuple[dict[str, _Config], str | None]:
+    if text is None:
         return {}, None
     try:
-        cfg = json.loads(row[0])
+        cfg = json.loads(text)
         out: dict[str, _Config] = {}
         for route in cfg.get("routes") or []:
             exps = [(route or {}).get("experiment"), *((route or {}).get("experiments") or [])]
@@ -422,7 +441,7 @@ def _fmt_span(span: timedelta | None) -> str:
 
 
 def analyze_experiments(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | None,
     *,
     source: Source = "recorded",
     name: str = DEFAULT_TABLE_EXPERIMENT,
@@ -442,6 +461,7 @@ def analyze_experiments(
     version: str | None = None,
     all_versions: bool = False,
     canaries: bool = True,
+    engine: Engine | None = None,
 ) -> ExperimentReport:
     """Analyse every experiment in ``con``.
 
@@ -467,6 +487,8 @@ def analyze_experiments(
     ``ratios`` maps a result name to (numerator metric, denominator metric).
     ``sequential`` reports asymptotic confidence sequences, tightest at ``sequential_n_opt``
     units (default: each comparison's own units), or tuned to a planned ``expected_n``.
+    ``engine`` runs the row work through Ibis on that engine (:mod:`analysis.engine`;
+    ``con`` is then unused and may be None); the canary readout needs the DuckDB engine.
 
     Raises ValueError for invalid arguments or an analyst table without the required
     columns; problems in the data never raise, they become ``message`` fields.
@@ -490,30 +512,42 @@ def analyze_experiments(
     configs: dict[str, _Config] = {}
     scope: VersionScope | None = None
     if source == "recorded":
-        configs, problem = _newest_config(con)
+        configs, problem = (_newest_config(_need(con)) if engine is None
+                            else _read_config(newest_config_json(engine)))
         if problem:
             notes.append(problem)
         has_pre = bool(cuped)
         # The newest version among the exposures in the window, not after it.
-        scope = version_scope(con, "requests",
-                              where=f"{_EXPOSED} AND {time_filter(since, until)}", version=version,
-                              all_versions=all_versions)
+        if engine is None:
+            scope = version_scope(_need(con), "requests", where=f"{_EXPOSED} AND "
+                                  f"{time_filter(since, until)}", version=version,
+                                  all_versions=all_versions)
+        else:
+            requests = engine.table("requests")
+            scope = scope_engine(engine, "requests", exposed_condition(requests, since, until),
+                                 version=version, all_versions=all_versions)
     elif source == "table":
         if since is not None or until is not None:
             notes.append("since/until ignored: the analyst table has no timestamps")
         if span is not None:
             notes.append("window ignored: the analyst table has no timestamps")
-        columns = _columns(con, INPUT_TABLE)
+        columns = (_columns(_need(con), INPUT_TABLE) if engine is None
+                   else table_columns(engine, INPUT_TABLE))
         missing = sorted({"unit_id", "variant", "metric", "value"} - columns)
         if missing:
             raise ValueError(f"{INPUT_TABLE} lacks column(s) {', '.join(missing)}")
         has_pre = "pre_value" in columns
     else:
         raise ValueError(f"source must be 'recorded' or 'table', got {source!r}")
-    g = gather(con, source=source, name=name, has_pre=has_pre, since=since, until=until,
-               winsorize=winsorize, ratios=ratios,
-               versions=scope.condition if scope else "TRUE",
-               window=span, lookback=lookback if has_pre else None)
+    if engine is None:
+        g = gather(_need(con), source=source, name=name, has_pre=has_pre, since=since, until=until,
+                   winsorize=winsorize, ratios=ratios,
+                   versions=scope.condition if scope else "TRUE",
+                   window=span, lookback=lookback if has_pre else None)
+    else:
+        g = gather_engine(engine, source=source, name=name, has_pre=has_pre, since=since,
+                          until=until, winsorize=winsorize, ratios=ratios, scope=scope,
+                          window=span, lookback=lookback if has_pre else None)
     use_cuped = has_pre if cuped is None else (cuped and has_pre)
     if cuped and not has_pre:
         notes.append("CUPED needs a pre_value column; analysed without it")
@@ -528,11 +562,14 @@ def analyze_experiments(
     if scope is not None:
         method_notes.append(scope.note)
     readout = None
-    if source == "recorded" and canaries:
+    if source == "recorded" and canaries and engine is not None and engine.con is None:
+        refuse_canaries(engine)
+    elif source == "recorded" and canaries:
         from analysis.canary_readout import analyze_canaries
 
-        readout = analyze_canaries(con, since=since, until=until, window=span,
-                                   version=version, all_versions=all_versions, alpha=alpha)
+        readout = analyze_canaries(_need(con if engine is None else engine.con), since=since,
+                                   until=until, window=span, version=version,
+                                   all_versions=all_versions, alpha=alpha)
     settings = {
         "source": source,
         "since": None if since is None else str(since),

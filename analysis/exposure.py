@@ -16,7 +16,10 @@ import duckdb
 
 from analysis.load import parse_time, sql_quote, sql_timestamp
 
-__all__ = ["INPUT_TABLE", "Gathered", "MetricSums", "RatioSums", "gather"]
+__all__ = [
+    "INPUT_TABLE", "Gathered", "MetricSums", "RatioSums", "gather", "metric_shifts", "shift_pair",
+    "whole",
+]
 
 #: The analyst table read by ``source="table"``.
 INPUT_TABLE = "experiment_input"
@@ -244,23 +247,30 @@ def metric_shifts(
     con: duckdb.DuckDBPyConnection, table: str, has_pre: bool
 ) -> dict[str, tuple[float, float]]:
     """Each metric's shifts: a unit's value and covariate are summed less a whole number
-    near the mean of units' values (the metric's finite total over its distinct units),
+    near the mean of units' values (the metric's finite total over the distinct units
+    with a finite value),
     so variances from sums keep their digits when the mean dwarfs the spread. Whole
     numbers keep 0/1 metrics exact; the list is also the pivot's fixed set of metrics."""
-    pre = ("round(coalesce(avg(pre_value) FILTER (WHERE isfinite(pre_value)), 0))"
+    pre = ("avg(pre_value) FILTER (WHERE isfinite(pre_value))"
            if has_pre and table == INPUT_TABLE else "NULL")
     rows = con.execute(f"""
-        SELECT metric, round(coalesce(sum(value) FILTER (WHERE isfinite(value))
-                                      / nullif(count(DISTINCT unit_id), 0), 0)), {pre}
+        SELECT metric, sum(value) FILTER (WHERE isfinite(value)),
+               count(DISTINCT unit_id) FILTER (WHERE isfinite(value)), {pre}
         FROM {table} WHERE metric IS NOT NULL GROUP BY metric ORDER BY metric
     """).fetchall()
-    return {str(m): (_whole(k), _whole(k if p is None else p)) for m, k, p in rows}
+    return {str(m): shift_pair(total, units, pre_mean) for m, total, units, pre_mean in rows}
 
 
-def _whole(value: Any) -> float:
-    """A finite whole number (0 for NULL or a value beyond float range)."""
-    number = float(value or 0.0)
-    return number if abs(number) < 2.0**52 else 0.0
+def shift_pair(total: Any, units: Any, pre_mean: Any) -> tuple[float, float]:
+    """(value shift, covariate shift) from a metric's finite total, its distinct units and
+    the mean of its ``pre_value`` (None: the covariate is the metric itself)."""
+    value = whole(float(total) / int(units)) if total is not None and units else 0.0
+    return value, value if pre_mean is None else whole(float(pre_mean))
+
+
+def whole(value: float) -> float:
+    """The nearest whole number; 0 for a value that is not finite or beyond 2**52."""
+    return float(round(value)) if abs(value) < 2.0**52 else 0.0
 
 
 def gather(
@@ -350,7 +360,7 @@ def gather(
         for j, ratio in enumerate(usable):
             r = row[base + rwidth * j: base + rwidth * (j + 1)]
             a, b = usable[ratio]
+            y, y2, x, x2, xy = (float(v or 0) for v in r[1:])
             g.ratios[(exp, variant, ratio)] = RatioSums(
-                int(r[0] or 0), *(float(x or 0) for x in r[1:]),
-                shift_y=shifts[metrics[a]][0], shift_x=shifts[metrics[b]][0])
+                int(r[0] or 0), y, y2, x, x2, xy, shifts[metrics[a]][0], shifts[metrics[b]][0])
     return g

@@ -24,6 +24,7 @@ __all__ = [
     "VersionScope",
     "open_source",
     "parse_time",
+    "pick_versions",
     "primary_calls",
     "relation_columns",
     "relations",
@@ -389,6 +390,8 @@ class VersionScope:
     condition: str
     routes: dict[str, dict[str, list[str | None]]] = field(default_factory=dict)
     message: str | None = None
+    #: the (route, config_version) pairs kept; None keeps every row (rule "all")
+    keep: tuple[tuple[str | None, str | None], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "routes": {k: dict(v) for k, v in self.routes.items()},
@@ -433,7 +436,6 @@ def version_scope(
     """
     if version is not None and all_versions:
         raise ValueError("give either a config version or all versions, not both")
-    p = f"{alias}." if alias else ""
     columns = relation_columns(con, table)
     if "config_version" not in columns or "route" not in columns:
         return VersionScope("all", "TRUE", {}, f"{table} has no config_version: all rows kept")
@@ -445,12 +447,20 @@ def version_scope(
                min(t.ts) AS first_ts
         FROM {table} t {accepted} WHERE {where} GROUP BY ALL
     """).fetchall()
+    return pick_versions(rows, version=version, all_versions=all_versions, alias=alias)
+
+
+def pick_versions(
+    rows: list[tuple[Any, ...]], *, version: str | None, all_versions: bool, alias: str = "",
+) -> VersionScope:
+    """The scope from ``(route, config_version, accepted, first_ts)`` rows (any engine)."""
+    p = f"{alias}." if alias else ""
     by_route: dict[str | None, list[tuple[Any, ...]]] = {}
     for route, ver, acc, first in rows:
         by_route.setdefault(route, []).append((ver, acc, first))
     routes: dict[str, dict[str, list[str | None]]] = {}
     keep: list[tuple[str | None, str | None]] = []
-    for route, found in by_route.items():
+    for route, found in sorted(by_route.items(), key=lambda kv: (kv[0] is None, kv[0] or "")):
         # Versioned rows beat unversioned ones; then the latest acceptance or first row.
         found.sort(key=lambda f: (f[0] is not None, f[1] or f[2] or datetime.min),
                    reverse=True)
@@ -478,4 +488,4 @@ def version_scope(
     if version is not None and not keep:
         message = f"no rows were recorded under config version {version!r}"
     return VersionScope("given" if version is not None else "newest", f"({condition})",
-                        routes, message)
+                        routes, message, tuple(keep))

@@ -41,8 +41,9 @@ def test_huge_mean_keeps_the_standard_error(base: float) -> None:
     b = frame.loc[frame.variant == "b", "value"].to_numpy()
     se = float(np.hypot(sps.sem(a), sps.sem(b)))
     assert row.comparison.se == pytest.approx(se, rel=RTOL)
-    # The effect itself: a difference of two means near 1e7 carries eps * 1e7 absolute.
-    assert row.comparison.abs_effect == pytest.approx(b.mean() - a.mean(), abs=1e-8)
+    # The effect too: the difference of the means taken around the shift keeps its digits.
+    effect = (b - base).mean() - (a - base).mean()
+    assert row.comparison.abs_effect == pytest.approx(effect, rel=RTOL)
     assert row.comparison.mean_control == pytest.approx(a.mean(), rel=1e-15)
 
 
@@ -59,7 +60,11 @@ def test_huge_mean_cuped_matches_ols() -> None:
     arm = (frame.variant == "b").to_numpy()
     yc = np.concatenate([y[~arm] - y[~arm].mean(), y[arm] - y[arm].mean()])
     xc = np.concatenate([x[~arm] - x[~arm].mean(), x[arm] - x[arm].mean()])
-    assert comp.extra["theta"] == pytest.approx(float(xc @ yc / (xc @ xc)), rel=RTOL)
+    theta = float(xc @ yc / (xc @ xc))
+    assert comp.extra["theta"] == pytest.approx(theta, rel=RTOL)
+    ys, xs = y - 1e7, x - 1e7
+    effect = (ys[arm].mean() - ys[~arm].mean()) - theta * (xs[arm].mean() - xs[~arm].mean())
+    assert comp.abs_effect == pytest.approx(effect, rel=RTOL)
 
 
 def test_pooling_samples_of_different_shifts() -> None:

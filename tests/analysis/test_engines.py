@@ -1,0 +1,164 @@
+"""Issue 19.1/19.2: every report's figures are the same through DuckDB and through Spark.
+
+One fleet export (the showcase file exported by the sidecar's own exporter) is analysed
+with ``--engine duckdb`` and ``--engine spark`` (Spark in local mode, one session for the
+module); every number of the JSON reports must agree to 1e-9 relative. Where a report or
+part of one runs on DuckDB only, ``--engine spark`` must refuse it (exit 2) rather than
+give other numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.cli import main
+from analysis.engine import duckdb_engine, spark_engine, spark_memory
+from analysis.experiment import analyze_experiments
+from analysis.load import AnalysisSourceError, open_source
+from sidecar.export.exporter import SegmentExporter
+from sidecar.export.settings import ExportConfig
+from tests.analysis.report_data import build_showcase
+
+RTOL = 1e-9
+pytestmark = [
+    pytest.mark.slow,
+    # py4j (Spark's bridge) drops its pooled loopback sockets to the garbage collector
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+
+def _java() -> None:
+    """Spark needs a JVM: fail loudly (never skip) where there is none (issue 19.2)."""
+    java = shutil.which("java")
+    assert java, "java is not installed: Spark tests need Java 17 (.ci/run installs it)"
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """One local Spark session for every engine test (starting one takes ~10 s)."""
+    _java()
+    from analysis.engine import spark_session
+
+    session = spark_session("local[2]", "1GB")
+    yield session
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The showcase recorded file exported as the fleet layout by the real exporter."""
+    root = tmp_path_factory.mktemp("fleet")
+    db = build_showcase(root / "showcase.duckdb")
+    settings = ExportConfig(dir=str(root / "export"), replica="r1", segment_rows=1500)
+    SegmentExporter(settings, lambda: duckdb.connect(str(db)), str(db)).export_once()
+    return root / "export"
+
+
+def assert_same(a: Any, b: Any, where: str = "$") -> None:
+    """Equal JSON values; numbers to RTOL relative (1e-12 absolute near zero)."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+    elif isinstance(a, int | float) and isinstance(b, int | float):
+        if isinstance(a, float) and math.isnan(a):
+            assert isinstance(b, float) and math.isnan(b), where
+        else:
+            assert a == pytest.approx(b, rel=RTOL, abs=1e-12), f"{where}: {a!r} != {b!r}"
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert set(a) == set(b), f"{where}: keys {sorted(set(a) ^ set(b))}"
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), f"{where}: {len(a)} != {len(b)} items"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _strip(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures: the engine named in params is the one difference allowed."""
+    report = json.loads(json.dumps(report))
+    report.get("params", {}).pop("engine", None)
+    report.get("settings", {}).pop("engine", None)
+    return report
+
+
+def test_experiment_recorded_equal_on_both_engines(fleet: Path, spark: Any) -> None:
+    """Issue 19.1: the experiment's sufficient statistics, per variant and metric, come from
+    one Ibis expression; DuckDB's report and Spark's agree to 1e-9 (CUPED, window,
+    winsorizing, a ratio, sequential)."""
+    con = open_source(parquet=str(fleet))
+    engines = [None, duckdb_engine(con), spark_engine(spark, parquet=str(fleet))]
+    for options in ({}, {"cuped": True, "window": "2d", "ratios": {"r": ("revenue", "revenue")}},
+                    {"winsorize": 0.95, "sequential": True, "all_versions": True}):
+        reports = [analyze_experiments(con if e is None else None, engine=e, canaries=False,
+                                       **options).to_dict() for e in engines]  # type: ignore[arg-type]
+        assert reports[0]["experiments"] and reports[0]["experiments"][0]["results"]
+        for other in reports[1:]:
+            assert_same(_strip(reports[0]), _strip(other))
+
+
+def test_experiment_table_equal_on_both_engines(tmp_path: Path, spark: Any) -> None:
+    """Issue 19.1: an analyst table through Spark gives DuckDB's figures (non-finite rows,
+    a unit in two variants, CUPED on pre_value, a 1e7 + N(0,1) metric)."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    frame = pd.DataFrame({
+        "unit_id": [f"u{i}" for i in range(n)] * 2,
+        "variant": np.where(np.arange(2 * n) % 2 == 0, "a", "b"),
+        "metric": ["big"] * n + ["clicks"] * n,
+        "value": np.concatenate([1e7 + rng.normal(size=n), rng.integers(0, 2, n)]),
+        "pre_value": np.concatenate([1e7 + rng.normal(size=n), rng.integers(0, 2, n)]),
+    })
+    frame.loc[7, "value"] = np.nan
+    frame.loc[n + 8, "variant"] = "b" if frame.loc[n + 8, "variant"] == "a" else "a"
+    path = tmp_path / "units.parquet"
+    frame.to_parquet(path)
+    con = open_source(table=str(path), kind="experiment")
+    ours = analyze_experiments(con, source="table", control="a").to_dict()
+    theirs = analyze_experiments(None, source="table", control="a",
+                                 engine=spark_engine(spark, table=str(path),
+                                                     kind="experiment")).to_dict()
+    assert_same(_strip(ours), _strip(theirs))
+
+
+def test_cli_spark_refuses_what_runs_on_duckdb_only(fleet: Path, spark: Any,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19.2: --engine spark refuses (exit 2, saying why) a report part that runs on
+    DuckDB only, instead of other numbers: the showcase records a canary."""
+    code = main(["report", "experiment", "--parquet", str(fleet), "--engine", "spark",
+                 "--format", "json"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "canary readout runs on --engine duckdb only" in err
+
+
+def test_cli_spark_refuses_a_duckdb_file(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19.2: --engine spark with --db says to use the export or the DuckDB engine."""
+    db = build_showcase(tmp_path / "s.duckdb")
+    code = main(["report", "experiment", "--db", str(db), "--engine", "spark"])
+    assert code == 2
+    assert "--engine duckdb" in capsys.readouterr().err
+
+
+def test_memory_limit_reads_as_a_jvm_size() -> None:
+    """Issue 19.5: --memory-limit means the same on Spark (the driver's heap)."""
+    assert spark_memory("1GB") == "1024m"
+    assert spark_memory("1500MB") == "1500m"
+    assert spark_memory(None) is None
+    with pytest.raises(AnalysisSourceError):
+        spark_memory("lots")
