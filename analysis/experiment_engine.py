@@ -114,12 +114,13 @@ def exposed_condition(t: ir.Table, since: Any, until: Any) -> ir.BooleanValue:
 def _shifts(engine: Engine, table: str, has_pre: bool) -> dict[str, tuple[float, float]]:
     t = engine.table(table)
     t = t.filter(t.metric.notnull())
-    aggs: dict[str, Any] = {"total": t.value.sum(where=_finite(t.value)),
-                            "units": t.unit_id.nunique(where=_finite(t.value))}
+    fin = _finite(t.value)
+    aggs: dict[str, Any] = {"total": t.value.sum(where=fin), "rows": t.count(where=fin),
+                            "units": t.unit_id.approx_nunique(where=fin)}
     if has_pre and table == INPUT_TABLE:
         aggs["pre_mean"] = t.pre_value.mean(where=_finite(t.pre_value))
     rows = engine.rows(t.group_by("metric").aggregate(**aggs))
-    return {str(r["metric"]): shift_pair(r["total"], r["units"], r.get("pre_mean"))
+    return {str(r["metric"]): shift_pair(r["total"], r["rows"], r["units"], r.get("pre_mean"))
             for r in sorted(rows, key=lambda r: str(r["metric"]))}
 
 

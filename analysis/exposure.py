@@ -247,24 +247,29 @@ def metric_shifts(
     con: duckdb.DuckDBPyConnection, table: str, has_pre: bool
 ) -> dict[str, tuple[float, float]]:
     """Each metric's shifts: a unit's value and covariate are summed less a whole number
-    near the mean of units' values (the metric's finite total over the distinct units
-    with a finite value),
-    so variances from sums keep their digits when the mean dwarfs the spread. Whole
-    numbers keep 0/1 metrics exact; the list is also the pivot's fixed set of metrics."""
+    near the mean of units' values, so variances from sums keep their digits when the mean
+    dwarfs the spread. Whole numbers keep 0/1 metrics exact; the list is also the pivot's
+    fixed set of metrics. One cheap pass: the finite rows' mean times the whole number of
+    rows per unit (an exact distinct count of 10M units would double the report's time)."""
     pre = ("avg(pre_value) FILTER (WHERE isfinite(pre_value))"
            if has_pre and table == INPUT_TABLE else "NULL")
     rows = con.execute(f"""
         SELECT metric, sum(value) FILTER (WHERE isfinite(value)),
-               count(DISTINCT unit_id) FILTER (WHERE isfinite(value)), {pre}
+               count(*) FILTER (WHERE isfinite(value)),
+               approx_count_distinct(unit_id) FILTER (WHERE isfinite(value)), {pre}
         FROM {table} WHERE metric IS NOT NULL GROUP BY metric ORDER BY metric
     """).fetchall()
-    return {str(m): shift_pair(total, units, pre_mean) for m, total, units, pre_mean in rows}
+    return {str(m): shift_pair(total, finite, units, pre_mean)
+            for m, total, finite, units, pre_mean in rows}
 
 
-def shift_pair(total: Any, units: Any, pre_mean: Any) -> tuple[float, float]:
-    """(value shift, covariate shift) from a metric's finite total, its distinct units and
-    the mean of its ``pre_value`` (None: the covariate is the metric itself)."""
-    value = whole(float(total) / int(units)) if total is not None and units else 0.0
+def shift_pair(total: Any, rows: Any, units: Any, pre_mean: Any) -> tuple[float, float]:
+    """(value shift, covariate shift) from a metric's finite total and rows, its (approximate)
+    distinct units and the mean of its ``pre_value`` (None: the covariate is the metric)."""
+    value = 0.0
+    if total is not None and rows:
+        per_unit = max(round(int(rows) / int(units)), 1) if units else 1
+        value = whole(float(total) / int(rows) * per_unit)
     return value, value if pre_mean is None else whole(float(pre_mean))
 
 
