@@ -1,8 +1,12 @@
-"""The composition root: builds the sidecar from a config and shuts it down in order.
+"""The composition root: builds the sidecar from a config, starts it, and stops it in order.
 
-Start: telemetry -> sink -> backends -> dispatch -> gRPC server (+ health, reflection) ->
-admin. Stop, each step with a deadline: health NOT_SERVING -> stop accepting and drain
-in-flight calls -> let shadows end -> close channels -> flush the sink -> close exporters.
+Start: telemetry -> sink -> backends -> canaries -> dispatch -> gRPC server (+ health,
+reflection) -> owned tasks -> admin. Each part, once started, pushes its stop onto one exit
+stack, so a stop (or a start that fails half way) unwinds exactly what started, each step
+with a deadline: owned tasks cancelled -> health NOT_SERVING, stop accepting and drain
+in-flight calls -> let shadows end -> canaries -> close channels -> admin -> flush the
+sink -> close exporters. The per-call work lives in ``server/``, ``mirror/`` and
+``routing/``; the views in ``telemetry/live_view.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import os
 import signal
 import time
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -28,12 +33,14 @@ from sidecar.config.reload import check_reload
 from sidecar.errors import ConfigError, ShadowcarError
 from sidecar.mirror import Mirror
 from sidecar.outcomes import FeedbackAuth, OutcomeIngest, add_feedback_service
-from sidecar.routing import CallCounts, RoutePlan, RouteTable
+from sidecar.routing import LiveCounters, RoutePlan, RouteTable
 from sidecar.server import Dispatch, ProxyHandler, stop_serving
 from sidecar.sink import AuditRecord, CallRecord, DuckDBSink
+from sidecar.tasks import TaskOwner
 from sidecar.telemetry import Metrics, ModelHealth, Tracing
 from sidecar.telemetry.backend_errors import BackendErrors
-from sidecar.telemetry.live_view import backend_views, configured_roles, pair_keys, route_view
+from sidecar.telemetry.live_view import experiments_view, live_stats
+from sidecar.telemetry.spans import Spans, spans_for
 from sidecar.telemetry.tracing import host_port
 
 if TYPE_CHECKING:  # imported where configured: a sidecar without them never loads aiohttp
@@ -66,11 +73,13 @@ class Sidecar:
         #: The file SIGHUP (and a bodiless reload) rereads: the one most recently loaded.
         self.config_path = config_path
         cfg = loaded.config
-        self.call_counts: CallCounts = {}
-        self.assignments: dict[tuple[str, str, str], int] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        #: Every live counter of the process (requests, lanes, calls, assignments).
+        self.live = LiveCounters()
+        #: Every background task of the sidecar (readiness, triggers, reloads, retirements).
+        self.tasks = TaskOwner()
+        #: What started, to stop in reverse: pushed by each part as it starts.
+        self._stack = AsyncExitStack()
         self._reload_lock = asyncio.Lock()
-        self._triggers_task: asyncio.Task[None] | None = None
         #: name -> (kind, fired) of the last trigger evaluation; read by metrics.
         self.trigger_state: dict[str, tuple[str, bool]] = {}
         self.health = ModelHealth(cfg.telemetry.health_window)
@@ -79,6 +88,7 @@ class Sidecar:
         #: The tracer the hot path uses: None when no span would be exported.
         self._hot_tracing = self.tracing if self.tracing.exporting else None
         self.metrics = Metrics(cfg.telemetry, self)
+        self._stack.push_async_callback(self._close_telemetry)
         self.sink = DuckDBSink(cfg.storage, on_call=self._observe_call)
         self.sink.on_flush = self.metrics.flush_duration.record
         self.export: PeriodicExport | None = None
@@ -96,8 +106,9 @@ class Sidecar:
             self.sink, audit=self.audit, version=lambda: self.loaded.version,
             notify=self.notifier.notify if self.notifier is not None else None,
         )
-        self.mirror = Mirror(self.sink.record_call, counts=self.call_counts,
-                             tracing=self._hot_tracing)
+        self.mirror = Mirror(self.sink.record_call, live=self.live,
+                             spans=spans_for(self._hot_tracing))
+        self._spans: Spans = self.mirror.spans
         self.backends: dict[str, Backend] = {}
         self.health_servicer = health.aio.HealthServicer()
         oc = cfg.outcomes
@@ -107,7 +118,6 @@ class Sidecar:
         )
         self._server: grpc.aio.Server | None = None
         self._handler: ProxyHandler | None = None
-        self._readiness: asyncio.Task[None] | None = None
         self.admin: AdminServer | None = None
         self.port: int = 0
         self.draining = False
@@ -238,9 +248,8 @@ class Sidecar:
                         "file": file, "sighup_rereads": self.config_path})
             grace = cfg.shutdown.grace_s
             for backend in retired:
-                task = asyncio.get_running_loop().create_task(backend.aclose(grace))
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
+                self.tasks.spawn(backend.aclose(grace), name=f"retire {backend.name}",
+                                 finish=True)
             log.info("config reloaded: %s -> %s by %s from %s; SIGHUP rereads %s",
                      old.version, loaded.version, actor, file or "a request body",
                      self.config_path or "nothing (started without a file)")
@@ -263,15 +272,29 @@ class Sidecar:
         )
 
     async def start(self) -> None:
+        """Start every part in order; a part that fails stops what started before it."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.loaded.config
+        stack = self._stack
         self.sink.open()
         if self.export is not None:
             self.export.start()
+        stack.push_async_callback(self._close_recording)
         if self.notifier is not None:
             await self.notifier.__aenter__()
+            stack.push_async_callback(self.notifier.aclose)
+        stack.push_async_callback(self._close_admin)  # the admin API starts last, see below
         self.sink.record_config(self.loaded.version, canonical_json(cfg))
+        stack.push_async_callback(self._close_backends)
         for backend in cfg.backends:
             self.backends[backend.name] = self._backend(self.loaded, backend)
+        stack.push_async_callback(self.canary.aclose)
         await self.canary.apply(cfg.routes)
         await self._reflection_codecs(self.loaded)
         self._server = grpc.aio.server(
@@ -282,6 +305,7 @@ class Sidecar:
                 ("grpc.so_reuseport", 1 if self.workers > 1 else 0),
             ]
         )
+        stack.push_async_callback(self._stop_serving)
         # The sidecar's own services come first, so a '*' route never shadows them.
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._server)
         feedback = add_feedback_service(self._server, self.outcomes, FeedbackAuth(
@@ -300,14 +324,15 @@ class Sidecar:
         if self.port == 0:
             raise ShadowcarError(f"listen: cannot bind {cfg.listen}")
         host, _ = host_port(cfg.listen)
-        self._listen = (host, self.port)
+        self._spans = spans_for(self._hot_tracing, (host, self.port))
         self._handler = ProxyHandler(self._dispatch(self.loaded, self.backends))
         self._server.add_generic_rpc_handlers([self._handler])
         await self.health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
-        self._readiness = asyncio.get_running_loop().create_task(self._watch_primaries())
+        stack.push_async_callback(self.tasks.cancel)
+        self.tasks.spawn(self._watch_primaries(), name="readiness")
         if cfg.triggers:
-            self._triggers_task = asyncio.get_running_loop().create_task(self._trigger_loop())
+            self.tasks.spawn(self._trigger_loop(), name="triggers")
         if cfg.admin.listen is not None:
             from sidecar.admin import AdminServer
 
@@ -322,11 +347,8 @@ class Sidecar:
         """The routes and hot-path collaborators of one config version (start and reload)."""
         routes = RouteTable(loaded.config, backends, self.canaries, loaded.static_fallbacks,
                             loaded.redaction_keys, loaded.contracts, loaded.codecs)
-        return Dispatch(
-            routes, loaded.version, self.sink, self.mirror,
-            counts=self.call_counts, tracing=self._hot_tracing, listen=self._listen,
-            assignments=self.assignments,
-        )
+        return Dispatch(routes, loaded.version, self.sink, self.mirror, live=self.live,
+                        spans=self._spans)
 
     async def _watch_primaries(self) -> None:
         """SERVING once every route's primary is reachable (re-checked until it is)."""
@@ -354,12 +376,9 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        reloads: set[asyncio.Task[None]] = set()
 
         def on_hup() -> None:
-            task = loop.create_task(self._reload_file("SIGHUP"))
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
+            self.tasks.spawn(self._reload_file("SIGHUP"), name="reload")
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
@@ -368,9 +387,6 @@ class Sidecar:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            for task in reloads:
-                task.cancel()
-            await asyncio.gather(*reloads, return_exceptions=True)
             await self.aclose()
 
     async def _reload_file(self, actor: str) -> None:
@@ -387,38 +403,43 @@ class Sidecar:
             self.audit(actor, "config.reload_rejected", None, str(exc))
 
     async def aclose(self) -> None:
-        """Ordered shutdown, each step with its deadline. Idempotent."""
+        """Ordered shutdown: what started, stopped in reverse, each step with its deadline.
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
         self.draining = True
+        await self._stack.aclose()
+
+    async def _stop_serving(self) -> None:
+        """Health NOT_SERVING; new calls held, then answered UNAVAILABLE; in-flight calls
+        get the grace; shadows end by their own deadlines."""
         cfg = self.loaded.config
-        owned = [t for t in (self._readiness, self._triggers_task) if t is not None]
-        for task in owned:
-            task.cancel()
-        await asyncio.gather(*owned, return_exceptions=True)
-        await self.canary.aclose()
         if self._server is not None:
             await self.health_servicer.enter_graceful_shutdown()
-            # New calls are held, then answered UNAVAILABLE; in-flight calls get the grace.
             await stop_serving(self._server, self._handler, cfg.shutdown)
         shadow_deadline = max(
             (s.timeout_ms / 1000 for r in cfg.routes for s in r.shadows), default=0.0
         )
         await self.mirror.aclose(timeout=shadow_deadline + 0.5)
+
+    async def _close_backends(self) -> None:
         for backend in self.backends.values():
             await backend.aclose()
-        if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.tasks.join()  # retired backends' graceful closes
+
+    async def _close_admin(self) -> None:
         if self.admin is not None:
             await self.admin.aclose()
-        if self.notifier is not None:
-            await self.notifier.aclose()
+
+    async def _close_recording(self) -> None:
         if self.export is not None:
             await self.export.stop()  # an export must not hold a cursor as the sink closes
-        await self.sink.aclose(timeout=cfg.shutdown.sink_timeout_s)
+        await self.sink.aclose(timeout=self.loaded.config.shutdown.sink_timeout_s)
         if self.export is not None:
             await self.export.aclose()  # the final export, from the closed file
+
+    async def _close_telemetry(self) -> None:
         await asyncio.to_thread(self.tracing.shutdown)
         await asyncio.to_thread(self.metrics.shutdown)
         stats = self.sink.stats
@@ -429,28 +450,7 @@ class Sidecar:
 
     def experiments(self) -> list[dict[str, Any]]:
         """Every experiment with its layout and exposures so far."""
-        out = []
-        for plan in self.route_plans():
-            if plan.assigner is None:
-                continue
-            for exp in plan.assigner.experiments:
-                shares = exp.shares()
-                out.append({
-                    "route": plan.match,
-                    "name": exp.name,
-                    "salt": exp.salt,
-                    "coverage": exp.config.coverage,
-                    "namespace": exp.config.namespace.model_dump() if exp.config.namespace
-                    else None,
-                    "holdout_percent": self.loaded.config.assignment.holdout_percent,
-                    "variants": [
-                        {"name": a.name, "backend": a.backend, "buckets": [a.start, a.end],
-                         "share": shares[a.name],
-                         "exposed": self.assignments.get((plan.match, exp.name, a.name), 0)}
-                        for a in exp.arms
-                    ],
-                })
-        return out
+        return experiments_view(self)
 
     def read_audit(self, limit: int = 100) -> list[dict[str, Any]]:
         """Recent audit rows, newest first, including those not yet flushed."""
@@ -466,22 +466,10 @@ class Sidecar:
         keys = ("ts", "actor", "action", "route", "reason", "config_version", "detail")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    def stats(self) -> dict[str, Any]:
-        """Live counters and model health for the admin API, dashboard and demo (only what
-        the current config has: after a reload, rows of roles no longer configured go)."""
-        plans = self.route_plans()
-        configured = configured_roles(plans)
-        return {
-            "config_version": self.loaded.version,
-            "draining": self.draining,
-            "primaries_ready": self.primaries_ready,
-            "routes": [route_view(plan) for plan in plans],
-            "backends": backend_views(self.backends, self.backend_errors),
-            "latency": [row for row in self.health.latencies()
-                        if (row["route"], row["backend"], row["role"]) in configured],
-            "pairs": [row for row in self.health.pairs()
-                      if (row["route"], row["primary"], row["shadow"]) in pair_keys(configured)],
-            "mirror_in_flight": self.mirror.in_flight,
-            "sink": {**self.sink.stats.as_dict(), "queue_depth": self.sink.queue_depth},
-        }
+    @property
+    def mirror_in_flight(self) -> int:
+        return self.mirror.in_flight
 
+    def stats(self) -> dict[str, Any]:
+        """Live counters and model health (``telemetry/live_view.py`` shapes them)."""
+        return live_stats(self)

@@ -27,7 +27,7 @@ from sidecar.telemetry import prometheus
 from sidecar.telemetry.tracing import host_port
 
 if TYPE_CHECKING:
-    from sidecar.app import Sidecar
+    from sidecar.telemetry.live_state import LiveState
 
 __all__ = ["AdminServer"]
 
@@ -53,7 +53,7 @@ async def _safety_headers(request: web.Request, response: web.StreamResponse) ->
 class AdminServer:
     """Serves the admin API for one sidecar; async context manager, idempotent aclose."""
 
-    def __init__(self, sidecar: Sidecar, listen: str) -> None:
+    def __init__(self, sidecar: LiveState, listen: str) -> None:
         self._sidecar = sidecar
         self._host, self._port = host_port(listen)
         self.port = 0

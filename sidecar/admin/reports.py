@@ -28,7 +28,7 @@ from sidecar.admin.live import remove_discovery, write_discovery
 from sidecar.errors import SinkError
 
 if TYPE_CHECKING:
-    from sidecar.app import Sidecar
+    from sidecar.telemetry.live_state import LiveState
 
 __all__ = ["LiveReports", "ReportsBusy"]
 
@@ -72,7 +72,7 @@ class LiveReports:
     """Runs report work for one sidecar, one at a time, off the event loop; owns the
     worker thread and the discovery file. ``aclose`` is idempotent."""
 
-    def __init__(self, sidecar: Sidecar) -> None:
+    def __init__(self, sidecar: LiveState) -> None:
         self._sidecar = sidecar
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowcar-report",
                                             initializer=_lower_priority)

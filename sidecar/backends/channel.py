@@ -21,6 +21,8 @@ __all__ = ["Backend", "CallOutcome", "Metadata"]
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 _OK = grpc.StatusCode.OK
+#: Bytes of a stream kept for recording; the rest is counted, not kept.
+MAX_RECORDED = 1 << 20
 
 
 @dataclass(slots=True)
@@ -34,6 +36,9 @@ class CallOutcome:
     trailing_metadata: Metadata
     started: float
     latency_ms: float
+    #: A stream's message count and time to its first message (None for unary calls).
+    messages: int | None = None
+    first_message_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -115,6 +120,34 @@ class Backend:
             started,
             latency,
         )
+
+    async def drain(
+        self, method: str, request: bytes, *, timeout: float, metadata: Metadata
+    ) -> CallOutcome:
+        """Call server-streaming ``method`` and read its whole stream (a shadow's copy): the
+        first ``MAX_RECORDED`` bytes kept, every message counted; never raises for gRPC
+        errors."""
+        started = time.time()
+        t0 = time.perf_counter()
+        call = self.stream("server", method)(request, timeout=timeout, metadata=metadata)
+        parts: list[bytes] = []
+        size = messages = 0
+        first: float | None = None
+        code, details = _OK, None
+        try:
+            async for message in call:
+                messages += 1
+                if first is None:
+                    first = (time.perf_counter() - t0) * 1000
+                if size < MAX_RECORDED:
+                    parts.append(message)
+                size += len(message)
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details()
+        finally:
+            call.cancel()
+        return CallOutcome(code, details, b"".join(parts), (), (), started,
+                           (time.perf_counter() - t0) * 1000, messages, first)
 
     def stream(self, kind: str, method: str) -> Any:
         """A raw-bytes multicallable for a streaming method (``server``, ``client``, ``bidi``)."""

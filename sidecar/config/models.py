@@ -117,6 +117,8 @@ class _Model(BaseModel):
 
 Percent = Annotated[float, Field(ge=0, le=100)]
 PositiveMs = Annotated[int, Field(gt=0, le=3_600_000)]
+#: Where x-request-id, x-experiment and x-variant go back to the caller.
+ReplyPlacement = Literal["trailers", "headers", "off"]
 
 
 class AdminConfig(_Model):
@@ -149,7 +151,7 @@ class AdminConfig(_Model):
 class StorageConfig(_Model):
     path: str = Field("shadowcar.duckdb", description="DuckDB file the sink writes")
     flush_interval_ms: PositiveMs = Field(
-        200, description="longest time a record waits to be written"
+        1000, description="longest time a record waits to be written (SIGKILL loses at most this)"
     )
     buffer_rows: int = Field(
         100_000, ge=100, le=10_000_000, description="records held before new ones are dropped"
@@ -365,6 +367,10 @@ class RouteConfig(_Model):
     contract: RouteContractConfig | None = Field(None, description="data contract of the route")
     deadline_margin_ms: int = Field(
         5, ge=0, le=10_000, description="kept back from the caller's deadline for the answer"
+    )
+    reply_request_id: ReplyPlacement = Field(
+        "trailers", description="where x-request-id, x-experiment, x-variant reach the caller: "
+        "trailers | headers (initial metadata) | off"
     )
 
     @property

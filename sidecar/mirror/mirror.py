@@ -1,7 +1,9 @@
-"""Mirroring: fire-and-forget copies of a request to shadow backends, with owned tasks.
+"""Mirroring: copies of a request to shadow backends, unary and server-streaming alike.
 
-A copy is sampled by request id, capped per shadow (dropped and counted when full), and
-never awaited by the caller. The mirror owns every task it starts and ends them on close.
+One set of shadow rules for every kind of call: a copy is sampled by request id, capped per
+shadow (dropped when full, the breaker open, or the sidecar closing: a DROPPED row, a count
+and a span), never awaited by the caller. The mirror owns every task it starts, ends them on
+close, and no exception but a cancellation leaves one (a broken copy is an INTERNAL row).
 """
 
 from __future__ import annotations
@@ -10,39 +12,40 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from opentelemetry.context import Context
-from opentelemetry.trace import Span
 
-from sidecar.backends import Backend, CallOutcome, Metadata
+from sidecar.backends import CallOutcome
 from sidecar.resilience import Ticket
-from sidecar.routing import CallCounts, RoutePlan, ShadowLane, sampled_lanes
+from sidecar.routing import LaneCounters, LiveCounters, ShadowLane, sampled_lanes
 from sidecar.sink import CallRecord
-from sidecar.sink.redaction import shown_error
-from sidecar.telemetry.tracing import Tracing, call_attributes
+from sidecar.telemetry.spans import NO_SPANS, ClientSpan, Spans
 
-__all__ = ["Mirror"]
+if TYPE_CHECKING:
+    from sidecar.server.call import Call
+
+__all__ = ["SHADOW_METADATA", "Mirror"]
 
 log = logging.getLogger(__name__)
 
 SHADOW_METADATA = ("x-shadow", "true")
+_DROPPED = grpc.StatusCode.UNAVAILABLE  # a dropped copy's span status (it never left)
 
 
 class Mirror:
-    """Starts shadow calls and owns their tasks until they end."""
+    """Starts shadow copies and owns their tasks until they end."""
 
     def __init__(
         self,
         record: Callable[[CallRecord], None],
         *,
-        counts: CallCounts | None = None,
-        tracing: Tracing | None = None,
+        live: LiveCounters,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self._record = record
-        self._counts: CallCounts = counts if counts is not None else {}
-        self._tracing = tracing
+        self.live = live
+        self.spans = spans
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -55,56 +58,42 @@ class Mirror:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    def start(
-        self,
-        plan: RoutePlan,
-        method: str,
-        request: bytes,
-        metadata: Metadata,
-        request_id: str,
-        config_version: str,
-        trace_parent: Context | None = None,
-        serving: Backend | None = None,
-    ) -> None:
-        """Start a shadow call for every lane of ``plan`` that samples this request (never
-        to the backend that is serving it)."""
-        shadow_md: Metadata | None = None
-        for lane in sampled_lanes(plan, request_id, serving):
-            ticket = self.admit(lane)
+    def start(self, call: Call, *, stream: bool = False) -> None:
+        """Start a copy of ``call`` for every shadow lane that samples it (never to the
+        backend serving it); ``stream``: a server stream, read to its end."""
+        shadow_md = None
+        for lane, counters in sampled_lanes(call.plan, call.request_id, call.backend,
+                                            self.live):
+            span = self.spans.client(call.trace_ctx, lane.backend.name, call.method,
+                                     lane.backend.target, "shadow")
+            ticket = self._admit(lane, counters)
             if isinstance(ticket, str):
-                self._finish(plan, lane, method, request, request_id, config_version,
-                             time.time(), "DROPPED", None, None, ticket)
+                self._finish(call, lane, span, CallOutcome(
+                    grpc.StatusCode.UNAVAILABLE, ticket, None, (), (), time.time(), 0.0),
+                    status="DROPPED")
                 continue
             if shadow_md is None:
-                shadow_md = (*metadata, SHADOW_METADATA)
-            span: Span | None = None
-            lane_md = shadow_md
-            if self._tracing is not None and trace_parent is not None:
-                span, injected = self._tracing.start_client(
-                    f"{lane.backend.name} {method[1:]}", trace_parent,
-                    call_attributes(method, lane.backend.target, "shadow"),
-                )
-                lane_md = (*shadow_md, *injected)
-            lane.in_flight += 1
-            lane.sent += 1
-            self.own(self._shadow(plan, lane, method, request, lane_md, request_id,
-                                  config_version, span, ticket))
+                shadow_md = (*call.metadata, SHADOW_METADATA)
+            counters.in_flight += 1
+            counters.sent += 1
+            self.own(self._shadow(call, lane, counters, span.metadata(shadow_md), span,
+                                  ticket, stream))
 
-    def admit(self, lane: ShadowLane) -> Ticket | str:
-        """The breaker's ticket for a sampled copy (hand it back when the copy ends), or
-        why the copy is dropped (counted on the lane)."""
+    def _admit(self, lane: ShadowLane, counters: LaneCounters) -> Ticket | str:
+        """The breaker's ticket for a sampled copy (handed back when the copy ends), or
+        why the copy is dropped (counted)."""
         why = None
         if self._closing:
             why = "closing"
-        elif lane.in_flight >= lane.config.max_in_flight:
+        elif counters.in_flight >= lane.config.max_in_flight:
             why = "max_in_flight reached"
         else:
             ticket = lane.backend.breaker.admit()
             if ticket is not None:
                 return ticket
             why = "circuit open"
-            lane.breaker_skipped += 1
-        lane.dropped += 1
+            counters.breaker_skipped += 1
+        counters.dropped += 1
         return why
 
     def own(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -114,74 +103,56 @@ class Mirror:
         task.add_done_callback(self._tasks.discard)
 
     def _finish(
-        self, plan: RoutePlan, lane: ShadowLane, method: str, request: bytes,
-        request_id: str, config_version: str, started: float, status: str,
-        latency_ms: float | None, response: bytes | None, error: str | None,
+        self, call: Call, lane: ShadowLane, span: ClientSpan, outcome: CallOutcome,
+        *, status: str | None = None,
     ) -> None:
-        """Count and record one shadow call's end."""
-        self._count(plan, lane, status)
-        self._record(
-            CallRecord(
-                request_id, started, plan.match, method, lane.backend.name,
-                lane.backend.version, "shadow", False, status, latency_ms, len(request),
-                response, error, config_version, plan.decoding,
-            )
-        )
+        """Count, trace and record one copy's end (``status``: DROPPED for one never sent)."""
+        backend = lane.backend
+        row = call.call_record(backend, "shadow", outcome, served=False, error=outcome.details)
+        if status is not None:
+            row = row._replace(status=status, latency_ms=None)
+        self.live.count_call(call.plan.config.match, backend.name, "shadow", row.status)
+        span.set("shadowcar.backend", backend.name)
+        span.set("shadowcar.backend.version", backend.version)
+        span.end(_DROPPED if status is not None else outcome.code, call.shown(outcome.details))
+        self._record(row)
 
     async def _shadow(
-        self,
-        plan: RoutePlan,
-        lane: ShadowLane,
-        method: str,
-        request: bytes,
-        metadata: Metadata,
-        request_id: str,
-        config_version: str,
-        span: Span | None,
-        ticket: Ticket,
+        self, call: Call, lane: ShadowLane, counters: LaneCounters, metadata: Any,
+        span: ClientSpan, ticket: Ticket, stream: bool,
     ) -> None:
+        backend = lane.backend
+        breaker = backend.breaker
         started = time.time()
-        outcome: CallOutcome | None = None
-        code = grpc.StatusCode.INTERNAL
-        breaker = lane.backend.breaker
         try:
-            outcome = await lane.backend.call(
-                method, request, timeout=lane.timeout_s, metadata=metadata
-            )
+            if stream:
+                outcome = await backend.drain(call.method, call.request,
+                                              timeout=lane.timeout_s, metadata=metadata)
+            else:
+                outcome = await backend.call(call.method, call.request,
+                                             timeout=lane.timeout_s, metadata=metadata)
         except asyncio.CancelledError:
             breaker.release(ticket)  # cut at shutdown: no verdict on the shadow
-            code = grpc.StatusCode.CANCELLED
-            lane.errored += 1  # sent, never answered: the counters must still add up
-            self._finish(plan, lane, method, request, request_id, config_version, started,
-                         "CANCELLED", (time.time() - started) * 1000, None,
-                         "cancelled at shutdown")
+            counters.in_flight -= 1
+            counters.errored += 1  # sent, never answered: the counters must still add up
+            self._finish(call, lane, span, CallOutcome(
+                grpc.StatusCode.CANCELLED, "cancelled at shutdown", None, (), (), started,
+                (time.time() - started) * 1000))
             raise
         except Exception as exc:  # a broken shadow must never escape into the loop
             breaker.release(ticket)  # our failure, not evidence against the backend
-            lane.errored += 1
-            self._finish(plan, lane, method, request, request_id, config_version, started,
-                         "INTERNAL", (time.time() - started) * 1000, None,
-                         f"{type(exc).__name__}: {exc}")
-        finally:
-            lane.in_flight -= 1
-            if span is not None:
-                span.set_attribute("shadowcar.backend", lane.backend.name)
-                span.set_attribute("shadowcar.backend.version", lane.backend.version)
-                Tracing.end(span, outcome.code if outcome is not None else code,
-                            shown_error(plan.decoding.redactor, outcome.details)
-                            if outcome is not None else None)
-        if outcome is None:
+            counters.in_flight -= 1
+            counters.errored += 1
+            self._finish(call, lane, span, CallOutcome(
+                grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}", None, (), (),
+                started, (time.time() - started) * 1000))
             return
-        breaker.report(ticket, outcome.code.name,
-                       shown_error(plan.decoding.redactor, outcome.details), plan.failure_codes)
+        counters.in_flight -= 1
+        breaker.report(ticket, outcome.code.name, call.shown(outcome.details),
+                       call.plan.failure_codes)
         if not outcome.ok:
-            lane.errored += 1
-        self._finish(plan, lane, method, request, request_id, config_version, outcome.started,
-                     outcome.code.name, outcome.latency_ms, outcome.response, outcome.details)
-
-    def _count(self, plan: RoutePlan, lane: ShadowLane, status: str) -> None:
-        key = (plan.match, lane.backend.name, "shadow", status)
-        self._counts[key] = self._counts.get(key, 0) + 1
+            counters.errored += 1
+        self._finish(call, lane, span, outcome)
 
     async def aclose(self, timeout: float) -> None:
         """Let running shadows end by their own deadlines (at most ``timeout``), then

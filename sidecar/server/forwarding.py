@@ -1,7 +1,9 @@
 """The forwarding core: one unary call through the sidecar, transport-free.
 
-Bytes in, bytes out: the request is never parsed. The serving backend's answer, status and
-metadata come back unchanged; shadows start beside the primary and are never awaited.
+Bytes in, bytes out: the request is never parsed. ``Dispatch.forward`` makes one
+:class:`Call` and carries it through a short pipeline: admit (shed, contract), decide
+(experiment, canary), serve with fallback, mirror, record; the transport answers from it
+(:func:`reply_metadata`, :func:`request_id_metadata`). Shadows are never awaited.
 """
 
 from __future__ import annotations
@@ -10,29 +12,29 @@ import asyncio
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from opentelemetry.context import Context
 
-from sidecar.assignment import Decision
-from sidecar.backends import CallOutcome, Metadata
+from sidecar.backends import Backend, CallOutcome, Metadata
 from sidecar.mirror import Mirror
-from sidecar.resilience import CALLER_DEADLINE
-from sidecar.routing import CallCounts, RoutePlan, RouteTable
-from sidecar.sink import CallRecord, DuckDBSink, RequestRecord
-from sidecar.sink.redaction import shown_error
+from sidecar.resilience import CALLER_DEADLINE, Ticket
+from sidecar.routing import LiveCounters, RoutePlan, RouteTable
+from sidecar.server.call import Call
+from sidecar.sink import DuckDBSink
 from sidecar.telemetry.logs import current_request
-from sidecar.telemetry.tracing import TRACE_KEYS, Tracing, call_attributes, rpc_attributes
+from sidecar.telemetry.spans import NO_SPANS, Spans
+from sidecar.telemetry.tracing import TRACE_KEYS
 
 __all__ = [
     "HOP_BY_HOP",
     "REQUEST_ID",
-    "Answer",
+    "Call",
     "Dispatch",
     "forward_metadata",
     "new_request_id",
+    "reply_metadata",
+    "request_id_metadata",
 ]
 
 #: Metadata that belongs to one HTTP/2 hop (or to gRPC itself) and is never forwarded.
@@ -46,6 +48,7 @@ HOP_BY_HOP = frozenset(
 )
 REQUEST_ID = "x-request-id"
 _DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+_OK = grpc.StatusCode.OK
 
 
 def new_request_id() -> str:
@@ -84,14 +87,14 @@ def reply_metadata(md: Metadata) -> Metadata:
     )
 
 
-@dataclass(slots=True)
-class Answer:
-    """What the caller gets: the serving backend's outcome, the request id, and the
-    assignment to tell the caller about (when the request was exposed)."""
-
-    outcome: CallOutcome
-    request_id: str
-    decision: Decision | None = None
+def request_id_metadata(call: Call) -> Metadata:
+    """What the sidecar adds to the caller's answer: the request id, and the assignment
+    when the unit was exposed."""
+    d = call.exposed
+    if d is None:
+        return ((REQUEST_ID, call.request_id),)
+    return ((REQUEST_ID, call.request_id), ("x-experiment", d.experiment or ""),
+            ("x-variant", d.variant or ""))
 
 
 class Dispatch:
@@ -104,35 +107,34 @@ class Dispatch:
         sink: DuckDBSink,
         mirror: Mirror,
         *,
-        counts: CallCounts,
-        tracing: Tracing | None = None,
-        listen: tuple[str, int] = ("", 0),
-        assignments: dict[tuple[str, str, str], int] | None = None,
+        live: LiveCounters,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self.routes = routes
         self.version = version
         self.sink = sink
         self.mirror = mirror
-        self.counts = counts
-        self._tracing = tracing
-        self._listen = listen
-        self._server_attrs: dict[str, dict[str, Any]] = {}
-        #: (route, experiment, variant) -> exposed requests; read by metrics.
-        self.assignments: dict[tuple[str, str, str], int] = (
-            assignments if assignments is not None else {}
-        )
+        self.live = live
+        self.spans = spans
+        self._tracing = spans is not NO_SPANS
 
-    def span_attributes(self, method: str, backend_target: str | None, role: str) -> dict[str, Any]:
-        """Span attributes, prebuilt: of the server span (no target), else of a client call."""
-        if backend_target is not None:
-            return call_attributes(method, backend_target, role)
-        cached = self._server_attrs.get(method)
-        if cached is None:
-            host, port = self._listen
-            cached = {**rpc_attributes(method), "server.address": host, "server.port": port}
-            if len(self._server_attrs) < 10_000:  # method names come from callers
-                self._server_attrs[method] = cached
-        return cached
+    def open(self, plan: RoutePlan, method: str, request: bytes, incoming: Metadata,
+             time_remaining: float | None, *, traced: bool = True) -> Call:
+        """A new call on ``plan``: request id honoured or made, metadata to forward, the
+        caller's trace ids read (tracing off, or an untraced stream) or kept for the
+        sidecar's spans (on)."""
+        carrier: dict[str, str] | None = {} if traced and self._tracing else None
+        metadata, request_id = forward_metadata(incoming, carrier)
+        call = Call(plan, method, request, metadata, request_id, self.version, time.time(),
+                    time.perf_counter(), time_remaining, carrier, plan.primary)
+        if carrier is None:
+            # Not tracing: the caller's traceparent travels on untouched; record its ids.
+            for key, value in metadata:
+                if key == "traceparent" and isinstance(value, str) and len(value) >= 55:
+                    call.trace_id, call.span_id = value[3:35], value[36:52]
+                    break
+        self.live.route(plan.config.match).requests += 1
+        return call
 
     async def forward(
         self,
@@ -141,288 +143,202 @@ class Dispatch:
         request: bytes,
         incoming: Metadata,
         time_remaining: float | None,
-    ) -> Answer:
+    ) -> Call:
         """Serve one unary call (primary, variant or canary; fallback when it fails) and
-        mirror it. Sheds load at the route's concurrency cap."""
-        arrived = time.time()
-        t0 = time.perf_counter()
-        tracing = self._tracing
-        carrier: dict[str, str] | None = {} if tracing is not None else None
-        metadata, request_id = forward_metadata(incoming, carrier)
-        plan.requests += 1
-        limit = plan.config.max_concurrent
-        if limit is not None and plan.in_flight >= limit:
-            return self._shed(plan, method, request, request_id, arrived, t0, limit)
-        violations = imputed = None
-        if plan.enforce is not None:
-            request, violations, imputed = _enforce(plan.enforce, request)
-            if violations:
-                return self._refuse(plan, method, request, request_id, arrived, t0,
-                                    violations, imputed)
-        plan.in_flight += 1
+        mirror it. Sheds load at the route's concurrency cap. ``call.served`` is the
+        caller's answer."""
+        call = self.open(plan, method, request, incoming, time_remaining)
+        counters = self.live.route(plan.config.match)
+        if not self._admit(call, counters.in_flight):
+            return call
+        counters.in_flight += 1
         try:
-            return await self._serve(
-                plan, method, request, metadata, request_id, carrier, time_remaining,
-                arrived, t0, imputed,
-            )
+            self._decide(call)
+            with self.spans.server(call):
+                current_request.set((call.request_id, call.trace_id))
+                if plan.shadows:
+                    self.mirror.start(call)
+                try:
+                    await self._serve(call)
+                finally:  # recorded even when the caller goes away mid-call (CANCELLED)
+                    self._record(call)
         finally:
-            plan.in_flight -= 1
+            counters.in_flight -= 1
+        served = call.served
+        assert served is not None
+        if not served.ok:
+            errors = counters.errors
+            errors[served.code.name] = errors.get(served.code.name, 0) + 1
+        return call
 
-    def _refuse(
-        self, plan: RoutePlan, method: str, request: bytes, request_id: str, arrived: float,
-        t0: float, violations: tuple[Any, ...], imputed: tuple[str, ...] | None,
-    ) -> Answer:
-        """Enforce mode: a request that breaks the contract never reaches the model."""
-        plan.contract_refused += 1
-        status = "INVALID_ARGUMENT"
+    # -- admit -------------------------------------------------------------------------
+    def _admit(self, call: Call, in_flight: int) -> bool:
+        """Shed at the route's cap; enforce its contract. A refused call is answered and
+        recorded here."""
+        plan = call.plan
+        limit = plan.config.max_concurrent
+        if limit is not None and in_flight >= limit:
+            self.live.route(plan.config.match).shed += 1
+            self._refused(call, grpc.StatusCode.RESOURCE_EXHAUSTED, "shed",
+                          f"route {plan.match} is at its limit of {limit} concurrent calls")
+            return False
+        if plan.enforce is None:
+            return True
+        call.request, violations, call.imputed = _enforce(plan.enforce, call.request)
+        if not violations:
+            return True
+        # Enforce mode: a request that breaks the contract never reaches the model.
+        self.live.route(plan.config.match).contract_refused += 1
         contract = plan.enforce
         if plan.decoding.redactor is not None:  # the answer's text quotes no redacted value
             violations = tuple(plan.decoding.redactor.violations(violations) or ())
+        call.violations = violations
         shown = "; ".join(f"{v.field}: {v.rule}: {v.detail}" for v in violations[:5])
         more = f" (+{len(violations) - 5} more)" if len(violations) > 5 else ""
-        details = f"contract {contract.name}@{contract.version}: {shown}{more}"
-        self.sink.record_request(
-            RequestRecord(
-                request_id, arrived, plan.match, method, None, None, None, False, self.version,
-                None, None, status, (time.perf_counter() - t0) * 1000, request, plan.decoding,
-                violations, imputed,
-            )
-        )
-        key = (plan.match, "", "contract", status)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        outcome = CallOutcome(grpc.StatusCode.INVALID_ARGUMENT, details, None, (), (),
-                              arrived, 0.0)
-        return Answer(outcome, request_id, None)
+        self._refused(call, grpc.StatusCode.INVALID_ARGUMENT, "contract",
+                      f"contract {contract.name}@{contract.version}: {shown}{more}")
+        return False
 
-    def _shed(
-        self, plan: RoutePlan, method: str, request: bytes, request_id: str, arrived: float,
-        t0: float, limit: int,
-    ) -> Answer:
-        plan.shed += 1
-        status = "RESOURCE_EXHAUSTED"
-        details = f"route {plan.match} is at its limit of {limit} concurrent calls"
-        self.sink.record_request(
-            RequestRecord(
-                request_id, arrived, plan.match, method, None, None, None, False, self.version,
-                None, None, status, (time.perf_counter() - t0) * 1000, request, plan.decoding,
-            )
-        )
-        key = (plan.match, "", "shed", status)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        outcome = CallOutcome(grpc.StatusCode.RESOURCE_EXHAUSTED, details, None, (), (),
-                              arrived, 0.0)
-        return Answer(outcome, request_id, None)
+    def _refused(self, call: Call, code: grpc.StatusCode, role: str, details: str) -> None:
+        call.served = CallOutcome(code, details, None, (), (), call.arrived, 0.0)
+        self.sink.record_request(call.request_record())
+        self.live.count_call(call.plan.config.match, "", role, code.name)
 
-    async def _serve(
-        self,
-        plan: RoutePlan,
-        method: str,
-        request: bytes,
-        metadata: Metadata,
-        request_id: str,
-        carrier: dict[str, str] | None,
-        time_remaining: float | None,
-        arrived: float,
-        t0: float,
-        imputed: tuple[str, ...] | None = None,
-    ) -> Answer:
-        tracing = self._tracing
-        deadline = None if time_remaining is None else t0 + time_remaining
+    # -- decide ------------------------------------------------------------------------
+    def _decide(self, call: Call) -> None:
+        """Who serves (experiment variant, canary share, else the primary) and with which
+        timeout: the smaller of the route's and the caller's remaining deadline, less the
+        margin and the fallback's reserve."""
+        plan = call.plan
         timeout = plan.timeout_s
-        if time_remaining is not None:
+        remaining = call.time_remaining
+        if remaining is not None:
             reserve = 0.0
             if plan.fallback_backend is not None:
-                reserve = min(plan.fallback_timeout_s, 0.5 * time_remaining)
-            budget = time_remaining - plan.margin_s - reserve
-            timeout = max(min(timeout, budget), 0.0005)
-        primary = plan.primary
-        role = "primary"
-        decision: Decision | None = None
-        if plan.assigner is not None:
-            decision = plan.assigner.decide(metadata, request, request_id)
-        elif plan.canary is not None:
-            decision = plan.canary.decide(metadata, request, request_id)
-        if decision is not None:
-            primary = plan.backends[decision.backend]
-            role = decision.role
-            if decision.exposed:
-                akey = (plan.match, decision.experiment or "", decision.variant or "")
-                self.assignments[akey] = self.assignments.get(akey, 0) + 1
-        server_ctx: Context | None = None
-        trace_id = span_id = None
-        primary_md = metadata
-        if tracing is not None:
-            server_span, server_ctx = tracing.start_server(
-                method[1:], tracing.extract(carrier), self.span_attributes(method, None, "")
-            )
-            server_span.set_attribute("shadowcar.request_id", request_id)
-            trace_id, span_id = tracing.ids(server_span)
-            client_span, injected = tracing.start_client(
-                f"{primary.name} {method[1:]}", server_ctx,
-                self.span_attributes(method, primary.target, role),
-            )
-            client_span.set_attribute("shadowcar.backend", primary.name)
-            client_span.set_attribute("shadowcar.backend.version", primary.version)
-            primary_md = (*metadata, *injected)
-        elif carrier is None:
-            # Not tracing: the caller's traceparent travels on untouched; record its ids.
-            for key, value in metadata:
-                if key == "traceparent" and isinstance(value, str) and len(value) >= 55:
-                    trace_id, span_id = value[3:35], value[36:52]
-                    break
-        current_request.set((request_id, trace_id))
-        if plan.shadows:
-            self.mirror.start(
-                plan, method, request, metadata, request_id, self.version, server_ctx, primary
-            )
-        status = "CANCELLED"
-        outcome: CallOutcome | None = None
-        served: CallOutcome | None = None
-        try:
-            breaker = primary.breaker
-            ticket = breaker.admit()
-            if ticket is not None:
-                try:
-                    outcome = await primary.call(method, request, timeout=timeout,
-                                                 metadata=primary_md)
-                except BaseException:
-                    breaker.release(ticket)  # cancelled by the caller: no verdict
-                    raise
-                # A deadline counts against the backend only when the route's own
-                # timeout, not the caller's shorter deadline, was the limit.
-                breaker.report(ticket, outcome.code.name,
-                               shown_error(plan.decoding.redactor, outcome.details),
-                               plan.failure_codes, timeout == plan.timeout_s)
+                reserve = min(plan.fallback_timeout_s, 0.5 * remaining)
+            timeout = max(min(timeout, remaining - plan.margin_s - reserve), 0.0005)
+            call.route_bound = timeout == plan.timeout_s
+        call.timeout = timeout
+        decider = plan.assigner if plan.assigner is not None else plan.canary
+        if decider is None:
+            return
+        decision = decider.decide(call.metadata, call.request, call.request_id)
+        call.decision = decision
+        call.backend = plan.backends[decision.backend]
+        call.role = decision.role
+        if decision.exposed:
+            key = (plan.match, decision.experiment or "", decision.variant or "")
+            assignments = self.live.assignments
+            assignments[key] = assignments.get(key, 0) + 1
+
+    # -- serve -------------------------------------------------------------------------
+    async def _serve(self, call: Call) -> None:
+        """The serving backend's call behind its breaker, then the fallback if its status
+        (or, in enforce mode, its output) asks for one."""
+        plan = call.plan
+        backend = call.backend
+        assert backend is not None
+        with self.spans.client(call.trace_ctx, backend.name, call.method, backend.target,
+                               call.role) as span:
+            span.set("shadowcar.backend", backend.name)
+            span.set("shadowcar.backend.version", backend.version)
+            ticket = backend.breaker.admit()
+            if ticket is None:
+                outcome = CallOutcome(grpc.StatusCode.UNAVAILABLE,
+                                      f"circuit open for backend {backend.name}", None, (), (),
+                                      time.time(), 0.0)
             else:
-                outcome = CallOutcome(
-                    grpc.StatusCode.UNAVAILABLE, f"circuit open for backend {primary.name}",
-                    None, (), (), time.time(), 0.0,
-                )
-            if tracing is not None:
-                tracing.end(client_span, outcome.code,
-                            shown_error(plan.decoding.redactor, outcome.details))
-            served = outcome
-            if (plan.enforce is not None and outcome.ok and plan.fallback_codes
+                outcome = await self._call(call, backend, ticket, call.timeout,
+                                           call.route_bound, span.metadata(call.metadata))
+            span.end(outcome.code, call.shown(outcome.details))
+        call.outcome = call.served = outcome
+        if outcome.ok:
+            if (plan.enforce is not None and plan.fallback_codes
                     and _output_broken(plan.enforce, outcome.response)):
-                plan.errors["CONTRACT"] = plan.errors.get("CONTRACT", 0) + 1
+                errors = self.live.route(plan.config.match).errors
+                errors["CONTRACT"] = errors.get("CONTRACT", 0) + 1
                 broken = CallOutcome(grpc.StatusCode.UNAVAILABLE, "output breaks the contract",
                                      None, (), (), outcome.started, outcome.latency_ms)
-                served = await self._fallback(
-                    plan, method, request, metadata, request_id, broken, deadline, server_ctx
-                )
-                if served is broken:
-                    served = outcome  # no fallback answer: the model's own answer stands
-            elif not outcome.ok and outcome.code.name in plan.fallback_codes:
-                served = await self._fallback(
-                    plan, method, request, metadata, request_id, outcome, deadline, server_ctx
-                )
-            status = served.code.name
-        finally:
-            # Recorded even when the caller goes away mid-call (status CANCELLED).
-            if tracing is not None:
-                code = served.code if served is not None else grpc.StatusCode.CANCELLED
-                details = (shown_error(plan.decoding.redactor, served.details)
-                           if served is not None else None)
-                if outcome is None:
-                    tracing.end(client_span, code, details)
-                tracing.end(server_span, code, details)
-            d = decision
-            self.sink.record_request(
-                RequestRecord(
-                    request_id, arrived, plan.match, method,
-                    d.unit_id if d else None, d.experiment if d else None,
-                    d.variant if d else None, d.exposed if d else False,
-                    self.version, trace_id, span_id, status, (time.perf_counter() - t0) * 1000,
-                    request, plan.decoding, None, imputed,
-                )
-            )
-            first = outcome.code.name if outcome is not None else status
-            count_key = (plan.match, primary.name, role, first)
-            counts = self.counts
-            counts[count_key] = counts.get(count_key, 0) + 1
-            if outcome is None:  # the caller went away first: its call row says so
-                outcome = CallOutcome(grpc.StatusCode.CANCELLED, _why_cut(sys.exc_info()[1]),
-                                      None, (), (), arrived, (time.perf_counter() - t0) * 1000)
-            error = outcome.details
-            if outcome.code is _DEADLINE and timeout != plan.timeout_s:
-                error = CALLER_DEADLINE  # no verdict on the backend (the guardrails read it)
-            self.sink.record_call(
-                CallRecord(
-                    request_id, outcome.started, plan.match, method, primary.name,
-                    primary.version, role, served is outcome, outcome.code.name,
-                    outcome.latency_ms, len(request), outcome.response, error,
-                    self.version, plan.decoding,
-                )
-            )
-        if not served.ok:
-            plan.errors[status] = plan.errors.get(status, 0) + 1
-        return Answer(served, request_id, decision if decision and decision.exposed else None)
+                served = await self._fallback(call, broken)
+                # no fallback answer: the model's own answer stands
+                call.served = outcome if served is broken else served
+        elif outcome.code.name in plan.fallback_codes:
+            call.served = await self._fallback(call, outcome)
 
-    async def _fallback(
-        self,
-        plan: RoutePlan,
-        method: str,
-        request: bytes,
-        metadata: Metadata,
-        request_id: str,
-        failed: CallOutcome,
-        deadline: float | None,
-        server_ctx: Context | None,
-    ) -> CallOutcome:
+    async def _call(self, call: Call, backend: Backend, ticket: Ticket, timeout: float,
+                    route_bound: bool, metadata: Metadata) -> CallOutcome:
+        """One backend call on a breaker ``ticket``. A deadline counts against the backend
+        only when the route's own timeout, not the caller's shorter deadline, was the
+        limit; a caller's cancel gives no verdict."""
+        breaker = backend.breaker
+        try:
+            outcome = await backend.call(call.method, call.request, timeout=timeout,
+                                         metadata=metadata)
+        except BaseException:
+            breaker.release(ticket)  # cancelled by the caller: no verdict
+            raise
+        breaker.report(ticket, outcome.code.name, call.shown(outcome.details),
+                       call.plan.failure_codes, route_bound)
+        return outcome
+
+    async def _fallback(self, call: Call, failed: CallOutcome) -> CallOutcome:
         """The route's fallback answer after ``failed``; the failure itself when none fits."""
+        plan = call.plan
+        counters = self.live.route(plan.config.match)
         reason = f"fallback after {failed.code.name}: {failed.details or ''}".strip()
         static = plan.fallback_static
+        backend = None
         if static is not None:
-            answer = CallOutcome(grpc.StatusCode.OK, None, static, (), (), time.time(), 0.0)
-            name, version = "static", "static"
+            answer = CallOutcome(_OK, None, static, (), (), time.time(), 0.0)
         else:
             backend = plan.fallback_backend
             assert backend is not None
             timeout = plan.fallback_timeout_s
             route_bound = True  # the fallback's own timeout, not the caller's, is the limit
-            if deadline is not None:
-                left = deadline - time.perf_counter() - plan.margin_s
+            if call.time_remaining is not None:
+                left = call.t0 + call.time_remaining - time.perf_counter() - plan.margin_s
                 if left < timeout:
                     timeout, route_bound = left, False
-            breaker = backend.breaker
-            ticket = breaker.admit() if timeout > 0 else None
+            ticket = backend.breaker.admit() if timeout > 0 else None
             if ticket is None:
-                plan.fallback_failed += 1
+                counters.fallback_failed += 1
                 return failed
-            md = metadata
-            span = None
-            if self._tracing is not None and server_ctx is not None:
-                span, injected = self._tracing.start_client(
-                    f"{backend.name} {method[1:]}", server_ctx,
-                    self.span_attributes(method, backend.target, "fallback"),
-                )
-                md = (*metadata, *injected)
-            try:
-                answer = await backend.call(method, request, timeout=timeout, metadata=md)
-            except BaseException:
-                breaker.release(ticket)
-                raise
-            breaker.report(ticket, answer.code.name,
-                           shown_error(plan.decoding.redactor, answer.details), plan.failure_codes,
-                           route_bound)
-            if span is not None:
-                Tracing.end(span, answer.code, shown_error(plan.decoding.redactor, answer.details))
-            name, version = backend.name, backend.version
-        plan.fallbacks += 1
-        key = (plan.match, name, "fallback", answer.code.name)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        self.sink.record_call(
-            CallRecord(
-                request_id, answer.started, plan.match, method, name, version, "fallback",
-                answer.ok, answer.code.name, answer.latency_ms, len(request), answer.response,
-                reason if answer.ok else f"{reason}; then {answer.details}", self.version,
-                plan.decoding,
-            )
-        )
+            with self.spans.client(call.trace_ctx, backend.name, call.method, backend.target,
+                                   "fallback") as span:
+                answer = await self._call(call, backend, ticket, timeout, route_bound,
+                                          span.metadata(call.metadata))
+                span.end(answer.code, call.shown(answer.details))
+        counters.fallbacks += 1
+        name = backend.name if backend is not None else "static"
+        self.live.count_call(plan.config.match, name, "fallback", answer.code.name)
+        self.sink.record_call(call.call_record(
+            backend, "fallback", answer, served=answer.ok, name=None if backend else "static",
+            error=reason if answer.ok else f"{reason}; then {answer.details}",
+        ))
         if not answer.ok:
-            plan.fallback_failed += 1
-            return failed if answer.code is grpc.StatusCode.DEADLINE_EXCEEDED else answer
+            counters.fallback_failed += 1
+            return failed if answer.code is _DEADLINE else answer
         return answer
+
+    # -- record ------------------------------------------------------------------------
+    def _record(self, call: Call) -> None:
+        """The request row and the serving call's row, from the call."""
+        plan = call.plan
+        self.sink.record_request(call.request_record())
+        outcome = call.outcome
+        backend = call.backend
+        assert backend is not None
+        self.live.count_call(plan.config.match, backend.name, call.role,
+                             outcome.code.name if outcome is not None else call.status)
+        if outcome is None:  # the caller went away first: its call row says so
+            outcome = CallOutcome(grpc.StatusCode.CANCELLED, _why_cut(sys.exc_info()[1]),
+                                  None, (), (), call.arrived,
+                                  (time.perf_counter() - call.t0) * 1000)
+        error = outcome.details
+        if outcome.code is _DEADLINE and not call.route_bound:
+            error = CALLER_DEADLINE  # no verdict on the backend (the guardrails read it)
+        self.sink.record_call(call.call_record(backend, call.role, outcome,
+                                               served=call.served is outcome, error=error))
 
 
 def _why_cut(exc: BaseException | None) -> str:

@@ -17,7 +17,7 @@ import grpc
 
 from sidecar.config.models import ShutdownConfig
 from sidecar.routing import RoutePlan
-from sidecar.server.forwarding import REQUEST_ID, Dispatch, reply_metadata
+from sidecar.server.forwarding import Dispatch, reply_metadata, request_id_metadata
 from sidecar.server.streaming import StreamForwarder
 
 __all__ = ["ProxyHandler", "stop_serving"]
@@ -190,21 +190,27 @@ def _unrouted(method: str) -> Behavior:
 
 
 def _forward(dispatch: Dispatch, plan: RoutePlan, method: str) -> Behavior:
+    placement = plan.reply
+
     async def behavior(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        answer = await dispatch.forward(
+        call = await dispatch.forward(
             plan, method, request, context.invocation_metadata() or (), context.time_remaining()
         )
-        outcome = answer.outcome
-        initial = (*reply_metadata(outcome.initial_metadata), (REQUEST_ID, answer.request_id))
-        decision = answer.decision
-        if decision is not None:
-            initial = (
-                *initial,
-                ("x-experiment", decision.experiment or ""),
-                ("x-variant", decision.variant or ""),
-            )
-        await context.send_initial_metadata(initial)
+        outcome = call.served
+        assert outcome is not None
         trailing = reply_metadata(outcome.trailing_metadata)
+        # The backend's own initial metadata goes on as it came; ours rides in the trailers
+        # (free: no separate write) unless the route asks for headers.
+        if placement == "headers":
+            await context.send_initial_metadata(
+                (*reply_metadata(outcome.initial_metadata), *request_id_metadata(call)))
+        else:
+            if outcome.initial_metadata:
+                initial = reply_metadata(outcome.initial_metadata)
+                if initial:
+                    await context.send_initial_metadata(initial)
+            if placement == "trailers":
+                trailing = (*trailing, *request_id_metadata(call))
         if outcome.response is not None and outcome.ok:
             if trailing:
                 context.set_trailing_metadata(trailing)

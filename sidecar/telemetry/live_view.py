@@ -11,29 +11,82 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sidecar.backends import Backend
-from sidecar.routing import RoutePlan
+from sidecar.routing import LiveCounters, RoutePlan
 from sidecar.telemetry.backend_errors import BackendErrors
+from sidecar.telemetry.live_state import LiveState
 
-__all__ = ["backend_views", "configured_roles", "pair_keys", "route_view"]
+__all__ = [
+    "backend_views", "configured_roles", "experiments_view", "live_stats", "pair_keys",
+    "route_view",
+]
 
 RoleKey = tuple[str, str, str]
 
 
-def route_view(plan: RoutePlan) -> dict[str, Any]:
+def live_stats(state: LiveState) -> dict[str, Any]:
+    """Live counters and model health for the admin API, dashboard and demo (only what
+    the current config has: after a reload, rows of roles no longer configured go)."""
+    plans = state.route_plans()
+    configured = configured_roles(plans)
+    sink = state.sink
+    return {
+        "config_version": state.loaded.version,
+        "draining": state.draining,
+        "primaries_ready": state.primaries_ready,
+        "routes": [route_view(plan, state.live) for plan in plans],
+        "backends": backend_views(state.backends, state.backend_errors),
+        "latency": [row for row in state.health.latencies()
+                    if (row["route"], row["backend"], row["role"]) in configured],
+        "pairs": [row for row in state.health.pairs()
+                  if (row["route"], row["primary"], row["shadow"]) in pair_keys(configured)],
+        "mirror_in_flight": state.mirror_in_flight,
+        "sink": {**sink.stats.as_dict(), "queue_depth": sink.queue_depth},
+    }
+
+
+def experiments_view(state: LiveState) -> list[dict[str, Any]]:
+    """Every experiment with its layout and exposures so far."""
+    out = []
+    assignments = state.live.assignments
+    for plan in state.route_plans():
+        if plan.assigner is None:
+            continue
+        for exp in plan.assigner.experiments:
+            shares = exp.shares()
+            out.append({
+                "route": plan.match,
+                "name": exp.name,
+                "salt": exp.salt,
+                "coverage": exp.config.coverage,
+                "namespace": exp.config.namespace.model_dump() if exp.config.namespace
+                else None,
+                "holdout_percent": state.loaded.config.assignment.holdout_percent,
+                "variants": [
+                    {"name": a.name, "backend": a.backend, "buckets": [a.start, a.end],
+                     "share": shares[a.name],
+                     "exposed": assignments.get((plan.match, exp.name, a.name), 0)}
+                    for a in exp.arms
+                ],
+            })
+    return out
+
+
+def route_view(plan: RoutePlan, live: LiveCounters) -> dict[str, Any]:
     """One route's live counters, shadows, canary and experiment."""
+    counters = live.route(plan.match)
     return {
         "match": plan.match,
         "primary": plan.primary.name,
         "primary_version": plan.primary.version,
-        "requests": plan.requests,
-        "errors": dict(plan.errors),
-        "in_flight": plan.in_flight,
-        "shed": plan.shed,
-        "fallbacks": plan.fallbacks,
-        "fallback_failed": plan.fallback_failed,
+        "requests": counters.requests,
+        "errors": dict(counters.errors),
+        "in_flight": counters.in_flight,
+        "shed": counters.shed,
+        "fallbacks": counters.fallbacks,
+        "fallback_failed": counters.fallback_failed,
         "shadows": {
             lane.backend.name: {
-                **lane.counters(),
+                **live.lane(plan.match, lane.backend.name).as_dict(),
                 "sample_percent": lane.config.sample_percent,
                 "version": lane.backend.version,
                 "replica": lane.config.replica,

@@ -28,7 +28,7 @@ from sidecar.telemetry import prometheus
 from sidecar.telemetry.live_view import breaker_state
 
 if TYPE_CHECKING:
-    from sidecar.app import Sidecar
+    from sidecar.telemetry.live_state import LiveState
 
 __all__ = ["LATENCY_BUCKETS_MS", "Metrics"]
 
@@ -48,8 +48,8 @@ Callback = Callable[[CallbackOptions], Iterable[Observation]]
 class Metrics:
     """The sidecar's meter provider and instruments; ``render()`` gives Prometheus text."""
 
-    def __init__(self, settings: TelemetryConfig, sidecar: Sidecar) -> None:
-        self._sidecar = sidecar
+    def __init__(self, settings: TelemetryConfig, state: LiveState) -> None:
+        self._sidecar = state
         self._reader = InMemoryMetricReader()
         self._latency_attrs: dict[tuple[str, str, str], dict[str, str]] = {}
         readers: list[MetricReader] = [self._reader]
@@ -163,14 +163,15 @@ class Metrics:
 
     # -- callbacks (run at collection time, never on the hot path) -----------------------
     def _calls(self, options: CallbackOptions) -> Iterable[Observation]:
-        for (route, backend, role, status), n in list(self._sidecar.call_counts.items()):
+        for (route, backend, role, status), n in list(self._sidecar.live.calls.items()):
             yield Observation(
                 n, {"route": route, "backend": backend, "role": role, "status": status}
             )
 
     def _requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        live = self._sidecar.live
         for plan in self._sidecar.route_plans():
-            yield Observation(plan.requests, {"route": plan.match})
+            yield Observation(live.route(plan.match).requests, {"route": plan.match})
 
     def _outcomes(self, which: str) -> Callback:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
@@ -183,7 +184,7 @@ class Metrics:
             yield Observation(int(fired), {"trigger": name, "kind": kind})
 
     def _assignments(self, options: CallbackOptions) -> Iterable[Observation]:
-        for (route, experiment, variant), n in list(self._sidecar.assignments.items()):
+        for (route, experiment, variant), n in list(self._sidecar.live.assignments.items()):
             yield Observation(n, {"route": route, "experiment": experiment, "variant": variant})
 
     def _canary_share(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -219,10 +220,11 @@ class Metrics:
 
     def _lane(self, counter: str) -> Callback:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
+            live = self._sidecar.live
             for plan in self._sidecar.route_plans():
                 for lane in plan.shadows:
                     yield Observation(
-                        getattr(lane, counter),
+                        getattr(live.lane(plan.match, lane.backend.name), counter),
                         {"route": plan.match, "shadow": lane.backend.name},
                     )
 

@@ -43,7 +43,7 @@ async def test_ab_split_outcomes_and_report(echo, tmp_path) -> None:
         async def call(user: str) -> None:
             c = stub(user.encode(), metadata=(("x-user-id", user),))
             await c
-            md = dict(await c.initial_metadata())
+            md = dict(await c.trailing_metadata())
             assert md["x-experiment"] == "threshold-test"
             assigned[user] = md["x-variant"]
 
@@ -52,10 +52,10 @@ async def test_ab_split_outcomes_and_report(echo, tmp_path) -> None:
         # The same unit always gets the same variant; a request without a unit is not exposed.
         again = stub(b"x", metadata=(("x-user-id", users[0]),))
         await again
-        assert dict(await again.initial_metadata())["x-variant"] == assigned[users[0]]
+        assert dict(await again.trailing_metadata())["x-variant"] == assigned[users[0]]
         anon = stub(b"x")
         await anon
-        assert "x-variant" not in dict(await anon.initial_metadata())
+        assert "x-variant" not in dict(await anon.trailing_metadata())
 
     share_treat = list(assigned.values()).count("treat") / len(users)
     assert abs(share_treat - 0.7) < 0.04

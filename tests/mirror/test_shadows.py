@@ -33,7 +33,7 @@ async def test_shadow_gets_a_marked_copy(echo, start_sidecar, channel_to) -> Non
     seen = dict(shadow.seen_metadata[-1])
     assert seen["x-shadow"] == "true"
     assert seen["x-user"] == "42"
-    assert seen["x-request-id"] == dict(await call.initial_metadata())["x-request-id"]
+    assert seen["x-request-id"] == dict(await call.trailing_metadata())["x-request-id"]
     assert "x-shadow" not in dict(primary.seen_metadata[-1])
     assert shadow.seen_methods[-1] == "/m.S/Predict"
 

@@ -99,7 +99,8 @@ async def test_a_probe_cut_by_the_callers_deadline_gives_its_slot_back(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub(b"x", timeout=0.015)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    await _wait_for(lambda: primary.calls == 6 and sc.dispatch.routes.plans[0].in_flight == 0)
+    route = sc.live.route(sc.route_plans()[0].match)
+    await _wait_for(lambda: primary.calls == 6 and route.in_flight == 0)
     assert await stub(b"ok", timeout=2) == b"ok"  # no second cooldown to wait out
     assert sc.backends["p"].breaker.state == "closed"
     assert sc.backends["p"].breaker.opened == 1

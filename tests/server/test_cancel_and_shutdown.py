@@ -46,7 +46,7 @@ async def test_a_caller_who_cancels_leaves_a_cancelled_call_row(
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await _wait_for(lambda: sc.dispatch.routes.plans[0].in_flight == 0)
+    await _wait_for(lambda: sc.live.route(sc.route_plans()[0].match).in_flight == 0)
     primary.set_delay(0)
     assert await stub(b"y", metadata=(("x-request-id", "kept-1"),)) == b"y"
     await sc.aclose()
@@ -101,7 +101,7 @@ async def test_a_cancelled_stream_leaves_a_cancelled_call_row(
 
 
 def _recorded(sc: Any) -> int:
-    counts = sc.dispatch.counts
+    counts = sc.live.calls
     return sum(n for key, n in counts.items() if key[2] == "primary")
 
 

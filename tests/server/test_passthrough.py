@@ -16,7 +16,9 @@ async def test_bytes_and_metadata_pass_through(echo, start_sidecar, channel_to) 
     payload = bytes(range(256)) * 40
     call = stub(payload, metadata=(("x-echo-trailing", "model-version=7"), ("x-user", "u1")))
     assert await call == payload
-    initial = dict(await call.initial_metadata())
+    # Issue 18.1: the request id comes back in the trailers by default.
+    initial = dict(await call.trailing_metadata())
+    assert "x-request-id" not in dict(await call.initial_metadata())
     assert len(initial["x-request-id"]) == 32
     assert ("model-version", "7") in tuple(await call.trailing_metadata())
     assert await call.code() == grpc.StatusCode.OK
@@ -32,7 +34,7 @@ async def test_incoming_request_id_is_honoured(echo, start_sidecar, channel_to) 
     stub = channel_to(sc.port).unary_unary("/a.B/C")
     call = stub(b"x", metadata=(("x-request-id", "req-123"),))
     await call
-    assert dict(await call.initial_metadata())["x-request-id"] == "req-123"
+    assert dict(await call.trailing_metadata())["x-request-id"] == "req-123"
     assert dict(primary.seen_metadata[-1])["x-request-id"] == "req-123"
 
 
@@ -57,7 +59,7 @@ async def test_error_status_and_details_pass_through(echo, start_sidecar, channe
     assert err.code() == grpc.StatusCode[code]
     assert err.details() == f"model says {code}"
     assert ("why", "because") in tuple(err.trailing_metadata())
-    assert "x-request-id" in dict(err.initial_metadata())
+    assert "x-request-id" in dict(err.trailing_metadata())
 
 
 async def test_unrouted_method_is_unimplemented_naming_it(echo, start_sidecar, channel_to) -> None:

@@ -42,7 +42,7 @@ async def test_span_tree_attributes_and_propagation(echo, tmp_path, channel_to) 
         stub = channel_to(sc.port).unary_unary("/pkg.Model/Predict")
         call = stub(b"x", metadata=(("traceparent", TRACEPARENT), ("baggage", "tenant=acme")))
         await call
-        request_id = dict(await call.initial_metadata())["x-request-id"]
+        request_id = dict(await call.trailing_metadata())["x-request-id"]
         await _wait(lambda: len(exporter.get_finished_spans()) == 3)
     spans = exporter.get_finished_spans()
     server = [s for s in spans if s.kind == SpanKind.SERVER]
