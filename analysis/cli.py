@@ -289,8 +289,11 @@ def run_report(args: argparse.Namespace) -> int:
                           memory_limit=args.memory_limit)
     except AnalysisSourceError as exc:
         return _live_report(args, exc, color)
+    from analysis.progress import query_progress_bar
+
     try:
-        text = render_report(con, args, color)
+        with query_progress_bar(con, f"report {args.kind}"):
+            text = render_report(con, args, color)
     except (_UsageError, AnalysisSourceError, ValueError) as exc:
         print(f"report {args.kind}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from analysis.load import RECORDED_TABLES, AnalysisSourceError
+from analysis.progress import wants_progress
 
 if TYPE_CHECKING:
     import duckdb
@@ -172,7 +173,8 @@ def spark_session(master: str | None = None, memory_limit: str | None = None) ->
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (SparkSession.builder.master(master or "local[*]").appName("shadowcar-report")
                .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")  # reports own the terminal
+               # Spark's own bar (on stderr) only on a terminal: nothing on a pipe
+               .config("spark.ui.showConsoleProgress", str(wants_progress()).lower())
                .config("spark.sql.session.timeZone", "UTC")  # recorded times are naive UTC
                .config("spark.sql.shuffle.partitions", "8")
                .config("spark.sql.ansi.enabled", "false"))

@@ -43,9 +43,9 @@ RECORDED_TABLES: tuple[str, ...] = (
 
 _EXPERIMENT_COLUMNS = ("unit_id", "variant", "metric", "value")
 _DIVERGENCE_COLUMNS = ("request_id", "backend", "role", "output")
-#: DuckDB memory cap of an analysis connection: with numpy's share, a 10M-pair divergence
-#: report peaks near 1.7 GB of process memory (bench/analysis_divergence_bench.py).
-DEFAULT_MEMORY_LIMIT = "1500MB"
+#: DuckDB memory cap of an analysis connection (Spark: the driver's heap). With it a 10M-unit
+#: experiment report peaks under 1 GB of process memory (bench/README.md, issue 19.5).
+DEFAULT_MEMORY_LIMIT = "600MB"
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -111,7 +111,10 @@ def open_source(
         )
     con = duckdb.connect(":memory:")
     try:
-        con.execute("SET enable_progress_bar = false")  # reports own the terminal
+        # DuckDB measures progress (analysis.progress draws it on a terminal) but never
+        # prints it: reports own the terminal.
+        con.execute("SET enable_progress_bar = true")
+        con.execute("SET enable_progress_bar_print = false")
         if memory_limit:
             con.execute(f"SET memory_limit = {sql_quote(memory_limit)}")
             spill = os.path.join(tempfile.gettempdir(), "shadowcar-analysis")
