@@ -34,7 +34,11 @@ from proxy_rig import (
     tree_hash,
 )
 
-SCENARIOS = ("direct", "bare", "passthrough", "shadow", "slow_shadow")
+SCENARIOS = ("direct", "bare", "passthrough", "shadow", "slow_shadow", "model_direct", "model")
+#: A realistic model: the backend answers after this long, using little CPU (asyncio.sleep).
+MODEL_SCENARIOS = ("model_direct", "model")
+#: What each scenario's ratios are taken against, at the same in-flight level.
+REFERENCE = {"model": "model_direct"}
 UNTRACED = {"telemetry": {"traces": {"sample_ratio": 0}}}
 #: ``--ab`` items that are config changes rather than sidecar_variant.py patches.
 CONFIG_KNOBS: dict[str, dict[str, Any]] = {
@@ -63,8 +67,9 @@ def summarise(results: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, 
                 for k in runs[0]["cpu_cores"]
             }
             row["load1"] = round(_median(runs, "load1"), 2)
-            direct = results["direct"].get(c)
-            if direct and scen != "direct":
+            ref = REFERENCE.get(scen, "direct")
+            direct = results.get(ref, {}).get(c)
+            if direct and scen not in ("direct", "model_direct"):
                 d = {k: _median(direct, k) for k in ("rps", "p50_ms", "p99_ms")}
                 row["rps_x_direct"] = round(row["rps"] / d["rps"], 3)
                 row["p50_added_ms"] = round(row["p50_ms"] - d["p50_ms"], 3)
@@ -74,7 +79,8 @@ def summarise(results: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, 
 
 
 def targets(summary: dict[str, Any], soak: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The foundation issue's targets, each with the measured value and pass/fail."""
+    """Issue 18's targets against the bare proxy measured in the same run, each with the
+    measured value and pass/fail; the realistic-model figures are published, not judged."""
     out: list[dict[str, Any]] = []
 
     def check(name: str, value: float | None, ok: bool | None) -> None:
@@ -82,29 +88,34 @@ def targets(summary: dict[str, Any], soak: dict[str, Any] | None) -> list[dict[s
 
     pt, sh, sl = (summary.get(s, {}) for s in ("passthrough", "shadow", "slow_shadow"))
     bare = summary.get("bare", {})
-    for c in sorted(set(pt) & set(bare), key=int):
-        # the performance issue: the full sidecar must beat the minimal proxy
-        v = round(pt[c]["rps"] / bare[c]["rps"], 3)
-        check(f"pass-through rps vs bare proxy @{c} (>= 1)", v, v >= 1.0)
-        d = round(pt[c]["p50_ms"] - bare[c]["p50_ms"], 3)
-        check(f"pass-through p50 minus bare proxy p50 @{c} ms (<= 0)", d, d <= 0)
-    if "16" in pt:
-        v = pt["16"]["rps_x_direct"]
-        check("pass-through rps >= 0.33x direct @16", v, v >= 0.33)
-    if "1" in pt:
-        v = pt["1"]["p50_added_ms"]
-        check("pass-through added p50 <= 0.5 ms @1", v, v <= 0.5)
-    if "16" in sh:
-        v = sh["16"]["rps_x_direct"]
-        check("one shadow 100% rps >= 0.18x direct @16", v, v >= 0.18)
+    for c in ("16", "64"):
+        if c in pt and c in bare:
+            v = round(pt[c]["rps"] / bare[c]["rps"], 3)
+            check(f"pass-through rps >= 0.9x bare @{c}", v, v >= 0.9)
+            cpu_pt = pt[c]["cpu_us_per_call"].get("sidecar", 0)
+            cpu_bare = bare[c]["cpu_us_per_call"].get("sidecar", 0)
+            if cpu_bare:
+                v = round(cpu_pt / cpu_bare, 3)
+                check(f"sidecar CPU per call <= 1.15x bare @{c}", v, v <= 1.15)
+        if c in sh and c in bare:
+            v = round(sh[c]["rps"] / bare[c]["rps"], 3)
+            check(f"one shadow 100% rps >= 0.75x bare pass-through @{c}", v, v >= 0.75)
+    if "1" in pt and "1" in bare:
+        d = round(pt["1"]["p50_ms"] - bare["1"]["p50_ms"], 3)
+        check("added p50 @1 <= bare's + 0.1 ms (p50 minus bare p50, ms)", d, d <= 0.1)
+        v = round(pt["1"]["p99_ms"] / bare["1"]["p99_ms"], 3)
+        check("p99 @1 <= 1.5x bare", v, v <= 1.5)
     for c in sorted(set(pt) & set(sl), key=int):
         r = sl[c]["rps"] / pt[c]["rps"]
         p = sl[c]["p99_ms"] / pt[c]["p99_ms"]
         check(f"slow shadow rps within 15% of no-shadow @{c}", round(r, 3), r >= 0.85)
         check(f"slow shadow p99 within 15% of no-shadow @{c}", round(p, 3), p <= 1.15)
+    for c, row in summary.get("model", {}).items():
+        check(f"realistic model @{c}: added p50 ms vs direct", row.get("p50_added_ms"), None)
+        added99 = round(row["p99_ms"] - summary["model_direct"][c]["p99_ms"], 3)
+        check(f"realistic model @{c}: added p99 ms vs direct", added99, None)
     if soak is not None:
         rss = soak["rss_mb"]
-        check("slow shadow peak RSS < 100 MB", rss["peak"], rss["peak"] < 100)
         flat = rss["second_half_growth"] <= max(2.0, 0.05 * rss["start"])
         check(
             "slow shadow RSS flat (2nd-half growth <= max(2 MB, 5%))",
@@ -147,7 +158,7 @@ def print_table(
         )
     print()
     for chk in checks:
-        mark = "PASS" if chk["pass"] else "FAIL"
+        mark = {True: "PASS", False: "FAIL", None: "INFO"}[chk["pass"]]
         print(f"  [{mark}] {chk['target']}: {chk['value']}")
 
 
@@ -159,6 +170,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=None, help="seconds per run (10)")
     parser.add_argument("--warmup", type=float, default=1.0, help="h2load warm-up seconds")
     parser.add_argument("--in-flight", default="1,16,64", help="comma-separated levels")
+    parser.add_argument("--model-in-flight", default="1,4,16",
+                        help="levels of the realistic-model scenarios")
+    parser.add_argument("--model-delay-ms", type=float, default=2.0,
+                        help="the realistic model's answer time (asyncio.sleep: little CPU)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="subset to run")
     parser.add_argument("--connections", type=int, default=1, help="h2load connections")
     parser.add_argument("--payload-bytes", type=int, default=256)
@@ -199,7 +214,12 @@ def main() -> int:
     args.runs = args.runs or (1 if args.quick else 3)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.soak_s = args.soak_s or (10.0 if args.quick else 60.0)
-    levels = [int(x) for x in args.in_flight.split(",")]
+    base_levels = [int(x) for x in args.in_flight.split(",")]
+    model_levels = [int(x) for x in args.model_in_flight.split(",")]
+
+    def levels_of(scen: str) -> list[int]:
+        return model_levels if scen in MODEL_SCENARIOS else base_levels
+
     scenarios = [s for s in SCENARIOS if s in args.scenarios.split(",")]
     scenarios += [f"pt:{item}" for item in filter(None, args.ab.split(","))]
     if shutil.which("h2load") is None:
@@ -240,6 +260,8 @@ def main() -> int:
             echoes["shadow"] = Echo.start()
         if "slow_shadow" in scenarios:
             echoes["slow"] = Echo.start(args.slow_delay_ms)
+        if set(MODEL_SCENARIOS) & set(scenarios):
+            echoes["model"] = Echo.start(args.model_delay_ms)
         spec = {
             "passthrough": None,
             "shadow": {"port": echoes["shadow"].port, "timeout_ms": 1000, "max_in_flight": 64}
@@ -258,7 +280,7 @@ def main() -> int:
                 sidecars[scen] = Bare.start(primary)
                 time.sleep(1.0)
                 checks[scen] = {"rss_idle_mb": round(rss_mb(sidecars[scen].proc.pid), 1)}
-            elif scen != "direct":
+            elif scen not in ("direct", "model_direct"):
                 variant, extra = args.variant, json.loads(args.config_extra)
                 if scen.startswith("pt:"):
                     knobs = scen[3:].split("+")
@@ -268,7 +290,7 @@ def main() -> int:
                 sidecars[scen] = Sidecar.start(
                     scen.replace(":", "_").replace("+", "_"),
                     workdir,
-                    primary,
+                    echoes["model"].port if scen == "model" else primary,
                     spec.get(scen),
                     variant,
                     extra,
@@ -283,11 +305,12 @@ def main() -> int:
         # Scenarios interleave within a run, so drift in machine load spreads over all.
         for run in range(args.runs):
             for scen in scenarios:
-                port = primary if scen == "direct" else sidecars[scen].port
-                pids = {"echo": echoes["primary"].proc.pid}
-                if scen != "direct":
+                port = _port(scen, primary, echoes, sidecars)
+                backend = "model" if scen in MODEL_SCENARIOS else "primary"
+                pids = {"echo": echoes[backend].proc.pid}
+                if scen in sidecars:
                     pids["sidecar"] = sidecars[scen].proc.pid
-                for c in levels:
+                for c in levels_of(scen):
                     r = h2load(port, data, c, args, pids, workdir / "h2load.tsv")
                     results[scen].setdefault(c, []).append(r)
                     print(
@@ -304,7 +327,7 @@ def main() -> int:
             soak = rss_soak(sc.port, sc.proc.pid, data, args, workdir)
             print(f"soak: {soak['rss_mb']}", flush=True)
         for scen in scenarios:
-            port = primary if scen == "direct" else sidecars[scen].port
+            port = _port(scen, primary, echoes, sidecars)
             checks.setdefault(scen, {})["grpc_sample"] = sample_pass(
                 port, payload, args.sample_calls
             )
@@ -314,10 +337,10 @@ def main() -> int:
             if isinstance(sc, Bare):  # records nothing: h2load and the gRPC sample check it
                 checks[scen].update({"exit_code": code, "rss_end_mb": round(rss_end, 1)})
                 continue
-            windows = [r["window"] for c in levels for r in results[scen][c]]
+            windows = [r["window"] for c in levels_of(scen) for r in results[scen][c]]
             per = recorded(sc.db, windows)
             i = 0
-            for c in levels:
+            for c in levels_of(scen):
                 for r in results[scen][c]:
                     r["recorded"] = per[i]
                     i += 1
@@ -426,6 +449,15 @@ def report(path: Path) -> int:
     print_table(summary, targets(summary, soak), soak)
     print("\nstatus check: " + ("; ".join(saved["problems"]) or "all responses OK"))
     return 0
+
+
+def _port(scen: str, primary: int, echoes: dict[str, Echo],
+          sidecars: dict[str, Sidecar | Bare]) -> int:
+    if scen == "direct":
+        return primary
+    if scen == "model_direct":
+        return echoes["model"].port
+    return sidecars[scen].port
 
 
 def _git(*argv: str) -> str:

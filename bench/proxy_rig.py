@@ -188,7 +188,8 @@ class Sidecar:
         config = {
             "listen": f"127.0.0.1:{port}",
             "admin": {"listen": None},
-            "storage": {"path": str(db), "flush_interval_ms": 200,
+            # the product's defaults (flush_interval_ms 1000); BENCH_STORAGE changes them
+            "storage": {"path": str(db),
                         **json.loads(os.environ.get("BENCH_STORAGE", "{}")),
                         **(extra or {}).get("storage", {})},
             "backends": backends,

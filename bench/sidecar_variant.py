@@ -1,7 +1,9 @@
 """``sidecar serve`` with hot-path experiments patched in at start, to measure them.
 
 Bench only: nothing under sidecar/ changes; a variant that pays off becomes a real change.
-    .venv/bin/python bench/sidecar_variant.py --variant trailing-id,no-record serve --config F
+    .venv/bin/python bench/sidecar_variant.py --variant no-record,no-insert serve --config F
+
+(``trailing-id`` is gone: the request id rides in the trailers by default since issue 18.)
 """
 
 from __future__ import annotations
@@ -10,52 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-
-import sidecar.server.handler as handler_mod
 from sidecar import cli
 from sidecar.sink import DuckDBSink
-
-
-class _DeferredInitial:
-    """A servicer context whose initial metadata rides in the trailers instead."""
-
-    def __init__(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
-        self._context = context
-        self.initial: tuple[tuple[str, Any], ...] = ()
-        self.trailing: tuple[tuple[str, Any], ...] = ()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
-
-    async def send_initial_metadata(self, metadata: Any) -> None:
-        self.initial = tuple(metadata)
-
-    def set_trailing_metadata(self, metadata: Any) -> None:
-        self.trailing = tuple(metadata)
-
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing: Any = ()) -> None:
-        await self._context.abort(code, details, (*trailing, *self.initial))
-
-
-def _trailing_id() -> None:
-    """No separate initial-metadata batch (one HEADERS write and one sendmsg less per call):
-    what the handler would send as initial metadata (x-request-id ...) goes in the trailers."""
-    original = handler_mod._forward
-
-    def _forward(*args: Any, **kwargs: Any) -> Callable[..., Any]:
-        inner = original(*args, **kwargs)
-
-        async def behavior(request: bytes, context: Any) -> bytes:
-            deferred = _DeferredInitial(context)
-            response = await inner(request, deferred)
-            if deferred.initial or deferred.trailing:
-                context.set_trailing_metadata((*deferred.trailing, *deferred.initial))
-            return response
-
-        return behavior
-
-    handler_mod._forward = _forward
 
 
 def _no_record() -> None:
@@ -88,7 +46,6 @@ def _switch(ms: float) -> Callable[[], None]:
 
 
 VARIANTS = {
-    "trailing-id": _trailing_id,
     "no-record": _no_record,
     "no-insert": _no_insert,
     "no-observe": _no_observe,
