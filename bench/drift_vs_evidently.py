@@ -48,7 +48,8 @@ def generate(directory: Path, rows: int, features: int, seed: int = 19) -> tuple
     con = duckdb.connect(str(db))
     migrate(con)
     con.execute("SET preserve_insertion_order = false")
-    con.execute(f"CREATE TEMP TABLE v AS SELECT * FROM read_parquet('{_parquet(directory, values)}')")
+    source = _parquet(directory, values)
+    con.execute(f"CREATE TEMP TABLE v AS SELECT * FROM read_parquet('{source}')")
     cols = ", ".join(f"f{i}" for i in range(features))
     con.execute(f"""
         INSERT INTO requests (request_id, ts, route, method, status, inputs)
