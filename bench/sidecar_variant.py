@@ -26,8 +26,8 @@ def _no_insert() -> None:
     """The writer builds every Arrow batch but skips DuckDB's INSERT (measurement only)."""
     import sidecar.sink.duckdb_sink as sink_mod
 
-    def skip_insert(con: Any, table: str, batch: Any) -> None:
-        return None
+    def skip_insert(con: Any, table: str, batch: Any) -> int:
+        return int(batch.num_rows)
 
     sink_mod.insert_batch = skip_insert
 

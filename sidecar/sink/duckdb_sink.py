@@ -56,8 +56,8 @@ _LOST: Final = ("rejected", "unwritable")
 class SinkStats:
     """Counters a sink keeps; read by metrics, /v1/stats and the demo summary.
 
-    ``written`` counts exactly the rows in the file(s); ``accepted`` = ``written`` + the
-    rejected and unwritable drops + what is still queued.
+    ``written`` counts exactly the rows in the file(s); ``accepted`` = ``written`` +
+    ``duplicates`` + the rejected and unwritable drops + what is still queued.
     """
 
     accepted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TABLES, 0))
@@ -70,6 +70,8 @@ class SinkStats:
     last_flush_ms: float = 0.0
     write_errors: int = 0
     last_error: str | None = None
+    #: Outcome events whose event id was already stored: skipped by the insert, not lost.
+    duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TABLES, 0))
     #: Fresh connections after a fatal DuckDB error, and new segment files among them.
     recoveries: int = 0
     segments: int = 0
@@ -86,6 +88,7 @@ class SinkStats:
             "last_flush_ms": round(self.last_flush_ms, 3),
             "write_errors": self.write_errors,
             "last_error": self.last_error,
+            "duplicates": dict(self.duplicates),
             "recoveries": self.recoveries,
             "segments": self.segments,
             "lost_at_close": self.lost_at_close,
@@ -183,8 +186,9 @@ class DuckDBSink:
             log.error("sink writer did not finish within %.1fs; records may be lost", timeout)
         # Accepted and not written, less what was already lost (and counted) before the stop:
         # what the final flush could not write, or what it never reached.
-        lost = sum(self.stats.accepted.values()) - sum(self.stats.written.values())
-        self.stats.lost_at_close = lost - self._lost_before_stop
+        unwritten = sum(self.stats.accepted.values()) - sum(self.stats.written.values())
+        skipped = sum(self.stats.duplicates.values())
+        self.stats.lost_at_close = unwritten - skipped - self._lost_before_stop
         if self.stats.lost_at_close:
             log.error("sink closed with %d accepted records not written",
                       self.stats.lost_at_close)
@@ -313,7 +317,8 @@ class DuckDBSink:
             self._drop(table, rows[lo:hi], "unwritable", None)
             return
         try:
-            insert_batch(con, table, batch if hi - lo == len(rows) else batch.slice(lo, hi - lo))
+            inserted = insert_batch(
+                con, table, batch if hi - lo == len(rows) else batch.slice(lo, hi - lo))
         except Exception as exc:  # the writer must survive any batch
             self._note(exc)
             kind = storage.fault(exc)
@@ -334,11 +339,16 @@ class DuckDBSink:
                 self._insert(table, rows, batch, observed, lo, mid, retry)
                 self._insert(table, rows, batch, observed, mid, hi, retry)
         else:
-            self._wrote(table, rows, observed, lo, hi)
+            self._wrote(table, rows, observed, lo, hi, inserted)
 
     def _wrote(self, table: str, rows: list[Any], observed: Observed | None,
-               lo: int, hi: int) -> None:
-        self.stats.written[table] += hi - lo
+               lo: int, hi: int, inserted: int | None = None) -> None:
+        """Count rows ``lo:hi`` as written (``inserted`` of them: the others were duplicate
+        outcomes) and tell the call observer about them."""
+        if inserted is None:  # a COMMIT reported durable with the database's fatal error
+            inserted = hi - lo
+        self.stats.written[table] += inserted
+        self.stats.duplicates[table] += hi - lo - inserted
         self._failing = False
         if self._on_call is not None and table == "calls":
             if hi - lo != len(rows):  # a part of a bisected batch
@@ -475,9 +485,9 @@ class DuckDBSink:
         target = dict(self.stats.accepted)
         deadline = time.monotonic() + timeout
         while True:
-            done = all(
-                self.stats.written[t] + self.stats.dropped[t] >= n for t, n in target.items()
-            )
+            stats = self.stats
+            done = all(stats.written[t] + stats.dropped[t] + stats.duplicates[t] >= n
+                       for t, n in target.items())
             if done:
                 return True
             if time.monotonic() > deadline or not self.writable:

@@ -20,7 +20,7 @@ import numpy as np
 from sidecar._proto import inference_pb2 as pb
 from sidecar.codecs import codec_for
 from sidecar.config import StorageConfig
-from sidecar.sink import CallRecord, Decoding, DuckDBSink, RequestRecord
+from sidecar.sink import CallRecord, Decoding, DuckDBSink, OutcomeRecord, RequestRecord
 
 MB = 1024 * 1024
 OIP = Decoding(codec_for("oip"), None, -1, False)
@@ -299,3 +299,25 @@ async def test_big_messages_through_a_sidecar_cost_no_small_request(
         assert writable
     finally:
         await model.stop(None)
+
+
+async def test_written_counts_what_the_file_holds_with_duplicate_outcomes(tmp_path) -> None:
+    """Issue 14.3 (counters equal the file): outcome events already stored are skipped by
+    the insert; they are counted as duplicates, not as written rows nor as losses."""
+    db = tmp_path / "outcomes.duckdb"
+    sink = DuckDBSink(StorageConfig(path=str(db), flush_interval_ms=20))
+    sink.open()
+
+    def outcome(i: int) -> OutcomeRecord:
+        return OutcomeRecord(f"e-{i}", f"u-{i}", None, "converted", 1.0, 1.0, 2.0)
+
+    for i in range(10):
+        sink.record_outcome(outcome(i))
+    assert await asyncio.to_thread(sink.wait_flushed, 30)
+    for i in range(15):  # ten again (a client retry after a restart), five new
+        sink.record_outcome(outcome(i))
+    assert await asyncio.to_thread(sink.wait_flushed, 30)
+    await sink.aclose()
+    assert sink.stats.written["outcomes"] == _count([str(db)], "outcomes") == 15
+    assert sink.stats.duplicates["outcomes"] == 10
+    assert sink.stats.lost_at_close == 0
