@@ -40,7 +40,8 @@ EPILOG = (
     "exit codes: 0 fine; 1 a trigger fired or a gate failed; 2 usage or input error "
     "(arguments, config, contract, gold file); 3 the data could not be read (missing, "
     "locked or corrupt DuckDB file with no live sidecar, unreadable Parquet, admin API "
-    "unreachable; serve: accepted records lost at close); 70 internal error (a bug: the traceback is printed); 130 interrupted"
+    "unreachable; serve: accepted records lost at close); 70 internal error (a bug: the "
+    "traceback is printed); 130 interrupted"
 )
 
 
