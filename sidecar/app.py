@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from sidecar.backends import Backend
@@ -35,6 +35,8 @@ from sidecar.mirror import Mirror
 from sidecar.outcomes import FeedbackAuth, OutcomeIngest, add_feedback_service
 from sidecar.routing import LiveCounters, RoutePlan, RouteTable
 from sidecar.server import Dispatch, ProxyHandler, stop_serving
+from sidecar.server.oip_passthrough import ModelTable, OipPassthrough
+from sidecar.server.proxied_services import ProxiedHealth, ProxiedReflection, ServiceMap
 from sidecar.sink import AuditRecord, CallRecord, DuckDBSink
 from sidecar.tasks import TaskOwner
 from sidecar.telemetry import Metrics, ModelHealth, Tracing
@@ -110,7 +112,10 @@ class Sidecar:
                              spans=spans_for(self._hot_tracing))
         self._spans: Spans = self.mirror.spans
         self.backends: dict[str, Backend] = {}
-        self.health_servicer = health.aio.HealthServicer()
+        #: Who answers health and reflection for each proxied service (docs/oip.md).
+        self._services = ServiceMap({}, None)
+        self.health_servicer = ProxiedHealth(lambda: self._services)
+        self._oip: OipPassthrough | None = None
         oc = cfg.outcomes
         self.outcomes = OutcomeIngest(
             self.sink, max_events=oc.max_events, recent_ids=oc.recent_ids,
@@ -239,8 +244,10 @@ class Sidecar:
             # Before the swap: the new routing table points at the controllers it yields.
             await self.canary.apply(cfg.routes)
             await self._reflection_codecs(loaded)
-            assert self._handler is not None
+            assert self._handler is not None and self._oip is not None
             self._handler.swap(self._dispatch(loaded, backends))
+            self._oip.swap(ModelTable.build(cfg, backends))
+            self._services = ServiceMap.build(cfg, backends)
             self.backends = backends
             self.sink.record_config(loaded.version, canonical_json(cfg))
             self.audit(actor, "config.reload", None, reason,
@@ -310,9 +317,9 @@ class Sidecar:
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._server)
         feedback = add_feedback_service(self._server, self.outcomes, FeedbackAuth(
             lambda: self.loaded.admin_token, cfg.admin.allow_unauthenticated))
-        reflection.enable_server_reflection(
-            (HEALTH_SERVICE, feedback, reflection.SERVICE_NAME), self._server
-        )
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(ProxiedReflection(
+            (HEALTH_SERVICE, feedback, reflection.SERVICE_NAME), lambda: self._services),
+            self._server)
         creds = server_credentials(self.loaded)
         try:
             if creds is None:
@@ -326,7 +333,12 @@ class Sidecar:
         host, _ = host_port(cfg.listen)
         self._spans = spans_for(self._hot_tracing, (host, self.port))
         self._handler = ProxyHandler(self._dispatch(self.loaded, self.backends))
-        self._server.add_generic_rpc_handlers([self._handler])
+        handler = self._handler
+        # The OIP calls other than inference, before the routes (an exact route still wins).
+        self._oip = OipPassthrough(ModelTable.build(cfg, self.backends),
+                                   stopping=lambda: handler.refusing)
+        self._services = ServiceMap.build(cfg, self.backends)
+        self._server.add_generic_rpc_handlers([self._oip, self._handler])
         await self.health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         stack.push_async_callback(self.tasks.cancel)

@@ -2,17 +2,24 @@
 
 A call never raises for a gRPC failure: it returns a :class:`CallOutcome` whose status,
 details and metadata are the backend's own, so they can reach the caller unchanged.
+
+A backend with an OIP model name (``backends[].model``, ``model_version``) is sent its own
+name in every inference request, whoever sends it (serving, shadows, variants, canaries,
+fallbacks, streams, replay, gold runs): :meth:`Backend.prepare` (docs/oip.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from sidecar.codecs.oip_header import ModelRewrite
+from sidecar.codecs.tensor import CodecError
 from sidecar.config import BackendConfig
 from sidecar.resilience.breaker import CircuitBreaker
 
@@ -21,6 +28,9 @@ __all__ = ["Backend", "CallOutcome", "Metadata"]
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 _OK = grpc.StatusCode.OK
+#: OIP methods whose requests are ModelInferRequests: the ones a model name is rewritten in.
+OIP_INFER_METHODS = frozenset({"/inference.GRPCInferenceService/ModelInfer",
+                               "/inference.GRPCInferenceService/ModelStreamInfer"})
 #: Bytes of a stream kept for recording; the rest is counted, not kept.
 MAX_RECORDED = 1 << 20
 
@@ -82,6 +92,20 @@ class Backend:
         self.breaker = CircuitBreaker(config.breaker, name=config.name)
         self._streams: dict[str, Any] = {}
         self._closed = False
+        #: The model name and version this backend is asked for, or None (as the caller asks).
+        self.rewrite = ModelRewrite.of(config.model, config.model_version)
+
+    def prepare(self, method: str, request: bytes) -> bytes:
+        """``request`` as this backend is sent it: an OIP inference request names the
+        backend's own model; anything else (and a backend without one) as it came, the
+        same object."""
+        rewrite = self.rewrite
+        if rewrite is None or method not in OIP_INFER_METHODS:
+            return request
+        try:
+            return rewrite.apply(request)
+        except CodecError:  # unreadable: the backend's own answer says why
+            return request
 
     def _method(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
         stub = self._methods.get(method)
@@ -97,6 +121,8 @@ class Backend:
         """Call ``method`` with raw ``request`` bytes; never raises for gRPC errors."""
         started = time.time()
         t0 = time.perf_counter()
+        if self.rewrite is not None:
+            request = self.prepare(method, request)
         call = self._method(method)(request, timeout=timeout, metadata=metadata)
         try:
             response = await call
@@ -160,6 +186,8 @@ class Backend:
                 "bidi": self._channel.stream_stream,
             }[kind]
             stub = factory(method)
+            if self.rewrite is not None and method in OIP_INFER_METHODS:
+                stub = _Renaming(stub, kind, method, self.prepare)
             self._streams[key] = stub
         return stub
 
@@ -176,3 +204,19 @@ class Backend:
             return
         self._closed = True
         await self._channel.close(grace)
+
+
+class _Renaming:
+    """A stream multicallable whose request messages name the backend's model."""
+
+    def __init__(self, inner: Any, kind: str, method: str, prepare: Any) -> None:
+        self._inner, self._kind, self._method, self._prepare = inner, kind, method, prepare
+
+    def __call__(self, request: Any, **kwargs: Any) -> Any:
+        if self._kind == "server":
+            return self._inner(self._prepare(self._method, request), **kwargs)
+        return self._inner(self._each(request), **kwargs)
+
+    async def _each(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for message in requests:
+            yield self._prepare(self._method, message)

@@ -173,7 +173,9 @@ def build_plan(
 
 
 class RouteTable:
-    """Method -> route, by exact method, then service wildcard, then '*'."""
+    """Method -> route, by exact method, then service wildcard, then '*'. A method with
+    per-model routes (``match: {method, model}``) is routed per call by the model its
+    request names (:meth:`for_model`), else to its plain exact route (docs/oip.md)."""
 
     def __init__(
         self,
@@ -188,6 +190,8 @@ class RouteTable:
         self._exact: dict[str, RoutePlan] = {}
         self._service: dict[str, RoutePlan] = {}
         self._default: RoutePlan | None = None
+        #: method -> model -> plan, for per-model routes
+        self._models: dict[str, dict[str, RoutePlan]] = {}
         canaries = canaries or {}
         plans = []
         for route in config.routes:
@@ -198,13 +202,26 @@ class RouteTable:
                                       redaction_keys=redaction_keys, contracts=contracts),
             )
             plans.append(plan)
-            if route.match == "*":
+            if route.model is not None:
+                self._models.setdefault(route.method, {})[route.model] = plan
+            elif route.match == "*":
                 self._default = plan
             elif route.match.endswith("/*"):
                 self._service[route.match[:-1]] = plan
             else:
                 self._exact[route.match] = plan
         self.plans: tuple[RoutePlan, ...] = tuple(plans)
+
+    def per_model(self, method: str) -> bool:
+        """Some route of ``method`` takes one model's calls: its requests name the route."""
+        return method in self._models
+
+    def for_model(self, method: str, model: str | None) -> RoutePlan | None:
+        """The route of ``model``'s calls of ``method``, else the method's plain exact route
+        (the default; also for a request whose model cannot be read, ``model`` None)."""
+        plans = self._models.get(method)
+        plan = plans.get(model) if plans is not None and model is not None else None
+        return plan if plan is not None else self._exact.get(method)
 
     def match(self, method: str) -> RoutePlan | None:
         """The route for a full method name ``/pkg.Svc/Method``, or None."""

@@ -15,8 +15,12 @@ from typing import Any
 
 import grpc
 
+from sidecar.backends.channel import OIP_INFER_METHODS
+from sidecar.codecs.oip_header import read_model
+from sidecar.codecs.tensor import CodecError
 from sidecar.config.models import ShutdownConfig
 from sidecar.routing import RoutePlan
+from sidecar.server.call import Call
 from sidecar.server.forwarding import Dispatch, reply_metadata, request_id_metadata
 from sidecar.server.streaming import StreamForwarder
 
@@ -56,7 +60,9 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no
         if handler is None:
             dispatch = self._dispatch
             plan = dispatch.routes.match(method)
-            if plan is None:
+            if dispatch.routes.per_model(method):
+                handler = grpc.unary_unary_rpc_method_handler(_per_model(dispatch, method))
+            elif plan is None:
                 handler = grpc.unary_unary_rpc_method_handler(_unrouted(method))
             else:
                 handler = _handler_for(dispatch, plan, method)
@@ -189,8 +195,53 @@ def _unrouted(method: str) -> Behavior:
     return behavior
 
 
+def _per_model(dispatch: Dispatch, method: str) -> Behavior:
+    """A method with per-model routes: each call goes to the route of the model its request
+    names (read from the leading fields, tensors untouched), else the method's default
+    route, else NOT_FOUND naming the model (docs/oip.md)."""
+    routes = dispatch.routes
+    forwards: dict[int, Behavior] = {}  # plan -> its behavior; as many as the routes
+
+    async def behavior(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        model: str | None = None
+        why = ""
+        try:
+            model = read_model(request).name
+        except CodecError as exc:
+            why = f"{method}: the model name cannot be read ({exc})"
+        plan = routes.for_model(method, model)
+        if plan is None:
+            if model is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, why)
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no route serves model {model!r}")
+            raise AssertionError("unreachable")  # abort always raises
+        forward = forwards.get(id(plan))
+        if forward is None:
+            forward = forwards[id(plan)] = _forward(dispatch, plan, method)
+        return await forward(request, context)
+
+    return behavior
+
+
+def _as_asked(call: Call, response: bytes) -> bytes:
+    """The serving backend's answer; one asked for another model name (``backends[].model``)
+    names the caller's model again (only field 1: docs/oip.md)."""
+    backend = call.backend if call.served is call.outcome else call.plan.fallback_backend
+    rewrite = backend.rewrite if backend is not None else None
+    if rewrite is None or rewrite.name is None or call.method not in OIP_INFER_METHODS:
+        return response
+    try:
+        return rewrite.restore(response, read_model(call.request))
+    except CodecError:  # an answer we cannot read goes back as it came
+        return response
+
+
 def _forward(dispatch: Dispatch, plan: RoutePlan, method: str) -> Behavior:
     placement = plan.reply
+    # Some backend that may serve renames the model: its answers are named back (else the
+    # answer is never read).
+    renames = method in OIP_INFER_METHODS and any(
+        b.rewrite is not None and b.rewrite.name is not None for b in plan.backends.values())
 
     async def behavior(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         call = await dispatch.forward(
@@ -214,6 +265,8 @@ def _forward(dispatch: Dispatch, plan: RoutePlan, method: str) -> Behavior:
         if outcome.response is not None and outcome.ok:
             if trailing:
                 context.set_trailing_metadata(trailing)
+            if renames:
+                return _as_asked(call, outcome.response)
             return outcome.response
         await context.abort(outcome.code, outcome.details or "", trailing)
         raise AssertionError("unreachable")

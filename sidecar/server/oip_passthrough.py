@@ -152,9 +152,12 @@ class OipPassthrough(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has 
     table of a reloaded config; calls in flight finish on the old one.
     """
 
-    def __init__(self, table: ModelTable) -> None:
+    def __init__(self, table: ModelTable, *, stopping: Callable[[], bool] = lambda: False
+                 ) -> None:
         self._table = table
         self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
+        #: True once the sidecar refuses new calls: they fall through to the route handler.
+        self._stopping = stopping
 
     @property
     def table(self) -> ModelTable:
@@ -168,7 +171,7 @@ class OipPassthrough(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has 
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
         method = handler_call_details.method
-        if not self._table.handles(method):
+        if not self._table.handles(method) or self._stopping():
             return None
         handler = self._handlers.get(method)
         if handler is None:
