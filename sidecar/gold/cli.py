@@ -39,6 +39,10 @@ def add_gold_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="append the run to this DuckDB file (calls with role 'gold')")
     run.add_argument("--backend-name", default="gold-target", help="name recorded for target")
     run.add_argument("--backend-version", default="unknown", help="version recorded for target")
+    run.add_argument("--model", default=None, metavar="NAME",
+                     help="OIP: the model name the target is asked for (docs/oip.md)")
+    run.add_argument("--model-version", default=None, metavar="VERSION",
+                     help="OIP: the model version the target is asked for")
     run.add_argument("--show-passes", type=int, default=10, help="passing cases listed")
 
     cap = sub.add_parser("capture", help="sample recorded traffic into a gold set to review")
@@ -84,6 +88,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         run = asyncio.run(run_cases(
             cases, args.target, gold_set=args.gold_set, codec=args.codec,
             backend_name=args.backend_name, backend_version=args.backend_version,
+            model=args.model, model_version=args.model_version,
             concurrency=args.concurrency, timeout_s=args.timeout_ms / 1000,
         ))
     except ValueError as exc:  # an invalid --target or backend name

@@ -63,10 +63,12 @@ async def run_cases(
     cases: Sequence[GoldCase], target: str, *, gold_set: str, codec: str = "oip",
     backend_name: str = "gold-target", backend_version: str = "unknown",
     concurrency: int = 4, timeout_s: float = 5.0, run_id: str | None = None,
+    model: str | None = None, model_version: str | None = None,
 ) -> GoldRun:
     """Send every case to ``target`` (at most ``concurrency`` at once) and judge the answers."""
     backend = Backend(BackendConfig.model_validate(
-        {"name": backend_name, "version": backend_version, "target": target}),
+        {"name": backend_name, "version": backend_version, "target": target, "model": model,
+         "model_version": model_version}),
         max_message_bytes=1 << 30)
     decoding = Decoding(codec_for(codec), None, -1, False)
     limit = asyncio.Semaphore(concurrency)
