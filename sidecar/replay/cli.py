@@ -37,6 +37,10 @@ def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="the candidate's gRPC address")
     p.add_argument("--backend-name", required=True, help="the candidate's backend name")
     p.add_argument("--backend-version", required=True, help="the candidate's version")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="OIP: the model name the candidate is asked for (docs/oip.md)")
+    p.add_argument("--model-version", default=None, metavar="VERSION",
+                   help="OIP: the model version the candidate is asked for")
     p.add_argument("--rate", type=float, default=None, metavar="N",
                    help="requests started per second at most (default: no limit)")
     p.add_argument("--concurrency", type=int, default=8, metavar="N", help="calls in flight")
@@ -62,6 +66,7 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
     return ReplayOptions(
         source=args.source, route=args.route, target=args.target,
         backend_name=args.backend_name, backend_version=args.backend_version, run_id=run_id,
+        model=args.model, model_version=args.model_version,
         out=args.out or default_out(args.source, run_id), since=args.since, until=args.until,
         rate=args.rate, concurrency=args.concurrency, timeout_s=args.timeout_ms / 1000,
         limit=args.limit, codec=args.codec, record_bytes=args.record_bytes,

@@ -70,6 +70,9 @@ class ReplayOptions:
     flush_interval_s: float = 1.0
     max_message_bytes: int = 16 * 1024 * 1024
     progress: bool = True
+    #: OIP model name and version the candidate is asked for (``backends[].model``).
+    model: str | None = None
+    model_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ class _Pacer:
 def _candidate(options: ReplayOptions) -> BackendConfig:
     return BackendConfig.model_validate({"name": options.backend_name,
                                          "version": options.backend_version,
-                                         "target": options.target})
+                                         "target": options.target, "model": options.model,
+                                         "model_version": options.model_version})
 
 
 def _validate(options: ReplayOptions) -> None:
