@@ -222,8 +222,8 @@ def analyze_field_diff(
     where = time_filter(since, until) if since or until else "TRUE"
     if route is not None:
         where += f" AND route = {sql_quote(route)}"
-    scope = version_scope(con, "calls", where=f"{where} AND role = 'shadow'", version=version,
-                          all_versions=all_versions)
+    scope = version_scope(con, "calls", where=f"{where} AND role IN ('shadow', 'replay')",
+                          version=version, all_versions=all_versions)
     where += f" AND {scope.condition}"
     primary = PRIMARY_SQL if "served" in columns else "role = 'primary'"
     served = "served" if "served" in columns else "NULL AS served"
@@ -233,7 +233,7 @@ def analyze_field_diff(
         f"response_json IS NOT NULL AND {where}) WHERE j IS NOT NULL"
     )
     routes = [str(r[0]) for r in con.execute(
-        f"SELECT DISTINCT route FROM ({base}) WHERE role = 'shadow' ORDER BY route"
+        f"SELECT DISTINCT route FROM ({base}) WHERE role IN ('shadow', 'replay') ORDER BY route"
     ).fetchall()]
     settings = newest_route_configs(con)  # read once for replicas and ignore_fields
     replicas = replica_rule(con, where, settings)
@@ -269,7 +269,8 @@ def _route_pairs(
     rule: ReplicaRule,
 ) -> tuple[list[FieldPair], str | None]:
     replicas = set(rule.replicas.get(route, {}))
-    scope = f"FROM ({base}) WHERE route = {sql_quote(route)} AND ({primary} OR role = 'shadow')"
+    scope = (f"FROM ({base}) WHERE route = {sql_quote(route)} "
+             f"AND ({primary} OR role IN ('shadow', 'replay'))")
     (structure_text,) = con.execute(f"SELECT json_group_structure(j) {scope}").fetchall()[0]
     structure = json.loads(structure_text) if structure_text else {}
     wanted = params["fields"]
@@ -302,7 +303,7 @@ def _route_pairs(
         WITH prim AS (SELECT request_id, backend{extracts} FROM ({base})
                       WHERE route = {sql_quote(route)} AND {primary}),
              shad AS (SELECT request_id, backend{extracts} FROM ({base})
-                      WHERE route = {sql_quote(route)} AND role = 'shadow'),
+                      WHERE route = {sql_quote(route)} AND role IN ('shadow', 'replay')),
              vals AS (SELECT p.backend AS pb, s.backend AS sb{', ' + values if values else ''}
                       FROM shad s JOIN prim p USING (request_id)),
              flags AS (SELECT pb, sb{', ' + flags if flags else ''} FROM vals)

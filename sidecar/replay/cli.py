@@ -1,6 +1,6 @@
-"""``sidecar replay``: arguments, the run and its summary. Exit codes: 0 done, 2 bad
-arguments or a source that cannot be replayed, 3 a source that cannot be read, 130
-interrupted (resumable).
+"""``sidecar replay``: arguments, the run and its summary. Exit codes: 0 done, 1 some
+calls failed (a resume sends them again), 2 bad arguments or a source that cannot be
+replayed, 3 a source that cannot be read, 130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ if TYPE_CHECKING:  # the rest is imported when a replay runs, not to build the p
 __all__ = ["add_replay_parser", "options_from_args", "run_replay"]
 
 EXIT_INTERRUPTED = 130
+#: Some replayed calls failed (a closed port, deadlines): a resume sends them again.
+EXIT_FAILED = 1
 
 
 def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``replay`` to a ``sidecar`` subparsers object; its func is :func:`run_replay`."""
+    from sidecar.replay.codecs import CODEC_HELP, check_spec
+
     p: argparse.ArgumentParser = subparsers.add_parser(
         "replay", help="re-send recorded requests to a candidate and record paired outputs",
         description="Re-send a route's recorded requests (recorded with storage.record_bytes: "
@@ -47,8 +51,10 @@ def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--timeout-ms", type=int, default=5000, help="deadline of each call")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="replay at most N requests in this invocation (resume for more)")
-    p.add_argument("--codec", choices=("oip", "raw"), default=None,
-                   help="decode answers with this codec (default: the route's recorded codec)")
+    p.add_argument("--codec", type=check_spec, default=None, metavar="CODEC", help=CODEC_HELP)
+    p.add_argument("--pace", action="store_true",
+                   help="send a caller stream's messages at their recorded offsets (default: "
+                   "as fast as the candidate takes them)")
     p.add_argument("--record-bytes", action="store_true", help="keep the candidate's bytes")
     p.add_argument("--out", default=None, metavar="DB",
                    help="output DuckDB file (default: replay-RUNID.duckdb beside the source)")
@@ -69,17 +75,21 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
         model=args.model, model_version=args.model_version,
         out=args.out or default_out(args.source, run_id), since=args.since, until=args.until,
         rate=args.rate, concurrency=args.concurrency, timeout_s=args.timeout_ms / 1000,
-        limit=args.limit, codec=args.codec, record_bytes=args.record_bytes,
+        limit=args.limit, codec=args.codec, record_bytes=args.record_bytes, pace=args.pace,
         progress=not args.no_progress,
     )
 
 
 def _summary(result: ReplayResult, console: Console) -> None:
+    retried = f", {result.retried} of them failed before" if result.retried else ""
     console.print(
         f"replay {result.run_id}: {result.sent} sent ({result.ok} OK, "
-        f"{result.sent - result.ok} errors), {result.already_done} replayed before, "
+        f"{result.failed} errors{retried}), {result.already_done} replayed OK before, "
         f"{result.selected} selected -> {result.out}"
     )
+    if result.failed and not result.interrupted:
+        console.print(f"{result.failed} calls failed: resume with --run-id {result.run_id} "
+                      f"--out {result.out} to send them again")
     if result.interrupted:
         console.print(f"interrupted: resume with --run-id {result.run_id} --out {result.out}")
     else:
@@ -101,7 +111,9 @@ def run_replay(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code  # 2 bad arguments or data, 3 a source that cannot be read
     _summary(result, console)
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if result.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,11 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import grpc
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -30,6 +32,7 @@ from rich.progress import (
 
 from sidecar.backends import Backend, CallOutcome
 from sidecar.config import BackendConfig
+from sidecar.replay.codecs import CodecUnavailable, build_codecs
 from sidecar.replay.source import (
     RecordedRequest,
     ReplayInputError,
@@ -37,7 +40,11 @@ from sidecar.replay.source import (
     RouteDecoding,
 )
 from sidecar.replay.store import ReplayStore
+from sidecar.replay.streams import send
 from sidecar.sink import CallRecord
+
+if TYPE_CHECKING:
+    from sidecar.codecs import Codec
 
 __all__ = ["ReplayOptions", "ReplayResult", "default_out", "new_run_id", "replay"]
 
@@ -73,11 +80,15 @@ class ReplayOptions:
     #: OIP model name and version the candidate is asked for (``backends[].model``).
     model: str | None = None
     model_version: str | None = None
+    #: a caller stream's messages sent at their recorded offsets (else as fast as taken)
+    pace: bool = False
 
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """What a replay did; ``interrupted`` means it can be resumed with the same run id."""
+    """What a replay did; ``interrupted`` means it can be resumed with the same run id.
+    ``already_done`` counts calls answered OK before; failed ones are sent again
+    (``retried`` of the ``sent``)."""
 
     run_id: str
     out: str
@@ -86,6 +97,12 @@ class ReplayResult:
     sent: int
     ok: int
     interrupted: bool
+    retried: int = 0
+
+    @property
+    def failed(self) -> int:
+        """Calls of this invocation that did not end OK."""
+        return self.sent - self.ok
 
 
 def new_run_id() -> str:
@@ -150,29 +167,39 @@ async def replay(options: ReplayOptions, *, stop: asyncio.Event | None = None) -
     backend = None
     try:
         store = ReplayStore(options.out, options.run_id)
+        store.claim(source.location, options.route, options.target, options.backend_name,
+                    options.backend_version)  # a resume must not change its target
         others = store.other_runs()
         if others:
             log.warning("%s also holds replay runs %s: their rows pair with the same primaries",
                         options.out, ", ".join(others))
-        store.copy_configs(source)
         by_version, latest = source.decodings()
         if options.codec is not None:
-            by_version, latest = {}, RouteDecoding(options.codec, None, -1)
+            by_version = {v: replace(d, codec=options.codec) for v, d in by_version.items()}
+            latest = replace(latest, codec=options.codec)
+        try:
+            codecs = await build_codecs(
+                {*(d.codec for d in by_version.values()), latest.codec},
+                source=source.location, target=options.target, route=options.route,
+                timeout_s=options.timeout_s)
+        except CodecUnavailable as exc:
+            raise ReplayInputError(str(exc)) from exc
+        store.copy_configs(source)
         done = store.done()
+        retry = store.failed()
         selected = source.count()
         backend = Backend(
             _candidate(options),
             max_message_bytes=options.max_message_bytes,
         )
-        run = _Run(options, source, store, backend, stop, by_version, latest)
+        run = _Run(options, source, store, backend, stop, by_version, latest, codecs, retry)
         todo = max(0, selected - len(done))
         if options.limit is not None:
             todo = min(todo, options.limit)
         with _SignalStop(stop):
             sent = await run.go(done, todo)
-        ok = run.ok
-        return ReplayResult(options.run_id, options.out, selected, len(done), sent, ok,
-                            interrupted=stop.is_set())
+        return ReplayResult(options.run_id, options.out, selected, len(done), sent, run.ok,
+                            interrupted=stop.is_set(), retried=run.retried)
     finally:
         if backend is not None:
             await backend.aclose()
@@ -206,7 +233,7 @@ class _Run:
 
     def __init__(self, options: ReplayOptions, source: ReplaySource, store: ReplayStore,
                  backend: Backend, stop: asyncio.Event, by_version: dict[str, RouteDecoding],
-                 latest: RouteDecoding) -> None:
+                 latest: RouteDecoding, codecs: dict[str, Codec], retry: set[str]) -> None:
         self.o = options
         self.source = source
         self.store = store
@@ -214,6 +241,9 @@ class _Run:
         self.stop = stop
         self.by_version = by_version
         self.latest = latest
+        self.codecs = codecs
+        self.retry = retry
+        self.retried = 0
         self.pacer = _Pacer(options.rate)
         self.pending: list[CallRecord] = []
         self.last_flush = time.monotonic()
@@ -272,21 +302,33 @@ class _Run:
                 self.stop.set()
 
     async def _send(self, request: RecordedRequest) -> CallOutcome:
-        return await self.backend.call(
-            request.method, request.body, timeout=self.o.timeout_s,
+        kind = self._decoding(request).streaming
+        if kind in ("client", "bidi"):
+            messages = self.source.request_messages(request.request_id)
+            if messages is None:
+                return CallOutcome(
+                    grpc.StatusCode.FAILED_PRECONDITION, "the caller's stream was not recorded "
+                    "message by message with its bytes (docs/streams.md): not replayed",
+                    None, (), (), time.time(), 0.0)
+            request = replace(request, messages=messages)
+        answer = await send(
+            self.backend, kind, request, timeout=self.o.timeout_s, pace=self.o.pace,
             metadata=(("x-request-id", request.request_id), ("x-shadow", "true"),
                       ("x-replay-run", self.o.run_id)),
         )
+        return answer.outcome
 
     def _answered(self, request: RecordedRequest, outcome: CallOutcome) -> None:
-        decoding = self._decoding(request).decoding(self.o.record_bytes)
+        route = self._decoding(request)
+        decoding = route.decoding(self.o.record_bytes, self.codecs.get(route.codec))
         # ts is the original request's, so time windows hold the pair together.
         self.pending.append(CallRecord(
             request.request_id, request.ts, self.o.route, request.method,
             self.backend.name, self.backend.version, ROLE, False, outcome.code.name,
             outcome.latency_ms, len(request.body), outcome.response, outcome.details,
-            request.config_version or "", decoding,
+            request.config_version or "", decoding, outcome.messages, outcome.first_message_ms,
         ))
+        self.retried += request.request_id in self.retry
         self.sent += 1
         self.ok += outcome.ok
         self._flush()
@@ -297,5 +339,5 @@ class _Run:
         if not self.pending or not (force or due):
             return
         rows, self.pending = self.pending, []
-        self.store.write(self.source, rows, time.time())
+        self.store.write(self.source, rows, time.time(), retried=self.retry)
         self.last_flush = time.monotonic()

@@ -9,7 +9,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 import pyarrow as pa
@@ -20,8 +20,12 @@ from sidecar.errors import ShadowcarError
 from sidecar.exit_codes import EXIT_DATA, EXIT_USAGE
 from sidecar.sink import Decoding
 
+if TYPE_CHECKING:
+    from sidecar.codecs import Codec
+
 __all__ = [
     "PRIMARY_SQL",
+    "Message",
     "RecordedRequest",
     "ReplayInputError",
     "ReplaySource",
@@ -44,28 +48,42 @@ class ReplaySourceError(ReplayInputError):
     exit_code = EXIT_DATA
 
 
+#: A recorded stream message: (milliseconds after the call started, its bytes).
+Message = tuple[float, bytes]
+Streaming = Literal["unary", "server", "client", "bidi"]
+_KINDS: tuple[Streaming, ...] = ("unary", "server", "client", "bidi")
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedRequest:
-    """One recorded request to send again."""
+    """One recorded request to send again; ``messages`` holds a caller stream's messages
+    (client and bidi routes), ``body`` the one request message of the others."""
 
     request_id: str
     ts: float
     method: str
     body: bytes
     config_version: str | None
+    messages: tuple[Message, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RouteDecoding:
-    """How a route's responses were decoded under one config version."""
+    """How a route's calls were made and decoded under one config version: its codec as
+    configured (``oip``, ``raw``, ``reflection`` or ``descriptor:FILE``), compared fields
+    and its streaming kind."""
 
     codec: str
     compare_output: str | None
     score_index: int
+    compare_fields: tuple[str, ...] = ()
+    streaming: Streaming = "unary"
 
-    def decoding(self, record_bytes: bool) -> Decoding:
-        return Decoding(codec_for(self.codec), self.compare_output, self.score_index,
-                        record_bytes)
+    def decoding(self, record_bytes: bool, codec: Codec | None = None) -> Decoding:
+        """The writer's instructions; ``codec`` is the built codec of a JSON route."""
+        built = codec if codec is not None else codec_for(self.codec)
+        return Decoding(built, self.compare_output, self.score_index, record_bytes,
+                        compare_fields=self.compare_fields)
 
 
 RAW = RouteDecoding("raw", None, -1)
@@ -80,11 +98,14 @@ def route_decoding(config_json: str, route: str) -> RouteDecoding | None:
     routes = config.get("routes") if isinstance(config, dict) else None
     for entry in routes or []:
         if isinstance(entry, dict) and entry.get("match") == route:
-            codec = entry.get("codec") or "raw"
+            kind = entry.get("streaming") or "unary"
+            fields = entry.get("compare_fields") or ()
             return RouteDecoding(
-                codec if codec in ("oip", "raw") else "raw",
+                str(entry.get("codec") or "raw"),
                 entry.get("compare_output"),
                 int(entry.get("score_index", -1)),
+                tuple(str(f) for f in fields if isinstance(f, str)),
+                kind if kind in _KINDS else "unary",
             )
     return None
 
@@ -183,6 +204,19 @@ class ReplaySource:
                     yield RecordedRequest(str(rid), float(epoch), str(method), bytes(body),
                                           version)
             last = (rows[-1][1], str(rows[-1][0]))
+
+    def request_messages(self, request_id: str) -> tuple[Message, ...] | None:
+        """A caller stream's recorded messages in order, None when none were recorded one by
+        one (an older sidecar recorded them concatenated) or without their bytes."""
+        if "message_bytes" not in self.columns("stream_messages"):
+            return None
+        rows = self.con.execute(
+            "SELECT offset_ms, message_bytes FROM stream_messages WHERE request_id = ? "
+            "AND direction = 'request' ORDER BY idx", [request_id]
+        ).fetchall()
+        if not rows or any(body is None for _, body in rows):
+            return None
+        return tuple((float(offset or 0.0), bytes(body)) for offset, body in rows)
 
     def decodings(self) -> tuple[dict[str, RouteDecoding], RouteDecoding]:
         """Per config version, the route's decoding; and the newest one as the default."""

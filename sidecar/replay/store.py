@@ -4,7 +4,7 @@ which request ids each run has replayed (so an interrupted run resumes without d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 
 import pyarrow as pa
 
@@ -25,6 +25,20 @@ CREATE TABLE IF NOT EXISTS replay_progress (
 """
 
 
+# One row per run id: what it replays where. A resume that changes any of it is refused.
+_RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS replay_runs (
+    run_id VARCHAR,
+    source VARCHAR,
+    route VARCHAR,
+    target VARCHAR,
+    backend VARCHAR,
+    backend_version VARCHAR,
+    started_at TIMESTAMP
+)
+"""
+
+
 class ReplayStore:
     """One connection to the output DuckDB file; every write is one transaction."""
 
@@ -33,6 +47,7 @@ class ReplayStore:
         self.run_id = run_id
         self.con = connect_out(path)
         self.con.execute(_PROGRESS_DDL).fetchall()
+        self.con.execute(_RUNS_DDL).fetchall()
         self._columns = {t: self._describe(t) for t in ("requests", "calls", "configs")}
 
     def _describe(self, table: str) -> list[str]:
@@ -41,10 +56,46 @@ class ReplayStore:
     def close(self) -> None:
         self.con.close()
 
-    def done(self) -> set[str]:
-        """Request ids this run id has already replayed."""
+    def claim(self, source: str, route: str, target: str, backend: str, version: str) -> None:
+        """Record what this run id replays, or check that a resume replays the same: another
+        route, target or backend under one run id would mix two candidates' answers."""
+        from sidecar.replay.source import ReplayInputError
+
+        wanted = {"route": route, "target": target, "backend": backend}
         rows = self.con.execute(
-            "SELECT request_id FROM replay_progress WHERE run_id = ?", [self.run_id]
+            "SELECT route, target, backend FROM replay_runs WHERE run_id = ?",
+            [self.run_id]).fetchall()
+        if not rows:  # a run begun before replay_runs existed: its progress names a backend
+            rows = [(None, None, str(r[0])) for r in self.con.execute(
+                "SELECT DISTINCT backend FROM replay_progress WHERE run_id = ?",
+                [self.run_id]).fetchall()]
+        for row in rows:
+            found = dict(zip(wanted, row, strict=True))
+            changed = [f"{key} {found[key]!r} (now {value!r})" for key, value in wanted.items()
+                       if found[key] is not None and found[key] != value]
+            if changed:
+                raise ReplayInputError(
+                    f"run {self.run_id} in {self.path} was started with " + ", ".join(changed)
+                    + ": resume it with the same arguments, or give a new --run-id")
+        if not rows or rows[0][0] is None:
+            self.con.execute(
+                "INSERT INTO replay_runs VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                [self.run_id, source, route, target, backend, version]).fetchall()
+
+    def done(self) -> set[str]:
+        """Request ids this run id has replayed and had answered OK (failed ones are sent
+        again by a resume)."""
+        rows = self.con.execute(
+            "SELECT request_id FROM replay_progress WHERE run_id = ? GROUP BY request_id "
+            "HAVING bool_or(status = 'OK')", [self.run_id]
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def failed(self) -> set[str]:
+        """Request ids this run id has replayed without an OK answer yet."""
+        rows = self.con.execute(
+            "SELECT request_id FROM replay_progress WHERE run_id = ? GROUP BY request_id "
+            "HAVING NOT bool_or(status = 'OK')", [self.run_id]
         ).fetchall()
         return {str(r[0]) for r in rows}
 
@@ -61,11 +112,14 @@ class ReplayStore:
             return
         self._insert_new("configs", table, "config_version")
 
-    def write(self, source: ReplaySource, rows: Sequence[CallRecord], ended: float) -> None:
-        """Record replayed calls with their original requests and primary calls, atomically."""
+    def write(self, source: ReplaySource, rows: Sequence[CallRecord], ended: float, *,
+              retried: Set[str] = frozenset()) -> None:
+        """Record replayed calls with their original requests and primary calls, atomically;
+        a call sent again (in ``retried``) replaces its earlier failed row."""
         if not rows:
             return
         ids = [r.request_id for r in rows]
+        again = [i for i in ids if i in retried]
         requests = source.originals("requests", ids, self._columns["requests"])
         primaries = source.originals("calls", ids, self._columns["calls"])
         con = self.con
@@ -73,6 +127,11 @@ class ReplayStore:
         try:
             self._insert_new("requests", requests, "request_id")
             self._insert_new("calls", primaries, "request_id", "role <> 'replay'")
+            if again:
+                con.execute(
+                    "DELETE FROM calls WHERE role = 'replay' AND status <> 'OK' AND backend = ? "
+                    "AND request_id IN (SELECT unnest(?))", [rows[0].backend, again]
+                ).fetchall()
             write_batch(con, "calls", rows)
             progress = pa.table({
                 "run_id": pa.array([self.run_id] * len(rows), pa.string()),

@@ -1,0 +1,145 @@
+"""A test service of our own (not OIP): unary, server, client and bidi methods over messages
+built from a descriptor set protoc writes at test time, served by a real grpc.aio server
+with reflection. ``bump`` changes the score of chosen message indexes, so two servers'
+streams differ exactly where a test says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from grpc_reflection.v1alpha import reflection
+from grpc_tools import protoc
+
+PROTO = """
+syntax = "proto3";
+package gen.v1;
+message Prompt { string text = 1; int32 n = 2; }
+message Token { int32 index = 1; string text = 2; double score = 3; repeated double probs = 4;
+                string model = 5; }
+service Gen {
+  rpc Score(Prompt) returns (Token);
+  rpc Generate(Prompt) returns (stream Token);
+  rpc Collect(stream Prompt) returns (Token);
+  rpc Chat(stream Prompt) returns (stream Token);
+}
+"""
+SERVICE = "gen.v1.Gen"
+SCORE, GENERATE = f"/{SERVICE}/Score", f"/{SERVICE}/Generate"
+COLLECT, CHAT = f"/{SERVICE}/Collect", f"/{SERVICE}/Chat"
+KINDS = {SCORE: "unary", GENERATE: "server", COLLECT: "client", CHAT: "bidi"}
+_WKT = str(importlib.resources.files("grpc_tools") / "_proto")
+
+
+def build_file_set(directory: Path) -> tuple[descriptor_pb2.FileDescriptorSet, Path]:
+    """The service's descriptor set, and the file protoc wrote it to."""
+    (directory / "gen.proto").write_text(PROTO)
+    out = directory / "gen.pb"
+    assert protoc.main(["protoc", f"-I{directory}", f"-I{_WKT}",
+                        f"--descriptor_set_out={out}", "--include_imports",
+                        str(directory / "gen.proto")]) == 0
+    return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()), out
+
+
+class GenServer:
+    """gen.v1.Gen on a free loopback port. Token i of a stream has score ``i / 10`` plus
+    ``bump.get(i, 0)``; ``fail`` makes every call UNAVAILABLE; ``delay_s`` paces a stream."""
+
+    def __init__(self, file_set: descriptor_pb2.FileDescriptorSet, *, reflect: bool = True,
+                 bump: dict[int, float] | None = None, model: str = "gen-1",
+                 delay_s: float = 0.0) -> None:
+        pool = descriptor_pool.DescriptorPool()
+        for file_proto in file_set.file:
+            pool.Add(file_proto)
+        self.prompt = message_factory.GetMessageClass(pool.FindMessageTypeByName("gen.v1.Prompt"))
+        self.token = message_factory.GetMessageClass(pool.FindMessageTypeByName("gen.v1.Token"))
+        self.bump = dict(bump or {})
+        self.model = model
+        self.delay_s = delay_s
+        self.fail = False
+        self.calls = 0
+        self.written = 0
+        self.ended = asyncio.Event()  # set when a streaming call ends (cancelled or not)
+        ser = {"request_deserializer": self.prompt.FromString,
+               "response_serializer": lambda m: m.SerializeToString()}
+        handler = grpc.method_handlers_generic_handler(SERVICE, {
+            "Score": grpc.unary_unary_rpc_method_handler(self._score, **ser),
+            "Generate": grpc.unary_stream_rpc_method_handler(self._generate, **ser),
+            "Collect": grpc.stream_unary_rpc_method_handler(self._collect, **ser),
+            "Chat": grpc.stream_stream_rpc_method_handler(self._chat, **ser),
+        })
+        self.server = grpc.aio.server()
+        self.server.add_generic_rpc_handlers((handler,))
+        if reflect:
+            reflection.enable_server_reflection([SERVICE, reflection.SERVICE_NAME], self.server,
+                                                pool=pool)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.target = f"127.0.0.1:{self.port}"
+
+    def make(self, index: int, text: str) -> Any:
+        score = index / 10 + self.bump.get(index, 0.0)
+        return self.token(index=index, text=text, score=score, probs=[score, 1 - score],
+                          model=self.model)
+
+    async def _enter(self, context: Any) -> None:
+        self.calls += 1
+        if self.fail:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "failing on purpose")
+
+    async def _score(self, request: Any, context: Any) -> Any:
+        await self._enter(context)
+        return self.make(request.n, request.text)
+
+    async def _generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        await self._enter(context)
+        try:
+            for i in range(request.n):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                self.written += 1
+                yield self.make(i, f"{request.text}{i}")
+        finally:
+            self.ended.set()
+
+    async def _collect(self, requests: Any, context: Any) -> Any:
+        await self._enter(context)
+        texts = [r.text async for r in requests]
+        return self.make(len(texts), "|".join(texts))
+
+    async def _chat(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        await self._enter(context)
+        try:
+            i = 0
+            async for request in requests:
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                self.written += 1
+                yield self.make(i, request.text.upper())
+                i += 1
+        finally:
+            self.ended.set()
+
+    async def start(self) -> GenServer:
+        await self.server.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.server.stop(None)
+
+
+def routes(codec: str, methods: Iterable[str] = (SCORE, GENERATE, COLLECT, CHAT),
+           **extra: Any) -> list[dict[str, Any]]:
+    """One route per method, with its streaming kind, codec and compared fields."""
+    return [{"match": m, "primary": "p", "codec": codec, "streaming": KINDS[m],
+             "compare_fields": ["score", "text"], **extra} for m in methods]
+
+
+def codec_spec(kind: str, pb_path: Path) -> str:
+    """``reflection`` or ``descriptor:FILE`` for the parametrized codec ``kind``."""
+    return "reflection" if kind == "reflection" else f"descriptor:{pb_path}"
