@@ -5,12 +5,16 @@ with the primary's answer as the expected one, written as JSON lines for a human
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sidecar.codecs import DESCRIPTOR_PREFIX, REFLECTION
+from sidecar.codecs.fieldpath import extract, leaf_paths
 from sidecar.gold.cases import GoldFileError, GoldSourceError
+from sidecar.replay.codecs import CodecUnavailable, resolve_descriptor
 
 __all__ = ["CaptureResult", "allocate", "capture"]
 
@@ -42,8 +46,13 @@ def allocate(sizes: dict[str, int], n: int) -> dict[str, int]:
 
 
 def capture(source: str, route: str, out: str, *, n: int = 200, stratify: Stratify = "label",
-            atol: float = 1e-6, rtol: float = 1e-3, seed: int = 0) -> CaptureResult:
-    """Write up to ``n`` cases from a recorded source (DuckDB file or Parquet export)."""
+            atol: float = 1e-6, rtol: float = 1e-3, seed: int = 0,
+            tolerances: dict[str, dict[str, float]] | None = None) -> CaptureResult:
+    """Write up to ``n`` cases from a recorded source (DuckDB file or Parquet export).
+
+    A descriptor or reflection route's cases expect its decoded fields (``compare_fields``,
+    else every field but ``ignore_fields``) and name the route's codec; ``tolerances``
+    ({path: {atol, rtol}}) is written into each case."""
     from analysis.load import AnalysisSourceError, open_source, primary_calls
 
     if n < 1:
@@ -65,6 +74,8 @@ def capture(source: str, route: str, out: str, *, n: int = 200, stratify: Strati
                    c.output, c.label, c.backend, c.backend_version,
                    {'c.response_bytes' if 'response_bytes' in _columns(con, 'calls')
                     else 'NULL::BLOB'} AS response_bytes,
+                   {'c.response_json' if 'response_json' in _columns(con, 'calls')
+                    else 'NULL::VARCHAR'} AS response_json,
                    {stratum} AS stratum,
                    row_number() OVER (PARTITION BY {stratum}
                        ORDER BY hash(q.request_id || ?), q.request_id) AS rk
@@ -79,6 +90,7 @@ def capture(source: str, route: str, out: str, *, n: int = 200, stratify: Strati
             raise GoldFileError(f"no answered primary calls with request bytes for route "
                                 f"{route!r} in {source!r}")
         quotas = allocate(sizes, n)
+        settings = RouteSettings.read(con, route, source)
         rows = con.execute(
             f"SELECT * EXCLUDE (rk) FROM ({base}) WHERE rk <= ? ORDER BY stratum, rk",
             [str(seed), route, max(quotas.values())],
@@ -93,7 +105,7 @@ def capture(source: str, route: str, out: str, *, n: int = 200, stratify: Strati
         key = str(row["stratum"])
         if taken.get(key, 0) >= quotas[key]:
             continue
-        case = _case(row, atol, rtol)
+        case = _case(row, atol, rtol, settings, tolerances)
         if case is None:
             continue
         taken[key] = taken.get(key, 0) + 1
@@ -106,19 +118,76 @@ def capture(source: str, route: str, out: str, *, n: int = 200, stratify: Strati
 
 
 def _columns(con: Any, table: str) -> set[str]:
-    return {str(r[0]) for r in con.execute(f"DESCRIBE {table}").fetchall()}
+    import duckdb
+
+    try:
+        return {str(r[0]) for r in con.execute(f"DESCRIBE {table}").fetchall()}
+    except duckdb.Error:  # a source without the table
+        return set()
 
 
-def _case(row: dict[str, Any], atol: float, rtol: float) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class RouteSettings:
+    """What capture needs of the route's newest recorded config."""
+
+    codec: str
+    compare_fields: tuple[str, ...]
+    ignore_fields: tuple[str, ...]
+
+    @property
+    def json(self) -> bool:
+        return self.codec == REFLECTION or self.codec.startswith(DESCRIPTOR_PREFIX)
+
+    @classmethod
+    def read(cls, con: Any, route: str, source: str) -> RouteSettings:
+        entry: dict[str, Any] = {}
+        if "config_json" in _columns(con, "configs"):
+            for (text,) in con.execute("SELECT config_json FROM configs ORDER BY ts DESC NULLS "
+                                       "LAST").fetchall():
+                found = [r for r in (json.loads(text or "{}").get("routes") or [])
+                         if isinstance(r, dict) and r.get("match") == route]
+                if found:
+                    entry = found[0]
+                    break
+        kind = entry.get("streaming") or "unary"
+        if kind != "unary":
+            raise GoldFileError(f"route {route!r} streams ({kind}): a gold case is one request "
+                                "and one answer; replay compares streams (docs/streams.md)")
+        codec = str(entry.get("codec") or "raw")
+        if codec.startswith(DESCRIPTOR_PREFIX):  # the file as found now, for gold run
+            try:
+                codec = DESCRIPTOR_PREFIX + os.path.abspath(resolve_descriptor(codec, source))
+            except CodecUnavailable as exc:
+                raise GoldFileError(str(exc)) from exc
+        return cls(codec, tuple(entry.get("compare_fields") or ()),
+                   tuple(entry.get("ignore_fields") or ()))
+
+    def fields(self, doc: Any) -> dict[str, Any]:
+        """The expected fields of a decoded answer."""
+        paths = self.compare_fields or tuple(
+            p for p in leaf_paths(doc)
+            if not any(fnmatch.fnmatchcase(p, g) for g in self.ignore_fields))
+        return {p: extract(doc, p) for p in paths}
+
+
+def _case(row: dict[str, Any], atol: float, rtol: float, settings: RouteSettings,
+          tolerances: dict[str, dict[str, float]] | None) -> dict[str, Any] | None:
     expected: dict[str, Any] = {}
-    if row["output"] is not None:
+    if settings.json:
+        if row["response_json"] is None:
+            return None  # undecoded (or too big to record decoded): nothing to compare
+        expected["fields"] = settings.fields(json.loads(row["response_json"]))
+    elif row["output"] is not None:
         expected["output"] = [float(v) for v in row["output"]]
-    if row["label"] is not None:
+    if row["label"] is not None and not settings.json:
         expected["label"] = str(row["label"])
     if not expected and row["response_bytes"] is not None:
         expected["response_b64"] = base64.b64encode(bytes(row["response_bytes"])).decode()
     if not expected:
         return None  # nothing to compare (raw route recorded without bytes)
+    extra: dict[str, Any] = {"codec": settings.codec} if settings.json else {}
+    if tolerances:
+        extra["tolerances"] = tolerances
     return {
         "id": str(row["request_id"]),
         "method": str(row["method"]),
@@ -126,6 +195,7 @@ def _case(row: dict[str, Any], atol: float, rtol: float) -> dict[str, Any] | Non
         "expected": expected,
         "atol": atol,
         "rtol": rtol,
+        **extra,
         "meta": {"request_id": str(row["request_id"]), "ts": row["ts"],
                  "backend": row["backend"], "backend_version": row["backend_version"],
                  "stratum": str(row["stratum"]), "review": "pending"},

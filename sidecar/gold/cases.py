@@ -10,16 +10,19 @@ import binascii
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
 
 from sidecar._proto import inference_pb2 as pb
-from sidecar.codecs import CodecError, codec_for, summarize
+from sidecar.codecs import Codec, CodecError, codec_for, summarize
+from sidecar.codecs.descriptor import MethodCodec
+from sidecar.codecs.fieldpath import JsonScalar
 from sidecar.errors import ShadowcarError
 from sidecar.exit_codes import EXIT_DATA, EXIT_USAGE
+from sidecar.gold.fields import FieldTolerance, compare_fields, parse_fields, parse_tolerances
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -37,8 +40,9 @@ __all__ = [
 DEFAULT_METHOD: Final = "/inference.GRPCInferenceService/ModelInfer"
 Verdict = Literal["pass", "regression", "error"]
 
-_KEYS: Final = {"id", "method", "request_b64", "request_json", "expected", "atol", "rtol", "meta"}
-_EXPECTED_KEYS: Final = {"output", "label", "response_b64"}
+_KEYS: Final = {"id", "method", "request_b64", "request_json", "expected", "atol", "rtol", "meta",
+                "tolerances", "codec"}
+_EXPECTED_KEYS: Final = {"output", "label", "response_b64", "fields"}
 #: OIP datatype -> the InferTensorContents field that carries it.
 _CONTENTS: Final = {
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
@@ -62,11 +66,13 @@ class GoldSourceError(GoldFileError):
 
 @dataclass(frozen=True)
 class Expected:
-    """What the model must answer: numbers within tolerance, a label, or exact bytes."""
+    """What the model must answer: numbers within tolerance, a label, exact bytes, or
+    decoded fields (any proto, by field path)."""
 
     output: tuple[float, ...] | None = None
     label: str | None = None
     response: bytes | None = None
+    fields: dict[str, tuple[JsonScalar, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,10 @@ class GoldCase:
     atol: float
     rtol: float
     line: int
+    #: per-field tolerances of ``expected.fields`` (others use atol and rtol)
+    tolerances: dict[str, FieldTolerance] = field(default_factory=dict)
+    #: the codec its answers decode with (capture writes the route's), None: the run's
+    codec: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,17 +176,23 @@ def _case(raw: Any, line: int, method: str, atol: float, rtol: float) -> GoldCas
         request = oip_request(raw["request_json"])
     exp = raw.get("expected")
     if not isinstance(exp, dict) or not exp or set(exp) - _EXPECTED_KEYS:
-        raise ValueError('"expected" must be {"output": [...]}, {"label": "..."} '
-                         'and/or {"response_b64": "..."}')
+        raise ValueError('"expected" must be {"output": [...]}, {"label": "..."}, '
+                         '{"fields": {...}} and/or {"response_b64": "..."}')
     expected = Expected(
         output=_numbers(exp["output"], "expected.output") if exp.get("output") is not None
         else None,
         label=None if exp.get("label") is None else str(exp["label"]),
         response=base64.b64decode(str(exp["response_b64"])) if exp.get("response_b64")
         else None,
+        fields=parse_fields(exp["fields"]) if exp.get("fields") is not None else None,
     )
     if expected == Expected():
-        raise ValueError('"expected" names no output, label or response_b64')
+        raise ValueError('"expected" names no output, label, fields or response_b64')
+    codec = raw.get("codec")
+    if codec is not None:
+        from sidecar.replay.codecs import check_spec
+
+        codec = check_spec(str(codec))
     tol = {}
     for key, default in (("atol", atol), ("rtol", rtol)):
         value = raw.get(key, default)
@@ -184,7 +200,8 @@ def _case(raw: Any, line: int, method: str, atol: float, rtol: float) -> GoldCas
             raise ValueError(f'"{key}" must be a number >= 0, got {value!r}')
         tol[key] = float(value)
     return GoldCase(str(case_id), str(raw.get("method") or method), request, expected,
-                    tol["atol"], tol["rtol"], line)
+                    tol["atol"], tol["rtol"], line,
+                    parse_tolerances(raw.get("tolerances"), tol["atol"], tol["rtol"]), codec)
 
 
 def _records(path: Path) -> Iterator[tuple[int, str, Any]]:
@@ -241,9 +258,11 @@ def load_cases(path: str, *, method: str = DEFAULT_METHOD, atol: float = 1e-6,
 
 
 def judge(case: GoldCase, status: str, response: bytes | None, details: str | None,
-          codec: str, compare_output: str | None = None, score_index: int = -1) -> CaseResult:
-    """Compare one answer with the case: numbers within atol + rtol * |expected|, labels and
-    bytes exactly. A failed call or an undecodable answer is an ``error``."""
+          codec: str | Codec, compare_output: str | None = None,
+          score_index: int = -1) -> CaseResult:
+    """Compare one answer with the case: numbers within atol + rtol * |expected| (a field's
+    own tolerances where the case names them), labels, strings and bytes exactly. A failed
+    call or an undecodable answer is an ``error``."""
     if status != "OK" or response is None:
         return CaseResult(case, "error", status, None, None, None, details or status)
     exp = case.expected
@@ -253,9 +272,22 @@ def judge(case: GoldCase, status: str, response: bytes | None, details: str | No
     output: tuple[float, ...] | None = None
     label: str | None = None
     diff: float | None = None
+    built = codec_for(codec) if isinstance(codec, str) else codec
+    if exp.fields is not None:
+        if not isinstance(built, MethodCodec):
+            return CaseResult(case, "error", status, None, None, None,
+                              f"expected fields need a descriptor or reflection codec, not "
+                              f"{codec!r}")
+        try:
+            doc = built.decode_response_json(case.method, response) or {}
+        except CodecError as exc:
+            return CaseResult(case, "error", status, None, None, None, f"undecodable: {exc}")
+        found, diff = compare_fields(doc, exp.fields, case.tolerances,
+                                     FieldTolerance(case.atol, case.rtol))
+        problems.extend(found)
     if exp.output is not None or exp.label is not None:
         try:
-            tensors = codec_for(codec).decode_response(response)
+            tensors = built.decode_response(response)
             if tensors is None:
                 raise CodecError(f"codec {codec!r} does not decode; expect response_b64")
             summary = summarize(tensors, compare_output, score_index)
@@ -269,9 +301,10 @@ def judge(case: GoldCase, status: str, response: bytes | None, details: str | No
                 problems.append(f"expected {len(exp.output)} values, got {got}")
             else:
                 actual, want = np.asarray(output), np.asarray(exp.output)
-                diff = float(np.max(np.abs(actual - want))) if want.size else 0.0
+                worst = float(np.max(np.abs(actual - want))) if want.size else 0.0
+                diff = worst if diff is None else max(diff, worst)
                 if not np.allclose(actual, want, atol=case.atol, rtol=case.rtol):
-                    problems.append(f"max |diff| {diff:.3g} beyond atol {case.atol:g} + "
+                    problems.append(f"max |diff| {worst:.3g} beyond atol {case.atol:g} + "
                                     f"rtol {case.rtol:g}")
         if exp.label is not None and label != exp.label:
             problems.append(f"label {label!r} != expected {exp.label!r}")

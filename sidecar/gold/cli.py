@@ -18,6 +18,8 @@ __all__ = ["add_gold_parser", "run_gold"]
 
 def add_gold_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``gold run`` and ``gold capture`` to a ``sidecar`` subparsers object."""
+    from sidecar.replay.codecs import check_spec
+
     gold: argparse.ArgumentParser = subparsers.add_parser(
         "gold", help="regression tests against a gold set of reviewed cases"
     )
@@ -29,8 +31,10 @@ def add_gold_parser(subparsers: Any) -> argparse.ArgumentParser:
     run.add_argument("--target", required=True, metavar="HOST:PORT", help="model or sidecar")
     run.add_argument("--method", default=None,
                      help="gRPC method of cases that name none (default: OIP ModelInfer)")
-    run.add_argument("--codec", choices=("oip", "raw"), default="oip",
-                     help="how answers are decoded (raw compares response_b64 only)")
+    run.add_argument("--codec", type=check_spec, default=None, metavar="CODEC",
+                     help="how answers are decoded: oip | raw (response_b64 only) | "
+                     "reflection (asked of the target) | descriptor:FILE (default: each "
+                     "case's codec, which capture writes, else oip)")
     run.add_argument("--atol", type=float, default=1e-6, help="default absolute tolerance")
     run.add_argument("--rtol", type=float, default=1e-3, help="default relative tolerance")
     run.add_argument("--concurrency", type=int, default=4, help="cases in flight")
@@ -55,6 +59,9 @@ def add_gold_parser(subparsers: Any) -> argparse.ArgumentParser:
     cap.add_argument("--atol", type=float, default=1e-6, help="atol written into each case")
     cap.add_argument("--rtol", type=float, default=1e-3, help="rtol written into each case")
     cap.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    cap.add_argument("--field-tol", action="append", default=[], metavar="PATH=ATOL[:RTOL]",
+                     help="a decoded field's own tolerance, written into each case "
+                     "(repeatable; other fields use --atol and --rtol)")
     cap.add_argument("-o", "--output", required=True, metavar="FILE.jsonl", help="gold set out")
     gold.set_defaults(func=run_gold)
     return gold
@@ -79,6 +86,7 @@ def run_gold(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, console: Console) -> int:
     from sidecar.gold.cases import DEFAULT_METHOD, GoldFileError, load_cases
     from sidecar.gold.runner import print_results, record_run, run_cases
+    from sidecar.replay.codecs import CodecUnavailable
 
     cases = load_cases(args.gold_set, method=args.method or DEFAULT_METHOD, atol=args.atol,
                        rtol=args.rtol)
@@ -91,7 +99,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             model=args.model, model_version=args.model_version,
             concurrency=args.concurrency, timeout_s=args.timeout_ms / 1000,
         ))
-    except ValueError as exc:  # an invalid --target or backend name
+    except (ValueError, CodecUnavailable) as exc:  # a bad --target, name or codec
         raise GoldFileError(str(exc)) from exc
     print_results(run, console, show_passes=args.show_passes)
     if args.record:
@@ -104,11 +112,31 @@ def _capture(args: argparse.Namespace, console: Console) -> int:
     from sidecar.gold.capture import capture
 
     result = capture(args.source, args.route, args.output, n=args.n, stratify=args.stratify,
-                     atol=args.atol, rtol=args.rtol, seed=args.seed)
+                     atol=args.atol, rtol=args.rtol, seed=args.seed,
+                     tolerances=_field_tolerances(args.field_tol, args.rtol))
     strata = ", ".join(f"{k}: {v}" for k, v in sorted(result.strata.items()))
     console.print(f"captured {result.written} of {result.available} recorded cases "
                   f"({strata}) -> {result.path}; review them before use")
     return 0
+
+
+def _field_tolerances(given: list[str], rtol: float) -> dict[str, dict[str, float]]:
+    from sidecar.codecs.fieldpath import parse_path
+    from sidecar.gold.cases import GoldFileError
+
+    out: dict[str, dict[str, float]] = {}
+    for item in given:
+        path, sep, tol = item.partition("=")
+        atol_text, _, rtol_text = tol.partition(":")
+        try:
+            parse_path(path)
+            values = {"atol": float(atol_text), "rtol": float(rtol_text) if rtol_text else rtol}
+            if not sep or min(values.values()) < 0:
+                raise ValueError("tolerances are numbers >= 0")
+        except ValueError as exc:
+            raise GoldFileError(f"--field-tol {item!r}: want PATH=ATOL[:RTOL] ({exc})") from exc
+        out[path] = values
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sidecar.backends import Backend
-from sidecar.codecs import codec_for
 from sidecar.config import BackendConfig
 from sidecar.gold.cases import CaseResult, GoldCase, judge
+from sidecar.replay.codecs import build_codecs
 from sidecar.replay.runner import new_run_id
 from sidecar.sink import CallRecord, Decoding, migrate
 from sidecar.sink.writer import write_batch
@@ -60,17 +60,23 @@ class GoldRun:
 
 
 async def run_cases(
-    cases: Sequence[GoldCase], target: str, *, gold_set: str, codec: str = "oip",
+    cases: Sequence[GoldCase], target: str, *, gold_set: str, codec: str | None = None,
     backend_name: str = "gold-target", backend_version: str = "unknown",
     concurrency: int = 4, timeout_s: float = 5.0, run_id: str | None = None,
     model: str | None = None, model_version: str | None = None,
 ) -> GoldRun:
-    """Send every case to ``target`` (at most ``concurrency`` at once) and judge the answers."""
+    """Send every case to ``target`` (at most ``concurrency`` at once) and judge the answers.
+    ``codec`` decodes every answer; None: each case's own (capture writes the route's), else
+    oip. A descriptor file named relative is looked for beside the gold set too; reflection
+    asks the target. Raises CodecUnavailable when a codec cannot be built."""
+    specs = {c.codec or "oip" for c in cases} if codec is None else {codec}
+    codecs = await build_codecs(specs, source=gold_set, target=target, route="*",
+                                timeout_s=timeout_s)
     backend = Backend(BackendConfig.model_validate(
         {"name": backend_name, "version": backend_version, "target": target, "model": model,
          "model_version": model_version}),
         max_message_bytes=1 << 30)
-    decoding = Decoding(codec_for(codec), None, -1, False)
+    decodings = {spec: Decoding(built, None, -1, False) for spec, built in codecs.items()}
     limit = asyncio.Semaphore(concurrency)
     run = run_id or new_run_id()
 
@@ -81,11 +87,12 @@ async def run_cases(
                 metadata=(("x-request-id", f"gold-{run}-{case.id}"), ("x-gold-run", run)),
             )
         status = outcome.code.name
-        result = judge(case, status, outcome.response, outcome.details, codec)
+        spec = codec or case.codec or "oip"
+        result = judge(case, status, outcome.response, outcome.details, codecs[spec])
         call = CallRecord(case.id, outcome.started, f"gold:{gold_set}", case.method,
                           backend.name, backend.version, ROLE, False, status,
                           outcome.latency_ms, len(case.request), outcome.response,
-                          outcome.details, run, decoding)
+                          outcome.details, run, decodings[spec])
         return result, call
 
     try:

@@ -22,7 +22,8 @@ from sidecar.codecs import (
 from sidecar.errors import ShadowcarError
 from sidecar.exit_codes import EXIT_USAGE
 
-__all__ = ["CODEC_HELP", "CodecUnavailable", "build_codec", "build_codecs", "check_spec"]
+__all__ = ["CODEC_HELP", "CodecUnavailable", "build_codec", "build_codecs", "check_spec",
+           "resolve_descriptor"]
 
 CODEC_HELP = ("how answers are decoded: oip | raw | reflection (asked of the target) | "
               "descriptor:FILE (default: the route's recorded codec)")
@@ -43,7 +44,8 @@ def check_spec(spec: str) -> str:
     raise ValueError(f"{spec!r} is not oip, raw, reflection or descriptor:FILE")
 
 
-def _descriptor_path(spec: str, source: str | None) -> str:
+def resolve_descriptor(spec: str, source: str | None) -> str:
+    """The file ``descriptor:FILE`` names: as given, else beside ``source``."""
     name = spec.removeprefix(DESCRIPTOR_PREFIX)
     tried = [name]
     if not os.path.isabs(name) and source is not None:
@@ -67,7 +69,7 @@ async def build_codec(spec: str, *, route: str, target: str, source: str | None 
             return await route_json_codec(REFLECTION, match=route, primary_target=target,
                                           compare=tuple(compare), timeout=timeout_s)
         if spec.startswith(DESCRIPTOR_PREFIX):
-            path = _descriptor_path(spec, source)
+            path = resolve_descriptor(spec, source)
             return await route_json_codec(DESCRIPTOR_PREFIX + path, match=route,
                                           primary_target=target, compare=tuple(compare))
     except CodecError as exc:
