@@ -3,11 +3,13 @@
 Run with ``.venv-interop/bin/python tests/interop/_client.py TARGET MODEL SAMPLES.json
 [PREFIX]`` (the Triton client lives in the interop virtualenv only). Each row of SAMPLES is
 one ModelInfer call asking for ``predict_proba``, its x-request-id ``PREFIX-<row>``. Prints
-one JSON object: live, ready, model_ready, metadata and per-row probabilities.
+one JSON object: live, ready, model_ready, metadata, per-row probabilities and each answer's
+bytes (the ModelInferResponse as the client received it, base64).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from pathlib import Path
@@ -30,6 +32,7 @@ def run(target: str, model: str, samples: list[list[float]], prefix: str) -> dic
             "missing_model_ready": _missing_model_ready(client),
             "metadata": {k: metadata.get(k) for k in ("name", "versions", "platform")},
             "probabilities": [],
+            "responses": [],
         }
         for index, row in enumerate(samples):
             features = grpcclient.InferInput("input-0", [1, len(row)], "FP64")
@@ -38,11 +41,14 @@ def run(target: str, model: str, samples: list[list[float]], prefix: str) -> dic
                 model,
                 [features],
                 outputs=[grpcclient.InferRequestedOutput(OUTPUT)],
+                request_id=f"row-{index}",
                 headers={"x-request-id": f"{prefix}-{index}"},
                 client_timeout=10,
             )
             probabilities = answer.as_numpy(OUTPUT)
             result["probabilities"].append(np.asarray(probabilities).reshape(-1).tolist())
+            raw = answer.get_response().SerializeToString(deterministic=True)
+            result["responses"].append(base64.b64encode(raw).decode())
         return result
     finally:
         client.close()
