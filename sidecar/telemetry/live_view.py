@@ -78,6 +78,7 @@ def route_view(plan: RoutePlan, live: LiveCounters) -> dict[str, Any]:
         "match": plan.match,
         "primary": plan.primary.name,
         "primary_version": plan.primary.version,
+        "primary_model": plan.primary.config.model,  # OIP name it is asked for (issue 17)
         "requests": counters.requests,
         "errors": dict(counters.errors),
         "in_flight": counters.in_flight,
@@ -89,6 +90,7 @@ def route_view(plan: RoutePlan, live: LiveCounters) -> dict[str, Any]:
                 **live.lane(plan.match, lane.backend.name).as_dict(),
                 "sample_percent": lane.config.sample_percent,
                 "version": lane.backend.version,
+                "model": lane.backend.config.model,
                 "replica": lane.config.replica,
             }
             for lane in plan.shadows
@@ -107,7 +109,8 @@ def backend_views(
     out = []
     for name, b in backends.items():
         breaker = b.breaker.snapshot()
-        out.append({"name": name, "version": b.version, "target": b.target,
+        out.append({"name": name, "version": b.version, "model": b.config.model,
+                    "target": b.target,
                     "breaker": breaker["state"], "breaker_detail": breaker,
                     **seen.get(name, empty)})
     return out

@@ -98,6 +98,13 @@ async def test_shadows_under_other_names_and_routes_per_model(
     status = await health.Check(health_pb2.HealthCheckRequest(
         service="inference.GRPCInferenceService"))
     assert status.status == health_pb2.HealthCheckResponse.SERVING
+    # The dashboard's data names each backend's model (shown as backend@version (model)).
+    stats = sc.stats()
+    fraud_view = next(r for r in stats["routes"] if r["match"] == f"{INFER};model=fraud-lr")
+    assert fraud_view["primary_model"] is None
+    assert fraud_view["shadows"]["gbm"]["model"] == "fraud-gbm"
+    assert {b["name"]: b["model"] for b in stats["backends"]} == {
+        "lr": None, "gbm": "fraud-gbm", "rf": "credit-rf"}
     await sc.aclose()
     con = duckdb.connect(str(db), read_only=True)
     try:
