@@ -1,0 +1,43 @@
+"""Issue 17 (per-backend model name in replay and gold runs): a gold run and a replay's
+candidate given --model ask the target for that model name, like backends[].model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar._proto import inference_pb2 as pb
+from sidecar.cli import build_parser
+from sidecar.gold.cases import Expected, GoldCase
+from sidecar.gold.runner import run_cases
+from sidecar.replay.cli import options_from_args
+from sidecar.replay.runner import _candidate
+from tests.server.oip_fake import start_fake
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+async def test_a_gold_run_asks_for_its_model_name() -> None:
+    fake = await start_fake({"fraud-gbm": ["2"]})
+    try:
+        request = pb.ModelInferRequest(model_name="fraud-lr", model_version="1")
+        request.inputs.add(name="x", datatype="FP64", shape=[1, 1])
+        request.raw_input_contents.append(b"\x00" * 8)
+        case = GoldCase("c1", INFER, request.SerializeToString(), Expected(output=(8.0,)),
+                        1e-9, 1e-9, 1)
+        run = await run_cases([case], fake.target, gold_set="s", model="fraud-gbm")
+        assert [r.verdict for r in run.results] == ["pass"]
+        assert fake.names("ModelInfer") == [("fraud-gbm", "")]
+        # Without --model the caller's recorded name goes as it was: NOT_FOUND there.
+        run = await run_cases([case], fake.target, gold_set="s")
+        assert run.results[0].status == "NOT_FOUND"
+    finally:
+        await fake.server.stop(0)
+
+
+def test_replay_options_carry_the_model_name(tmp_path: Any) -> None:
+    args = build_parser().parse_args([
+        "replay", "--from", str(tmp_path / "a.duckdb"), "--route", INFER, "--to",
+        "127.0.0.1:1", "--backend-name", "gbm", "--backend-version", "2",
+        "--model", "fraud-gbm", "--model-version", "2"])
+    config = _candidate(options_from_args(args))
+    assert (config.model, config.model_version) == ("fraud-gbm", "2")
