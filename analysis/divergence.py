@@ -40,6 +40,7 @@ from analysis.operations import (
 from analysis.report.json import jsonable
 from analysis.significance import P_FLOOR
 from analysis.stats import finite_or_none
+from analysis.stream_diff import VECTOR_NOTE, vector_tolerance
 
 __all__ = [
     "SCHEMA",
@@ -64,6 +65,7 @@ NOTES = (
     "a replica shadow is compared only with the backend it copies (replica_of, else the "
     "backend recorded with its version, else the route's primary); its figures are the "
     "noise floor of the route's other shadows against the same primary",
+    VECTOR_NOTE,
 )
 
 #: The calls columns a pair needs; naming them keeps the join's rows narrow.
@@ -115,6 +117,9 @@ class PairDivergence:
     #: The shadow's copies on this route, in the live counters' words (docs/counters.md):
     #: sampled = sent + dropped, sent = answered + errored.
     shadow_calls: dict[str, int] | None = None
+    #: Pairs with output vectors compared whole (analysis.stream_diff): n, out_of_tolerance,
+    #: length_mismatch; None when the outputs are scalars.
+    vectors: dict[str, int] | None = None
 
 
 def _shadow_calls(ops: Operations, route: str, shadow: str) -> dict[str, int]:
@@ -229,6 +234,7 @@ def analyze_divergence(
     """
     join = f"FROM shad s LEFT JOIN prim p ON p.request_id = s.request_id {seg_join}"
     rows = _pair_rows(con, base, join, seg_sql, atol, rtol, has_vectors)
+    whole = vector_tolerance(con, base, join, seg_sql, atol, rtol) if has_vectors else {}
     if not rows:
         return DivergenceReport((), params, "no shadow calls in the selected window", notes,
                                 scope.to_dict())
@@ -247,7 +253,13 @@ def analyze_divergence(
             continue
         scores = list(_fetch_scores(con, base, join, seg_sql, row) if row["n"]
                       else (np.empty(0), np.empty(0)))
-        pairs.append(_build_pair(row, scores, ops, replicas))
+        pair = _build_pair(row, scores, ops, replicas)
+        vec = whole.get((row["route"], row["pb"], row["sb"], row["seg"]))
+        if vec is not None:  # issue 20.7: whole vectors, not output[score_index]
+            numeric = pair.numeric and replace(
+                pair.numeric, out_of_tolerance=vec["out_of_tolerance"] / vec["n"])
+            pair = replace(pair, vectors=vec, numeric=numeric)
+        pairs.append(pair)
     pairs = _attach_unmatched(pairs, unmatched_only, ops, replicas, segment)
     pairs = _apply_noise_floor(pairs)
     if "response_hash" in calls and segment is None:
