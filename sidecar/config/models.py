@@ -350,6 +350,10 @@ class RouteConfig(_Model):
     streaming: Literal["unary", "server", "client", "bidi"] = Field(
         "unary", description="the matched methods' kind; streams pass through with flow control"
     )
+    full_shadow_streams: bool = Field(
+        False, description="read a shadow's stream to its end even when the caller's stream "
+        "ends early (default: the shadow's stream is ended with it)"
+    )
     compare_output: str | None = Field(None, description="output tensor compared (default first)")
     score_index: int = Field(-1, description="element of a vector output used as its score")
     shadows: tuple[MirrorShadowConfig, ...] = Field((), description="backends mirrored to")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from sidecar.backends import CallOutcome
+from sidecar.mirror.streams import CUT_DETAILS, read_stream
 from sidecar.resilience import Ticket
 from sidecar.routing import LaneCounters, LiveCounters, ShadowLane, sampled_lanes
 from sidecar.sink import CallRecord
@@ -125,9 +126,10 @@ class Mirror:
         breaker = backend.breaker
         started = time.time()
         try:
-            if stream:
-                outcome = await backend.drain(call.method, call.request,
-                                              timeout=lane.timeout_s, metadata=metadata)
+            if stream:  # ended with the caller's stream unless the route wants it whole
+                cut = None if call.plan.config.full_shadow_streams else call.cut
+                outcome = await read_stream(backend, call.method, call.request,
+                                            timeout=lane.timeout_s, metadata=metadata, cut=cut)
             else:
                 outcome = await backend.call(call.method, call.request,
                                              timeout=lane.timeout_s, metadata=metadata)
@@ -148,8 +150,11 @@ class Mirror:
                 started, (time.time() - started) * 1000))
             return
         counters.in_flight -= 1
-        breaker.report(ticket, outcome.code.name, call.shown(outcome.details),
-                       call.plan.failure_codes)
+        if outcome.details == CUT_DETAILS:
+            breaker.release(ticket)  # ended by the caller: no verdict on the shadow
+        else:
+            breaker.report(ticket, outcome.code.name, call.shown(outcome.details),
+                           call.plan.failure_codes)
         if not outcome.ok:
             counters.errored += 1
         self._finish(call, lane, span, outcome)

@@ -4,6 +4,7 @@ through admit, decide, serve, mirror, answer and record; its records are built f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -53,6 +54,9 @@ class Call:
     #: The serving backend's own outcome, and what the caller gets (a fallback's, maybe).
     outcome: CallOutcome | None = None
     served: CallOutcome | None = None
+    #: A stream's end as the caller saw it (set when it ends early: cancelled or failed);
+    #: shadow streams end with it unless the route asks for full shadow streams.
+    cut: asyncio.Event | None = None
 
     @property
     def status(self) -> str:

@@ -9,6 +9,7 @@ Both streams are recorded (messages, time to first message, concatenated bytes).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
@@ -128,6 +129,8 @@ class StreamForwarder:
                                 _trailing(call, err.trailing_metadata()))
         finally:
             stream.cancel()
+            if status != "OK" and call.cut is not None:
+                call.cut.set()  # shadow streams end with the caller's (issue 20.5)
             self._record(call, tally, status, details, request_bytes())
 
     async def server_stream(
@@ -135,6 +138,7 @@ class StreamForwarder:
     ) -> AsyncIterator[bytes]:
         call = self._open(plan, method, request, context)
         if plan.shadows:
+            call.cut = asyncio.Event()
             self._d.mirror.start(call, stream=True)
         stream = plan.primary.stream("server", method)(
             request, timeout=call.timeout, metadata=call.metadata

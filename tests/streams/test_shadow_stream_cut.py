@@ -1,0 +1,66 @@
+"""Issue 20.5: a shadow's stream ends when its caller's stream ends early, unless the route
+asks for full shadow streams; both over a service of our own under both JSON codecs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from sidecar.mirror.streams import CUT_DETAILS
+from tests.streams.service import GENERATE, GenServer, build_file_set, codec_spec, routes
+
+MESSAGES = 1000
+
+
+async def _cancel_after(channel: Any, body: bytes, keep: int) -> list[bytes]:
+    call = channel.unary_stream(GENERATE)(body, metadata=(("x-request-id", "cut-1"),),
+                                          timeout=30)
+    got: list[bytes] = []
+    async for message in call:
+        got.append(message)
+        if len(got) == keep:
+            call.cancel()
+            break
+    return got
+
+
+@pytest.mark.parametrize(("kind", "full"), [("descriptor", False), ("reflection", False),
+                                            ("descriptor", True)])
+async def test_shadow_stream_ends_with_the_callers(
+    kind: str, full: bool, tmp_path: Path, start_sidecar: Any, channel_to: Any,
+) -> None:
+    file_set, pb = build_file_set(tmp_path)
+    primary = await GenServer(file_set, delay_s=0.002).start()
+    shadow = await GenServer(file_set, delay_s=0.002).start()
+    db = tmp_path / "cut.duckdb"
+    n = 150 if full else MESSAGES
+    try:
+        route = routes(codec_spec(kind, pb), (GENERATE,), full_shadow_streams=full,
+                       timeout_ms=30_000)[0]
+        route["shadows"] = [{"backend": "s", "timeout_ms": 30_000}]
+        sc = await start_sidecar({"p": primary.target, "s": shadow.target}, [route],
+                                 db_path=db)
+        body = primary.prompt(text="t", n=n).SerializeToString()
+        got = await _cancel_after(channel_to(sc.port), body, 10)
+        assert len(got) == 10
+        # The shadow's stream ends soon after the caller's (it would run 2 s more if not).
+        await asyncio.wait_for(shadow.ended.wait(), 20)
+        await sc.aclose()
+    finally:
+        await primary.stop()
+        await shadow.stop()
+    con = duckdb.connect(str(db), read_only=True)
+    rows = dict(((role), (status, messages, error)) for role, status, messages, error in
+                con.execute("SELECT role, status, messages, error FROM calls").fetchall())
+    con.close()
+    assert rows["primary"][0] == "CANCELLED"
+    status, messages, error = rows["shadow"]
+    if full:
+        assert (status, messages) == ("OK", n) and shadow.written == n
+    else:
+        assert status == "CANCELLED" and error == CUT_DETAILS
+        assert messages < MESSAGES / 2 and shadow.written < MESSAGES / 2
