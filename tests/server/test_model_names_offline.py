@@ -41,3 +41,48 @@ def test_replay_options_carry_the_model_name(tmp_path: Any) -> None:
         "--model", "fraud-gbm", "--model-version", "2"])
     config = _candidate(options_from_args(args))
     assert (config.model, config.model_version) == ("fraud-gbm", "2")
+
+
+async def test_stream_messages_name_the_backends_model() -> None:
+    """Issue 17.1 (streams): every request message of an OIP stream to a backend with a
+    model name carries it; other methods' messages go as they came."""
+    import grpc
+
+    from sidecar.backends.channel import Backend
+    from sidecar.codecs.oip_header import read_model
+    from sidecar.config import BackendConfig
+
+    async def echo(requests: Any, context: Any) -> Any:
+        async for message in requests:
+            yield message
+
+    async def echo_one(request: bytes, context: Any) -> Any:
+        yield request
+
+    handlers = {
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(echo),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(echo_one),
+    }
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    backend = Backend(BackendConfig(name="gbm", version="2", target=f"127.0.0.1:{port}",
+                                    model="fraud-gbm"), max_message_bytes=1 << 20)
+    try:
+        sent = [pb.ModelInferRequest(model_name="fraud-lr", id=str(i)).SerializeToString()
+                for i in range(3)]
+
+        async def messages() -> Any:
+            for message in sent:
+                yield message
+
+        stream = backend.stream("bidi", "/inference.GRPCInferenceService/ModelStreamInfer")
+        got = [read_model(m).name async for m in stream(messages(), timeout=10)]
+        assert got == ["fraud-gbm"] * 3
+        other = backend.stream("server", "/inference.GRPCInferenceService/ServerStream")
+        assert [m async for m in other(sent[0], timeout=10)] == [sent[0]]
+    finally:
+        await backend.aclose()
+        await server.stop(0)
