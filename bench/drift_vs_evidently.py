@@ -7,7 +7,7 @@ second half current, as the drift report's default windows). Each tool runs in i
 process under ``/usr/bin/time -v``; Evidently from its own throwaway venv (never .venv):
 
     python3 -m venv bench/.venv-evidently
-    bench/.venv-evidently/bin/pip install 'evidently==0.7.23'
+    bench/.venv-evidently/bin/pip install 'evidently==0.7.23' 'pandas<3'  # 0.7.23 predates pandas 3
     .venv/bin/python bench/drift_vs_evidently.py --rows 1000000 --features 10
 """
 

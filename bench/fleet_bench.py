@@ -85,6 +85,32 @@ def generate(directory: Path, pairs: int) -> float:
     return time.perf_counter() - start
 
 
+#: The measured floor: one bare DuckDB query of each report's main shape over the same files
+#: (the pair join with its moments; first exposures joined to outcomes, summed per unit).
+_FLOORS = {
+    "divergence": """
+        WITH c AS (SELECT request_id, role, score FROM read_parquet('{d}/table=calls/**/*.parquet'))
+        SELECT count(*), sum(s.score - p.score), sum((s.score - p.score) ^ 2),
+               corr(s.score, p.score)
+        FROM c s JOIN c p USING (request_id) WHERE s.role = 'shadow' AND p.role = 'primary'""",
+    "experiment": """
+        WITH e AS (SELECT unit_id, min(variant) AS variant, min(ts) AS t0
+                   FROM read_parquet('{d}/table=requests/**/*.parquet')
+                   WHERE exposed GROUP BY unit_id),
+             u AS (SELECT e.variant, sum(o.value) AS v
+                   FROM e JOIN read_parquet('{d}/table=outcomes/**/*.parquet') o
+                   USING (unit_id) WHERE o.ts >= e.t0 GROUP BY e.unit_id, e.variant)
+        SELECT variant, count(*), sum(v), sum(v * v) FROM u GROUP BY variant""",
+}
+
+
+def floor_child(kind: str, directory: str, memory_limit: str) -> None:
+    """Run the bare query of ``kind`` (a child process, timed by the parent)."""
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    print(con.execute(_FLOORS[kind].format(d=directory)).fetchall())
+
+
 def _measure(argv: list[str]) -> dict[str, float | int | str]:
     """Run one CLI report under /usr/bin/time -v; wall seconds, peak RSS, CPU, exit."""
     load = os.getloadavg()[0]
@@ -103,7 +129,7 @@ def _measure(argv: list[str]) -> dict[str, float | int | str]:
             "cpu_s": round(float(field("User time (seconds)"))
                            + float(field("System time (seconds)")), 2),
             "load": round(load, 1),
-            "error": "" if done.returncode == 0 else text.strip().splitlines()[0][:160]}
+            "error": "" if done.returncode == 0 else text.strip()[-400:]}
 
 
 def main() -> int:
@@ -117,7 +143,14 @@ def main() -> int:
     parser.add_argument("--reports", nargs="+", default=["divergence", "experiment"])
     parser.add_argument("--memory-limit", help="passed to every report (default: the CLI's)")
     parser.add_argument("--spark-master", help="passed to --engine spark runs")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time a bare DuckDB query of each report's shape")
+    parser.add_argument("--floor-child", nargs=2, metavar=("KIND", "DIR"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor_child:
+        floor_child(*args.floor_child, args.memory_limit or "600MB")
+        return 0
     made = None
     if args.dir:
         directory = Path(args.dir)
@@ -131,6 +164,10 @@ def main() -> int:
             size = sum(f.stat().st_size for f in directory.rglob("*.parquet"))
             print(f"wrote {args.pairs:,} pairs and {args.pairs:,} units as the fleet layout "
                   f"({size / 2**20:,.0f} MiB Parquet) in {seconds:.1f} s")
+        found = duckdb.connect().execute(
+            f"SELECT count(*) FROM read_parquet('{directory}/table=outcomes/**/*.parquet')"
+        ).fetchone()
+        pairs = int(found[0]) if found else args.pairs  # one outcome per unit, as many pairs
         results = []
         for report in args.reports:
             for engine in args.engines:
@@ -144,10 +181,18 @@ def main() -> int:
                 result = {"report": report, "engine": engine, **_measure(argv)}
                 results.append(result)
                 print(json.dumps(result))
+            if args.floor and report in _FLOORS:
+                argv = [sys.executable, __file__, "--floor-child", report, str(directory)]
+                if args.memory_limit:
+                    argv += ["--memory-limit", args.memory_limit]
+                result = {"report": report, "engine": "floor: bare DuckDB query",
+                          **_measure(argv)}
+                results.append(result)
+                print(json.dumps(result))
         print("\n| report | engine | pairs/units | wall s | CPU s | peak RSS MB | load | exit |")
         print("|---|---|---|---|---|---|---|---|")
         for r in results:
-            print(f"| {r['report']} | {r['engine']} | {args.pairs:,} | {r['seconds']} | "
+            print(f"| {r['report']} | {r['engine']} | {pairs:,} | {r['seconds']} | "
                   f"{r['cpu_s']} | {r['peak_mb']} | {r['load']} | {r['exit']} |")
     finally:
         if made:
