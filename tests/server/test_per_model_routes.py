@@ -155,3 +155,31 @@ async def test_default_route_fallback_and_variants_are_renamed(
     assert set(a.names("ModelInfer")) == {("m-a", "")}
     assert set(b.names("ModelInfer")) == {("m-b", "")}
     assert a.names("ModelInfer") and len(b.names("ModelInfer")) > 1  # both variants served
+
+
+async def test_a_reload_moves_models_and_metadata_to_their_new_routes(
+    tmp_path: Path, fakes: Any, start_sidecar: Any, channel_to: Any
+) -> None:
+    """Issue 17.2, 17.3 across a reload: the per-model routes, the passthrough of the
+    protocol's other calls and the health map follow the new config."""
+    from sidecar.config import parse_config
+    from tests.conftest import sidecar_config
+
+    a = await fakes({"credit": ["1"]}, server_name="a")
+    b = await fakes({"credit-v2": ["2"]}, server_name="b")
+    backends = [{"name": "pa", "version": "1", "target": a.target},
+                {"name": "pb", "version": "2", "target": b.target, "model": "credit-v2"}]
+    first = [{"match": INFER, "primary": "pa", "codec": "oip"}]
+    sc = await start_sidecar({}, first, backends_override=backends)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel_to(sc.port))
+    assert (await stub.ModelMetadata(pb.ModelMetadataRequest(name="credit"))).platform == "a"
+    second = [*first, {"match": {"method": INFER, "model": "credit"}, "primary": "pb",
+                       "codec": "oip"}]
+    data = sidecar_config(tmp_path / "sidecar.duckdb", {}, second, backends_override=backends)
+    assert await sc.reload(parse_config(data), actor="test", reason="per-model route")
+    meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="credit"))
+    assert (meta.name, meta.platform) == ("credit", "b")
+    answer = await stub.ModelInfer(_request("credit"))
+    assert answer.model_name == "credit"
+    assert b.names("ModelInfer") == [("credit-v2", "")]
+    assert a.names("ModelInfer") == []
