@@ -317,9 +317,10 @@ class Sidecar:
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._server)
         feedback = add_feedback_service(self._server, self.outcomes, FeedbackAuth(
             lambda: self.loaded.admin_token, cfg.admin.allow_unauthenticated))
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(ProxiedReflection(
-            (HEALTH_SERVICE, feedback, reflection.SERVICE_NAME), lambda: self._services),
-            self._server)
+        own = (HEALTH_SERVICE, feedback, reflection.SERVICE_NAME)
+        self.health_servicer.own = frozenset(own)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            ProxiedReflection(own, lambda: self._services), self._server)
         creds = server_credentials(self.loaded)
         try:
             if creds is None:

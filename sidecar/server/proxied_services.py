@@ -85,11 +85,13 @@ class ProxiedHealth(health.aio.HealthServicer):  # type: ignore[misc]  # no stub
     def __init__(self, services: Callable[[], ServiceMap]) -> None:
         super().__init__()
         self._services = services
+        #: The sidecar's own services: never asked of a primary (set once they are known).
+        self.own: frozenset[str] = frozenset()
 
     async def Check(  # the proto's method name
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> health_pb2.HealthCheckResponse:
-        if request.service in self._server_status:
+        if request.service in self._server_status or request.service in self.own:
             return await super().Check(request, context)
         backend = self._services().primary(request.service)
         if backend is None:

@@ -134,8 +134,8 @@ async def test_default_route_fallback_and_variants_are_renamed(
         {"name": "vb", "version": "1", "target": b.target, "model": "m-b"},
     ]
     routes = [
-        {"match": INFER, "primary": "down", "codec": "oip", "timeout_ms": 2000,
-         "fallback": {"backend": "fb", "codes": ["UNAVAILABLE"]}},
+        {"match": INFER, "primary": "down", "codec": "oip", "timeout_ms": 10_000,
+         "fallback": {"backend": "fb", "codes": ["UNAVAILABLE"], "timeout_ms": 10_000}},
         {"match": {"method": INFER, "model": "exp"}, "primary": "va", "codec": "oip",
          "experiment": {"name": "e", "unit": {"metadata": "x-user"},
                         "variants": [{"name": "control", "backend": "va", "weight": 50},

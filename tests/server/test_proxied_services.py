@@ -105,6 +105,11 @@ async def test_an_unreachable_primary_is_not_serving_and_shutdown_wins(sidecar: 
     channel, servicer = await sidecar.start(_config(
         {"p": fake.target}, [{"match": "*", "primary": "p"}]))
     assert await _check(channel, OIP) == SERVING
+    # The sidecar's own services are never asked of a primary, even under a '*' route.
+    servicer.own = frozenset({"shadowcar.v1.Feedback"})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _check(channel, "shadowcar.v1.Feedback")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
     await servicer.enter_graceful_shutdown()
     assert await _check(channel, OIP) == NOT_SERVING
 
