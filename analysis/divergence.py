@@ -40,7 +40,7 @@ from analysis.operations import (
 from analysis.report.json import jsonable
 from analysis.significance import P_FLOOR
 from analysis.stats import finite_or_none
-from analysis.stream_diff import VECTOR_NOTE, vector_tolerance
+from analysis.stream_diff import STREAM_NOTE, VECTOR_NOTE, attach_streams, vector_tolerance
 
 __all__ = [
     "SCHEMA",
@@ -120,6 +120,9 @@ class PairDivergence:
     #: Pairs with output vectors compared whole (analysis.stream_diff): n, out_of_tolerance,
     #: length_mismatch; None when the outputs are scalars.
     vectors: dict[str, int] | None = None
+    #: Streams compared message by message (analysis.stream_diff): streams and messages
+    #: figures; None when the route recorded no stream messages.
+    streams: dict[str, Any] | None = None
 
 
 def _shadow_calls(ops: Operations, route: str, shadow: str) -> dict[str, int]:
@@ -221,7 +224,7 @@ def analyze_divergence(
     scope = version_scope(con, "calls", where=f"{where} AND role IN ('shadow', 'replay')",
                           version=version, all_versions=all_versions)
     where += f" AND {scope.condition}"
-    notes = (*NOTES, scope.note)
+    notes: tuple[str, ...] = (*NOTES, scope.note)
     seg_sql, seg_join = _segment_sql(con, segment, calls)
     seg_column = f', "{segment}"' if seg_sql.startswith("s.") else ""
     vectors = con.execute("SELECT EXISTS (SELECT 1 FROM calls WHERE output IS NOT NULL)")
@@ -262,6 +265,9 @@ def analyze_divergence(
         pairs.append(pair)
     pairs = _attach_unmatched(pairs, unmatched_only, ops, replicas, segment)
     pairs = _apply_noise_floor(pairs)
+    pairs, streamed = attach_streams(con, pairs, where, PRIMARY_SQL, atol, rtol)
+    if streamed:
+        notes = (*notes, STREAM_NOTE)
     if "response_hash" in calls and segment is None:
         pairs = _attach_identical(con, where, pairs)
     else:

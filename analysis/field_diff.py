@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from analysis.load import (
 )
 from analysis.noise_floor import ReplicaRule, newest_route_configs, replica_rule
 from analysis.report.json import jsonable
+from analysis.stream_diff import STREAM_FIELDS_NOTE, stream_field_base, stream_routes
 
 __all__ = ["SCHEMA", "FieldDiff", "FieldDiffReport", "FieldPair", "analyze_field_diff"]
 
@@ -240,11 +241,16 @@ def analyze_field_diff(
     configured = _ignore_fields(settings) if ignore is None else {}
     pairs: list[FieldPair] = []
     notes: list[str] = []
-    for name in routes:
+    # Issue 20.1: a stream's fields are compared message by message (analysis.stream_diff).
+    streamed = {r for r in stream_routes(con) if route is None or r == route}
+    for name in sorted(set(routes) | streamed):
         globs = list(ignore) if ignore is not None else configured.get(name, [])
+        route_base = stream_field_base(where, name, primary) if name in streamed else base
         built, note = _route_pairs(
-            con, base, primary, name, {**params, "ignore": globs}, replicas
+            con, route_base, primary, name, {**params, "ignore": globs}, replicas
         )
+        if name in streamed:
+            built = [replace(p, message=p.message or STREAM_FIELDS_NOTE) for p in built]
         pairs.extend(built)
         if note:
             notes.append(note)
