@@ -165,6 +165,15 @@ class StorageConfig(_Model):
         description="bytes one message may take recorded (decoded or raw); a larger one is "
         "recorded as a summary (truncated)",
     )
+    stream_max_messages: int = Field(
+        10_000, ge=0, le=10_000_000,
+        description="messages of one stream recorded one by one (stream_messages); the rest "
+        "are counted, not kept (docs/streams.md)",
+    )
+    stream_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=0, le=1024**3,
+        description="bytes of one stream's messages recorded one by one; the rest are counted",
+    )
     probe_interval_ms: PositiveMs = Field(
         1000, description="how often a failing sink re-checks that it can write (readiness)"
     )
@@ -350,6 +359,10 @@ class RouteConfig(_Model):
     streaming: Literal["unary", "server", "client", "bidi"] = Field(
         "unary", description="the matched methods' kind; streams pass through with flow control"
     )
+    stream_key: str | None = Field(
+        None, description="field path in each stream message that pairs messages in "
+        "comparisons (default: their index in the stream)"
+    )
     full_shadow_streams: bool = Field(
         False, description="read a shadow's stream to its end even when the caller's stream "
         "ends early (default: the shadow's stream is ended with it)"
@@ -418,6 +431,15 @@ class RouteConfig(_Model):
         ):
             return value
         raise ValueError("must be oip, raw, reflection or descriptor:FILE")
+
+    @field_validator("stream_key")
+    @classmethod
+    def _stream_key(cls, value: str | None) -> str | None:
+        from sidecar.codecs.fieldpath import parse_path
+
+        if value is not None:
+            parse_path(value)  # CodecError is a ValueError: reported with the field
+        return value
 
     @field_validator("compare_fields", "ignore_fields")
     @classmethod
