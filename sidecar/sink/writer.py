@@ -109,6 +109,7 @@ def _requests_table(
     request_jsons: list[str | None] = []
     units: list[str | None] = []
     truncated_at: list[int] = []
+    small = max_payload // 8
     for index, row in enumerate(rows):
         dec = row.decoding
         tensors = None
@@ -117,8 +118,11 @@ def _requests_table(
         request_json = None
         # A message over the cap is never decoded in full nor kept raw: its summary (tensor
         # names, datatypes and shapes, size, digest) takes its place, so one big record
-        # cannot exhaust DuckDB's memory for the whole batch.
-        big = len(row.request) > max_payload
+        # cannot exhaust DuckDB's memory for the whole batch. The decoding budget is None
+        # when even 8 decoded bytes a wire byte (one-byte numbers as doubles) fit the cap.
+        size = len(row.request)
+        budget = None if size <= small else (0 if size > max_payload else max_payload)
+        big = budget == 0
         truncated = big and dec.record_bytes
         if hasattr(dec.codec, "decode_response_json"):  # a MethodCodec (cheap check)
             doc = None
@@ -137,7 +141,6 @@ def _requests_table(
                 if len(request_json) > max_payload:
                     request_json, truncated = None, True
         elif dec.codec is not None:
-            budget = _budget(len(row.request), max_payload)
             try:
                 decoded = dec.codec.decode_request(row.request, budget)
             except CodecError:
@@ -229,15 +232,6 @@ def _plain_requests(rows: Sequence[RequestRecord]) -> pa.Table:
     return pa.table(columns)
 
 
-def _budget(size: int, max_payload: int) -> int | None:
-    """The decoding budget of a message of ``size`` bytes: None when even 8 decoded bytes a
-    wire byte (one-byte numbers as doubles) stay within the cap, 0 when the message alone
-    passes it (summary only)."""
-    if size * 8 <= max_payload:
-        return None
-    return 0 if size > max_payload else max_payload
-
-
 def _flags(n: int, true_at: list[int]) -> pa.Array:
     flags = [False] * n
     for index in true_at:
@@ -262,6 +256,7 @@ def _calls_table(
     out_violations: list[str | None] = []
     response_jsons: list[str | None] = []
     truncated_at: list[int] = []
+    small = max_payload // 8
     for index, row in enumerate(rows):
         dec = row.decoding
         error = row.error
@@ -271,7 +266,9 @@ def _calls_table(
         #: (compared output, score, label) of the answer
         summary: tuple[list[float] | None, float | None, str | None] = (None, None, None)
         # As for requests: an answer over the cap is recorded as its summary only.
-        big = row.response is not None and len(row.response) > max_payload
+        size = 0 if row.response is None else len(row.response)
+        budget = None if size <= small else (0 if size > max_payload else max_payload)
+        big = budget == 0
         truncated = big and dec.record_bytes
         if hasattr(dec.codec, "decode_response_json"):  # a MethodCodec (cheap check)
             if big:
@@ -291,7 +288,6 @@ def _calls_table(
                     tensors = [t.as_row() for t in json_tensors(doc, dec.compare_fields)] or None
                     summary = summarize_json(doc, dec.compare_fields, dec.score_index)
         elif dec.codec is not None and row.response is not None:
-            budget = _budget(len(row.response), max_payload)
             try:
                 decoded = dec.codec.decode_response(row.response, budget)
             except CodecError as exc:
