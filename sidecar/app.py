@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from sidecar.backends import Backend
@@ -36,7 +36,12 @@ from sidecar.outcomes import FeedbackAuth, OutcomeIngest, add_feedback_service
 from sidecar.routing import LiveCounters, RoutePlan, RouteTable
 from sidecar.server import Dispatch, ProxyHandler, stop_serving
 from sidecar.server.oip_passthrough import ModelTable, OipPassthrough
-from sidecar.server.proxied_services import ProxiedHealth, ProxiedReflection, ServiceMap
+from sidecar.server.proxied_services import (
+    ProxiedHealth,
+    ProxiedReflection,
+    ServiceMap,
+    add_reflection,
+)
 from sidecar.sink import AuditRecord, CallRecord, DuckDBSink
 from sidecar.tasks import TaskOwner
 from sidecar.telemetry import Metrics, ModelHealth, Tracing
@@ -319,8 +324,7 @@ class Sidecar:
             lambda: self.loaded.admin_token, cfg.admin.allow_unauthenticated))
         own = (HEALTH_SERVICE, feedback, reflection.SERVICE_NAME)
         self.health_servicer.own = frozenset(own)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            ProxiedReflection(own, lambda: self._services), self._server)
+        add_reflection(self._server, ProxiedReflection(own, lambda: self._services))
         creds = server_credentials(self.loaded)
         try:
             if creds is None:

@@ -25,12 +25,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import _async as reflection_aio
-from grpc_reflection.v1alpha import reflection_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sidecar.config import Config
 from sidecar.server.oip_passthrough import Upstream
 
-__all__ = ["ProxiedHealth", "ProxiedReflection", "ServiceMap"]
+__all__ = ["ProxiedHealth", "ProxiedReflection", "ServiceMap", "add_reflection"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,23 @@ class ServiceMap:
 
     def routed(self, service: str) -> bool:
         return self.catch_all is not None or service in self.by_service
+
+
+#: The stable name of the reflection service; its messages are v1alpha's, byte for byte.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def add_reflection(server: grpc.aio.Server, servicer: ProxiedReflection) -> None:
+    """Serve ``servicer`` as ``grpc.reflection.v1alpha`` and as ``grpc.reflection.v1``
+    (grpcurl asks v1 first): a '*' route would otherwise forward v1 to a primary."""
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        REFLECTION_V1, {"ServerReflectionInfo": handler})])
 
 
 class ProxiedHealth(health.aio.HealthServicer):  # type: ignore[misc]  # no stubs: base is Any

@@ -15,7 +15,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from sidecar.backends.channel import Backend
 from sidecar.config import parse_config
-from sidecar.server.proxied_services import ProxiedHealth, ProxiedReflection, ServiceMap
+from sidecar.server.proxied_services import (
+    ProxiedHealth,
+    ProxiedReflection,
+    ServiceMap,
+    add_reflection,
+)
 from tests.server.oip_fake import NOT_SERVING, SERVING, start_fake
 
 OIP = "inference.GRPCInferenceService"
@@ -42,8 +47,7 @@ class _Sidecar:
         servicer = ProxiedHealth(lambda: services)
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         own = (health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            ProxiedReflection(own, lambda: services), server)
+        add_reflection(server, ProxiedReflection(own, lambda: services))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -161,3 +165,14 @@ async def test_reflection_lists_and_describes_the_proxied_services(sidecar: _Sid
     assert not own.HasField("error_response")
     missing = await _reflect(channel, file_containing_symbol="no.Such")
     assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+    # grpc.reflection.v1 (what grpcurl asks first) answers the same.
+    v1 = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+
+    async def one() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    answers = [a async for a in v1(one(), timeout=10)]
+    assert {s.name for s in answers[0].list_services_response.service} == names
