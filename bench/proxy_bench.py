@@ -34,7 +34,10 @@ from proxy_rig import (
     tree_hash,
 )
 
-SCENARIOS = ("direct", "bare", "passthrough", "shadow", "slow_shadow", "model_direct", "model")
+SCENARIOS = (
+    "direct", "bare", "bare_shadow", "passthrough", "shadow", "slow_shadow", "model_direct",
+    "model",
+)
 #: A realistic model: the backend answers after this long, using little CPU (asyncio.sleep).
 MODEL_SCENARIOS = ("model_direct", "model")
 #: What each scenario's ratios are taken against, at the same in-flight level.
@@ -100,6 +103,10 @@ def targets(summary: dict[str, Any], soak: dict[str, Any] | None) -> list[dict[s
         if c in sh and c in bare:
             v = round(sh[c]["rps"] / bare[c]["rps"], 3)
             check(f"one shadow 100% rps >= 0.75x bare pass-through @{c}", v, v >= 0.75)
+        bs = summary.get("bare_shadow", {})
+        if c in bs and c in bare:  # the floor: the bare proxy itself sending one copy
+            v = round(bs[c]["rps"] / bare[c]["rps"], 3)
+            check(f"the bare proxy with one copy: rps x bare @{c}", v, None)
     if "1" in pt and "1" in bare:
         d = round(pt["1"]["p50_ms"] - bare["1"]["p50_ms"], 3)
         check("added p50 @1 <= bare's + 0.1 ms (p50 minus bare p50, ms)", d, d <= 0.1)
@@ -256,7 +263,7 @@ def main() -> int:
     try:
         echoes["primary"] = Echo.start()
         primary = echoes["primary"].port
-        if "shadow" in scenarios:
+        if {"shadow", "bare_shadow"} & set(scenarios):
             echoes["shadow"] = Echo.start()
         if "slow_shadow" in scenarios:
             echoes["slow"] = Echo.start(args.slow_delay_ms)
@@ -276,8 +283,9 @@ def main() -> int:
             else None,
         }
         for scen in scenarios:
-            if scen == "bare":
-                sidecars[scen] = Bare.start(primary)
+            if scen in ("bare", "bare_shadow"):
+                copy = echoes["shadow"].port if scen == "bare_shadow" else None
+                sidecars[scen] = Bare.start(primary, copy)
                 time.sleep(1.0)
                 checks[scen] = {"rss_idle_mb": round(rss_mb(sidecars[scen].proc.pid), 1)}
             elif scen not in ("direct", "model_direct"):

@@ -129,9 +129,10 @@ class Bare:
     port: int
 
     @classmethod
-    def start(cls, primary: int) -> Bare:
+    def start(cls, primary: int, shadow: int | None = None) -> Bare:
+        copy = ["--shadow", f"127.0.0.1:{shadow}"] if shadow is not None else []
         proc = subprocess.Popen(
-            [str(PY), str(BENCH / "bare_proxy.py"), "--target", f"127.0.0.1:{primary}"],
+            [str(PY), str(BENCH / "bare_proxy.py"), "--target", f"127.0.0.1:{primary}", *copy],
             stdout=subprocess.PIPE,
             text=True,
             cwd=REPO,
@@ -141,7 +142,7 @@ class Bare:
         if not line.startswith("READY "):
             proc.kill()
             raise RuntimeError(f"bare proxy did not start: {line!r}")
-        return cls("bare", proc, int(line.split()[1]))
+        return cls("bare" if shadow is None else "bare_shadow", proc, int(line.split()[1]))
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -39,6 +39,21 @@ def _no_observe() -> None:
     Sidecar._observe_call = lambda self, row, score, label: None  # type: ignore[method-assign]
 
 
+def _no_timeout() -> None:
+    """No deadline on the backend call when the caller sent none (the bare proxy's way; the
+    product always applies the route's timeout_ms): what the deadline costs per call."""
+    from sidecar.server.forwarding import Dispatch
+
+    decide = Dispatch._decide
+
+    def _decide(self: Any, call: Any) -> None:
+        decide(self, call)
+        if call.time_remaining is None:
+            call.timeout = None
+
+    Dispatch._decide = _decide  # type: ignore[method-assign]
+
+
 def _switch(ms: float) -> Callable[[], None]:
     """The interpreter's GIL switch interval (default 5 ms): how long the event loop may wait
     for the GIL while the recorder's thread holds it."""
@@ -49,6 +64,7 @@ VARIANTS = {
     "no-record": _no_record,
     "no-insert": _no_insert,
     "no-observe": _no_observe,
+    "no-timeout": _no_timeout,
     "switch-1ms": _switch(1.0),
     "switch-0.5ms": _switch(0.5),
     "switch-0.2ms": _switch(0.2),
