@@ -34,9 +34,9 @@ def _no_insert() -> None:
 
 def _no_observe() -> None:
     """No per-call latency histogram or model-health update in the writer (measurement)."""
-    from sidecar.app import Sidecar
+    from sidecar.telemetry.observer import CallObserver
 
-    Sidecar._observe_call = lambda self, row, score, label: None  # type: ignore[method-assign]
+    CallObserver.__call__ = lambda self, row, score, label: None  # type: ignore[method-assign]
 
 
 def _no_timeout() -> None:

@@ -42,11 +42,12 @@ from sidecar.server.proxied_services import (
     ServiceMap,
     add_reflection,
 )
-from sidecar.sink import AuditRecord, CallRecord, DuckDBSink
+from sidecar.sink import AuditRecord, DuckDBSink
 from sidecar.tasks import TaskOwner
 from sidecar.telemetry import Metrics, ModelHealth, Tracing
 from sidecar.telemetry.backend_errors import BackendErrors
 from sidecar.telemetry.live_view import experiments_view, live_stats
+from sidecar.telemetry.observer import CallObserver
 from sidecar.telemetry.spans import Spans, spans_for
 from sidecar.telemetry.tracing import host_port
 
@@ -96,7 +97,8 @@ class Sidecar:
         self._hot_tracing = self.tracing if self.tracing.exporting else None
         self.metrics = Metrics(cfg.telemetry, self)
         self._stack.push_async_callback(self._close_telemetry)
-        self.sink = DuckDBSink(cfg.storage, on_call=self._observe_call)
+        self.sink = DuckDBSink(cfg.storage, on_call=CallObserver(
+            self.metrics, self.backend_errors, self.health))
         self.sink.on_flush = self.metrics.flush_duration.record
         self.export: PeriodicExport | None = None
         if cfg.storage.export.dir:
@@ -269,19 +271,6 @@ class Sidecar:
 
     def route_plans(self) -> list[RoutePlan]:
         return list(self._handler.dispatch.routes.plans) if self._handler is not None else []
-
-    def _observe_call(self, row: CallRecord, score: float | None, label: str | None) -> None:
-        """Writer thread: feeds latency histograms, the live model-health windows and each
-        backend's error window (which logs what goes wrong)."""
-        if row.latency_ms is not None:
-            self.metrics.observe_call(row.route, row.backend, row.role, row.latency_ms)
-        red = row.decoding.redactor  # a backend may quote redacted input in its message
-        self.backend_errors.observe(row.backend, row.route, row.role, row.status,
-                                    row.error if red is None else red.error(row.error), row.ts)
-        self.health.observe(
-            row.request_id, row.route, row.backend, row.role, row.status, row.latency_ms,
-            score, label,
-        )
 
     async def start(self) -> None:
         """Start every part in order; a part that fails stops what started before it."""
