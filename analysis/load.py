@@ -38,7 +38,7 @@ SourceKind = Literal["divergence", "experiment", "drift"]
 
 #: The tables of the recorded-data contract (DESIGN section 4) that become views.
 RECORDED_TABLES: tuple[str, ...] = (
-    "configs", "requests", "calls", "outcomes", "audit", "canary_state",
+    "configs", "requests", "calls", "outcomes", "audit", "canary_state", "stream_messages",
 )
 
 _EXPERIMENT_COLUMNS = ("unit_id", "variant", "metric", "value")

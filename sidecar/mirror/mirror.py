@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from sidecar.backends import CallOutcome
-from sidecar.mirror.streams import CUT_DETAILS, read_stream
+from sidecar.mirror.streams import CUT_DETAILS, call_messages, read_stream
 from sidecar.resilience import Ticket
 from sidecar.routing import LaneCounters, LiveCounters, ShadowLane, sampled_lanes
 from sidecar.sink import CallRecord
@@ -25,6 +25,7 @@ from sidecar.telemetry.spans import NO_SPANS, ClientSpan, Spans
 
 if TYPE_CHECKING:
     from sidecar.server.call import Call
+    from sidecar.sink.streams import StreamRecorder
 
 __all__ = ["SHADOW_METADATA", "Mirror"]
 
@@ -59,9 +60,11 @@ class Mirror:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    def start(self, call: Call, *, stream: bool = False) -> None:
+    def start(self, call: Call, *, stream: bool = False,
+              recorder: StreamRecorder | None = None) -> None:
         """Start a copy of ``call`` for every shadow lane that samples it (never to the
-        backend serving it); ``stream``: a server stream, read to its end."""
+        backend serving it); ``stream``: a server stream, read to its end (or its caller's),
+        its messages handed to ``recorder`` within its bounds."""
         shadow_md = None
         for lane, counters in sampled_lanes(call.plan, call.request_id, call.backend,
                                             self.live):
@@ -78,7 +81,7 @@ class Mirror:
             counters.in_flight += 1
             counters.sent += 1
             self.own(self._shadow(call, lane, counters, span.metadata(shadow_md), span,
-                                  ticket, stream))
+                                  ticket, stream, recorder))
 
     def _admit(self, lane: ShadowLane, counters: LaneCounters) -> Ticket | str:
         """The breaker's ticket for a sampled copy (handed back when the copy ends), or
@@ -121,15 +124,19 @@ class Mirror:
     async def _shadow(
         self, call: Call, lane: ShadowLane, counters: LaneCounters, metadata: Any,
         span: ClientSpan, ticket: Ticket, stream: bool,
+        recorder: StreamRecorder | None = None,
     ) -> None:
         backend = lane.backend
         breaker = backend.breaker
         started = time.time()
+        kept: list[tuple[float, bytes]] = []
         try:
             if stream:  # ended with the caller's stream unless the route wants it whole
                 cut = None if call.plan.config.full_shadow_streams else call.cut
-                outcome = await read_stream(backend, call.method, call.request,
-                                            timeout=lane.timeout_s, metadata=metadata, cut=cut)
+                bounds = recorder.stream_bounds if recorder is not None else (0, 0)
+                outcome, kept = await read_stream(
+                    backend, call.method, call.request, timeout=lane.timeout_s,
+                    metadata=metadata, cut=cut, bounds=bounds)
             else:
                 outcome = await backend.call(call.method, call.request,
                                              timeout=lane.timeout_s, metadata=metadata)
@@ -158,6 +165,9 @@ class Mirror:
         if not outcome.ok:
             counters.errored += 1
         self._finish(call, lane, span, outcome)
+        if kept and recorder is not None:
+            recorder.record_messages(call_messages(call, kept, backend.name, "shadow",
+                                                   "response"))
 
     async def aclose(self, timeout: float) -> None:
         """Let running shadows end by their own deadlines (at most ``timeout``), then

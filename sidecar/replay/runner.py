@@ -40,8 +40,9 @@ from sidecar.replay.source import (
     RouteDecoding,
 )
 from sidecar.replay.store import ReplayStore
-from sidecar.replay.streams import send
+from sidecar.replay.streams import Answer, send
 from sidecar.sink import CallRecord
+from sidecar.sink.streams import StreamMessageRecord, message_records
 
 if TYPE_CHECKING:
     from sidecar.codecs import Codec
@@ -82,6 +83,8 @@ class ReplayOptions:
     model_version: str | None = None
     #: a caller stream's messages sent at their recorded offsets (else as fast as taken)
     pace: bool = False
+    #: messages of one replayed stream recorded one by one (storage.stream_max_messages)
+    stream_max_messages: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,7 @@ class _Run:
         self.retried = 0
         self.pacer = _Pacer(options.rate)
         self.pending: list[CallRecord] = []
+        self.pending_messages: list[StreamMessageRecord] = []
         self.last_flush = time.monotonic()
         self.ok = 0
         self.sent = 0
@@ -301,26 +305,31 @@ class _Run:
                 self.error = self.error or exc
                 self.stop.set()
 
-    async def _send(self, request: RecordedRequest) -> CallOutcome:
+    async def _send(self, request: RecordedRequest) -> Answer:
         kind = self._decoding(request).streaming
         if kind in ("client", "bidi"):
             messages = self.source.request_messages(request.request_id)
             if messages is None:
-                return CallOutcome(
+                return Answer(CallOutcome(
                     grpc.StatusCode.FAILED_PRECONDITION, "the caller's stream was not recorded "
                     "message by message with its bytes (docs/streams.md): not replayed",
-                    None, (), (), time.time(), 0.0)
+                    None, (), (), time.time(), 0.0))
             request = replace(request, messages=messages)
-        answer = await send(
+        return await send(
             self.backend, kind, request, timeout=self.o.timeout_s, pace=self.o.pace,
             metadata=(("x-request-id", request.request_id), ("x-shadow", "true"),
                       ("x-replay-run", self.o.run_id)),
         )
-        return answer.outcome
 
-    def _answered(self, request: RecordedRequest, outcome: CallOutcome) -> None:
+    def _answered(self, request: RecordedRequest, answer: Answer) -> None:
+        outcome = answer.outcome
         route = self._decoding(request)
         decoding = route.decoding(self.o.record_bytes, self.codecs.get(route.codec))
+        if answer.messages:  # a stream: its messages, each decoded alone (docs/streams.md)
+            self.pending_messages += message_records(
+                request.request_id, request.ts, self.o.route, request.method, decoding,
+                route.stream_key, answer.messages[:self.o.stream_max_messages],
+                self.backend.name, ROLE, "response")
         # ts is the original request's, so time windows hold the pair together.
         self.pending.append(CallRecord(
             request.request_id, request.ts, self.o.route, request.method,
@@ -339,5 +348,6 @@ class _Run:
         if not self.pending or not (force or due):
             return
         rows, self.pending = self.pending, []
-        self.store.write(self.source, rows, time.time(), retried=self.retry)
+        messages, self.pending_messages = self.pending_messages, []
+        self.store.write(self.source, rows, time.time(), retried=self.retry, messages=messages)
         self.last_flush = time.monotonic()

@@ -78,6 +78,7 @@ class RouteDecoding:
     score_index: int
     compare_fields: tuple[str, ...] = ()
     streaming: Streaming = "unary"
+    stream_key: str | None = None
 
     def decoding(self, record_bytes: bool, codec: Codec | None = None) -> Decoding:
         """The writer's instructions; ``codec`` is the built codec of a JSON route."""
@@ -106,6 +107,7 @@ def route_decoding(config_json: str, route: str) -> RouteDecoding | None:
                 int(entry.get("score_index", -1)),
                 tuple(str(f) for f in fields if isinstance(f, str)),
                 kind if kind in _KINDS else "unary",
+                entry.get("stream_key") if isinstance(entry.get("stream_key"), str) else None,
             )
     return None
 
@@ -242,6 +244,8 @@ class ReplaySource:
         where = "request_id IN (SELECT unnest(?))"
         if table == "calls":
             where += f" AND {PRIMARY_SQL}"
+        elif table == "stream_messages":  # the primary's and the caller's messages
+            where += " AND role NOT IN ('shadow', 'replay', 'gold')"
         return self.con.sql(
             f"SELECT {select} FROM {table} WHERE {where}", params=[ids]
         ).to_arrow_table()

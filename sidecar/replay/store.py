@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from sidecar.replay.source import ReplaySource, connect_out
 from sidecar.sink import CallRecord
+from sidecar.sink.streams import StreamMessageRecord
 from sidecar.sink.writer import write_batch
 
 __all__ = ["ReplayStore"]
@@ -48,7 +49,8 @@ class ReplayStore:
         self.con = connect_out(path)
         self.con.execute(_PROGRESS_DDL).fetchall()
         self.con.execute(_RUNS_DDL).fetchall()
-        self._columns = {t: self._describe(t) for t in ("requests", "calls", "configs")}
+        self._columns = {t: self._describe(t)
+                         for t in ("requests", "calls", "configs", "stream_messages")}
 
     def _describe(self, table: str) -> list[str]:
         return [str(r[0]) for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
@@ -113,7 +115,8 @@ class ReplayStore:
         self._insert_new("configs", table, "config_version")
 
     def write(self, source: ReplaySource, rows: Sequence[CallRecord], ended: float, *,
-              retried: Set[str] = frozenset()) -> None:
+              retried: Set[str] = frozenset(),
+              messages: Sequence[StreamMessageRecord] = ()) -> None:
         """Record replayed calls with their original requests and primary calls, atomically;
         a call sent again (in ``retried``) replaces its earlier failed row."""
         if not rows:
@@ -122,17 +125,24 @@ class ReplayStore:
         again = [i for i in ids if i in retried]
         requests = source.originals("requests", ids, self._columns["requests"])
         primaries = source.originals("calls", ids, self._columns["calls"])
+        streams = (source.originals("stream_messages", ids, self._columns["stream_messages"])
+                   if source.columns("stream_messages") else None)
         con = self.con
         con.execute("BEGIN TRANSACTION").fetchall()
         try:
             self._insert_new("requests", requests, "request_id")
             self._insert_new("calls", primaries, "request_id", "role <> 'replay'")
+            if streams is not None:
+                self._insert_new("stream_messages", streams, "request_id", "role <> 'replay'")
             if again:
-                con.execute(
-                    "DELETE FROM calls WHERE role = 'replay' AND status <> 'OK' AND backend = ? "
-                    "AND request_id IN (SELECT unnest(?))", [rows[0].backend, again]
-                ).fetchall()
+                for table, failed in (("calls", "status <> 'OK'"), ("stream_messages", "TRUE")):
+                    con.execute(
+                        f"DELETE FROM {table} WHERE role = 'replay' AND {failed} "
+                        "AND backend = ? AND request_id IN (SELECT unnest(?))",
+                        [rows[0].backend, again]).fetchall()
             write_batch(con, "calls", rows)
+            if messages:
+                write_batch(con, "stream_messages", messages)
             progress = pa.table({
                 "run_id": pa.array([self.run_id] * len(rows), pa.string()),
                 "request_id": pa.array(ids, pa.string()),

@@ -4,7 +4,9 @@ Flow control stays end to end: a message is read from one side only when the oth
 has taken the previous one. A stream is one :class:`Call` like a unary call; server streams
 are mirrored through the same :class:`Mirror` (same sampling, caps, DROPPED rows and
 spans), each shadow's whole stream read in the background, never awaited by the caller.
-Both streams are recorded (messages, time to first message, concatenated bytes).
+Both streams are recorded: messages seen, time to first message, the first bytes
+concatenated, and each message within the storage bounds (``stream_messages``,
+docs/streams.md).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import grpc
 
 from sidecar.backends import CallOutcome, Metadata
 from sidecar.backends.channel import MAX_RECORDED
+from sidecar.mirror.streams import call_messages
 from sidecar.routing import RoutePlan
 from sidecar.server.call import Call
 from sidecar.server.forwarding import Dispatch, reply_metadata, request_id_metadata
+from sidecar.sink.streams import Direction, StreamMessageRecord
 
 __all__ = ["StreamForwarder"]
 
@@ -28,22 +32,36 @@ Context: TypeAlias = grpc.aio.ServicerContext[bytes, bytes]
 
 
 class _Tally:
-    """Counts a stream's messages and keeps its first bytes for the record."""
+    """Counts a stream's messages, keeps its first bytes for the call's record and, within
+    the storage bounds, each message with its offset for ``stream_messages``."""
 
-    def __init__(self, t0: float) -> None:
+    def __init__(self, t0: float, bounds: tuple[int, int] = (0, 0)) -> None:
         self.t0 = t0
         self.messages = 0
         self.first_ms: float | None = None
         self.size = 0
         self.parts: list[bytes] = []
+        self.max_kept, self.max_kept_bytes = bounds
+        self.kept: list[tuple[float, bytes]] = []
+        self.kept_size = 0
 
     def add(self, message: bytes) -> None:
         self.messages += 1
+        now = time.perf_counter()
         if self.first_ms is None:
-            self.first_ms = (time.perf_counter() - self.t0) * 1000
+            self.first_ms = (now - self.t0) * 1000
         if self.size < MAX_RECORDED:
             self.parts.append(message)
         self.size += len(message)
+        if (len(self.kept) < self.max_kept
+                and self.kept_size + len(message) <= self.max_kept_bytes):
+            self.kept.append(((now - self.t0) * 1000, message))
+            self.kept_size += len(message)
+
+    def records(self, call: Call, backend: str | None, role: str,
+                direction: Direction) -> list[StreamMessageRecord]:
+        """The kept messages as ``stream_messages`` records of ``call``."""
+        return call_messages(call, self.kept, backend, role, direction)
 
     @property
     def data(self) -> bytes:
@@ -88,11 +106,21 @@ class StreamForwarder:
         call.timeout = timeout
         return call
 
+    def _tally(self, call: Call) -> _Tally:
+        return _Tally(call.t0, self._d.sink.stream_bounds)
+
     def _record(self, call: Call, tally: _Tally, status: str, details: str | None,
-                sent: bytes) -> None:
+                sent: bytes, caller: _Tally | None = None) -> None:
         d = self._d
         call.request = sent
-        d.sink.record_request(call.request_record(status))
+        request = call.request_record(status)
+        records = tally.records(call, call.plan.primary.name, "primary", "response")
+        if caller is not None:  # a client or bidi stream: the caller's messages too
+            request = request._replace(messages=caller.messages)
+            records = caller.records(call, None, "caller", "request") + records
+        d.sink.record_request(request)
+        if records:
+            d.sink.record_messages(records)
         outcome = CallOutcome(grpc.StatusCode[status], details, tally.data, (), (),
                               call.arrived, (time.perf_counter() - call.t0) * 1000,
                               tally.messages, tally.first_ms)
@@ -114,10 +142,11 @@ class StreamForwarder:
 
     async def _answer_stream(
         self, call: Call, stream: Any, context: Context, request_bytes: Callable[[], bytes],
+        caller: _Tally | None = None,
     ) -> AsyncIterator[bytes]:
         """Relay the backend's stream to the caller (its status too), then record both
         sides; ``request_bytes`` is read at the end, once a client stream is complete."""
-        tally = _Tally(call.t0)
+        tally = self._tally(call)
         status, details = "CANCELLED", None
         try:
             async for message in self._relay(stream, context, call, tally):
@@ -131,7 +160,7 @@ class StreamForwarder:
             stream.cancel()
             if status != "OK" and call.cut is not None:
                 call.cut.set()  # shadow streams end with the caller's (issue 20.5)
-            self._record(call, tally, status, details, request_bytes())
+            self._record(call, tally, status, details, request_bytes(), caller)
 
     async def server_stream(
         self, plan: RoutePlan, method: str, request: bytes, context: Context
@@ -139,7 +168,7 @@ class StreamForwarder:
         call = self._open(plan, method, request, context)
         if plan.shadows:
             call.cut = asyncio.Event()
-            self._d.mirror.start(call, stream=True)
+            self._d.mirror.start(call, stream=True, recorder=self._d.sink)
         stream = plan.primary.stream("server", method)(
             request, timeout=call.timeout, metadata=call.metadata
         )
@@ -150,7 +179,7 @@ class StreamForwarder:
         self, plan: RoutePlan, method: str, requests: AsyncIterator[bytes], context: Context
     ) -> bytes:
         call = self._open(plan, method, b"", context)
-        sent = _Tally(call.t0)
+        sent = self._tally(call)
         stream = plan.primary.stream("client", method)(
             _counted(requests, sent), timeout=call.timeout, metadata=call.metadata
         )
@@ -172,18 +201,19 @@ class StreamForwarder:
             raise
         finally:
             stream.cancel()
-            tally = _Tally(call.t0)
+            tally = self._tally(call)
             if response:
                 tally.add(bytes(response))
-            self._record(call, tally, status, details, sent.data)
+            self._record(call, tally, status, details, sent.data, sent)
 
     async def bidi_stream(
         self, plan: RoutePlan, method: str, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[bytes]:
         call = self._open(plan, method, b"", context)
-        sent = _Tally(call.t0)
+        sent = self._tally(call)
         stream = plan.primary.stream("bidi", method)(
             _counted(requests, sent), timeout=call.timeout, metadata=call.metadata
         )
-        async for message in self._answer_stream(call, stream, context, lambda: sent.data):
+        async for message in self._answer_stream(call, stream, context, lambda: sent.data,
+                                                 sent):
             yield message

@@ -37,13 +37,15 @@ from sidecar.sink.records import (
     RequestRecord,
 )
 from sidecar.sink.schema import migrate
+from sidecar.sink.streams import StreamMessageRecord
 from sidecar.sink.writer import CallObserver, Observed, build_batch, insert_batch, observe, warm_up
 
 __all__ = ["DropReason", "DuckDBSink", "SinkStats"]
 
 log = logging.getLogger(__name__)
 
-_TABLES = ("configs", "requests", "calls", "audit", "outcomes", "canary_state")
+_TABLES = ("configs", "requests", "calls", "audit", "outcomes", "canary_state",
+           "stream_messages")
 
 #: Why a record was not written. The first two refuse it on the hot path (never accepted);
 #: the last two lose an accepted record: DuckDB refused the row alone, or could not write at
@@ -212,6 +214,17 @@ class DuckDBSink:
 
     def record_call(self, row: CallRecord) -> None:
         self._put("calls", row)
+
+    def record_messages(self, rows: Sequence[StreamMessageRecord]) -> None:
+        """One stream's kept messages, a row each (docs/streams.md)."""
+        for row in rows:
+            if not self._put("stream_messages", row):
+                return  # the rest would be dropped too: counted once per stream is enough
+
+    @property
+    def stream_bounds(self) -> tuple[int, int]:
+        """(messages, bytes) of one stream recorded one by one."""
+        return self._settings.stream_max_messages, self._settings.stream_max_bytes
 
     def record_config(self, version: str, config_json: str) -> None:
         self._put("configs", ConfigRecord(version, time.time(), config_json))

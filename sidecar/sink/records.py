@@ -56,6 +56,8 @@ class RequestRecord(NamedTuple):
     #: violations in the writer.
     violations: tuple[Any, ...] | None = None
     imputed: tuple[str, ...] | None = None
+    #: A client or bidi stream: the caller's messages seen (docs/streams.md).
+    messages: int | None = None
 
 
 class CallRecord(NamedTuple):

@@ -9,7 +9,7 @@ import duckdb
 
 __all__ = ["SCHEMA_VERSION", "TENSOR_TYPE", "migrate"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: One decoded tensor (OIP input or output). Numbers go to ``data``, BYTES to ``text``.
 TENSOR_TYPE = (
@@ -115,7 +115,32 @@ ALTER TABLE calls ADD COLUMN IF NOT EXISTS truncated BOOLEAN DEFAULT false;
 CREATE TABLE IF NOT EXISTS sink_health (id INTEGER PRIMARY KEY, ts TIMESTAMP)
 """
 
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+# Version 3 (issue 20.1): streams recorded message by message (docs/streams.md).
+_V3 = """
+CREATE TABLE IF NOT EXISTS stream_messages (
+    request_id VARCHAR,
+    ts TIMESTAMP,                -- UTC, when the message passed the sidecar
+    route VARCHAR,
+    method VARCHAR,
+    backend VARCHAR,             -- the call's backend, NULL for the caller's messages
+    role VARCHAR,                -- the call's role, or caller for the caller's own messages
+    direction VARCHAR,           -- request (the caller's stream) or response (a backend's)
+    idx INTEGER,                 -- 0-based position in its stream
+    offset_ms DOUBLE,            -- since the call started
+    size INTEGER,
+    message_bytes BLOB,          -- only when storage.record_bytes
+    message_json VARCHAR,        -- decoded alone (reflection/descriptor codecs)
+    output DOUBLE[],             -- as calls.output, of this message
+    score DOUBLE,
+    label VARCHAR,
+    key VARCHAR,                 -- the value of the route's stream_key field
+    truncated BOOLEAN DEFAULT false  -- over max_payload_bytes: its size only
+);
+-- the caller's messages seen in a client or bidi stream (NULL otherwise)
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS messages INTEGER
+"""
+
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:

@@ -19,6 +19,7 @@ from sidecar.codecs import CodecError, summarize
 from sidecar.codecs.descriptor import MethodCodec, json_tensors
 from sidecar.codecs.fieldpath import summarize_json
 from sidecar.sink.records import CallRecord, Decoding, RequestRecord
+from sidecar.sink.streams import stream_messages_table
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
@@ -202,6 +203,7 @@ def _request_columns(rows: Sequence[RequestRecord]) -> dict[str, pa.Array]:
     out["exposed"] = pa.array(cols["exposed"], pa.bool_())
     out["latency_ms"] = pa.array(cols["latency_ms"], pa.float64())
     out["request_size"] = pa.array([len(b) for b in cols["request"]], pa.int32())
+    out["messages"] = pa.array(cols["messages"], pa.int32())
     return out
 
 
@@ -270,7 +272,10 @@ def _calls_table(
         budget = None if size <= small else (0 if size > max_payload else max_payload)
         big = budget == 0
         truncated = big and dec.record_bytes
-        if hasattr(dec.codec, "decode_response_json"):  # a MethodCodec (cheap check)
+        if row.messages is not None and row.messages > 1:
+            pass  # several stream messages are decoded one by one (stream_messages), never
+            # merged into one (protobuf merging lets the last message's values win)
+        elif hasattr(dec.codec, "decode_response_json"):  # a MethodCodec (cheap check)
             if big:
                 truncated = True
             elif row.response is not None:
@@ -370,6 +375,8 @@ def build_batch(
         return _calls_table(rows, max_payload)
     if table == "requests":
         return _requests_table(rows, max_payload), None
+    if table == "stream_messages":
+        return stream_messages_table(rows, max_payload), None
     return _plain_table(rows), None
 
 

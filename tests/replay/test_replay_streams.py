@@ -14,11 +14,20 @@ from typing import Any
 import duckdb
 import pytest
 
+from analysis.divergence import analyze_divergence
 from analysis.field_diff import analyze_field_diff
 from analysis.load import open_source
 from sidecar.replay import ReplayInputError, ReplayOptions, replay
 from sidecar.replay.cli import main as cli_main
-from tests.streams.service import GENERATE, SCORE, GenServer, build_file_set, codec_spec, routes
+from tests.streams.service import (
+    CHAT,
+    GENERATE,
+    SCORE,
+    GenServer,
+    build_file_set,
+    codec_spec,
+    routes,
+)
 
 N = 6
 
@@ -78,16 +87,25 @@ async def test_server_stream_replayed_as_a_stream_and_decoded(
         con = duckdb.connect(out, read_only=True)
         rows = con.execute("SELECT status, messages, response_json FROM calls "
                            "WHERE role = 'replay' ORDER BY request_id").fetchall()
+        # a stream's messages are decoded one by one (issue 20.1), the primary's copied
+        docs = con.execute("SELECT role, message_json FROM stream_messages "
+                           "ORDER BY role, request_id, idx").fetchall()
         con.close()
         assert len(rows) == N
         for status, messages, doc in rows:
-            assert status == "OK" and doc is not None
-            assert json.loads(doc)["model"] == "gen-2"
-            assert messages == (4 if route == GENERATE else None)
+            assert status == "OK"
+            if route == GENERATE:
+                assert messages == 4 and doc is None
+            else:
+                assert messages is None and json.loads(doc)["model"] == "gen-2"
+        if route == GENERATE:
+            assert [r for r, _ in docs] == ["primary"] * 4 * N + ["replay"] * 4 * N
+            assert all(json.loads(d)["model"] == ("gen-2" if r == "replay" else "gen-1")
+                       for r, d in docs)
         report = analyze_field_diff(open_source(db=out)).to_dict()
         (pair,) = report["pairs"]
         fields = {f["path"]: f["diff_rate"] for f in pair["fields"]}
-        assert pair["shadow"] == "gen-2" and pair["n"] == N
+        assert pair["shadow"] == "gen-2" and pair["n"] == (4 * N if route == GENERATE else N)
         assert fields["model"] == 1.0 and fields["text"] == 0.0
 
 
@@ -166,3 +184,46 @@ async def test_reflection_without_an_answer_and_a_missing_descriptor_are_usage_e
                               run_id="r3"))
     finally:
         await mute.stop()
+
+
+@pytest.mark.parametrize("kind", ["descriptor", "reflection"])
+async def test_bidi_stream_replayed_message_by_message(
+    kind: str, gen_set: Any, servers: dict[str, GenServer], start_sidecar: Any,
+    channel_to: Any, tmp_path: Path,
+) -> None:
+    """Issue 20.2: a bidi route was replayed as one glued message ("4 OK"); now the caller's
+    recorded messages go one by one and the candidate's answers pair message by message."""
+    primary = servers["primary"]
+    db = tmp_path / "t.duckdb"
+    sc = await start_sidecar({"p": primary.target}, routes(codec_spec(kind, gen_set[1]), (CHAT,)),
+                             db_path=db, storage={"path": str(db), "flush_interval_ms": 50,
+                                                  "record_bytes": True})
+    ch = channel_to(sc.port)
+
+    async def prompts(i: int) -> Any:
+        for j in range(3):
+            yield primary.prompt(text=f"c{i}-{j}").SerializeToString()
+
+    for i in range(N):
+        got = [m async for m in ch.stream_stream(CHAT)(
+            prompts(i), metadata=(("x-request-id", f"b{i}"),), timeout=5)]
+        assert len(got) == 3
+    await sc.aclose()
+    out = str(tmp_path / "bidi.duckdb")
+    result = await replay(opts(db, CHAT, servers["candidate"].target, tmp_path, out=out,
+                               pace=True))
+    assert (result.sent, result.ok) == (N, N)
+    con = open_source(db=out)
+    try:
+        texts = con.execute("SELECT list(message_json->>'text' ORDER BY idx) FROM "
+                            "stream_messages WHERE role = 'replay' GROUP BY request_id "
+                            "ORDER BY request_id").fetchall()
+        (pair,) = analyze_divergence(con, route=CHAT).to_dict()["pairs"]
+    finally:
+        con.close()
+    assert texts[0][0] == ["C0-0", "C0-1", "C0-2"]  # three messages, not one glued
+    streams = pair["streams"]
+    assert streams["streams"]["n"] == N and streams["streams"]["length_mismatch"] == 0
+    # the candidate's first message of each stream scores 0.5 higher
+    assert (streams["messages"]["n"], streams["messages"]["differ"]) == (3 * N, N)
+    assert streams["messages"]["differ_at"] == {"first": N, "middle": 0, "last": 0}

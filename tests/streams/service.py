@@ -49,17 +49,21 @@ def build_file_set(directory: Path) -> tuple[descriptor_pb2.FileDescriptorSet, P
 
 class GenServer:
     """gen.v1.Gen on a free loopback port. Token i of a stream has score ``i / 10`` plus
-    ``bump.get(i, 0)``; ``fail`` makes every call UNAVAILABLE; ``delay_s`` paces a stream."""
+    ``bump.get(i, 0)`` (and ``bump_for[prompt text].get(i, 0)``); ``extra_for[text]`` more
+    tokens than asked for; ``fail`` makes every call UNAVAILABLE; ``delay_s`` paces a stream."""
 
     def __init__(self, file_set: descriptor_pb2.FileDescriptorSet, *, reflect: bool = True,
                  bump: dict[int, float] | None = None, model: str = "gen-1",
-                 delay_s: float = 0.0) -> None:
+                 delay_s: float = 0.0, bump_for: dict[str, dict[int, float]] | None = None,
+                 extra_for: dict[str, int] | None = None) -> None:
         pool = descriptor_pool.DescriptorPool()
         for file_proto in file_set.file:
             pool.Add(file_proto)
         self.prompt = message_factory.GetMessageClass(pool.FindMessageTypeByName("gen.v1.Prompt"))
         self.token = message_factory.GetMessageClass(pool.FindMessageTypeByName("gen.v1.Token"))
         self.bump = dict(bump or {})
+        self.bump_for = dict(bump_for or {})
+        self.extra_for = dict(extra_for or {})
         self.model = model
         self.delay_s = delay_s
         self.fail = False
@@ -82,8 +86,9 @@ class GenServer:
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.target = f"127.0.0.1:{self.port}"
 
-    def make(self, index: int, text: str) -> Any:
-        score = index / 10 + self.bump.get(index, 0.0)
+    def make(self, index: int, text: str, prompt: str = "") -> Any:
+        score = (index / 10 + self.bump.get(index, 0.0)
+                 + self.bump_for.get(prompt, {}).get(index, 0.0))
         return self.token(index=index, text=text, score=score, probs=[score, 1 - score],
                           model=self.model)
 
@@ -99,11 +104,11 @@ class GenServer:
     async def _generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
         await self._enter(context)
         try:
-            for i in range(request.n):
+            for i in range(request.n + self.extra_for.get(request.text, 0)):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 self.written += 1
-                yield self.make(i, f"{request.text}{i}")
+                yield self.make(i, f"{request.text}{i}", request.text)
         finally:
             self.ended.set()
 
@@ -120,7 +125,7 @@ class GenServer:
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 self.written += 1
-                yield self.make(i, request.text.upper())
+                yield self.make(i, request.text.upper(), request.text)
                 i += 1
         finally:
             self.ended.set()
