@@ -50,12 +50,14 @@ def build_file_set(directory: Path) -> tuple[descriptor_pb2.FileDescriptorSet, P
 class GenServer:
     """gen.v1.Gen on a free loopback port. Token i of a stream has score ``i / 10`` plus
     ``bump.get(i, 0)`` (and ``bump_for[prompt text].get(i, 0)``); ``extra_for[text]`` more
-    tokens than asked for; ``fail`` makes every call UNAVAILABLE; ``delay_s`` paces a stream."""
+    tokens than asked for, ``lead_for[text]`` tokens of negative index before them;
+    ``fail`` makes every call UNAVAILABLE; ``delay_s`` paces a stream."""
 
     def __init__(self, file_set: descriptor_pb2.FileDescriptorSet, *, reflect: bool = True,
                  bump: dict[int, float] | None = None, model: str = "gen-1",
                  delay_s: float = 0.0, bump_for: dict[str, dict[int, float]] | None = None,
-                 extra_for: dict[str, int] | None = None) -> None:
+                 extra_for: dict[str, int] | None = None,
+                 lead_for: dict[str, int] | None = None) -> None:
         pool = descriptor_pool.DescriptorPool()
         for file_proto in file_set.file:
             pool.Add(file_proto)
@@ -64,6 +66,7 @@ class GenServer:
         self.bump = dict(bump or {})
         self.bump_for = dict(bump_for or {})
         self.extra_for = dict(extra_for or {})
+        self.lead_for = dict(lead_for or {})
         self.model = model
         self.delay_s = delay_s
         self.fail = False
@@ -104,6 +107,8 @@ class GenServer:
     async def _generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
         await self._enter(context)
         try:
+            for j in range(self.lead_for.get(request.text, 0), 0, -1):
+                yield self.make(-j, f"lead{j}", request.text)
             for i in range(request.n + self.extra_for.get(request.text, 0)):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)

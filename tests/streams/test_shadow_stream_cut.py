@@ -10,6 +10,8 @@ from typing import Any
 import duckdb
 import pytest
 
+from analysis.divergence import analyze_divergence
+from analysis.load import open_source
 from sidecar.mirror.streams import CUT_DETAILS
 from tests.streams.service import GENERATE, GenServer, build_file_set, codec_spec, routes
 
@@ -64,3 +66,18 @@ async def test_shadow_stream_ends_with_the_callers(
     else:
         assert status == "CANCELLED" and error == CUT_DETAILS
         assert messages < MESSAGES / 2 and shadow.written < MESSAGES / 2
+    # Only the messages both sides sent are compared, and the report says the pair was cut.
+    src = open_source(db=str(db))
+    try:
+        report = analyze_divergence(src, route=GENERATE).to_dict()
+        primary_kept = src.execute("SELECT count(*) FROM stream_messages "
+                                   "WHERE role = 'primary'").fetchall()[0][0]
+    finally:
+        src.close()
+    (pair,) = report["pairs"]
+    assert primary_kept >= 10
+    assert pair["streams"]["streams"]["cut"] == 1
+    compared = pair["streams"]["messages"]
+    assert compared["n"] == min(primary_kept, messages) and compared["differ"] == 0
+    assert pair["numeric"] is None or pair["numeric"]["mean_diff"] in (None, 0.0)
+    assert any("only messages both sides sent" in note for note in report["notes"])

@@ -142,3 +142,34 @@ async def test_bounds_keep_the_first_messages_and_count_them_all(
     con.close()
     # (method, response messages seen, caller's seen, responses kept, caller's kept, bytes)
     assert rows == [(CHAT, 5, 5, 3, 3, 0), (GENERATE, 7, None, 3, 0, 0)]
+
+
+@pytest.mark.parametrize("key", [None, "index"])
+async def test_messages_pair_by_the_routes_stream_key(
+    key: str | None, tmp_path: Path, start_sidecar: Any, channel_to: Any,
+) -> None:
+    """A shadow that sends one more message first: paired by index every message differs;
+    paired by the route's stream_key (the token's index field) none does."""
+    file_set, pb = build_file_set(tmp_path)
+    primary = await GenServer(file_set).start()
+    shadow = await GenServer(file_set, lead_for={"q": 1}).start()
+    db = tmp_path / "k.duckdb"
+    try:
+        route = routes(f"descriptor:{pb}", (GENERATE,), stream_key=key)[0]
+        route["shadows"] = [{"backend": "s", "timeout_ms": 5000}]
+        sc = await start_sidecar({"p": primary.target, "s": shadow.target}, [route],
+                                 db_path=db)
+        body = primary.prompt(text="q", n=4).SerializeToString()
+        assert len([m async for m in channel_to(sc.port).unary_stream(GENERATE)(body)]) == 4
+        await sc.aclose()
+    finally:
+        await primary.stop()
+        await shadow.stop()
+    divergence, _ = reports(db, GENERATE)
+    streams = divergence["pairs"][0]["streams"]
+    assert streams["streams"]["length_mismatch"] == 1
+    assert streams["streams"]["only_shadow_messages"] == 1
+    if key is None:
+        assert (streams["messages"]["n"], streams["messages"]["differ"]) == (4, 4)
+    else:
+        assert (streams["messages"]["n"], streams["messages"]["differ"]) == (4, 0)
