@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 CursorFactory = Callable[[], duckdb.DuckDBPyConnection]
 
 #: The recorded tables (sidecar/sink/schema.py) the export covers, in export order.
-EXPORTED_TABLES: Final = ("configs", "requests", "calls", "outcomes", "audit", "canary_state")
+EXPORTED_TABLES: Final = ("configs", "requests", "calls", "outcomes", "audit", "canary_state",
+                          "stream_messages")
 #: Raw bytes columns, left out unless ``include_bytes``.
-BYTES_COLUMNS: Final = {"requests": "request_bytes", "calls": "response_bytes"}
+BYTES_COLUMNS: Final = {"requests": "request_bytes", "calls": "response_bytes",
+                        "stream_messages": "message_bytes"}
 #: Partition of rows without a timestamp (never written by the sink, but never lost either).
 NO_DATE: Final = "1970-01-01"
 

@@ -75,6 +75,20 @@ async def test_server_streams_compared_message_by_message(
     rates = {f["path"]: f["diff_rate"] for f in fpair["fields"]}
     assert fpair["n"] == 25 and rates["score"] == pytest.approx(3 / 25)
     assert rates["text"] == 0.0 and rates["index"] == 0.0
+    # The fleet export carries the messages: the same figures from Parquet.
+    from sidecar.export import ExportConfig, SegmentExporter
+
+    fleet = tmp_path / "fleet"
+    SegmentExporter(ExportConfig(dir=str(fleet), replica="r1"),
+                    lambda: duckdb.connect(str(db)), str(db)).export_once()
+    src = open_source(parquet=str(fleet))
+    try:
+        (exported,) = analyze_divergence(src, route=GENERATE).to_dict()["pairs"]
+        columns = [r[0] for r in src.execute("DESCRIBE stream_messages").fetchall()]
+        assert "message_bytes" not in columns  # bytes only with include_bytes
+    finally:
+        src.close()
+    assert exported["streams"] == pair["streams"]
 
 
 async def test_a_long_stream_differing_from_its_middle_on(
