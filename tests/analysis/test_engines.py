@@ -162,3 +162,22 @@ def test_memory_limit_reads_as_a_jvm_size() -> None:
     assert spark_memory(None) is None
     with pytest.raises(AnalysisSourceError):
         spark_memory("lots")
+
+
+def test_cli_spark_report_equals_duckdb(tmp_path: Path, spark: Any) -> None:
+    """Issue 19.2: `report experiment --engine spark` through the CLI writes the JSON that
+    `--engine duckdb` writes, figure for figure."""
+    rng = np.random.default_rng(11)
+    frame = pd.DataFrame({"unit_id": [f"u{i}" for i in range(400)],
+                          "variant": np.where(np.arange(400) % 3 == 0, "a", "b"),
+                          "metric": "m", "value": rng.normal(5.0, 2.0, 400)})
+    path = tmp_path / "t.parquet"
+    frame.to_parquet(path)
+    outs = []
+    for engine in ("duckdb", "spark"):
+        out = tmp_path / f"{engine}.json"
+        assert main(["report", "experiment", "--input", str(path), "--engine", engine,
+                     "--control", "a", "--format", "json", "-o", str(out)]) == 0
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["experiments"][0]["results"]
+    assert_same(_strip(outs[0]), _strip(outs[1]))
