@@ -124,3 +124,28 @@ def test_bad_field_tolerances_exit_2(tmp_path: Path, capsys: Any) -> None:
     assert gold_main(["capture", "--from", str(bad), "--route", SCORE, "--field-tol", "x",
                       "-o", str(tmp_path / "o.jsonl")]) == 2
     assert "PATH=ATOL" in capsys.readouterr().err
+
+
+async def test_a_raw_route_captures_bytes_and_runs(
+    servers: dict[str, GenServer], start_sidecar: Any, channel_to: Any, tmp_path: Path,
+    capsys: Any,
+) -> None:
+    """Issue 20.4, the raw codec: capture writes the answer's bytes, run compares them."""
+    primary = servers["primary"]
+    db = tmp_path / "raw.duckdb"
+    sc = await start_sidecar(
+        {"p": primary.target}, [{"match": SCORE, "primary": "p"}], db_path=db,
+        storage={"path": str(db), "flush_interval_ms": 50, "record_bytes": True})
+    stub = channel_to(sc.port).unary_unary(SCORE)
+    for i in range(4):
+        await stub(primary.prompt(text=f"q{i}", n=i).SerializeToString(), timeout=5)
+    await sc.aclose()
+    out = tmp_path / "raw.jsonl"
+    assert await gold("capture", "--from", str(db), "--route", SCORE, "-o", str(out)) == 0
+    cases = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(cases) == 4 and all(set(c["expected"]) == {"response_b64"} for c in cases)
+    assert await gold("run", "--set", str(out), "--target", primary.target,
+                      "--codec", "raw") == 0
+    assert await gold("run", "--set", str(out), "--target", servers["close"].target,
+                      "--codec", "raw") == 1
+    assert "response bytes differ" in capsys.readouterr().out
