@@ -10,6 +10,8 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
+from sidecar.exit_codes import EXIT_FIRED
+
 if TYPE_CHECKING:  # the rest is imported when a replay runs, not to build the parser
     from rich.console import Console
 
@@ -19,7 +21,7 @@ __all__ = ["add_replay_parser", "options_from_args", "run_replay"]
 
 EXIT_INTERRUPTED = 130
 #: Some replayed calls failed (a closed port, deadlines): a resume sends them again.
-EXIT_FAILED = 1
+EXIT_FAILED = EXIT_FIRED
 
 
 def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
