@@ -187,6 +187,12 @@ async def replay(options: ReplayOptions, *, stop: asyncio.Event | None = None) -
                 timeout_s=options.timeout_s)
         except CodecUnavailable as exc:
             raise ReplayInputError(str(exc)) from exc
+        if latest.streaming in ("client", "bidi") and not source.has_request_messages():
+            raise ReplayInputError(
+                f"route {options.route!r} streams from the caller ({latest.streaming}): replay "
+                "sends the caller's messages one by one, and none were recorded with their "
+                "bytes (storage.record_bytes: true on a sidecar that records stream_messages; "
+                "a Parquet export needs include_bytes: true)")
         store.copy_configs(source)
         done = store.done()
         retry = store.failed()

@@ -207,6 +207,15 @@ class ReplaySource:
                                           version)
             last = (rows[-1][1], str(rows[-1][0]))
 
+    def has_request_messages(self) -> bool:
+        """Whether any caller stream of the route kept its messages' bytes one by one."""
+        if "message_bytes" not in self.columns("stream_messages"):
+            return False
+        rows = self.con.execute(
+            "SELECT count(*) FROM stream_messages WHERE route = ? AND direction = 'request' "
+            "AND message_bytes IS NOT NULL", [self.route]).fetchall()
+        return bool(rows[0][0])
+
     def request_messages(self, request_id: str) -> tuple[Message, ...] | None:
         """A caller stream's recorded messages in order, None when none were recorded one by
         one (an older sidecar recorded them concatenated) or without their bytes."""

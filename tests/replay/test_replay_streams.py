@@ -227,3 +227,27 @@ async def test_bidi_stream_replayed_message_by_message(
     # the candidate's first message of each stream scores 0.5 higher
     assert (streams["messages"]["n"], streams["messages"]["differ"]) == (3 * N, N)
     assert streams["messages"]["differ_at"] == {"first": N, "middle": 0, "last": 0}
+
+
+async def test_a_caller_stream_without_its_messages_is_a_usage_error(
+    gen_set: Any, servers: dict[str, GenServer], start_sidecar: Any, channel_to: Any,
+    tmp_path: Path,
+) -> None:
+    """A bidi route recorded without per-message bytes cannot be replayed: exit 2 with the
+    reason (it was replayed as one glued message)."""
+    primary = servers["primary"]
+    db = tmp_path / "t.duckdb"
+    sc = await start_sidecar({"p": primary.target}, routes(f"descriptor:{gen_set[1]}", (CHAT,)),
+                             db_path=db, storage={"path": str(db), "flush_interval_ms": 50,
+                                                  "record_bytes": True})
+
+    async def one() -> Any:
+        yield primary.prompt(text="x").SerializeToString()
+
+    assert len([m async for m in channel_to(sc.port).stream_stream(CHAT)(one())]) == 1
+    await sc.aclose()
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE stream_messages SET message_bytes = NULL").fetchall()  # as if older
+    con.close()
+    with pytest.raises(ReplayInputError, match="streams from the caller"):
+        await replay(opts(db, CHAT, servers["candidate"].target, tmp_path))
