@@ -89,9 +89,14 @@ async def test_primary_killed_mid_load_with_a_fallback(start_sidecar, channel_to
         req = build_infer_request("demo", np.zeros(8))
         versions: list[str] = []
         errors: list[grpc.StatusCode] = []
+        stop = asyncio.Event()
+        progress = asyncio.Condition()
 
         async def client() -> None:
-            for _ in range(60):
+            # Bounded: at most 500 calls each, and the test stops them once the kill is over.
+            for _ in range(500):
+                if stop.is_set():
+                    return
                 t0 = time.perf_counter()
                 try:
                     answer = await stub(req, timeout=1.0)
@@ -99,16 +104,28 @@ async def test_primary_killed_mid_load_with_a_fallback(start_sidecar, channel_to
                 except grpc.aio.AioRpcError as err:
                     errors.append(err.code())
                 assert time.perf_counter() - t0 < 1.5  # within its deadline, always
+                async with progress:
+                    progress.notify_all()
+
+        async def settled(count: int) -> None:
+            async with progress:
+                await progress.wait_for(lambda: len(versions) + len(errors) >= count)
+
         tasks = [asyncio.ensure_future(client()) for _ in range(4)]
-        await asyncio.sleep(0.2)
+        # Kill the primary while calls are in flight, after it has answered some: a fast
+        # machine must not finish every call before the kill (the race this test once had).
+        await settled(40)
         await primary.aclose()
+        killed_at = len(versions) + len(errors)
+        await settled(killed_at + 80)
+        stop.set()
         await asyncio.gather(*tasks)
-        assert len(versions) + len(errors) == 240
-        figures(sent=240, answered=len(versions), fallbacks=versions.count("2"),
+        sent = len(versions) + len(errors)
+        figures(sent=sent, answered=len(versions), fallbacks=versions.count("2"),
                 errors=len(errors), lost=0, peak_rss_mb=round(_rss_kb() / 1024, 1))
         assert "1" in versions and "2" in versions  # answered by the primary, then the fallback
         assert set(errors) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-        assert len(errors) < 24
+        assert len(errors) < sent // 10
     finally:
         await backup.aclose()
 
