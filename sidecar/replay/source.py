@@ -218,7 +218,8 @@ class ReplaySource:
 
     def request_messages(self, request_id: str) -> tuple[Message, ...] | None:
         """A caller stream's recorded messages in order, None when none were recorded one by
-        one (an older sidecar recorded them concatenated) or without their bytes."""
+        one (an older sidecar recorded them concatenated), without their bytes, or fewer
+        than the caller sent (past storage.stream_max_messages)."""
         if "message_bytes" not in self.columns("stream_messages"):
             return None
         rows = self.con.execute(
@@ -227,6 +228,11 @@ class ReplaySource:
         ).fetchall()
         if not rows or any(body is None for _, body in rows):
             return None
+        if "messages" in self.columns("requests"):  # kept fewer than seen: not the stream
+            seen = self.con.execute("SELECT max(messages) FROM requests WHERE request_id = ?",
+                                    [request_id]).fetchall()[0][0]
+            if seen is not None and int(seen) > len(rows):
+                return None
         return tuple((float(offset or 0.0), bytes(body)) for offset, body in rows)
 
     def decodings(self) -> tuple[dict[str, RouteDecoding], RouteDecoding]:
