@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,27 @@ async def channel_to() -> AsyncIterator[Callable[[int], grpc.aio.Channel]]:
     yield factory
     for ch in channels:
         await ch.close()
+
+
+@pytest.fixture
+def chromium() -> Callable[..., Any]:
+    """Factory for a headless Chromium WebDriver (``chromium(width=1280)``); the test quits
+    it. Skips where Debian chromium and chromium-driver are missing (.ci/run installs them)."""
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.skip("needs Debian chromium and chromium-driver (.ci/run installs them)")
+
+    def factory(width: int = 1280) -> Any:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = binary
+        for flag in ("--headless=new", f"--window-size={width},900", "--no-sandbox",
+                     "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--disable-dev-shm-usage"):
+            options.add_argument(flag)
+        return webdriver.Chrome(service=Service(driver), options=options)
+
+    return factory

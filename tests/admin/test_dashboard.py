@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import pytest
 
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        CHROMIUM is None or CHROMEDRIVER is None,
-        reason="needs Debian chromium and chromium-driver (.ci/run installs them)",
-    ),
-]
+pytestmark = [pytest.mark.browser]
 
 
-def _browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--window-size=1280,900", "--no-sandbox", "--disable-gpu",
-                 "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
-async def test_dashboard_shows_live_traffic(echo, start_sidecar, channel_to, tmp_path) -> None:
+async def test_dashboard_shows_live_traffic(
+        echo, start_sidecar, channel_to, chromium, tmp_path) -> None:
     primary, shadow = await echo(), await echo(hang=True)
     sc = await start_sidecar(
         {"p": primary.target, "s": shadow.target},
@@ -44,7 +21,7 @@ async def test_dashboard_shows_live_traffic(echo, start_sidecar, channel_to, tmp
     for _ in range(25):
         await stub(b"x")
     url = f"http://127.0.0.1:{sc.admin.port}/"
-    driver = await asyncio.to_thread(_browser)
+    driver = await asyncio.to_thread(chromium)
     try:
         await asyncio.to_thread(driver.get, url)
 
@@ -76,7 +53,7 @@ async def test_dashboard_shows_live_traffic(echo, start_sidecar, channel_to, tmp
         await asyncio.to_thread(driver.quit)
 
 
-async def test_rollback_click_changes_the_canary(echo, start_sidecar, tmp_path) -> None:
+async def test_rollback_click_changes_the_canary(echo, start_sidecar, chromium, tmp_path) -> None:
     stable, cand = await echo(), await echo()
     sc = await start_sidecar(
         {"stable": stable.target, "cand": cand.target},
@@ -87,7 +64,7 @@ async def test_rollback_click_changes_the_canary(echo, start_sidecar, tmp_path) 
     )
     canary = sc.canaries["/pkg.Model/Predict"]
     assert canary.state.state == "running"
-    driver = await asyncio.to_thread(_browser)
+    driver = await asyncio.to_thread(chromium)
     try:
         await asyncio.to_thread(driver.get, f"http://127.0.0.1:{sc.admin.port}/")
 
@@ -135,7 +112,7 @@ async def test_rollback_click_changes_the_canary(echo, start_sidecar, tmp_path) 
 
 
 async def test_dashboard_says_why_a_shadow_fails_and_forgets_removed_rows(
-    start_sidecar, channel_to, tmp_path
+    start_sidecar, channel_to, chromium, tmp_path
 ) -> None:
     """Issue 15.8 / 15.9 / issue 17 "Failure visible": a shadow answering NOT_FOUND for a
     model it does not serve shows its status and message next to its errored count and in
@@ -159,7 +136,7 @@ async def test_dashboard_says_why_a_shadow_fails_and_forgets_removed_rows(
         infer = channel_to(sc.port).unary_unary(method)
         for _ in range(12):
             await infer(build_infer_request(model.name, [[0.5] * 8]))
-        driver = await asyncio.to_thread(_browser)
+        driver = await asyncio.to_thread(chromium)
         try:
             await asyncio.to_thread(driver.get, f"http://127.0.0.1:{sc.admin.port}/")
 

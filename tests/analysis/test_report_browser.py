@@ -3,23 +3,14 @@ page is not blank, the verdict is there and readable, and each chart is drawn at
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from report_data import KINDS, build_showcase
 
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        CHROMIUM is None or CHROMEDRIVER is None,
-        reason="needs Debian chromium and chromium-driver (.ci/run installs them)",
-    ),
-]
+pytestmark = [pytest.mark.browser]
 
 #: What the verdict of each showcase report must say, and how many charts it draws.
 EXPECTED = {
@@ -29,19 +20,6 @@ EXPECTED = {
     "quality": ("fraud-v8@8.0.0 scores AUC", 1),
     "fields": ("beyond the replica's noise floor", 2),
 }
-
-
-def _browser() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage", "--window-size=1200,900"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +43,9 @@ def _colours(png: Path) -> int:
         return len(colours or ())
 
 
-def test_every_report_renders_in_chromium(pages: dict[str, Path], tmp_path: Path) -> None:
-    driver = _browser()
+def test_every_report_renders_in_chromium(
+        chromium: Callable[..., Any], pages: dict[str, Path], tmp_path: Path) -> None:
+    driver = chromium(1200)
     try:
         for kind, path in pages.items():
             assert path.stat().st_size < 2_000_000, (kind, path.stat().st_size)
