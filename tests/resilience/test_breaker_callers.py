@@ -12,7 +12,7 @@ import pytest
 
 from sidecar.config import parse_config
 from sidecar.resilience import CALLER_DEADLINE, CALLER_FAULTS
-from tests.conftest import sidecar_config
+from tests.conftest import sidecar_config, wait_for
 
 DOWN = (("x-echo-status", "UNAVAILABLE"), ("x-echo-details", "model server restarting"))
 
@@ -38,14 +38,6 @@ async def _answers_within(stub: Any, seconds: float) -> bool:
             assert "circuit open" in (err.details() or ""), err
         await asyncio.sleep(0.05)
     return False
-
-
-async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def _cancel_after(stub: Any, seconds: float) -> None:
@@ -100,7 +92,7 @@ async def test_a_probe_cut_by_the_callers_deadline_gives_its_slot_back(
         await stub(b"x", timeout=0.015)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     route = sc.live.route(sc.route_plans()[0].match)
-    await _wait_for(lambda: primary.calls == 6 and route.in_flight == 0)
+    await wait_for(lambda: primary.calls == 6 and route.in_flight == 0)
     assert await stub(b"ok", timeout=2) == b"ok"  # no second cooldown to wait out
     assert sc.backends["p"].breaker.state == "closed"
     assert sc.backends["p"].breaker.opened == 1
@@ -155,7 +147,7 @@ async def test_statuses_of_the_callers_making_never_open_a_breaker(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub(b"x", metadata=(("x-echo-status", code),))
         assert info.value.code() == grpc.StatusCode[code]
-    await _wait_for(lambda: sc.mirror.in_flight == 0 and shadow.calls == 8)
+    await wait_for(lambda: sc.mirror.in_flight == 0 and shadow.calls == 8)
     states = {name: b.breaker.state for name, b in sc.backends.items()}
     assert states == {"p": "closed", "s": "closed", "b": "closed"}
     assert shadow.calls == 8

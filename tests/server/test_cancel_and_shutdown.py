@@ -12,15 +12,7 @@ import duckdb
 import grpc
 import pytest
 
-from tests.server.test_streaming import _serve, _StreamBackend
-
-
-async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+from tests.conftest import wait_for
 
 
 def _rows(db: Any, sql: str) -> list[tuple[Any, ...]]:
@@ -42,11 +34,11 @@ async def test_a_caller_who_cancels_leaves_a_cancelled_call_row(
                              db_path=db)
     stub = channel_to(sc.port).unary_unary("/m.S/P")
     call = stub(b"x", metadata=(("x-request-id", "gone-1"),))
-    await _wait_for(lambda: primary.calls == 1)
+    await wait_for(lambda: primary.calls == 1)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await _wait_for(lambda: sc.live.route(sc.route_plans()[0].match).in_flight == 0)
+    await wait_for(lambda: sc.live.route(sc.route_plans()[0].match).in_flight == 0)
     primary.set_delay(0)
     assert await stub(b"y", metadata=(("x-request-id", "kept-1"),)) == b"y"
     await sc.aclose()
@@ -85,14 +77,14 @@ async def test_a_cancelled_stream_leaves_a_cancelled_call_row(
             await gate.wait()  # never set: the caller stays mid-upload
 
         call = ch.stream_unary(method[kind])(parts(), metadata=md)
-        await _wait_for(lambda: handler.calls == 1)
+        await wait_for(lambda: handler.calls == 1)
     else:
         call = ch.stream_stream(method[kind])(metadata=md)
         await call.write(b"hi")
         assert await call.read() == b"HI"
     await asyncio.sleep(0.05)
     call.cancel()
-    await _wait_for(lambda: sc.stats()["sink"]["queue_depth"] == 0 and
+    await wait_for(lambda: sc.stats()["sink"]["queue_depth"] == 0 and
                     _recorded(sc) >= 1)
     await sc.aclose()
     rows = _rows(db, "SELECT role, status FROM calls")
@@ -103,21 +95,6 @@ async def test_a_cancelled_stream_leaves_a_cancelled_call_row(
 def _recorded(sc: Any) -> int:
     counts = sc.live.calls
     return sum(n for key, n in counts.items() if key[2] == "primary")
-
-
-@pytest.fixture
-async def stream_backends():
-    servers = []
-
-    async def factory(delay_s: float = 0.0) -> tuple[_StreamBackend, str]:
-        handler = _StreamBackend(delay_s)
-        server, target = await _serve(handler)
-        servers.append(server)
-        return handler, target
-
-    yield factory
-    for s in servers:
-        await s.stop(0)
 
 
 def _hammer(port: int, counts: collections.Counter[Any], stop: threading.Event,
@@ -192,7 +169,7 @@ async def test_a_streaming_shadow_obeys_the_breaker_rule(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             _ = [m async for m in call]
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    await _wait_for(lambda: sc.mirror.in_flight == 0)
+    await wait_for(lambda: sc.mirror.in_flight == 0)
     lane = sc.stats()["routes"][0]["shadows"]["s"]
     assert lane["sent"] == 8 and lane["breaker_skipped"] == 0
     assert sc.backends["s"].breaker.state == "closed"
@@ -217,11 +194,11 @@ async def test_every_kind_of_call_arriving_at_shutdown_is_held_then_unavailable(
     )
     ch = channel_to(sc.port)
     in_flight = asyncio.ensure_future(ch.unary_unary("/m.S/P")(b"first"))
-    await _wait_for(lambda: slow.calls == 1)
+    await wait_for(lambda: slow.calls == 1)
     stopping = asyncio.ensure_future(sc.aclose())
     proxy = sc._handler
     assert proxy is not None
-    await _wait_for(lambda: proxy.refusing)
+    await wait_for(lambda: proxy.refusing)
 
     async def chunks() -> Any:
         yield b"a"
