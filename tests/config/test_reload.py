@@ -123,34 +123,65 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, check=False)
 
 
-@pytest.mark.subprocess
-async def test_sighup_and_cli_reload_and_audit(echo, tmp_path) -> None:
-    a, b = await echo(), await echo()
+def _on_free_ports(data: dict) -> str:
+    """Give ``data`` a listener and an admin API on free ports; the admin API's base URL."""
     admin = _free_port()
-    data = sidecar_config(tmp_path / "h.duckdb", {"a": a.target, "b": b.target},
-                          [{"match": "*", "primary": "a"}])
     data["listen"] = f"127.0.0.1:{_free_port()}"
     data["admin"] = {"listen": f"127.0.0.1:{admin}"}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(data))
-    proc = await asyncio.to_thread(
+    return f"http://127.0.0.1:{admin}"
+
+
+async def _serve(path) -> subprocess.Popen[str]:
+    """``sidecar serve --config PATH`` as a child process (stderr kept for the asserts)."""
+    return await asyncio.to_thread(
         subprocess.Popen, [sys.executable, "-m", "sidecar", "serve", "--config", str(path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    base = f"http://127.0.0.1:{admin}"
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, then up to 30 s to exit (killed after); the child's stderr."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return err
+
+
+async def _get_config(base: str) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/v1/config") as resp:
+            return await resp.json()
+
+
+async def _first_config(base: str) -> dict:
+    """/v1/config once the child's admin API answers."""
+    for _ in range(199):
+        try:
+            return await _get_config(base)
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.05)
+    return await _get_config(base)
+
+
+@pytest.mark.subprocess
+async def test_sighup_and_cli_reload_and_audit(echo, tmp_path) -> None:
+    a, b = await echo(), await echo()
+    data = sidecar_config(tmp_path / "h.duckdb", {"a": a.target, "b": b.target},
+                          [{"match": "*", "primary": "a"}])
+    base = _on_free_ports(data)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = await _serve(path)
 
     async def version() -> str:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(base + "/v1/config") as resp:
-                return (await resp.json())["version"]
+        return (await _get_config(base))["version"]
 
     try:
-        for _ in range(200):
-            try:
-                first = await version()
-                break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
+        first = (await _first_config(base))["version"]
         path.write_text(yaml.safe_dump(dict(data, routes=[{"match": "*", "primary": "b"}])))
         os.kill(proc.pid, signal.SIGHUP)
         for _ in range(100):
@@ -177,14 +208,8 @@ async def test_sighup_and_cli_reload_and_audit(echo, tmp_path) -> None:
                                           str(path))
         assert bad_cli.returncode == 2 and "YAML syntax" in bad_cli.stderr
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=30)
-            assert proc.returncode == 0, err
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        err = _stop(proc)
+        assert proc.returncode == 0, err
     t0 = time.time()
     res = _cli("audit", "--db", str(tmp_path / "h.duckdb"))
     assert res.returncode == 0 and "config.reload_rejected" in res.stdout
@@ -197,26 +222,18 @@ async def test_sighup_rereads_the_file_most_recently_loaded(echo, tmp_path) -> N
     silently undone by a SIGHUP rereading the start file); /v1/config names the file and
     each reload logs the rule."""
     a, b = await echo(), await echo()
-    admin = _free_port()
     data = sidecar_config(tmp_path / "f.duckdb", {"a": a.target, "b": b.target},
                           [{"match": "*", "primary": "a"}])
-    data["listen"] = f"127.0.0.1:{_free_port()}"
-    data["admin"] = {"listen": f"127.0.0.1:{admin}"}
+    base = _on_free_ports(data)
     start = tmp_path / "start.yaml"
     start.write_text(yaml.safe_dump(data))
     other = tmp_path / "sub" / "other.yaml"
     other.parent.mkdir()
     other.write_text(yaml.safe_dump(dict(data, routes=[{"match": "*", "primary": "b"}])))
-    proc = await asyncio.to_thread(
-        subprocess.Popen, [sys.executable, "-m", "sidecar", "serve", "--config", str(start)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    base = f"http://127.0.0.1:{admin}"
+    proc = await _serve(start)
 
     async def config() -> dict:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(base + "/v1/config") as resp:
-                return await resp.json()
+        return await _get_config(base)
 
     async def after_hup(previous: str) -> dict:
         os.kill(proc.pid, signal.SIGHUP)
@@ -228,12 +245,7 @@ async def test_sighup_rereads_the_file_most_recently_loaded(echo, tmp_path) -> N
         return now
 
     try:
-        for _ in range(200):
-            try:
-                first = await config()
-                break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
+        first = await _first_config(base)
         assert first["file"] == str(start)
         res = await asyncio.to_thread(_cli, "reload", "--admin", base, "--config",
                                       str(other), "--reason", "to b")
@@ -257,12 +269,6 @@ async def test_sighup_rereads_the_file_most_recently_loaded(echo, tmp_path) -> N
         res = await asyncio.to_thread(_cli, "reload", "--admin", base, "--reason", "again")
         assert res.returncode == 0 and f"SIGHUP rereads {other}" in res.stdout, res
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        err = _stop(proc)
     assert proc.returncode == 0, err
     assert err.count(f"SIGHUP rereads {other}") >= 3, err  # each reload logs the rule
