@@ -22,15 +22,35 @@ def _limit_files() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, resource.RLIM_INFINITY))
 
 
+def _limited_sidecar(sidecar_process, primary, db, **storage):
+    """A sidecar child whose files may not grow past LIMIT, recording every call's bytes."""
+    return sidecar_process({
+        "storage": {"path": str(db), "flush_interval_ms": 50, "record_bytes": True,
+                    **storage},
+        "backends": [{"name": "p", "version": "1", "target": primary.target}],
+        "routes": [{"match": "*", "primary": "p"}],
+    }, preexec=_limit_files)
+
+
+def _free_the_disk(sc) -> None:
+    """Lift the file size limit on the running child."""
+    resource.prlimit(sc.proc.pid, resource.RLIMIT_FSIZE,
+                     (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def _count(db, sql: str) -> int:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return int(con.execute(sql).fetchall()[0][0])
+    finally:
+        con.close()
+
+
 async def test_disk_full_degrades_then_recovers(echo, sidecar_process, tmp_path,
                                                 figures) -> None:
     primary = await echo()
     db = tmp_path / "full.duckdb"
-    sc = sidecar_process({
-        "storage": {"path": str(db), "flush_interval_ms": 50, "record_bytes": True},
-        "backends": [{"name": "p", "version": "1", "target": primary.target}],
-        "routes": [{"match": "*", "primary": "p"}],
-    }, preexec=_limit_files)
+    sc = _limited_sidecar(sidecar_process, primary, db)
     await sc.wait_ready()
     answered = 0
     degraded = None
@@ -54,9 +74,7 @@ async def test_disk_full_degrades_then_recovers(echo, sidecar_process, tmp_path,
         dropped = sum(stats["sink"]["dropped"].values())
         assert dropped > 0
         peak = sc.rss_kb()
-        # The "disk" is freed: lift the limit on the running process.
-        resource.prlimit(sc.proc.pid, resource.RLIMIT_FSIZE,
-                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        _free_the_disk(sc)
         for _ in range(500):  # the sink re-checks itself every second, backing off to 4 s
             assert await stub(b"after") == b"after"
             answered += 1
@@ -68,11 +86,8 @@ async def test_disk_full_degrades_then_recovers(echo, sidecar_process, tmp_path,
         for i in range(20):
             await stub(b"late", metadata=(("x-request-id", f"late-{i}"),))
     assert sc.stop() == 0
-    con = duckdb.connect(str(db), read_only=True)
-    late = con.execute(
-        "SELECT count(*) FROM requests WHERE request_id LIKE 'late-%'").fetchall()[0][0]
-    total = con.execute("SELECT count(*) FROM requests").fetchall()[0][0]
-    con.close()
+    late = _count(db, "SELECT count(*) FROM requests WHERE request_id LIKE 'late-%'")
+    total = _count(db, "SELECT count(*) FROM requests")
     figures(sent=answered, answered=answered, fallbacks=0, errors=0,
             lost=dropped, loss_note="records dropped while the disk was full",
             peak_rss_mb=round(peak / 1024, 1))
@@ -105,18 +120,13 @@ async def test_readiness_recovers_without_traffic(echo, sidecar_process, tmp_pat
     /readyz answers 200 again (an idle pod must come back), and later calls are recorded."""
     primary = await echo()
     db = tmp_path / "idle.duckdb"
-    sc = sidecar_process({
-        "storage": {"path": str(db), "flush_interval_ms": 50, "record_bytes": True},
-        "backends": [{"name": "p", "version": "1", "target": primary.target}],
-        "routes": [{"match": "*", "primary": "p"}],
-    }, preexec=_limit_files)
+    sc = _limited_sidecar(sidecar_process, primary, db)
     await sc.wait_ready()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{sc.port}") as ch:
         stub = ch.unary_unary("/m.S/P")
         degraded = await _fill_until_full(sc, stub)
         assert any("sink not writable" in r for r in degraded["reasons"])
-        resource.prlimit(sc.proc.pid, resource.RLIMIT_FSIZE,
-                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        _free_the_disk(sc)
         status = 503
         for _ in range(300):  # no call in between: only the sink's own probe can notice
             status, _ = await sc.get("/readyz")
@@ -127,10 +137,7 @@ async def test_readiness_recovers_without_traffic(echo, sidecar_process, tmp_pat
         for i in range(5):
             await stub(b"late", metadata=(("x-request-id", f"late-{i}"),))
     assert sc.stop() == 0
-    con = duckdb.connect(str(db), read_only=True)
-    late = con.execute(
-        "SELECT count(*) FROM requests WHERE request_id LIKE 'late-%'").fetchall()[0][0]
-    con.close()
+    late = _count(db, "SELECT count(*) FROM requests WHERE request_id LIKE 'late-%'")
     assert late == 5
 
 
@@ -140,13 +147,9 @@ async def test_records_lost_at_shutdown_make_serve_exit_nonzero(
     SIGTERM) are logged and make `sidecar serve` exit non-zero (3, data); it exited 0."""
     primary = await echo()
     db = tmp_path / "lost.duckdb"
-    sc = sidecar_process({
-        # Nothing is flushed before the stop: every record waits for the final flush.
-        "storage": {"path": str(db), "flush_interval_ms": 3_600_000,
-                    "batch_rows": 1_000_000, "record_bytes": True},
-        "backends": [{"name": "p", "version": "1", "target": primary.target}],
-        "routes": [{"match": "*", "primary": "p"}],
-    }, preexec=_limit_files)
+    # Nothing is flushed before the stop: every record waits for the final flush.
+    sc = _limited_sidecar(sidecar_process, primary, db, flush_interval_ms=3_600_000,
+                          batch_rows=1_000_000)
     await sc.wait_ready()
     body = b"z" * 4000
     async with grpc.aio.insecure_channel(f"127.0.0.1:{sc.port}") as ch:
