@@ -114,52 +114,41 @@ class Metrics:
                 f"shadowcar.outcomes.{which}", f"outcome events {which}",
                 self._outcomes(which),
             ))
+        observables.append(("shadowcar.assignments",
+                            "exposed requests by route, experiment and variant",
+                            self._assignments))
         for name, desc, callback in observables:
             meter.create_observable_counter(name, callbacks=[callback], description=desc)
-        meter.create_observable_counter(
-            "shadowcar.assignments", callbacks=[self._assignments],
-            description="exposed requests by route, experiment and variant",
-        )
-        meter.create_observable_gauge(
-            "shadowcar.canary.share", callbacks=[self._canary_share],
-            description="fraction of units the canary candidate serves",
-        )
-        meter.create_observable_gauge(
-            "shadowcar.canary.state", callbacks=[self._canary_state],
-            description="1 for the canary's current state (label state), 0 otherwise",
-        )
-        meter.create_observable_gauge(
-            "shadowcar.canary.step", callbacks=[self._canary_step],
-            description="the canary's current step, 1-based (label steps: how many)",
-        )
-        meter.create_observable_gauge(
-            "shadowcar.breaker.state", callbacks=[self._breaker_state],
-            description="1 for the backend breaker's current state (label state), 0 otherwise",
-        )
-        meter.create_observable_gauge(
-            "shadowcar.backend.error_rate", callbacks=[self._backend_errors("error_rate")],
-            description="share of a backend's recent calls that failed (rolling window)",
-        )
-        meter.create_observable_gauge(
-            "shadowcar.trigger.fired", callbacks=[self._triggers],
-            description="1 when a retraining trigger fired at its last evaluation",
-        )
-        meter.create_observable_gauge(
-            "shadowcar.mirror.in_flight", callbacks=[self._lane("in_flight")],
-            description="shadow calls in flight",
-        )
-        meter.create_observable_gauge(
-            "shadowcar.sink.queue_depth", callbacks=[self._queue_depth],
-            description="records waiting to be written",
-        )
-        meter.create_observable_gauge(
-            "shadowcar.pair.agreement", callbacks=[self._pair("agreement")],
-            description="share of recent pairs whose class agrees (rolling window)",
-        )
-        meter.create_observable_gauge(
-            "shadowcar.pair.mean_abs_diff", callbacks=[self._pair("mean_abs_diff")],
-            description="mean |shadow - primary| score over recent pairs (rolling window)",
-        )
+        gauges: list[tuple[str, str, Callback]] = [
+            ("shadowcar.canary.share",
+             "fraction of units the canary candidate serves",
+             self._canary_share),
+            ("shadowcar.canary.state",
+             "1 for the canary's current state (label state), 0 otherwise",
+             self._canary_state),
+            ("shadowcar.canary.step",
+             "the canary's current step, 1-based (label steps: how many)",
+             self._canary_step),
+            ("shadowcar.breaker.state",
+             "1 for the backend breaker's current state (label state), 0 otherwise",
+             self._breaker_state),
+            ("shadowcar.backend.error_rate",
+             "share of a backend's recent calls that failed (rolling window)",
+             self._backend_errors("error_rate")),
+            ("shadowcar.trigger.fired",
+             "1 when a retraining trigger fired at its last evaluation",
+             self._triggers),
+            ("shadowcar.mirror.in_flight", "shadow calls in flight", self._lane("in_flight")),
+            ("shadowcar.sink.queue_depth", "records waiting to be written", self._queue_depth),
+            ("shadowcar.pair.agreement",
+             "share of recent pairs whose class agrees (rolling window)",
+             self._pair("agreement")),
+            ("shadowcar.pair.mean_abs_diff",
+             "mean |shadow - primary| score over recent pairs (rolling window)",
+             self._pair("mean_abs_diff")),
+        ]
+        for name, desc, callback in gauges:
+            meter.create_observable_gauge(name, callbacks=[callback], description=desc)
 
     # -- callbacks (run at collection time, never on the hot path) -----------------------
     def _calls(self, options: CallbackOptions) -> Iterable[Observation]:
