@@ -152,9 +152,8 @@ async def send_traffic(
     """Send every payload through the sidecar (request ids ``demo-0``...), paced."""
     tally = Tally()
     limit = AdaptiveLimit(pace.concurrency, slow_s=pace.primary_timeout_ms / 1000 / 4)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(payloads)):
-        queue.put_nowait(i)
+    # One iterator shared by the workers (one event loop): each index is taken once.
+    indices = iter(range(len(payloads)))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         infer = channel.unary_unary(METHOD)
         with Progress(
@@ -164,11 +163,7 @@ async def send_traffic(
             task = progress.add_task("requests", total=len(payloads))
 
             async def worker() -> None:
-                while True:
-                    try:
-                        i = queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        return
+                for i in indices:
                     await limit.acquire()
                     started = time.perf_counter()
                     try:
