@@ -225,10 +225,11 @@ def _per_model(dispatch: Dispatch, method: str) -> Behavior:
 
 def _as_asked(call: Call, response: bytes) -> bytes:
     """The serving backend's answer; one asked for another model name (``backends[].model``)
-    names the caller's model again (only field 1: docs/oip.md)."""
+    names the caller's model again (only field 1: docs/oip.md). Called for inference
+    methods only (``_forward`` checks the method once per route)."""
     backend = call.backend if call.served is call.outcome else call.plan.fallback_backend
     rewrite = backend.rewrite if backend is not None else None
-    if rewrite is None or rewrite.name is None or call.method not in OIP_INFER_METHODS:
+    if rewrite is None or rewrite.name is None:
         return response
     try:
         return rewrite.restore(response, read_model(call.request))
