@@ -10,14 +10,7 @@ import duckdb
 import pytest
 
 from sidecar.routing import sample_bucket
-
-
-async def _wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+from tests.conftest import wait_for
 
 
 async def test_shadow_gets_a_marked_copy(echo, start_sidecar, channel_to) -> None:
@@ -29,7 +22,7 @@ async def test_shadow_gets_a_marked_copy(echo, start_sidecar, channel_to) -> Non
     stub = channel_to(sc.port).unary_unary("/m.S/Predict")
     call = stub(b"features", metadata=(("x-user", "42"),))
     assert await call == b"features"
-    await _wait_for(lambda: shadow.calls == 1)
+    await wait_for(lambda: shadow.calls == 1)
     seen = dict(shadow.seen_metadata[-1])
     assert seen["x-shadow"] == "true"
     assert seen["x-user"] == "42"
@@ -53,14 +46,14 @@ async def test_sampling_is_deterministic_per_request_id(echo, start_sidecar, cha
     assert [sample_bucket(rid) for rid in ids[:3]] == [
         zlib.crc32(rid.encode()) % 10_000 for rid in ids[:3]]
     expected = {rid for rid in ids if zlib.crc32(rid.encode()) % 10_000 < 2500}
-    await _wait_for(lambda: shadow.calls == len(expected))
+    await wait_for(lambda: shadow.calls == len(expected))
     await asyncio.sleep(0.1)
     mirrored = {dict(md)["x-request-id"] for md in shadow.seen_metadata}
     assert shadow.calls == len(expected)
     assert 60 < len(expected) < 140  # about a quarter of 400
     assert mirrored <= expected
     # Unsalted: a second shadow at the same percentage sees exactly the same requests.
-    await _wait_for(lambda: twin.calls == len(expected))
+    await wait_for(lambda: twin.calls == len(expected))
     assert {dict(md)["x-request-id"] for md in twin.seen_metadata} == mirrored
 
 
@@ -146,7 +139,7 @@ async def test_broken_shadow_never_reaches_the_caller(
         else:
             assert await stub(str(i).encode()) == str(i).encode()
         if kind == "dead":  # one copy at a time, so the breaker sees the streak in order
-            await _wait_for(lambda: sc.stats()["routes"][0]["shadows"]["s"]["in_flight"] == 0)
+            await wait_for(lambda: sc.stats()["routes"][0]["shadows"]["s"]["in_flight"] == 0)
     await sc.aclose()
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute("SELECT status, error FROM calls WHERE role = 'shadow'").fetchall()
@@ -173,4 +166,4 @@ async def test_several_shadows_each_get_a_copy(echo, start_sidecar, channel_to) 
     stub = channel_to(sc.port).unary_unary("/m.S/P")
     for _ in range(10):
         await stub(b"x")
-    await _wait_for(lambda: s1.calls == 10 and s2.calls == 10)
+    await wait_for(lambda: s1.calls == 10 and s2.calls == 10)
