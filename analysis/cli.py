@@ -166,6 +166,13 @@ def _analyze(
 
     if args.kind == "experiment":
         return _experiment(con, args, weights, engine)
+    if args.kind == "divergence" and con is None and engine is not None:
+        from analysis.divergence_engine import analyze_divergence_engine
+
+        return analyze_divergence_engine(
+            engine, since=args.since, until=args.until, route=args.route, atol=args.atol,
+            rtol=args.rtol, segment=args.segment,
+            **statistics_kwargs(args, "divergence")).to_dict()
     if con is None:
         raise EngineUnsupported(
             f"the {args.kind} report runs on --engine duckdb only for now (docs/engines.md "
@@ -317,7 +324,7 @@ def _spark_report(args: argparse.Namespace, source_kind: str | None, color: bool
     from analysis.engine import spark_engine, spark_session
 
     try:
-        if args.kind != "experiment":
+        if args.kind not in ("experiment", "divergence"):
             raise EngineUnsupported(
                 f"the {args.kind} report runs on --engine duckdb only for now (docs/engines.md "
                 "says which parts are ported); read the export with --engine duckdb "

@@ -233,3 +233,50 @@ def test_score_figures_exact_on_both_engines(spark: Any) -> None:
                                "spearman": figures[(key,)]["spearman"],
                                "plots": figures[(key,)]["plots"]}, f"$[{key}]")
             assert figures[(key,)]["plots"] == want["plots"], key  # edges and counts exact
+
+
+def test_divergence_equal_on_both_engines(fleet: Path, spark: Any) -> None:
+    """Issue 19.1: the divergence report's row work (pair join, moments, labels, latency,
+    errors, replicas, identical answers, exact score distributions) through Spark gives
+    DuckDB's report to 1e-9: whole, by segment, one route, all versions."""
+    from analysis.divergence import analyze_divergence
+    from analysis.divergence_engine import analyze_divergence_engine
+
+    con = open_source(parquet=str(fleet))
+    engines = [duckdb_engine(con), spark_engine(spark, parquet=str(fleet))]
+    for options in ({}, {"segment": "experiment", "atol": 0.01, "rtol": 0.0},
+                    {"segment": "status", "route": "/fraud.Model/Predict", "all_versions": True}):
+        ours = analyze_divergence(con, **options).to_dict()  # type: ignore[arg-type]
+        assert ours["pairs"] and ours["pairs"][0]["distribution"]
+        for engine in engines:
+            theirs = analyze_divergence_engine(engine, **options).to_dict()  # type: ignore[arg-type]
+            assert_same(ours, theirs)
+
+
+def test_cli_divergence_spark_equals_duckdb(fleet: Path, tmp_path: Path, spark: Any) -> None:
+    """Issue 19.2: `report divergence --engine spark` over the fleet export writes the JSON
+    of `--engine duckdb`, figure for figure."""
+    outs = []
+    for engine in ("duckdb", "spark"):
+        out = tmp_path / f"{engine}.json"
+        assert main(["report", "divergence", "--parquet", str(fleet), "--engine", engine,
+                     "--format", "json", "-o", str(out)]) == 0
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["pairs"]
+    assert_same(_strip(outs[0]), _strip(outs[1]))
+
+
+def test_cli_divergence_spark_refuses_output_vectors(tmp_path: Path, spark: Any,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19.2: output vectors (Jensen-Shannon, whole-vector tolerance) run on DuckDB
+    only: --engine spark exits 2 saying so rather than leave them out."""
+    where = tmp_path / "fleet" / "table=calls" / "date=2026-01-01"
+    where.mkdir(parents=True)
+    pd.DataFrame({"request_id": ["a", "a"], "ts": pd.to_datetime(["2026-01-01"] * 2),
+                  "route": "/m", "backend": ["p", "s"], "role": ["primary", "shadow"],
+                  "score": [0.1, 0.2], "output": [[0.9, 0.1], [0.8, 0.2]]}).to_parquet(
+        where / "part.parquet")
+    code = main(["report", "divergence", "--parquet", str(tmp_path / "fleet"),
+                 "--engine", "spark"])
+    assert code == 2
+    assert "output vectors" in capsys.readouterr().err
