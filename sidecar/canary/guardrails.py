@@ -136,8 +136,9 @@ def _ts(epoch: float) -> Any:
 
 def _error_rate_bounds(ev: Evidence, alpha: float, n_opt: float) -> tuple[float, float, float]:
     """Estimate and confidence-sequence bounds of (candidate - stable) error rate."""
-    # Imported here: statistics load only in a sidecar that runs a canary.
-    from analysis.significance import cs_multiplier, mixture_rho2
+    # Imported here: statistics load only in a sidecar that runs a canary; the confidence
+    # sequence alone (numpy), not analysis.significance, whose scipy import takes ~0.5 s.
+    from analysis.confidence_sequence import cs_multiplier, mixture_rho2
 
     nc, ns = ev.n_canary, ev.n_stable
     # Shrunk rates keep the variance positive when no error was seen yet.
