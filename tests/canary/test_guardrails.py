@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from analysis.significance import cs_multiplier, mixture_rho2
@@ -81,3 +85,15 @@ def test_repeated_looks_keep_the_false_rollback_rate_low() -> None:
                 rolled[i] = True
     rate = rolled.mean()
     assert rate <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / sims), rate
+
+
+def test_a_guardrail_look_loads_no_scipy() -> None:
+    """The first look runs on the sidecar's event loop: importing scipy there (through
+    analysis.significance) held every caller for ~0.5 s; the bounds need numpy only."""
+    code = ("import sys; from sidecar.canary import Evidence; "
+            "from sidecar.canary.guardrails import _error_rate_bounds; "
+            "_error_rate_bounds(Evidence(n_canary=500, err_canary=5, n_stable=500, "
+            "err_stable=5), 0.05, 5000.0); print('scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr
