@@ -173,6 +173,13 @@ def _analyze(
             engine, since=args.since, until=args.until, route=args.route, atol=args.atol,
             rtol=args.rtol, segment=args.segment,
             **statistics_kwargs(args, "divergence")).to_dict()
+    if args.kind == "drift" and con is None and engine is not None:
+        from analysis.drift_engine import analyze_drift_engine
+
+        ranges = _contract_ranges(args.contract)
+        return analyze_drift_engine(engine, since=args.since, until=args.until,
+                                    route=args.route, ranges=ranges,
+                                    **statistics_kwargs(args, "drift")).to_dict()
     if con is None:
         raise EngineUnsupported(
             f"the {args.kind} report runs on --engine duckdb only for now (docs/engines.md "
@@ -324,7 +331,7 @@ def _spark_report(args: argparse.Namespace, source_kind: str | None, color: bool
     from analysis.engine import spark_engine, spark_session
 
     try:
-        if args.kind not in ("experiment", "divergence"):
+        if args.kind not in ("experiment", "divergence", "drift"):
             raise EngineUnsupported(
                 f"the {args.kind} report runs on --engine duckdb only for now (docs/engines.md "
                 "says which parts are ported); read the export with --engine duckdb "

@@ -26,7 +26,8 @@ Summation order differs between engines and numpy, so sums agree to the last few
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,7 +38,8 @@ from analysis.engine import Engine
 if TYPE_CHECKING:
     import ibis.expr.types as ir
 
-__all__ = ["HIST_BINS", "PSI_BINS", "ScoreFigures", "plot_edges", "score_figures", "shift_of"]
+__all__ = ["HIST_BINS", "PSI_BINS", "ScoreFigures", "plot_edges", "sample_figures", "score_figures",
+           "shift_of"]
 
 #: Bins of the plotted score and difference histograms (as :func:`analysis.divergence._plots`).
 HIST_BINS = 30
@@ -92,13 +94,15 @@ def shift_of(fig: ScoreFigures) -> DistributionShift:
     from scipy.stats._stats_py import _attempt_exact_2kssamp  # scipy's exact KS p-value
 
     n, d = int(fig["n"]), float(fig["ks_stat"])
-    if n == 0:
+    m = int(fig.get("m", n))  # the other side's size (paired scores: the same)
+    if n == 0 or m == 0:
         return DistributionShift(None, None, None, None, "one of the samples is empty")
     ok, p_value = False, 0.0
-    if n <= SCIPY_MAX_N:
-        ok, _, p_value = _attempt_exact_2kssamp(n, n, n, d, "two-sided")
+    if max(n, m) <= SCIPY_MAX_N:
+        ok, _, p_value = _attempt_exact_2kssamp(n, m, math.gcd(n, m), d, "two-sided")
     if not ok:
-        p_value = stats.kstwo.sf(d, np.round(n * n / (n + n)))
+        big, small = sorted((float(n), float(m)), reverse=True)
+        p_value = stats.kstwo.sf(d, np.round(big * small / (big + small)))
     ks_p = float(np.clip(p_value, 0, 1))
     spread = 0.0 if fig["p_min"] == fig["p_max"] else float(fig["p_std"])
     if spread > 0:
@@ -180,6 +184,14 @@ def _ks_wasserstein(pairs: ir.Table, keys: list[str]) -> ir.Table:
     g = keys
     sides = pairs.select(*g, v=pairs.ps, u=ibis.literal(1), w=ibis.literal(0)).union(
         pairs.select(*g, v=pairs.ss, u=ibis.literal(0), w=ibis.literal(1)), distinct=False)
+    return _ks_w_of(sides, g)
+
+
+def _ks_w_of(sides: ir.Table, g: list[str]) -> ir.Table:
+    """KS and Wasserstein-1 per group of a table of values ``v`` flagged ``u`` (first
+    sample) or ``w`` (second sample)."""
+    import ibis
+
     counts = sides.aggregate(by=[*g, "v"], cu=sides.u.sum(), cv=sides.w.sum())
     running = ibis.cumulative_window(group_by=g, order_by=[counts.v])
     whole = ibis.window(group_by=g)
@@ -229,3 +241,108 @@ def _bin_counts(pairs: ir.Table, summary: ir.Table, keys: list[str]) -> ir.Table
         counts[f"sh{i}"] = (b._sh == i).cast("int64").sum()
         counts[f"dh{i}"] = (b._dh == i).cast("int64").sum()
     return b.aggregate(by=g, **counts)
+
+
+def sample_figures(
+    engine: Engine, values: ir.Table, keys: Sequence[str],
+) -> dict[tuple[Any, ...], ScoreFigures]:
+    """Per group of ``keys``: two unpaired samples' exact figures (the drift report's).
+
+    ``values`` has the ``keys``, ``first`` (True for the expected sample) and ``v`` (finite).
+    Each result holds ``n`` and ``m`` (sizes), the first sample's ``p_min``, ``p_max`` and
+    ``p_std``, ``ks_stat``, ``wasserstein``, ``psi`` on the first sample's deciles, and
+    ``js_counts``: both samples' counts on ``numpy.histogram_bin_edges(pooled, "sturges")``.
+    """
+    import ibis
+
+    g = list(keys)
+    t = values
+    one = t.first.cast("int64")
+    ref = t.filter(t.first)
+    n = ref.v.count().over(group_by=g)
+    ranked = ref.mutate(_n=n, _rn=ibis.row_number().over(group_by=g, order_by=[ref.v]))
+    stats_ = {}
+    for i in range(1, PSI_BINS):
+        at = (ranked._n - 1).cast("float64") * (ibis.literal(i).cast("float64") / 10)
+        prev = at.floor()
+        stats_[f"_lo{i}"] = ranked.v.max(where=ranked._rn == prev)
+        stats_[f"_hi{i}"] = ranked.v.max(where=ranked._rn == ibis.least(prev + 1, ranked._n - 1))
+        stats_[f"_t{i}"] = (at - prev).max()
+    agg = ranked.aggregate(by=g, p_min=ranked.v.min(), p_max=ranked.v.max(),
+                           p_std=ranked.v.std(how="pop"), **stats_)
+    edges = {}
+    for i in range(1, PSI_BINS):
+        lo, hi, w = agg[f"_lo{i}"], agg[f"_hi{i}"], agg[f"_t{i}"]
+        edges[f"_e{i}"] = ibis.ifelse(w >= 0.5, hi - (hi - lo) * (1 - w), lo + (hi - lo) * w)
+    cuts = agg.mutate(**edges).select(*g, *edges)
+    sizes = t.aggregate(by=g, n=one.sum(), m=(1 - one).sum(), lo=t.v.min(), hi=t.v.max())
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in engine.rows(sizes):
+        found[tuple(row[k] for k in g)] = dict(row)
+    if not found:
+        return {}
+    for row in engine.rows(agg.select(*g, "p_min", "p_max", "p_std")):
+        found[tuple(row[k] for k in g)].update(row)
+    sides = t.select(*g, v=t.v, u=one, w=1 - one)
+    for row in engine.rows(_ks_w_of(sides, g)):
+        found[tuple(row[k] for k in g)].update(ks_stat=row["ks"], wasserstein=row["w"])
+    bins = {key: _sturges(int(f["n"]) + int(f["m"]), float(f["lo"]), float(f["hi"]))
+            for key, f in found.items()}
+    j = t.inner_join(cuts, g)
+    psi_bin = sum((j.v > j[f"_e{i}"]).cast("int64") for i in range(1, PSI_BINS))
+    counts: dict[str, Any] = {}
+    for i in range(PSI_BINS):
+        counts[f"pp{i}"] = j.count(where=j.first & (psi_bin == i))
+        counts[f"sp{i}"] = j.count(where=~j.first & (psi_bin == i))
+    for row in engine.rows(j.aggregate(by=g, **counts)):
+        fig = found[tuple(row[k] for k in g)]
+        exp_counts = np.array([int(row[f"pp{i}"]) for i in range(PSI_BINS)])
+        act_counts = np.array([int(row[f"sp{i}"]) for i in range(PSI_BINS)])
+        p = np.maximum(exp_counts / int(fig["n"]), PSI_FLOOR)
+        s = np.maximum(act_counts / max(int(fig["m"]), 1), PSI_FLOOR)
+        fig["psi"] = float(np.sum((s - p) * np.log(s / p)))
+    for key, both in _sturges_counts(engine, t, g, bins).items():
+        found[key]["js_counts"] = both
+    return found
+
+
+def _sturges(size: int, low: float, high: float) -> tuple[float, float, int]:
+    """``numpy.histogram_bin_edges(a, "sturges")``'s range and number of bins."""
+    if low == high:
+        return low - 0.5, high + 0.5, 1
+    width = (high - low) / (np.log2(size) + 1.0)
+    return low, high, int(np.ceil((high - low) / width))
+
+
+def _sturges_counts(
+    engine: Engine, t: ir.Table, g: list[str],
+    bins: Mapping[tuple[Any, ...], tuple[float, float, int]],
+) -> dict[tuple[Any, ...], tuple[list[int], list[int]]]:
+    """Both samples' counts per Sturges bin: one pass per distinct number of bins (a few),
+    edges computed in the engine as ``numpy.linspace`` does from the pooled extremes."""
+    import ibis
+
+    out: dict[tuple[Any, ...], tuple[list[int], list[int]]] = {}
+    for nb in sorted({b[2] for b in bins.values()}):
+        groups = [k for k, b in bins.items() if b[2] == nb]
+        member: Any = ibis.literal(False)
+        for key in groups:
+            cond: Any = ibis.literal(True)
+            for col, value in zip(g, key, strict=True):
+                cond &= t[col] == ibis.literal(value, type=t[col].type())
+            member |= cond
+        part = t.filter(member)
+        ext = part.aggregate(by=g, _lo=part.v.min(), _hi=part.v.max())
+        one_bin = ext._lo == ext._hi
+        ext = ext.mutate(_first=ibis.ifelse(one_bin, ext._lo - 0.5, ext._lo),
+                         _last=ibis.ifelse(one_bin, ext._hi + 0.5, ext._hi))
+        ext = ext.mutate(_step=(ext._last - ext._first) / nb)
+        j = part.inner_join(ext.select(*g, "_first", "_step"), g)
+        at = sum((j.v >= ibis.literal(k).cast("float64") * j._step + j._first).cast("int64")
+                 for k in range(1, nb)) if nb > 1 else ibis.literal(0)
+        counts = {f"{side}{i}": j.count(where=(j.first if side == "r" else ~j.first) & (at == i))
+                  for i in range(nb) for side in ("r", "c")}
+        for row in engine.rows(j.aggregate(by=g, **counts)):
+            out[tuple(row[k] for k in g)] = ([int(row[f"r{i}"]) for i in range(nb)],
+                                             [int(row[f"c{i}"]) for i in range(nb)])
+    return out
