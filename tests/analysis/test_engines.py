@@ -10,6 +10,7 @@ give other numbers.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import subprocess
@@ -55,6 +56,10 @@ def spark() -> Iterator[Any]:
 
     session = spark_session("local[2]", "1GB")
     yield session
+    session.stop()
+    # py4j logs "Closing down clientserver connection" from __del__ at interpreter exit,
+    # after pytest closed its capture streams ("--- Logging error ---" at the end of a run).
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="module")
