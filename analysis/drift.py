@@ -293,21 +293,7 @@ def _features(
     categories = _category_counts(con, table)
     out: list[FeatureDrift] = []
     for (rt, feature, kind), by_win in grouped.items():
-        ref_valid, ref_out = by_win.get("reference", (0, 0))
-        cur_valid, cur_out = by_win.get("current", (0, 0))
-        ref_total = n_requests.get("reference", {}).get(rt, 0)
-        cur_total = n_requests.get("current", {}).get(rt, 0)
-        result = FeatureDrift(
-            route=rt, feature=feature, kind="numeric" if kind == "numeric" else "categorical",
-            n_reference=ref_valid, n_current=cur_valid,
-            null_rate_reference=_rate(ref_total - ref_valid, ref_total),
-            null_rate_current=_rate(cur_total - cur_valid, cur_total),
-        )
-        if feature in ranges and kind == "numeric":
-            lo, hi = ranges[feature]
-            result = replace(result, range=(float(lo), float(hi)),
-                             out_of_range_reference=_rate(ref_out, ref_valid),
-                             out_of_range_current=_rate(cur_out, cur_valid))
+        result = feature_counts(rt, feature, kind, by_win, n_requests, ranges)
         if kind == "numeric":
             ref_values, cur_values = numeric.get((rt, feature), (np.empty(0), np.empty(0)))
             result = _numeric_shift(result, ref_values, cur_values)
@@ -315,6 +301,30 @@ def _features(
             result = _categorical_shift(result, categories.get((rt, feature), {}))
         out.append(replace(result, flags=_flags(result)))
     return out
+
+
+def feature_counts(
+    rt: str, feature: str, kind: str, by_win: dict[str, tuple[int, int]],
+    n_requests: dict[str, dict[str, int]], ranges: dict[str, tuple[float, float]],
+) -> FeatureDrift:
+    """A feature's counts per window (valid values, values out of its declared range) as a
+    result before any shift is measured; both engines reduce rows to these same counts."""
+    ref_valid, ref_out = by_win.get("reference", (0, 0))
+    cur_valid, cur_out = by_win.get("current", (0, 0))
+    ref_total = n_requests.get("reference", {}).get(rt, 0)
+    cur_total = n_requests.get("current", {}).get(rt, 0)
+    result = FeatureDrift(
+        route=rt, feature=feature, kind="numeric" if kind == "numeric" else "categorical",
+        n_reference=ref_valid, n_current=cur_valid,
+        null_rate_reference=_rate(ref_total - ref_valid, ref_total),
+        null_rate_current=_rate(cur_total - cur_valid, cur_total),
+    )
+    if feature in ranges and kind == "numeric":
+        lo, hi = ranges[feature]
+        result = replace(result, range=(float(lo), float(hi)),
+                         out_of_range_reference=_rate(ref_out, ref_valid),
+                         out_of_range_current=_rate(cur_out, cur_valid))
+    return result
 
 
 def _rate(part: int, whole: int) -> float | None:

@@ -25,8 +25,8 @@ from analysis.drift import (
     _js,
     _judge,
     _notes,
-    _rate,
     _window,
+    feature_counts,
 )
 from analysis.engine import Engine
 from analysis.experiment_engine import _finite, _kept, _time_bounds, scope_engine
@@ -144,21 +144,7 @@ def _features(engine: Engine, t: ir.Table, n_requests: dict[str, dict[str, int]]
             int(row["r"]), int(row["k"]))
     out: list[FeatureDrift] = []
     for (rt, feature, kind), by_win in grouped.items():
-        ref_valid, ref_out = by_win.get("reference", (0, 0))
-        cur_valid, cur_out = by_win.get("current", (0, 0))
-        ref_total = n_requests.get("reference", {}).get(rt, 0)
-        cur_total = n_requests.get("current", {}).get(rt, 0)
-        result = FeatureDrift(
-            route=rt, feature=feature, kind="numeric" if kind == "numeric" else "categorical",
-            n_reference=ref_valid, n_current=cur_valid,
-            null_rate_reference=_rate(ref_total - ref_valid, ref_total),
-            null_rate_current=_rate(cur_total - cur_valid, cur_total),
-        )
-        if feature in ranges and kind == "numeric":
-            lo, hi = ranges[feature]
-            result = replace(result, range=(float(lo), float(hi)),
-                             out_of_range_reference=_rate(ref_out, ref_valid),
-                             out_of_range_current=_rate(cur_out, cur_valid))
+        result = feature_counts(rt, feature, kind, by_win, n_requests, ranges)
         if kind == "numeric":
             result = _numeric_shift(result, figures.get((rt, feature)))
         else:
