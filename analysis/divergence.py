@@ -19,8 +19,8 @@ from analysis.distribution import (
     compare_distributions,
     sort_with_ranks,
     spearman_sorted,
-    wilson_interval,
 )
+from analysis.identical import attach_identical
 from analysis.load import (
     PRIMARY_SQL,
     AnalysisSourceError,
@@ -269,7 +269,7 @@ def analyze_divergence(
     if streamed:
         notes = (*notes, STREAM_NOTE)
     if "response_hash" in calls and segment is None:
-        pairs = _attach_identical(con, where, pairs)
+        pairs = attach_identical(con, where, pairs)
     else:
         why = ("identical rates are not split by segment" if segment is not None else
                "the calls table has no response_hash column (recorded by an older sidecar)")
@@ -286,32 +286,6 @@ def analyze_divergence(
 
     return DivergenceReport(tuple(pairs), params, message, notes, scope.to_dict(),
                             backend_labels(con))
-
-
-def _attach_identical(
-    con: duckdb.DuckDBPyConnection, where: str, pairs: list[PairDivergence]
-) -> list[PairDivergence]:
-    """Share of matched pairs whose answers are byte-identical, with a Wilson interval."""
-    rows = con.execute(f"""
-        WITH prim AS (SELECT request_id, backend, response_hash FROM calls
-                      WHERE {PRIMARY_SQL} AND {where} AND response_hash IS NOT NULL),
-             shad AS (SELECT request_id, route, backend, response_hash FROM calls
-                      WHERE role IN ('shadow', 'replay') AND {where}
-                        AND response_hash IS NOT NULL)
-        SELECT s.route, p.backend, s.backend, count(*),
-               count(*) FILTER (WHERE p.response_hash = s.response_hash)
-        FROM shad s JOIN prim p USING (request_id) GROUP BY ALL
-    """).fetchall()
-    found = {(r[0], r[1], r[2]): (int(r[3]), int(r[4])) for r in rows}
-    out = []
-    for pair in pairs:
-        n, same = found.get((pair.route, pair.primary, pair.shadow), (0, 0))
-        identical = None
-        if n:
-            identical = {"n": n, "identical": same, "rate": same / n,
-                         "rate_ci": list(wilson_interval(same, n) or (None, None))}
-        out.append(replace(pair, identical=identical))
-    return out
 
 
 def _segment_sql(

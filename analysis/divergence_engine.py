@@ -31,6 +31,7 @@ from analysis.divergence import (
 )
 from analysis.engine import Engine, EngineUnsupported
 from analysis.experiment_engine import _finite, _kept, _time_bounds, scope_engine
+from analysis.identical import with_identical
 from analysis.load import AnalysisSourceError
 from analysis.models import label
 from analysis.noise_floor import ReplicaRule
@@ -312,12 +313,4 @@ def _attach_identical(engine: Engine, calls: ir.Table, cond: ir.BooleanValue,
     agg = j.aggregate(by=["route", "pb", "sb"], n=j.count(), same=j.count(where=j.ph == j.sh))
     found = {(r["route"], r["pb"], r["sb"]): (int(r["n"]), int(r["same"]))
              for r in engine.rows(agg)}
-    out = []
-    for pair in pairs:
-        n, same = found.get((pair.route, pair.primary, pair.shadow), (0, 0))
-        identical = None
-        if n:
-            identical = {"n": n, "identical": same, "rate": same / n,
-                         "rate_ci": list(wilson_interval(same, n) or (None, None))}
-        out.append(replace(pair, identical=identical))
-    return out
+    return with_identical(pairs, found)
