@@ -170,11 +170,7 @@ def analyze_drift(
     the distance threshold) decide each feature's drift flag. Each route's newest config
     version is analysed unless ``version`` names one or ``all_versions``.
     """
-    if method not in DRIFT_METHODS:
-        raise ValueError(f"drift method must be one of {', '.join(DRIFT_METHODS)}, "
-                         f"got {method!r}")
-    if threshold is not None and not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError("drift threshold must be a finite number > 0")
+    check_drift_options(method, threshold)
     ranges = dict(ranges or {})
     tables = relations(con)
     notes = _notes(method, threshold)
@@ -204,6 +200,15 @@ def analyze_drift(
     message = None if features else "no feature values in the two windows"
     return DriftReport(windows[0], windows[1], tuple(features), message, notes,
                        scope.to_dict())
+
+
+def check_drift_options(method: str, threshold: float | None) -> None:
+    """A usage error (ValueError) for a drift method or threshold no report can use."""
+    if method not in DRIFT_METHODS:
+        raise ValueError(f"drift method must be one of {', '.join(DRIFT_METHODS)}, "
+                         f"got {method!r}")
+    if threshold is not None and not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError("drift threshold must be a finite number > 0")
 
 
 def _notes(method: DriftMethod, threshold: float | None) -> tuple[str, ...]:

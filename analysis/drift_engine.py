@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from analysis.distribution_engine import sample_figures, shift_of
 from analysis.drift import (
-    DRIFT_METHODS,
     DriftMethod,
     DriftReport,
     FeatureDrift,
@@ -26,6 +25,7 @@ from analysis.drift import (
     _judge,
     _notes,
     _window,
+    check_drift_options,
     feature_counts,
 )
 from analysis.engine import Engine
@@ -46,13 +46,8 @@ def analyze_drift_engine(
 ) -> DriftReport:
     """:func:`analysis.drift.analyze_drift` with its row work in ``engine``."""
     import ibis
-    import numpy as np
 
-    if method not in DRIFT_METHODS:
-        raise ValueError(f"drift method must be one of {', '.join(DRIFT_METHODS)}, "
-                         f"got {method!r}")
-    if threshold is not None and not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError("drift threshold must be a finite number > 0")
+    check_drift_options(method, threshold)
     ranges = dict(ranges or {})
     notes = _notes(method, threshold)
     if not engine.has("requests"):
