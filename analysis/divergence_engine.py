@@ -6,7 +6,7 @@ copy, unmatched shadow calls, byte-identical answers, latency and errors per bac
 hands the same rows to its Python side. The score distributions (KS, Wasserstein,
 Spearman, PSI, histograms) are the exact reductions of :mod:`analysis.distribution_engine`,
 so nothing that grows with the rows comes back. Output vectors (Jensen-Shannon, whole
-vectors) and recorded streams run on DuckDB only: a source with them is refused.
+vectors) are :mod:`analysis.vector_engine`'s, recorded streams :mod:`analysis.stream_engine`'s.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from analysis.divergence import (
     _build_pair,
     _numeric,
 )
-from analysis.engine import Engine, EngineUnsupported
+from analysis.engine import Engine
 from analysis.experiment_engine import _finite, _kept, _time_bounds, scope_engine
 from analysis.identical import with_identical
 from analysis.load import AnalysisSourceError
@@ -37,6 +37,9 @@ from analysis.models import label
 from analysis.noise_floor import ReplicaRule
 from analysis.operations import CDF_POINTS, Operations
 from analysis.stats import finite_or_none
+from analysis.stream_diff import STREAM_NOTE
+from analysis.stream_engine import attach_streams_engine
+from analysis.vector_engine import vector_rows, with_vectors
 
 if TYPE_CHECKING:
     import ibis.expr.types as ir
@@ -67,11 +70,12 @@ def analyze_divergence_engine(
                          all_versions=all_versions)
     cond &= _kept(calls, scope)
     notes: tuple[str, ...] = (*NOTES, scope.note)
-    _refuse_duckdb_only(engine, calls, cond)
     primary = (calls.role == "primary") | (
         calls.served & calls.role.isin(["variant", "stable", "canary"]))
     j = _joined(engine, calls, cond, primary, shadow_role, segment)
     rows = _pair_rows(engine, j, atol, rtol)
+    rows, whole = vector_rows(engine, calls, cond, primary, shadow_role, segment, atol, rtol,
+                              rows)
     if not rows:
         return DivergenceReport((), params, "no shadow calls in the selected window", notes,
                                 scope.to_dict())
@@ -99,8 +103,12 @@ def analyze_divergence_engine(
                            distribution=shift_of(fig),
                            plots=fig["plots"] | {"latency_cdf": pair.plots["latency_cdf"]})
         pairs.append(pair)
+    pairs = with_vectors(pairs, whole)
     pairs = _attach_unmatched(pairs, orphans, ops, replicas, segment)
     pairs = _apply_noise_floor(pairs)
+    pairs, streamed = attach_streams_engine(engine, calls, cond, primary, shadow_role, pairs,
+                                            atol, rtol)
+    notes = (*notes, STREAM_NOTE) if streamed else notes
     if "response_hash" in engine.columns("calls") and segment is None:
         pairs = _attach_identical(engine, calls, cond, primary, shadow_role, pairs)
     else:
@@ -116,21 +124,6 @@ def analyze_divergence_engine(
         message = "; ".join([*([message] if message else []), *found])
     return DivergenceReport(tuple(pairs), params, message, notes, scope.to_dict(),
                             _labels(engine))
-
-
-def _refuse_duckdb_only(engine: Engine, calls: ir.Table, cond: ir.BooleanValue) -> None:
-    if "output" in engine.columns("calls"):
-        vectors = engine.scalar(calls.filter(cond & calls.output.notnull()).count())
-        if vectors:
-            raise EngineUnsupported(
-                "output vectors (js_divergence, whole-vector tolerance) run on --engine duckdb "
-                f"only ({vectors} call(s) with one); read the export with --engine duckdb")
-    if engine.has("stream_messages"):
-        messages = engine.scalar(engine.table("stream_messages").count())
-        if messages:
-            raise EngineUnsupported(
-                "streams compared message by message run on --engine duckdb only "
-                f"({messages} recorded stream message(s)); read the export with --engine duckdb")
 
 
 def _joined(engine: Engine, calls: ir.Table, cond: ir.BooleanValue, primary: ir.BooleanValue,

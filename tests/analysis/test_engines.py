@@ -10,11 +10,7 @@ give other numbers.
 from __future__ import annotations
 
 import json
-import logging
 import math
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +34,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-
-def _java() -> None:
-    """Spark needs a JVM: fail loudly (never skip) where there is none (issue 19.2)."""
-    java = shutil.which("java")
-    assert java, "java is not installed: Spark tests need Java 17 (.ci/run installs it)"
-    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-
-
-@pytest.fixture(scope="session")
-def spark() -> Iterator[Any]:
-    """One local Spark session for every engine test (starting one takes ~10 s)."""
-    _java()
-    from analysis.engine import spark_session
-
-    session = spark_session("local[2]", "1GB")
-    yield session
-    session.stop()
-    # py4j logs "Closing down clientserver connection" from __del__ at interpreter exit,
-    # after pytest closed its capture streams ("--- Logging error ---" at the end of a run).
-    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="module")
@@ -269,22 +243,6 @@ def test_cli_divergence_spark_equals_duckdb(fleet: Path, tmp_path: Path, spark: 
         outs.append(json.loads(out.read_text()))
     assert outs[0]["pairs"]
     assert_same(_strip(outs[0]), _strip(outs[1]))
-
-
-def test_cli_divergence_spark_refuses_output_vectors(tmp_path: Path, spark: Any,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 19.2: output vectors (Jensen-Shannon, whole-vector tolerance) run on DuckDB
-    only: --engine spark exits 2 saying so rather than leave them out."""
-    where = tmp_path / "fleet" / "table=calls" / "date=2026-01-01"
-    where.mkdir(parents=True)
-    pd.DataFrame({"request_id": ["a", "a"], "ts": pd.to_datetime(["2026-01-01"] * 2),
-                  "route": "/m", "backend": ["p", "s"], "role": ["primary", "shadow"],
-                  "score": [0.1, 0.2], "output": [[0.9, 0.1], [0.8, 0.2]]}).to_parquet(
-        where / "part.parquet")
-    code = main(["report", "divergence", "--parquet", str(tmp_path / "fleet"),
-                 "--engine", "spark"])
-    assert code == 2
-    assert "output vectors" in capsys.readouterr().err
 
 
 def test_drift_equal_on_both_engines(fleet: Path, spark: Any) -> None:

@@ -1,0 +1,218 @@
+"""Issue 19.1/19.2: the reports that ran on DuckDB only give the same figures through Spark.
+
+The showcase recording, extended with a classifier route recording output vectors, a stream
+route recording its messages and a regression route, is exported by the sidecar's own
+exporter; the quality, fields, experiment (its canary readout) and divergence (output
+vectors, streams) reports are run with ``--engine duckdb`` and with ``--engine spark``
+(local mode) on that one export, and every number of their JSON must agree to 1e-9
+relative.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.cli import main
+from analysis.engine import duckdb_engine, spark_engine
+from analysis.load import open_source
+from sidecar.export.exporter import SegmentExporter
+from sidecar.export.settings import ExportConfig
+from tests.analysis.report_data import T0, build_showcase
+from tests.analysis.test_engines import assert_same
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+VEC = "/vec.Model/Classify"
+CHAT = "/chat.Model/Stream"
+PRICE = "/price.Model/Predict"
+
+
+def _vector_calls(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """A 3-class classifier and its shadow: probability vectors, a few of another length,
+    with a zero, negative (no Jensen-Shannon) or missing (an empty answer)."""
+    rows = []
+    for i in range(n):
+        p = rng.dirichlet([2.0, 1.0, 1.0])
+        s = np.clip(p + rng.normal(0, 0.02 if i % 4 else 0.2, 3), 0, None)
+        if i % 17 == 0:
+            s = s[:2]  # another length: out of tolerance as a whole vector
+        if i % 13 == 0:
+            p[2] = 0.0
+        if i % 29 == 0:
+            s = s - 1.0  # not a probability vector
+        ts = T0 + timedelta(seconds=40 * i)
+        for backend, role, out in (("vec-a", "primary", p), ("vec-b", "shadow", s)):
+            empty = role == "shadow" and i % 31 == 5
+            rows.append({
+                "request_id": f"v{i}", "ts": ts, "route": VEC, "backend": backend,
+                "backend_version": "1", "role": role, "served": role == "primary",
+                "status": "OK", "latency_ms": float(5 + rng.gamma(2.0, 1.0)),
+                "score": None if empty else float(out[0]),
+                "label": None if empty else str(int(np.argmax(out))),
+                "output": None if empty else [float(x) for x in out],
+                "response_json": None})
+    return pd.DataFrame(rows)
+
+
+def _stream_calls(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A streaming route: each call's response messages (scores, a label, JSON), some
+    streams cut (the shadow did not end OK) or of another length."""
+    calls, messages = [], []
+    for i in range(n):
+        ts = T0 + timedelta(seconds=90 * i)
+        length = 3 + i % 5
+        base = rng.random(length)
+        for backend, role in (("chat-a", "primary"), ("chat-b", "shadow")):
+            shadow = role == "shadow"
+            status = "CANCELLED" if shadow and i % 11 == 3 else "OK"
+            count = length + (1 if shadow and i % 7 == 2 else 0)
+            calls.append({"request_id": f"s{i}", "ts": ts, "route": CHAT, "backend": backend,
+                          "backend_version": "1", "role": role, "served": not shadow,
+                          "status": status, "latency_ms": float(20 + rng.gamma(2.0, 3.0)),
+                          "score": None, "label": None, "output": None,
+                          "response_json": None})
+            for k in range(count):
+                value = float(base[k % length] + (rng.normal(0, 0.05) if shadow else 0.0))
+                plain = k == length - 1 and i % 3 == 0  # JSON only: compared as text
+                token = "end" if plain else f"t{k}"
+                if shadow and plain and i % 6 == 0:
+                    token = "END"
+                messages.append({
+                    "request_id": f"s{i}", "ts": ts + timedelta(milliseconds=10 * k),
+                    "route": CHAT, "method": CHAT, "backend": backend, "role": role,
+                    "direction": "response", "idx": k, "offset_ms": 10.0 * k, "size": 20,
+                    "message_json": json.dumps({"token": token, "p": round(value, 4),
+                                                "meta": {"n": k}}),
+                    "output": None if plain else ([value, 1 - value] if i % 4 == 0 else None),
+                    "score": None if plain else value,
+                    "label": None if plain else ("hi" if value > 0.5 else "lo"),
+                    "key": None})
+        messages.append({"request_id": f"s{i}", "ts": ts, "route": CHAT, "method": CHAT,
+                         "backend": None, "role": "caller", "direction": "request", "idx": 0,
+                         "offset_ms": 0.0, "size": 5, "message_json": "{}", "output": None,
+                         "score": None, "label": None, "key": None})
+    return pd.DataFrame(calls), pd.DataFrame(messages)
+
+
+def _regression(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A price model and its shadow (one-element outputs) with price outcomes."""
+    truth = rng.lognormal(3.0, 0.5, n)
+    rows, outcomes = [], []
+    for i in range(n):
+        ts = T0 + timedelta(seconds=60 * i)
+        for backend, role, noise in (("price-a", "primary", 2.0), ("price-b", "shadow", 3.0)):
+            value = float(truth[i] + rng.normal(0, noise))
+            rows.append({"request_id": f"p{i}", "ts": ts, "route": PRICE, "backend": backend,
+                         "backend_version": "2", "role": role, "served": role == "primary",
+                         "status": "OK" if i % 50 else "INTERNAL", "latency_ms": 3.0,
+                         "score": value, "label": None, "output": [value],
+                         "response_json": json.dumps({"price": round(value, 2)})})
+        outcomes.append({"event_id": f"pr{i}", "unit_id": None, "request_id": f"p{i}",
+                         "metric": "price", "value": float(truth[i]),
+                         "ts": ts + timedelta(hours=1)})
+    return pd.DataFrame(rows), pd.DataFrame(outcomes)
+
+
+def build_reports_data(path: Path) -> Path:
+    """The showcase file with output vectors, recorded streams and a regression route."""
+    build_showcase(path)
+    rng = np.random.default_rng(19)
+    vec = _vector_calls(rng, 240)
+    chat, messages = _stream_calls(rng, 40)
+    price, price_out = _regression(rng, 300)
+    calls = pd.concat([vec, chat, price], ignore_index=True)
+    con = duckdb.connect(str(path))
+    try:
+        con.register("more_calls", calls)
+        con.execute("""
+            INSERT INTO calls (request_id, ts, route, method, backend, backend_version, role,
+                               served, status, latency_ms, score, label, output, response_json)
+            SELECT request_id, ts, route, route, backend, backend_version, role, served, status,
+                   latency_ms, score, label, output::DOUBLE[], response_json FROM more_calls""")
+        con.register("more_messages", messages)
+        con.execute("""
+            INSERT INTO stream_messages (request_id, ts, route, method, backend, role,
+                direction, idx, offset_ms, size, message_json, output, score, label, key)
+            SELECT request_id, ts, route, method, backend, role, direction, idx, offset_ms,
+                   size, message_json, output::DOUBLE[], score, label, key
+            FROM more_messages""")
+        con.register("more_outcomes", price_out)
+        con.execute("INSERT INTO outcomes (event_id, unit_id, request_id, metric, value, ts) "
+                    "SELECT event_id, unit_id, request_id, metric, value, ts "
+                    "FROM more_outcomes")
+    finally:
+        con.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The extended showcase exported as the fleet layout by the real exporter."""
+    root = tmp_path_factory.mktemp("fleet_reports")
+    db = build_reports_data(root / "showcase.duckdb")
+    settings = ExportConfig(dir=str(root / "export"), replica="r1", segment_rows=1500)
+    SegmentExporter(settings, lambda: duckdb.connect(str(db)), str(db)).export_once()
+    return root / "export"
+
+
+def _strip(report: dict[str, Any]) -> dict[str, Any]:
+    report = json.loads(json.dumps(report))
+    report.get("params", {}).pop("engine", None)
+    report.get("settings", {}).pop("engine", None)
+    return report
+
+
+def _cli(fleet: Path, out: Path, kind: str, engine: str, *extra: str) -> dict[str, Any]:
+    target = out / f"{kind}-{engine}-{abs(hash(extra))}.json"
+    code = main(["report", kind, "--parquet", str(fleet), "--engine", engine,
+                 "--format", "json", "-o", str(target), *extra])
+    assert code == 0, f"report {kind} --engine {engine} exited {code}"
+    result: dict[str, Any] = json.loads(target.read_text())
+    return result
+
+
+def test_divergence_vectors_and_streams_equal_on_both_engines(fleet: Path, spark: Any) -> None:
+    """Issue 19.1 (divergence, items 4 and 5): output vectors (Jensen-Shannon, whole-vector
+    tolerance, answers made of a vector only) and streams compared message by message give
+    DuckDB's figures through the Ibis path on DuckDB and on Spark, whole and by segment."""
+    from analysis.divergence import analyze_divergence
+    from analysis.divergence_engine import analyze_divergence_engine
+
+    con = open_source(parquet=str(fleet))
+    engines = [duckdb_engine(con), spark_engine(spark, parquet=str(fleet))]
+    for options in ({}, {"segment": "status", "atol": 0.01, "rtol": 0.0},
+                    {"route": CHAT, "all_versions": True}):
+        ours = analyze_divergence(con, **options).to_dict()  # type: ignore[arg-type]
+        by_route = {p["route"]: p for p in ours["pairs"]}
+        if not options:
+            assert by_route[VEC]["js_divergence"] is not None
+            assert by_route[VEC]["vectors"]["length_mismatch"] > 0
+            assert by_route[VEC]["incomplete"] > 0
+            streams = by_route[CHAT]["streams"]
+            assert streams["streams"]["cut"] and streams["streams"]["length_mismatch"]
+            assert streams["messages"]["differ"] > 0
+        for engine in engines:
+            theirs = analyze_divergence_engine(engine, **options).to_dict()  # type: ignore[arg-type]
+            assert_same(ours, theirs)
+
+
+def test_cli_divergence_with_vectors_and_streams_spark_equals_duckdb(
+        fleet: Path, tmp_path: Path, spark: Any) -> None:
+    """Issue 19.2: `report divergence --engine spark` no longer refuses output vectors or
+    recorded streams: it writes `--engine duckdb`'s JSON, figure for figure."""
+    ours = _cli(fleet, tmp_path, "divergence", "duckdb")
+    theirs = _cli(fleet, tmp_path, "divergence", "spark")
+    assert {p["route"] for p in ours["pairs"]} >= {VEC, CHAT}
+    assert_same(_strip(ours), _strip(theirs))
