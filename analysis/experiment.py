@@ -18,7 +18,6 @@ from analysis.experiment_engine import (
     exposed_condition,
     gather_engine,
     newest_config_json,
-    refuse_canaries,
     scope_engine,
     table_columns,
 )
@@ -488,7 +487,7 @@ def analyze_experiments(
     ``sequential`` reports asymptotic confidence sequences, tightest at ``sequential_n_opt``
     units (default: each comparison's own units), or tuned to a planned ``expected_n``.
     ``engine`` runs the row work through Ibis on that engine (:mod:`analysis.engine`;
-    ``con`` is then unused and may be None); the canary readout needs the DuckDB engine.
+    ``con`` is then unused and may be None).
 
     Raises ValueError for invalid arguments or an analyst table without the required
     columns; problems in the data never raise, they become ``message`` fields.
@@ -563,7 +562,11 @@ def analyze_experiments(
         method_notes.append(scope.note)
     readout = None
     if source == "recorded" and canaries and engine is not None and engine.con is None:
-        refuse_canaries(engine)
+        from analysis.canary_engine import analyze_canaries_engine
+
+        readout = analyze_canaries_engine(engine, since=since, until=until, window=span,
+                                          version=version, all_versions=all_versions,
+                                          alpha=alpha)
     elif source == "recorded" and canaries:
         from analysis.canary_readout import analyze_canaries
 

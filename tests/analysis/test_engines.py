@@ -114,17 +114,6 @@ def test_experiment_table_equal_on_both_engines(tmp_path: Path, spark: Any) -> N
     assert_same(_strip(ours), _strip(theirs))
 
 
-def test_cli_spark_refuses_what_runs_on_duckdb_only(fleet: Path, spark: Any,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 19.2: --engine spark refuses (exit 2, saying why) a report part that runs on
-    DuckDB only, instead of other numbers: the showcase records a canary."""
-    code = main(["report", "experiment", "--parquet", str(fleet), "--engine", "spark",
-                 "--format", "json"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "canary readout runs on --engine duckdb only" in err
-
-
 def test_cli_spark_refuses_a_duckdb_file(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 19.2: --engine spark with --db says to use the export or the DuckDB engine."""

@@ -216,3 +216,38 @@ def test_cli_divergence_with_vectors_and_streams_spark_equals_duckdb(
     theirs = _cli(fleet, tmp_path, "divergence", "spark")
     assert {p["route"] for p in ours["pairs"]} >= {VEC, CHAT}
     assert_same(_strip(ours), _strip(theirs))
+
+
+def test_canary_readout_equal_on_both_engines(fleet: Path, spark: Any) -> None:
+    """Issue 19.1 (item 3): the canary readout's row work (steps from state changes, the
+    range join standing for DuckDB's ASOF join, first exposure per step, per-arm delta-method
+    sums, exact latency quantiles, outcome sums in a window) gives DuckDB's readout through
+    the Ibis path on DuckDB and on Spark; the experiment report carries it on Spark."""
+    from analysis.canary_engine import analyze_canaries_engine
+    from analysis.canary_readout import analyze_canaries
+    from analysis.experiment import analyze_experiments
+
+    con = open_source(parquet=str(fleet))
+    engines = [duckdb_engine(con), spark_engine(spark, parquet=str(fleet))]
+    for options in ({}, {"window": timedelta(minutes=2), "all_versions": True},
+                    {"since": "2026-01-05T06:00", "alpha": 0.01}):
+        ours = analyze_canaries(con, **options)  # type: ignore[arg-type]
+        assert ours is not None and ours.routes[0].steps[0].results
+        for engine in engines:
+            theirs = analyze_canaries_engine(engine, **options)  # type: ignore[arg-type]
+            assert theirs is not None
+            assert_same(ours.to_dict(), theirs.to_dict())
+    ours_x = analyze_experiments(con).to_dict()
+    theirs_x = analyze_experiments(None, engine=engines[1]).to_dict()
+    assert ours_x["canaries"]["routes"]
+    assert_same(_strip(ours_x), _strip(theirs_x))
+
+
+def test_cli_experiment_with_canaries_spark_equals_duckdb(fleet: Path, tmp_path: Path,
+                                                          spark: Any) -> None:
+    """Issue 19.2: `report experiment --engine spark` on a source with canary requests no
+    longer exits 2: it writes `--engine duckdb`'s JSON, canary readout included."""
+    ours = _cli(fleet, tmp_path, "experiment", "duckdb")
+    theirs = _cli(fleet, tmp_path, "experiment", "spark")
+    assert ours["canaries"]["routes"][0]["steps"]
+    assert_same(_strip(ours), _strip(theirs))
