@@ -259,13 +259,19 @@ def _contract_ranges(path: str | None) -> dict[str, tuple[float, float]] | None:
     return ranges
 
 
-def _quality(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[str, Any]:
+def _quality(con: duckdb.DuckDBPyConnection | None, args: argparse.Namespace,
+             engine: Engine | None = None) -> dict[str, Any]:
     from analysis.quality import analyze_quality
 
-    report = analyze_quality(con, metric=args.metric, kind=args.quality_kind,
-                             since=args.since, until=args.until, window=args.window,
-                             route=args.route)
-    return report.to_dict()
+    options = {"metric": args.metric, "kind": args.quality_kind, "since": args.since,
+               "until": args.until, "window": args.window, "route": args.route}
+    if con is None and engine is not None:  # --engine spark (analysis/quality_engine.py)
+        from analysis.quality_engine import analyze_quality_engine
+
+        return analyze_quality_engine(engine, **options).to_dict()
+    if con is None:
+        raise EngineUnsupported("the quality report needs a source")
+    return analyze_quality(con, **options).to_dict()
 
 
 def render_report(con: duckdb.DuckDBPyConnection | None, args: argparse.Namespace,
@@ -278,9 +284,7 @@ def render_report(con: duckdb.DuckDBPyConnection | None, args: argparse.Namespac
     _check(args)
     weights = _weights(args.weights)
     if args.kind == "quality":
-        if con is None:
-            raise EngineUnsupported("the quality report runs on --engine duckdb only for now")
-        report = _quality(con, args)
+        report = _quality(con, args, engine)
     else:
         report = _analyze(con, args, weights, engine)
     # A table written to a file (-o) is not wrapped; on a terminal it takes its width (a
@@ -331,7 +335,7 @@ def _spark_report(args: argparse.Namespace, source_kind: str | None, color: bool
     from analysis.engine import spark_engine, spark_session
 
     try:
-        if args.kind not in ("experiment", "divergence", "drift"):
+        if args.kind not in ("experiment", "divergence", "drift", "quality"):
             raise EngineUnsupported(
                 f"the {args.kind} report runs on --engine duckdb only for now (docs/engines.md "
                 "says which parts are ported); read the export with --engine duckdb "

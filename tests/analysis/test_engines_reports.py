@@ -251,3 +251,37 @@ def test_cli_experiment_with_canaries_spark_equals_duckdb(fleet: Path, tmp_path:
     theirs = _cli(fleet, tmp_path, "experiment", "spark")
     assert ours["canaries"]["routes"][0]["steps"]
     assert_same(_strip(ours), _strip(theirs))
+
+
+def test_quality_equal_on_both_engines(fleet: Path, spark: Any) -> None:
+    """Issue 19.1 (item 1): the quality report's row work (latest outcome per request, losses,
+    calibration bins, time windows, paired t-tests) and its AUC with DeLong's interval and
+    paired DeLong test (V10/V01 from running counts over the scores, centred sums in the
+    engine) give DuckDB's figures through the Ibis path on DuckDB and on Spark."""
+    from analysis.quality import analyze_quality
+    from analysis.quality_engine import analyze_quality_engine
+
+    con = open_source(parquet=str(fleet))
+    engines = [duckdb_engine(con), spark_engine(spark, parquet=str(fleet))]
+    for options in ({}, {"window": "7h"}, {"window": "1d", "since": "2026-01-05T03:00"},
+                    {"kind": "regression", "metric": "price", "window": "2h"},
+                    {"kind": "regression", "metric": "price", "route": PRICE}):
+        ours = analyze_quality(con, **options).to_dict()  # type: ignore[arg-type]
+        assert ours["models"] and ours["comparisons"]
+        if not options:
+            assert ours["models"][0]["auc_se"] is not None and ours["models"][0]["reliability"]
+            assert any(c["method"] == "paired DeLong" and c["p_value"] is not None
+                       for c in ours["comparisons"])
+        for engine in engines:
+            theirs = analyze_quality_engine(engine, **options).to_dict()  # type: ignore[arg-type]
+            assert_same(ours, theirs)
+
+
+def test_cli_quality_spark_equals_duckdb(fleet: Path, tmp_path: Path, spark: Any) -> None:
+    """Issue 19.2: `report quality --engine spark` no longer exits 2: it writes `--engine
+    duckdb`'s JSON, figure for figure (binary and regression)."""
+    for extra in ((), ("--quality-kind", "regression", "--metric", "price")):
+        ours = _cli(fleet, tmp_path, "quality", "duckdb", *extra)
+        theirs = _cli(fleet, tmp_path, "quality", "spark", *extra)
+        assert ours["models"]
+        assert_same(_strip(ours), _strip(theirs))
