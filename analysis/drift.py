@@ -1,14 +1,14 @@
 """Input drift: each request feature's current window compared with a reference window.
 
-Features come from ``requests.inputs`` (decoded tensors), unnested and counted in DuckDB.
+Features come from ``requests.inputs`` (decoded tensors), read once from DuckDB as Arrow
+batches and split into features by :mod:`analysis.drift_scan`; the figures run on numpy.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import duckdb
 import numpy as np
@@ -16,11 +16,11 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from analysis.distribution import compare_distributions
+from analysis.drift_scan import WINDOWS, ScannedFeatures, scan_features
 from analysis.load import (
     parse_time,
     relations,
     sql_quote,
-    sql_timestamp,
     time_filter,
     version_scope,
 )
@@ -188,12 +188,9 @@ def analyze_drift(
         return DriftReport({}, {}, (), "no request has decoded inputs", notes, scope.to_dict())
     ref = _window(reference, defaults[0])
     cur = _window(current, defaults[1])
-    table = f"_sc_drift_{uuid.uuid4().hex[:12]}"
-    try:
-        n_requests = _extract(con, table, route_sql, ref, cur)
-        features = _features(con, table, n_requests, ranges)
-    finally:
-        con.execute(f"DROP TABLE IF EXISTS {table}")
+    scanned = scan_features(con, route_sql, ref, cur)
+    n_requests = scanned.n_requests
+    features = _features(scanned, ranges)
     features = [_judge(f, method, threshold) for f in features]
     windows = [{"since": w[0], "until": w[1], "n": n_requests.get(k, {})}
                for k, w in (("reference", ref), ("current", cur))]
@@ -236,76 +233,35 @@ def _window(given: Window | None, default: tuple[datetime, datetime]) -> tuple[d
     return (start or datetime.min, end or datetime.max)
 
 
-def _extract(
-    con: duckdb.DuckDBPyConnection, table: str, route_sql: str,
-    ref: tuple[datetime, datetime], cur: tuple[datetime, datetime],
-) -> dict[str, dict[str, int]]:
-    """Unnest every tensor element into ``table`` (route, feature, kind, win, v, c)."""
-    windows = (f"(VALUES ('reference', {sql_timestamp(ref[0])}, {sql_timestamp(ref[1])}), "
-               f"('current', {sql_timestamp(cur[0])}, {sql_timestamp(cur[1])})) w(win, lo, hi)")
-    con.execute(f"""
-        CREATE TEMP TABLE {table} AS
-        WITH req AS (
-            SELECT r.route, w.win, r.inputs FROM requests r JOIN {windows}
-              ON r.ts >= w.lo AND r.ts < w.hi
-            WHERE r.inputs IS NOT NULL AND {route_sql}
-        ), tens AS (SELECT route, win, unnest(inputs) AS t FROM req),
-        num AS (
-            SELECT route, win, t.name AS tname, len(t.data) AS width,
-                   unnest(t.data) AS v, unnest(range(len(t.data))) AS i
-            FROM tens WHERE len(t.data) > 0
-        ), cat AS (
-            SELECT route, win, t.name AS tname, len(t.text) AS width,
-                   unnest(t.text) AS c, unnest(range(len(t.text))) AS i
-            FROM tens WHERE len(t.text) > 0 AND (t.data IS NULL OR len(t.data) = 0)
-        )
-        SELECT route, CASE WHEN width = 1 THEN tname ELSE tname || '[' || i || ']' END AS feature,
-               'numeric' AS kind, win, v, NULL::VARCHAR AS c FROM num
-        UNION ALL
-        SELECT route, CASE WHEN width = 1 THEN tname ELSE tname || '[' || i || ']' END,
-               'categorical', win, NULL::DOUBLE, c FROM cat
-    """)
-    counts: dict[str, dict[str, int]] = {}
-    rows = con.execute(f"""
-        SELECT w.win, r.route, count(*) FROM requests r JOIN {windows}
-          ON r.ts >= w.lo AND r.ts < w.hi
-        WHERE r.inputs IS NOT NULL AND {route_sql} GROUP BY ALL
-    """).fetchall()
-    for win, rt, n in rows:
-        counts.setdefault(str(win), {})[str(rt)] = int(n)
-    return counts
-
-
-def _features(
-    con: duckdb.DuckDBPyConnection, table: str, n_requests: dict[str, dict[str, int]],
-    ranges: dict[str, tuple[float, float]],
-) -> list[FeatureDrift]:
-    range_rows = ", ".join(f"({sql_quote(k)}, {float(lo)!r}, {float(hi)!r})"
-                           for k, (lo, hi) in ranges.items())
-    range_join = (f"LEFT JOIN (VALUES {range_rows}) rg(feature, lo, hi) USING (feature)"
-                  if ranges else "LEFT JOIN (SELECT NULL::VARCHAR feature, NULL::DOUBLE lo, "
-                  "NULL::DOUBLE hi) rg USING (feature)")
-    summary = con.execute(f"""
-        SELECT route, feature, kind, win,
-               count(*) FILTER (WHERE kind = 'numeric' AND isfinite(v) OR c IS NOT NULL) AS valid,
-               count(*) FILTER (WHERE isfinite(v) AND (v < rg.lo OR v > rg.hi)) AS outside
-        FROM {table} {range_join} GROUP BY ALL ORDER BY route, feature, win
-    """).fetchall()
-    grouped: dict[tuple[str, str, str], dict[str, tuple[int, int]]] = {}
-    for rt, feature, kind, win, valid, outside in summary:
-        grouped.setdefault((rt, feature, kind), {})[win] = (int(valid), int(outside))
-    numeric = _numeric_values(con, table)
-    categories = _category_counts(con, table)
+def _features(scanned: ScannedFeatures, ranges: dict[str, tuple[float, float]],
+              ) -> list[FeatureDrift]:
+    """Each scanned feature's counts and shift; the values are sorted and released one
+    feature at a time."""
     out: list[FeatureDrift] = []
-    for (rt, feature, kind), by_win in grouped.items():
-        result = feature_counts(rt, feature, kind, by_win, n_requests, ranges)
-        if kind == "numeric":
-            ref_values, cur_values = numeric.get((rt, feature), (np.empty(0), np.empty(0)))
+    for f in scanned.ordered():
+        # A recording without a route or a tensor without a name gives None (JSON null).
+        route, feature = cast(str, f.route), cast(str, f.feature)
+        if f.kind == "numeric":
+            ref_values, cur_values = f.values(0), f.values(1)
+            bounds = ranges.get(feature) if feature is not None else None
+            by_win = {name: (f.valid[w], _outside(values, bounds))
+                      for w, (name, values) in enumerate(zip(WINDOWS, (ref_values, cur_values),
+                                                             strict=True))}
+            result = feature_counts(route, feature, f.kind, by_win, scanned.n_requests, ranges)
             result = _numeric_shift(result, ref_values, cur_values)
         else:
-            result = _categorical_shift(result, categories.get((rt, feature), {}))
+            by_win = {name: (f.valid[w], 0) for w, name in enumerate(WINDOWS)}
+            result = feature_counts(route, feature, f.kind, by_win, scanned.n_requests, ranges)
+            result = _categorical_shift(result, {k: (v[0], v[1])
+                                                 for k, v in f.categories.items()})
         out.append(replace(result, flags=_flags(result)))
     return out
+
+
+def _outside(values: np.ndarray, bounds: tuple[float, float] | None) -> int:
+    if bounds is None or values.size == 0:
+        return 0
+    return int(np.count_nonzero((values < bounds[0]) | (values > bounds[1])))
 
 
 def feature_counts(
@@ -336,37 +292,12 @@ def _rate(part: int, whole: int) -> float | None:
     return max(0.0, part / whole) if whole > 0 else None
 
 
-def _numeric_values(
-    con: duckdb.DuckDBPyConnection, table: str
-) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-    """Finite values per feature and window, fetched as columns and split at group bounds."""
-    keys = con.execute(f"""
-        SELECT DISTINCT route, feature FROM {table} WHERE kind = 'numeric' ORDER BY ALL
-    """).fetchall()
-    if not keys:
-        return {}
-    cols = con.execute(f"""
-        SELECT g.gid * 2 + (t.win = 'current')::INT AS part, t.v
-        FROM {table} t JOIN (SELECT route, feature, row_number() OVER (ORDER BY route, feature) - 1
-                             AS gid FROM (SELECT DISTINCT route, feature FROM {table}
-                                          WHERE kind = 'numeric')) g USING (route, feature)
-        WHERE t.kind = 'numeric' AND isfinite(t.v) ORDER BY part
-    """).fetchnumpy()
-    parts = np.asarray(cols["part"], dtype=np.int64)
-    values = np.asarray(cols["v"], dtype=np.float64)
-    bounds = np.searchsorted(parts, np.arange(2 * len(keys) + 1), side="left")
-    return {
-        (str(rt), str(ft)): (values[bounds[2 * i]:bounds[2 * i + 1]],
-                             values[bounds[2 * i + 1]:bounds[2 * i + 2]])
-        for i, (rt, ft) in enumerate(keys)
-    }
-
-
 def _numeric_shift(result: FeatureDrift, ref: np.ndarray, cur: np.ndarray) -> FeatureDrift:
+    """The numeric figures of two windows' finite values, each sorted."""
     if ref.size == 0 or cur.size == 0:
         side = "reference" if ref.size == 0 else "current"
         return replace(result, message=f"no finite values in the {side} window")
-    shift = compare_distributions(ref, cur)
+    shift = compare_distributions(ref, cur, presorted=True)
     edges = np.histogram_bin_edges(np.concatenate([ref, cur]), bins="sturges")
     js = _js(np.histogram(ref, edges)[0], np.histogram(cur, edges)[0])
     message = shift.message if shift.wasserstein is None else None
@@ -382,20 +313,6 @@ def _js(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float | None:
     p = np.maximum(ref_counts / ref_counts.sum(), _JS_FLOOR)
     q = np.maximum(cur_counts / cur_counts.sum(), _JS_FLOOR)
     return float(jensenshannon(p, q))
-
-
-def _category_counts(
-    con: duckdb.DuckDBPyConnection, table: str
-) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
-    rows = con.execute(f"""
-        SELECT route, feature, c, count(*) FILTER (WHERE win = 'reference'),
-               count(*) FILTER (WHERE win = 'current')
-        FROM {table} WHERE kind = 'categorical' AND c IS NOT NULL GROUP BY ALL
-    """).fetchall()
-    out: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
-    for rt, feature, cat, n_ref, n_cur in rows:
-        out.setdefault((str(rt), str(feature)), {})[str(cat)] = (int(n_ref), int(n_cur))
-    return out
 
 
 def _categorical_shift(result: FeatureDrift, counts: dict[str, tuple[int, int]]) -> FeatureDrift:
