@@ -35,9 +35,11 @@ from proxy_rig import (
 )
 
 SCENARIOS = (
-    "direct", "bare", "bare_shadow", "passthrough", "shadow", "slow_shadow", "model_direct",
-    "model",
+    "direct", "bare", "bare_shadow", "bare_ids", "bare_contract", "passthrough", "shadow",
+    "slow_shadow", "model_direct", "model",
 )
+#: Scenarios served by bench/bare_proxy.py (no sidecar).
+BARE = ("bare", "bare_shadow", "bare_ids", "bare_contract")
 #: A realistic model: the backend answers after this long, using little CPU (asyncio.sleep).
 MODEL_SCENARIOS = ("model_direct", "model")
 #: What each scenario's ratios are taken against, at the same in-flight level.
@@ -107,6 +109,24 @@ def targets(summary: dict[str, Any], soak: dict[str, Any] | None) -> list[dict[s
         if c in bs and c in bare:  # the floor: the bare proxy itself sending one copy
             v = round(bs[c]["rps"] / bare[c]["rps"], 3)
             check(f"the bare proxy with one copy: rps x bare @{c}", v, None)
+            if c in sh:
+                v = round(sh[c]["rps"] / bs[c]["rps"], 3)
+                check(f"one shadow 100% rps >= 0.75x the bare proxy with one copy @{c}", v,
+                      v >= 0.75)
+        bi = summary.get("bare_ids", {})
+        if c in bi and c in bare and bare[c]["cpu_us_per_call"].get("sidecar"):
+            v = bi[c]["cpu_us_per_call"].get("sidecar", 0) / bare[c]["cpu_us_per_call"]["sidecar"]
+            check(f"the contract's metadata alone: CPU per call x bare @{c}", round(v, 3), None)
+        bc = summary.get("bare_contract", {})
+        if c in bc and c in bare:  # the floor of the per-call contract (request id, rows)
+            floor = bc[c]["cpu_us_per_call"].get("sidecar", 0)
+            base = bare[c]["cpu_us_per_call"].get("sidecar", 0)
+            if floor and base:
+                check(f"the contract's floor: CPU per call x bare @{c}", round(floor / base, 3),
+                      None)
+            if floor and c in pt:
+                v = round(pt[c]["cpu_us_per_call"].get("sidecar", 0) / floor, 3)
+                check(f"sidecar CPU per call <= 1.15x the contract's floor @{c}", v, v <= 1.15)
     if "1" in pt and "1" in bare:
         d = round(pt["1"]["p50_ms"] - bare["1"]["p50_ms"], 3)
         check("added p50 @1 <= bare's + 0.1 ms (p50 minus bare p50, ms)", d, d <= 0.1)
@@ -283,9 +303,11 @@ def main() -> int:
             else None,
         }
         for scen in scenarios:
-            if scen in ("bare", "bare_shadow"):
+            if scen in BARE:
                 copy = echoes["shadow"].port if scen == "bare_shadow" else None
-                sidecars[scen] = Bare.start(primary, copy)
+                contract = {"bare_contract": str(workdir / "bare_contract.duckdb"),
+                            "bare_ids": "-"}.get(scen)
+                sidecars[scen] = Bare.start(primary, copy, contract)
                 time.sleep(1.0)
                 checks[scen] = {"rss_idle_mb": round(rss_mb(sidecars[scen].proc.pid), 1)}
             elif scen not in ("direct", "model_direct"):

@@ -129,8 +129,10 @@ class Bare:
     port: int
 
     @classmethod
-    def start(cls, primary: int, shadow: int | None = None) -> Bare:
+    def start(cls, primary: int, shadow: int | None = None, contract: str | None = None) -> Bare:
         copy = ["--shadow", f"127.0.0.1:{shadow}"] if shadow is not None else []
+        if contract is not None:  # a DuckDB file, or "-": the contract without its rows
+            copy += ["--contract", contract]
         proc = subprocess.Popen(
             [str(PY), str(BENCH / "bare_proxy.py"), "--target", f"127.0.0.1:{primary}", *copy],
             stdout=subprocess.PIPE,
@@ -142,7 +144,9 @@ class Bare:
         if not line.startswith("READY "):
             proc.kill()
             raise RuntimeError(f"bare proxy did not start: {line!r}")
-        return cls("bare" if shadow is None else "bare_shadow", proc, int(line.split()[1]))
+        name = ("bare_ids" if contract == "-" else "bare_contract" if contract
+                else "bare" if shadow is None else "bare_shadow")
+        return cls(name, proc, int(line.split()[1]))
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -381,6 +385,7 @@ def profile(sc: Sidecar, data: Path, args: argparse.Namespace, workdir: Path) ->
     views = {
         "flamegraph": ("flamegraph", str(out_dir / "profile.svg"), []),
         "gil_folded": ("raw", str(out_dir / "profile_gil.folded"), ["--gil"]),
+        "all_folded": ("raw", str(out_dir / "profile_all.folded"), ["--native", "--threads"]),
     }
     procs = [
         subprocess.Popen(

@@ -54,6 +54,75 @@ def _no_timeout() -> None:
     Dispatch._decide = _decide  # type: ignore[method-assign]
 
 
+def _no_md() -> None:
+    """No metadata to the backend and none added to the answer (no request id either way):
+    what the contract's metadata costs per call (the bare proxy sends none)."""
+    import sidecar.server.forwarding as fwd
+    import sidecar.server.handler as handler
+
+    fwd.forward_metadata = lambda incoming, carrier=None: ((), fwd.new_request_id())
+    handler.request_id_metadata = lambda call: ()
+
+
+def _no_reply_md() -> None:
+    """The backend's initial and trailing metadata are not read (measurement only)."""
+    import time
+
+    import grpc
+
+    from sidecar.backends import CallOutcome
+    from sidecar.backends.channel import Backend
+
+    async def call(self: Any, method: str, request: bytes, *, timeout: float,
+                   metadata: Any, **_: Any) -> Any:
+        started = time.time()
+        t0 = time.perf_counter()
+        try:
+            response = await self._method(method)(request, timeout=timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            return CallOutcome(exc.code(), exc.details(), None, (), (), started,
+                               (time.perf_counter() - t0) * 1000)
+        return CallOutcome(grpc.StatusCode.OK, None, response, (), (), started,
+                           (time.perf_counter() - t0) * 1000)
+
+    Backend.call = call  # type: ignore[method-assign]
+
+
+def _urandom_ids() -> None:
+    """Request ids from ``os.urandom`` per call, as before issue 18's last step (its
+    syscall lets go of the GIL on every call)."""
+    import os
+
+    import sidecar.server.forwarding as fwd
+
+    fwd.new_request_id = lambda: os.urandom(16).hex()
+
+
+def _gc_freeze() -> None:
+    """Startup objects frozen out of the collector once serving (measurement)."""
+    import asyncio
+    import gc
+
+    from sidecar.app import Sidecar
+
+    start = Sidecar.start
+
+    async def started(self: Any) -> None:
+        await start(self)
+        await asyncio.sleep(0)
+        gc.collect()
+        gc.freeze()
+
+    Sidecar.start = started  # type: ignore[method-assign]
+
+
+def _no_gc() -> None:
+    """The cyclic garbage collector off (measurement only): its share of the hot path."""
+    import gc
+
+    gc.disable()
+
+
 def _switch(ms: float) -> Callable[[], None]:
     """The interpreter's GIL switch interval (default 5 ms): how long the event loop may wait
     for the GIL while the recorder's thread holds it."""
@@ -65,6 +134,11 @@ VARIANTS = {
     "no-insert": _no_insert,
     "no-observe": _no_observe,
     "no-timeout": _no_timeout,
+    "no-md": _no_md,
+    "no-gc": _no_gc,
+    "urandom-ids": _urandom_ids,
+    "gc-freeze": _gc_freeze,
+    "no-reply-md": _no_reply_md,
     "switch-1ms": _switch(1.0),
     "switch-0.5ms": _switch(0.5),
     "switch-0.2ms": _switch(0.2),

@@ -139,7 +139,8 @@ class Mirror:
                     metadata=metadata, cut=cut, bounds=bounds)
             else:
                 outcome = await backend.call(call.method, call.request,
-                                             timeout=lane.timeout_s, metadata=metadata)
+                                             timeout=lane.timeout_s, metadata=metadata,
+                                             replied_metadata=False)
         except asyncio.CancelledError:
             breaker.release(ticket)  # cut at shutdown: no verdict on the shadow
             counters.in_flight -= 1

@@ -38,3 +38,30 @@ def test_reply_metadata_drops_transport_keys_and_the_backends_request_id() -> No
     md = (("x-model", "v8"), ("grpc-status", "0"), ("x-request-id", "backend-own"),
           ("content-type", "application/grpc"))
     assert reply_metadata(md) == (("x-model", "v8"),)
+
+
+def test_made_request_ids_are_unique_and_differ_in_a_forked_worker() -> None:
+    """Issue 18: request ids come from a generator seeded once per process (no syscall per
+    call); a forked child must not repeat the parent's sequence."""
+    import os
+    import random
+
+    from sidecar.server import forwarding
+
+    ids = {forwarding.new_request_id() for _ in range(20_000)}
+    assert len(ids) == 20_000 and all(len(i) == 32 for i in ids)
+    # The parent's next id, computed on a copy of the generator's state.
+    twin = random.Random()
+    twin.setstate(forwarding._IDS.getstate())
+    parents_next = twin.randbytes(16).hex()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then out without pytest's teardown
+        os.write(write, forwarding.new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    childs_first = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(childs_first) == 32 and childs_first != parents_next
+    assert forwarding.new_request_id() == parents_next
