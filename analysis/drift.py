@@ -6,6 +6,8 @@ batches and split into features by :mod:`analysis.drift_scan`; the figures run o
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
@@ -15,8 +17,9 @@ import numpy as np
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from analysis.distribution import compare_distributions
-from analysis.drift_scan import WINDOWS, ScannedFeatures, scan_features
+from analysis.distribution import SCIPY_MAX_N
+from analysis.drift_scan import WINDOWS, FeatureValues, ScannedFeatures, scan_features
+from analysis.drift_shift import sorted_histogram, sorted_shift
 from analysis.load import (
     parse_time,
     relations,
@@ -59,6 +62,9 @@ _JS_FLOOR = 1e-4
 #: A null rate this much above the reference's flags the feature.
 NULL_RATE_ALERT = 0.01
 _MAX_CATEGORIES = 50
+#: Threads for the figures of large numeric features (one per core, a few at most: each
+#: holds one feature's sorted values and their merge, about 50 MB per million values).
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
 _MAX_UNSEEN_LISTED = 20
 
 Window = tuple[str | datetime | None, str | datetime | None]
@@ -235,27 +241,44 @@ def _window(given: Window | None, default: tuple[datetime, datetime]) -> tuple[d
 
 def _features(scanned: ScannedFeatures, ranges: dict[str, tuple[float, float]],
               ) -> list[FeatureDrift]:
-    """Each scanned feature's counts and shift; the values are sorted and released one
-    feature at a time."""
-    out: list[FeatureDrift] = []
-    for f in scanned.ordered():
-        # A recording without a route or a tensor without a name gives None (JSON null).
-        route, feature = cast(str, f.route), cast(str, f.feature)
-        if f.kind == "numeric":
-            ref_values, cur_values = f.values(0), f.values(1)
-            bounds = ranges.get(feature) if feature is not None else None
-            by_win = {name: (f.valid[w], _outside(values, bounds))
-                      for w, (name, values) in enumerate(zip(WINDOWS, (ref_values, cur_values),
-                                                             strict=True))}
-            result = feature_counts(route, feature, f.kind, by_win, scanned.n_requests, ranges)
-            result = _numeric_shift(result, ref_values, cur_values)
-        else:
-            by_win = {name: (f.valid[w], 0) for w, name in enumerate(WINDOWS)}
-            result = feature_counts(route, feature, f.kind, by_win, scanned.n_requests, ranges)
-            result = _categorical_shift(result, {k: (v[0], v[1])
-                                                 for k, v in f.categories.items()})
-        out.append(replace(result, flags=_flags(result)))
-    return out
+    """Each scanned feature's counts and shift, in the scan's order.
+
+    Features past scipy's sample size (sorts, merges and scipy's KS p-value, all outside
+    the GIL) run on a few threads; smaller ones stay on this thread, because scipy's small
+    sample path changes the process's warning filters (not thread-safe). A feature's values
+    are released as soon as its figures are done.
+    """
+    features = scanned.ordered()
+    big = [i for i, f in enumerate(features)
+           if f.kind == "numeric" and min(f.valid) > 0 and max(f.valid) > SCIPY_MAX_N]
+    out: dict[int, FeatureDrift] = {}
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        pending = {i: pool.submit(_feature, features[i], scanned.n_requests, ranges)
+                   for i in big}
+        for i, f in enumerate(features):
+            if i not in pending:
+                out[i] = _feature(f, scanned.n_requests, ranges)
+        out.update((i, job.result()) for i, job in pending.items())
+    return [out[i] for i in range(len(features))]
+
+
+def _feature(f: FeatureValues, n_requests: dict[str, dict[str, int]],
+             ranges: dict[str, tuple[float, float]]) -> FeatureDrift:
+    # A recording without a route or a tensor without a name gives None (JSON null).
+    route, feature = cast(str, f.route), cast(str, f.feature)
+    if f.kind == "numeric":
+        ref_values, cur_values = f.values(0), f.values(1)
+        bounds = ranges.get(feature) if feature is not None else None
+        by_win = {name: (f.valid[w], _outside(values, bounds))
+                  for w, (name, values) in enumerate(zip(WINDOWS, (ref_values, cur_values),
+                                                         strict=True))}
+        result = feature_counts(route, feature, f.kind, by_win, n_requests, ranges)
+        result = _numeric_shift(result, ref_values, cur_values)
+    else:
+        by_win = {name: (f.valid[w], 0) for w, name in enumerate(WINDOWS)}
+        result = feature_counts(route, feature, f.kind, by_win, n_requests, ranges)
+        result = _categorical_shift(result, {k: (v[0], v[1]) for k, v in f.categories.items()})
+    return replace(result, flags=_flags(result))
 
 
 def _outside(values: np.ndarray, bounds: tuple[float, float] | None) -> int:
@@ -297,9 +320,9 @@ def _numeric_shift(result: FeatureDrift, ref: np.ndarray, cur: np.ndarray) -> Fe
     if ref.size == 0 or cur.size == 0:
         side = "reference" if ref.size == 0 else "current"
         return replace(result, message=f"no finite values in the {side} window")
-    shift = compare_distributions(ref, cur, presorted=True)
+    shift = sorted_shift(ref, cur)
     edges = np.histogram_bin_edges(np.concatenate([ref, cur]), bins="sturges")
-    js = _js(np.histogram(ref, edges)[0], np.histogram(cur, edges)[0])
+    js = _js(sorted_histogram(ref, edges), sorted_histogram(cur, edges))
     message = shift.message if shift.wasserstein is None else None
     return replace(result, psi=shift.psi, ks_stat=shift.ks_stat, ks_p=shift.ks_p,
                    wasserstein=shift.wasserstein, js_distance=js, message=message)

@@ -24,6 +24,7 @@ import pytest
 from analysis.distribution import compare_distributions
 from analysis.drift import analyze_drift
 from analysis.drift_scan import WINDOWS, scan_features
+from analysis.drift_shift import sorted_histogram, sorted_shift
 from analysis.load import open_source, sql_timestamp
 from sidecar.sink.schema import migrate
 
@@ -175,3 +176,25 @@ def test_report_figures_are_those_of_the_unnested_values(tmp_path: Path) -> None
             assert f[name] == pytest.approx(getattr(shift, name), rel=1e-12, abs=1e-300), name
         checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "integers", "constant", "both_constant",
+                                  "small"])
+def test_sorted_figures_are_numpys_and_scipys(case: str) -> None:
+    """The figures of sorted samples by binary search (analysis/drift_shift.py) are exactly
+    compare_distributions' and numpy.histogram's: same bins, same arithmetic."""
+    rng = np.random.default_rng(7)
+    a, b = {
+        "normal": (rng.normal(size=60_000), rng.normal(0.1, 1.1, size=45_000)),
+        "ties": (np.round(rng.normal(size=30_000), 1), np.round(rng.normal(size=20_001), 1)),
+        "integers": (rng.integers(0, 5, 25_000).astype(float),
+                     rng.integers(0, 6, 12_000).astype(float)),
+        "constant": (np.full(20_000, 3.0), rng.normal(size=15_000)),
+        "both_constant": (np.full(20_000, 3.0), np.full(11_000, 3.0)),
+        "small": (rng.normal(size=500), rng.normal(size=700)),
+    }[case]
+    a, b = np.sort(a), np.sort(b)
+    assert sorted_shift(a, b) == compare_distributions(a, b)
+    edges = np.histogram_bin_edges(np.concatenate([a, b]), bins="sturges")
+    for side in (a, b):
+        assert np.array_equal(sorted_histogram(side, edges), np.histogram(side, edges)[0])
