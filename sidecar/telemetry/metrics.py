@@ -108,6 +108,11 @@ class Metrics:
              self._backend_errors("errors")),
             ("shadowcar.sink.rows_written", "rows written by table", self._sink("written")),
             ("shadowcar.sink.rows_dropped", "rows dropped by table", self._sink("dropped")),
+            ("shadowcar.sink.rows_dropped_by_reason",
+             "rows dropped by why (buffer_full, closing: never queued; rejected, unwritable: "
+             "accepted, then lost)", self._drop_reasons),
+            ("shadowcar.sink.recoveries",
+             "fresh database connections after a fatal DuckDB error", self._recoveries),
         ]
         for which in ("accepted", "rejected", "duplicates", "dropped"):
             observables.append((
@@ -226,6 +231,13 @@ class Metrics:
                 yield Observation(n, {"table": table})
 
         return callback
+
+    def _drop_reasons(self, options: CallbackOptions) -> Iterable[Observation]:
+        for reason, n in self._sidecar.sink.stats.reasons.items():
+            yield Observation(n, {"reason": reason})
+
+    def _recoveries(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._sidecar.sink.stats.recoveries)
 
     def _queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._sidecar.sink.queue_depth)

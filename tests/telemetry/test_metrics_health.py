@@ -62,6 +62,28 @@ async def test_prometheus_counters_equal_the_traffic(echo, start_sidecar, channe
     assert s[("shadowcar_call_latency_ms_count", base)] == 40
     assert s[("shadowcar_sink_rows_written_total", (("table", "calls"),))] == 80
     assert ("shadowcar_sink_queue_depth", ()) in s
+    for reason in ("buffer_full", "closing", "rejected", "unwritable"):
+        assert s[("shadowcar_sink_rows_dropped_by_reason_total", (("reason", reason),))] == 0
+    assert s[("shadowcar_sink_recoveries_total", ())] == 0
+
+
+async def test_sink_drop_reasons_reach_prometheus(echo, start_sidecar, channel_to,
+                                                  tmp_path) -> None:
+    """Every drop reason of the sink is a Prometheus series, not only a /v1/stats field:
+    a full buffer drops rows, and the metric says why."""
+    primary = await echo()
+    sc = await start_sidecar({"p": primary.target}, [{"match": "*", "primary": "p"}],
+                             storage={"path": str(tmp_path / "small.duckdb"), "buffer_rows": 100,
+                                      "batch_rows": 1_000_000, "flush_interval_ms": 60_000})
+    stub = channel_to(sc.port).unary_unary("/a.B/C")
+    for _ in range(130):  # more than the buffer holds before the first flush
+        await stub(b"x")
+    status, text = await _get(sc.admin.port, "/metrics")
+    assert status == 200
+    s = _samples(text)
+    full = sc.sink.stats.reasons["buffer_full"]
+    assert full > 0
+    assert s[("shadowcar_sink_rows_dropped_by_reason_total", (("reason", "buffer_full"),))] == full
 
 
 async def test_model_health_gauges_from_real_models(start_sidecar, channel_to) -> None:
