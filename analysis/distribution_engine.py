@@ -38,8 +38,8 @@ from analysis.engine import Engine
 if TYPE_CHECKING:
     import ibis.expr.types as ir
 
-__all__ = ["HIST_BINS", "PSI_BINS", "ScoreFigures", "plot_edges", "sample_figures", "score_figures",
-           "shift_of"]
+__all__ = ["HIST_BINS", "PSI_BINS", "ScoreFigures", "linear_quantiles", "plot_edges",
+           "sample_figures", "score_figures", "shift_of"]
 
 #: Bins of the plotted score and difference histograms (as :func:`analysis.divergence._plots`).
 HIST_BINS = 30
@@ -70,20 +70,65 @@ def score_figures(engine: Engine, pairs: ir.Table, keys: Sequence[str]) -> dict[
     constant side), ``psi`` and the ``plots`` of :func:`analysis.divergence._plots`.
     """
     keys = list(keys)
-    summary = _summary(pairs, keys)
-    found: dict[tuple[Any, ...], ScoreFigures] = {}
-    for row in engine.rows(summary.drop(*[c for c in summary.columns if c.startswith("_")])):
-        found[tuple(row[k] for k in keys)] = row
-    for row in engine.rows(_ks_wasserstein(pairs, keys)):
-        found[tuple(row[k] for k in keys)].update(ks_stat=row["ks"], wasserstein=row["w"])
-    for row in engine.rows(_bin_counts(pairs, summary, keys)):
-        fig = found[tuple(row[k] for k in keys)]
-        fig["psi_counts"] = ([int(row[f"pp{i}"]) for i in range(PSI_BINS)],
-                             [int(row[f"sp{i}"]) for i in range(PSI_BINS)])
-        fig["hist_counts"] = ([int(row[f"ph{i}"] or 0) for i in range(HIST_BINS)],
-                              [int(row[f"sh{i}"] or 0) for i in range(HIST_BINS)],
-                              [int(row[f"dh{i}"] or 0) for i in range(HIST_BINS)])
+    # The summary's windows run once: the bins read its few rows back from a kept table.
+    summary = engine.materialize(_summary(pairs, keys), "shadowcar_score_summary")
+    try:
+        found: dict[tuple[Any, ...], ScoreFigures] = {}
+        for row in engine.rows(summary.drop(*[c for c in summary.columns
+                                              if c.startswith("_")])):
+            found[tuple(row[k] for k in keys)] = row
+        if not found:
+            return {}
+        for row in engine.rows(_ks_wasserstein(pairs, keys)):
+            found[tuple(row[k] for k in keys)].update(ks_stat=row["ks"], wasserstein=row["w"])
+        for row in engine.rows(_bin_counts(pairs, summary, keys)):
+            fig = found[tuple(row[k] for k in keys)]
+            fig["psi_counts"] = ([int(row[f"pp{i}"]) for i in range(PSI_BINS)],
+                                 [int(row[f"sp{i}"]) for i in range(PSI_BINS)])
+            fig["hist_counts"] = ([int(row[f"ph{i}"] or 0) for i in range(HIST_BINS)],
+                                  [int(row[f"sh{i}"] or 0) for i in range(HIST_BINS)],
+                                  [int(row[f"dh{i}"] or 0) for i in range(HIST_BINS)])
+    finally:
+        engine.drop("shadowcar_score_summary")
     return {key: _finish(fig) for key, fig in found.items()}
+
+
+def linear_quantiles(
+    engine: Engine, t: ir.Table, value: str, keys: Sequence[str], probs: Sequence[float],
+) -> dict[tuple[Any, ...], list[float]]:
+    """Per group of ``keys``: numpy's ``quantile(values, probs)`` (method ``linear``) of the
+    non-NULL ``value``, from order statistics (``row_number``), as the PSI edges are.
+
+    Spark's exact ``percentile`` holds a group's values in one task's memory (a 10M-call
+    group overflowed a 1.5 GB heap); a window sorts and spills instead, on either engine.
+    """
+    import ibis
+
+    g = list(keys)
+    t = t.filter(t[value].notnull())
+    v = t[value]
+    by = ibis.window(group_by=g, order_by=[v])
+    ranked = t.mutate(_n=v.count().over(by), _rn=ibis.row_number().over(by))
+    stats_: dict[str, Any] = {}
+    for i, q in enumerate(probs):
+        at = (ranked._n - 1).cast("float64") * ibis.literal(float(q), type="float64")
+        prev = at.floor()
+        stats_[f"_lo{i}"] = ranked[value].max(where=ranked._rn == prev)
+        stats_[f"_hi{i}"] = ranked[value].max(
+            where=ranked._rn == ibis.least(prev + 1, ranked._n - 1))
+        stats_[f"_t{i}"] = (at - prev).max()
+    agg = ranked.aggregate(by=g, **stats_)
+    found: dict[tuple[Any, ...], list[float]] = {}
+    for row in engine.rows(agg):
+        found[tuple(row[k] for k in g)] = [
+            _lerp(row[f"_lo{i}"], row[f"_hi{i}"], row[f"_t{i}"]) for i in range(len(probs))]
+    return found
+
+
+def _lerp(low: float, high: float, t: float) -> float:
+    """numpy's ``_lerp`` (both branches), so a quantile is numpy's to the last bit."""
+    span = high - low
+    return float(high - span * (1 - t)) if t >= 0.5 else float(low + span * t)
 
 
 def shift_of(fig: ScoreFigures) -> DistributionShift:
@@ -133,7 +178,8 @@ def _finish(fig: dict[str, Any]) -> ScoreFigures:
                           "counts": diff},
         }
     return {"n": n, "p_min": fig["p_min"], "p_max": fig["p_max"], "p_std": fig["p_std"],
-            "ks_stat": float(fig["ks_stat"]), "wasserstein": float(fig["wasserstein"]),
+            # one distinct value in all: no step, no distance
+            "ks_stat": float(fig["ks_stat"]), "wasserstein": float(fig["wasserstein"] or 0.0),
             "spearman": rho, "psi": float(np.sum((s - p) * np.log(s / p))), "plots": plots}
 
 
@@ -143,15 +189,24 @@ def _summary(pairs: ir.Table, keys: list[str]) -> ir.Table:
     import ibis
 
     g = keys
-    n = pairs.ps.count().over(group_by=g)
+    # One sort per side: the row number, the lowest rank of a value's ties (rank) and the
+    # highest (the rows at or below it: a RANGE frame takes the ties in) share it.
+    by_p = ibis.window(group_by=g, order_by=[pairs.ps])
+    by_s = ibis.window(group_by=g, order_by=[pairs.ss])
+    upto_p = ibis.range_window(preceding=None, following=0, group_by=g, order_by=[pairs.ps])
+    upto_s = ibis.range_window(preceding=None, following=0, group_by=g, order_by=[pairs.ss])
+    n = pairs.ps.count().over(by_p)
     mid = (n + 1).cast("float64") / 2  # the mean of ranks 1..n
+
+    def average_rank(rank: Any, upto: Any) -> Any:
+        # scipy's rankdata: the mean of the lowest (rank() + 1) and highest rank of the ties
+        return (rank.cast("float64") + 1 + upto.cast("float64")) / 2 - mid
+
     ranked = pairs.mutate(
         _n=n,
-        _rn=ibis.row_number().over(group_by=g, order_by=[pairs.ps]),
-        _rx=ibis.rank().over(group_by=g, order_by=[pairs.ps]).cast("float64") + 1
-        + (pairs.ps.count().over(group_by=[*g, "ps"]) - 1).cast("float64") / 2 - mid,
-        _ry=ibis.rank().over(group_by=g, order_by=[pairs.ss]).cast("float64") + 1
-        + (pairs.ss.count().over(group_by=[*g, "ss"]) - 1).cast("float64") / 2 - mid,
+        _rn=ibis.row_number().over(by_p),
+        _rx=average_rank(ibis.rank().over(by_p), pairs.ps.count().over(upto_p)),
+        _ry=average_rank(ibis.rank().over(by_s), pairs.ss.count().over(upto_s)),
     )
     idx = {i: (ranked._n - 1).cast("float64") * (ibis.literal(i).cast("float64") / 10)
            for i in range(1, PSI_BINS)}
@@ -192,16 +247,20 @@ def _ks_w_of(sides: ir.Table, g: list[str]) -> ir.Table:
     sample) or ``w`` (second sample)."""
     import ibis
 
-    counts = sides.aggregate(by=[*g, "v"], cu=sides.u.sum(), cv=sides.w.sum())
-    running = ibis.cumulative_window(group_by=g, order_by=[counts.v])
-    whole = ibis.window(group_by=g)
-    steps = counts.mutate(
-        gap=counts.cu.sum().over(running) / counts.cu.sum().over(whole)
-        - counts.cv.sum().over(running) / counts.cv.sum().over(whole),
-        delta=counts.v.lead().over(group_by=g, order_by=[counts.v]) - counts.v,
+    # One sort of both samples: running counts of each side (ROWS frames, cheap) over its
+    # size. Only the last row of a value's ties holds that value's CDFs (every tie sits at
+    # or before it), and ``lead`` gives it the next distinct value: the step's width.
+    order = [sides.v, sides.u]
+    running = ibis.cumulative_window(group_by=g, order_by=order)
+    whole = ibis.window(group_by=g, order_by=order)
+    nxt = sides.v.lead().over(whole)
+    steps = sides.mutate(
+        gap=sides.u.sum().over(running) / sides.u.sum().over(whole)
+        - sides.w.sum().over(running) / sides.w.sum().over(whole),
+        delta=nxt - sides.v, last=nxt.isnull() | (nxt != sides.v),
     )
-    return steps.aggregate(by=g, ks=steps.gap.abs().max(),
-                           w=(steps.gap.abs() * steps.delta).sum())
+    return steps.aggregate(by=g, ks=steps.gap.abs().max(where=steps.last),
+                           w=(steps.gap.abs() * steps.delta).sum(where=steps.last))
 
 
 def _bin_counts(pairs: ir.Table, summary: ir.Table, keys: list[str]) -> ir.Table:
@@ -220,10 +279,19 @@ def _bin_counts(pairs: ir.Table, summary: ir.Table, keys: list[str]) -> ir.Table
     d = j.ss - j.ps
 
     def inner_bin(x: ir.NumericValue, start: ir.NumericValue, step: ir.NumericValue) -> Any:
-        # numpy.linspace's edge k is k * step + start; the last edge (the maximum) is
-        # never passed by a value, so 29 inner edges decide the bin.
-        return sum((x >= ibis.literal(k).cast("float64") * step + start).cast("int64")
-                   for k in range(1, HIST_BINS))
+        # numpy.histogram's rule: the bin is the number of inner edges at or below x, edge
+        # k being numpy.linspace's k * step + start (the last edge, the maximum, closes the
+        # last bin). Like numpy, guess it from (x - start) / step, then correct the guess by
+        # one against the edges themselves (the guess is off by one at most, near an edge).
+        def edge(k: Any) -> Any:
+            return k.cast("float64") * step + start
+
+        # clamped as a float (a zero step or a huge ratio has no integer), then cut
+        at = ibis.ifelse(step > 0, (x - start) / step, 0.0)
+        guess = ibis.least(ibis.greatest(at, 0.0), float(HIST_BINS - 1)).floor().cast("int64")
+        low = (x < edge(guess)).cast("int64")
+        high = ((x >= edge(guess + 1)) & (guess < HIST_BINS - 1)).cast("int64")
+        return guess - low + high
 
     binned = j.mutate(
         _pb=sum((j.ps > j[f"_e{i}"]).cast("int64") for i in range(1, PSI_BINS)),

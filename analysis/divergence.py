@@ -14,13 +14,18 @@ import numpy as np
 from scipy import stats
 
 from analysis.agreement import ClassAgreement, class_agreement, label_cells
-from analysis.distribution import (
-    DistributionShift,
-    compare_distributions,
-    sort_with_ranks,
-    spearman_sorted,
+from analysis.distribution import DistributionShift
+from analysis.distribution_engine import ScoreFigures, score_figures, shift_of
+from analysis.divergence_pairs import (
+    PAIRS_TABLE,
+    PairIds,
+    finite_pairs,
+    identical_counts,
+    materialize_pairs,
+    pair_rows,
 )
-from analysis.identical import attach_identical
+from analysis.engine import duckdb_engine
+from analysis.identical import with_identical
 from analysis.load import (
     PRIMARY_SQL,
     AnalysisSourceError,
@@ -70,7 +75,6 @@ NOTES = (
 
 #: The calls columns a pair needs; naming them keeps the join's rows narrow.
 _COLUMNS = "request_id, route, backend, score, label, output, latency_ms"
-_HIST_BINS = 30
 
 
 @dataclass(frozen=True)
@@ -229,24 +233,38 @@ def analyze_divergence(
     seg_column = f', "{segment}"' if seg_sql.startswith("s.") else ""
     vectors = con.execute("SELECT EXISTS (SELECT 1 FROM calls WHERE output IS NOT NULL)")
     has_vectors = bool(vectors.fetchall()[0][0])
-    columns = _COLUMNS if has_vectors else _COLUMNS.replace(", output", "")
+    hashes = "response_hash" in calls and segment is None
+    columns = (_COLUMNS if has_vectors else _COLUMNS.replace(", output", "")) + (
+        ", response_hash" if hashes else "")
     base = f"""
         WITH prim AS (SELECT {columns} FROM calls WHERE {PRIMARY_SQL} AND {where}),
              shad AS (SELECT {columns}{seg_column} FROM calls
                       WHERE role IN ('shadow', 'replay') AND {where})
     """
     join = f"FROM shad s LEFT JOIN prim p ON p.request_id = s.request_id {seg_join}"
-    rows = _pair_rows(con, base, join, seg_sql, atol, rtol, has_vectors)
+    # The operations pass groups the same calls by route and backend: its keys are the ids
+    # the pair table carries instead of names.
+    ops = backend_operations(con, where, PRIMARY_SQL)
+    ids = PairIds.of(ops)
+    materialize_pairs(con, base, join, seg_sql if segment is not None else None, ids,
+                      vectors=has_vectors, hashes=hashes)
+    try:
+        rows = pair_rows(con, ids, atol, rtol, segment=segment is not None, vectors=has_vectors)
+        figures = score_figures(duckdb_engine(con), finite_pairs(segment is not None),
+                                ["sid", "pid", *(["seg"] if segment is not None else [])])
+        same = identical_counts(con, ids) if hashes else {}
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {PAIRS_TABLE}")
     whole = vector_tolerance(con, base, join, seg_sql, atol, rtol) if has_vectors else {}
     if not rows:
         return DivergenceReport((), params, "no shadow calls in the selected window", notes,
                                 scope.to_dict())
-    ops = backend_operations(con, where, PRIMARY_SQL)
     replicas = replica_rule(con, where)
     pairs: list[PairDivergence] = []
     unmatched_only: list[dict[str, Any]] = []
     skipped: dict[tuple[str, str, str], int] = {}
     for row in rows:
+        ids_key = row.pop("_key")
         if row["pb"] is None:
             unmatched_only.append(row)
             continue
@@ -254,9 +272,8 @@ def analyze_divergence(
             key = (row["route"], row["sb"], row["pb"])
             skipped[key] = skipped.get(key, 0) + int(row["matched"])
             continue
-        scores = list(_fetch_scores(con, base, join, seg_sql, row) if row["n"]
-                      else (np.empty(0), np.empty(0)))
-        pair = _build_pair(row, scores, ops, replicas)
+        fig = figures.get(ids_key if segment is not None else ids_key[:2])
+        pair = _build_pair(row, fig, ops, replicas)
         vec = whole.get((row["route"], row["pb"], row["sb"], row["seg"]))
         if vec is not None:  # issue 20.7: whole vectors, not output[score_index]
             numeric = pair.numeric and replace(
@@ -268,8 +285,8 @@ def analyze_divergence(
     pairs, streamed = attach_streams(con, pairs, where, PRIMARY_SQL, atol, rtol)
     if streamed:
         notes = (*notes, STREAM_NOTE)
-    if "response_hash" in calls and segment is None:
-        pairs = attach_identical(con, where, pairs)
+    if hashes:
+        pairs = with_identical(pairs, same)
     else:
         why = ("identical rates are not split by segment" if segment is not None else
                "the calls table has no response_hash column (recorded by an older sidecar)")
@@ -301,104 +318,6 @@ def _segment_sql(
     raise AnalysisSourceError(f"segment {segment!r} is not a column of calls or requests")
 
 
-_JS_VALID = """(len(p.output) = len(s.output) AND len(p.output) >= 2
-    AND list_min(p.output) >= 0 AND list_min(s.output) >= 0
-    AND list_sum(p.output) > 0 AND list_sum(s.output) > 0)"""
-# Jensen-Shannon divergence in bits of the normalised vectors; 0 * ln(0) counts as 0.
-_P = "(p.output[i] / list_sum(p.output))"
-_S = "(s.output[i] / list_sum(s.output))"
-_JS = f"""list_sum(list_transform(generate_series(1, len(p.output)), lambda i:
-    (CASE WHEN p.output[i] > 0 THEN {_P} * ln({_P} / (({_P} + {_S}) / 2)) ELSE 0 END
-   + CASE WHEN s.output[i] > 0 THEN {_S} * ln({_S} / (({_P} + {_S}) / 2)) ELSE 0 END
-    ) / 2)) / ln(2)"""
-
-
-def _pair_rows(
-    con: duckdb.DuckDBPyConnection, base: str, join: str, seg: str, atol: float, rtol: float,
-    vectors: bool,
-) -> list[dict[str, Any]]:
-    # Without output vectors the join carries no list columns at all: a narrower build side.
-    js = f"CASE WHEN {_JS_VALID} THEN {_JS} END" if vectors else "NULL::DOUBLE"
-    p_out, s_out = ("p.output", "s.output") if vectors else ("NULL", "NULL")
-    # The inner projection computes each row's values once, NULL where a figure does not
-    # apply, so the aggregates need no FILTER (NULLs are skipped) and only read columns.
-    sql = f"""{base}
-        SELECT route, pb, sb, seg,
-            count(*) - count(matched) AS unmatched,
-            count(matched) AS matched,
-            count(d) AS n,
-            count(nonfinite) AS n_nonfinite,
-            count(empty) AS n_without_output,
-            fsum(d) AS sum_d,
-            var_samp(d) AS var_d,
-            sum(abs(d)) AS sum_abs_d,
-            sum(d * d) AS sum_d2,
-            max(abs(d)) AS max_abs,
-            corr(ss, ps) AS pearson,
-            min(ps) < max(ps) AS p_varies,
-            min(ss) < max(ss) AS s_varies,
-            count(out) AS n_out,
-            count(agree) AS n_labels,
-            count(agree) FILTER (WHERE agree) AS n_agree,
-            histogram(label_pair) AS label_pairs,
-            count(vectors) AS n_vectors,
-            count(js) AS n_js,
-            fsum(js) AS sum_js,
-            quantile_cont(ratio, 0.5) AS latency_ratio
-        FROM (
-            SELECT route, pb, sb, seg, matched, ps, ss, d, agree, js, ratio,
-                CASE WHEN agree IS NOT NULL THEN {{'p': pl, 's': sl}} END AS label_pair,
-                CASE WHEN abs(d) > {atol!r} + {rtol!r} * abs(ps) THEN true END AS out,
-                CASE WHEN d IS NULL AND raw_p IS NOT NULL AND raw_s IS NOT NULL THEN true END
-                    AS nonfinite,
-                CASE WHEN matched AND (p_empty OR s_empty) THEN true END AS empty,
-                CASE WHEN has_po AND has_so THEN true END AS vectors
-            FROM (
-                SELECT s.route AS route, p.backend AS pb, s.backend AS sb, {seg} AS seg,
-                    CASE WHEN p.request_id IS NOT NULL THEN true END AS matched,
-                    p.score AS raw_p, s.score AS raw_s,
-                    CASE WHEN isfinite(p.score) AND isfinite(s.score) THEN p.score END AS ps,
-                    CASE WHEN isfinite(p.score) AND isfinite(s.score) THEN s.score END AS ss,
-                    CASE WHEN isfinite(p.score) AND isfinite(s.score)
-                         THEN s.score - p.score END AS d,
-                    p.label AS pl, s.label AS sl, p.label = s.label AS agree,
-                    p.score IS NULL AND p.label IS NULL AND {p_out} IS NULL AS p_empty,
-                    s.score IS NULL AND s.label IS NULL AND {s_out} IS NULL AS s_empty,
-                    {p_out} IS NOT NULL AS has_po, {s_out} IS NOT NULL AS has_so,
-                    {js} AS js,
-                    CASE WHEN p.latency_ms > 0 AND s.latency_ms >= 0
-                         THEN s.latency_ms / p.latency_ms END AS ratio
-                {join}
-            )
-        )
-        GROUP BY ALL ORDER BY route, sb, pb NULLS LAST, seg
-    """
-    cursor = con.execute(sql)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
-
-
-def _fetch_scores(
-    con: duckdb.DuckDBPyConnection, base: str, join: str, seg: str, row: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The pair's finite (primary, shadow) scores as two aligned float64 columns.
-
-    KS, Wasserstein and Spearman need every value; a second join streams just these two
-    columns (a list aggregate in the first pass would have to fit DuckDB's memory at once).
-    """
-    keys = [f"s.route = {sql_quote(row['route'])}", f"p.backend = {sql_quote(row['pb'])}",
-            f"s.backend = {sql_quote(row['sb'])}"]
-    if row["seg"] is not None:
-        keys.append(f"{seg} = {sql_quote(str(row['seg']))}")
-    sql = f"""{base}
-        SELECT p.score AS ps, s.score AS ss {join}
-        WHERE {" AND ".join(keys)} AND isfinite(p.score) AND isfinite(s.score)
-    """
-    arrays = con.execute(sql).fetchnumpy()
-    primary = np.asarray(arrays.pop("ps"), dtype=np.float64)
-    return primary, np.asarray(arrays.pop("ss"), dtype=np.float64)
-
-
 def _numeric(row: dict[str, Any], rho: float | None) -> NumericDivergence:
     n = int(row["n"])
     if n == 0:
@@ -428,47 +347,17 @@ def _numeric(row: dict[str, Any], rho: float | None) -> NumericDivergence:
     )
 
 
-def _plots(primary: np.ndarray, shadow: np.ndarray) -> dict[str, Any]:
-    if primary.size == 0:
-        return {}
-    low = float(min(primary.min(), shadow.min()))
-    high = float(max(primary.max(), shadow.max()))
-    if not high > low:
-        return {}
-    edges = np.linspace(low, high, _HIST_BINS + 1)
-    diff = shadow - primary
-    d_low, d_high = float(diff.min()), float(diff.max())
-    # Differences can sit within a few ulps of each other (a replica); widen to a drawable range.
-    pad = max(abs(d_low), abs(d_high), 1.0) * 1e-9 if d_high - d_low < 1e-9 else 0.0
-    d_counts, d_edges = np.histogram(diff, bins=_HIST_BINS, range=(d_low - pad, d_high + pad))
-    return {
-        "score_hist": {"edges": edges.tolist(),
-                       "primary": np.histogram(primary, bins=edges)[0].tolist(),
-                       "shadow": np.histogram(shadow, bins=edges)[0].tolist()},
-        "diff_hist": {"edges": d_edges.tolist(), "counts": d_counts.tolist()},
-    }
-
-
 def _build_pair(
-    row: dict[str, Any], scores: list[np.ndarray], ops: Operations,
-    replicas: ReplicaRule,
+    row: dict[str, Any], fig: ScoreFigures | None, ops: Operations, replicas: ReplicaRule,
 ) -> PairDivergence:
-    """One pair's result; ``scores`` ([primary, shadow]) is emptied so the arrays can be
-    released as soon as their sorted copies exist (10M pairs are 160 MB per copy)."""
+    """One pair's result from its row of moments and counts and its exact score figures
+    (:func:`analysis.distribution_engine.score_figures`; None without finite pairs)."""
     route, pb, sb = row["route"], row["pb"], row["sb"]
-    primary, shadow = scores
-    scores.clear()
-    plots = _plots(primary, shadow) | {"latency_cdf": latency_cdfs(ops, route, pb, sb)}
+    plots = {"latency_cdf": latency_cdfs(ops, route, pb, sb)}
     rho, distribution = None, None
-    if row["n"]:
-        # 10M pairs: sort each side once, then let the unsorted copies go before the merge.
-        p_sorted, p_ranks = sort_with_ranks(primary)
-        del primary
-        s_sorted, s_ranks = sort_with_ranks(shadow)
-        del shadow
-        rho = spearman_sorted(p_sorted, p_ranks, s_sorted, s_ranks)
-        del p_ranks, s_ranks
-        distribution = compare_distributions(p_sorted, s_sorted, presorted=True)
+    if row["n"] and fig is not None:
+        rho, distribution = fig["spearman"], shift_of(fig)
+        plots = fig["plots"] | plots
     numeric = _numeric(row, rho) if row["n"] or not row["n_labels"] else None
     classes = class_agreement(int(row["n_labels"]), int(row["n_agree"]),
                               label_cells(row["label_pairs"]))

@@ -16,10 +16,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from analysis.distribution import wilson_interval
-from analysis.distribution_engine import score_figures, shift_of
+from analysis.distribution_engine import linear_quantiles, score_figures
 from analysis.divergence import (
     NOTES,
     DivergenceReport,
@@ -27,7 +25,6 @@ from analysis.divergence import (
     _apply_noise_floor,
     _attach_unmatched,
     _build_pair,
-    _numeric,
 )
 from analysis.engine import Engine
 from analysis.experiment_engine import _finite, _kept, _time_bounds, scope_engine
@@ -97,12 +94,7 @@ def analyze_divergence_engine(
             continue
         fig = figures.get((row["route"], row["pb"], row["sb"], row["seg"]))
         row = _seg_back(row)
-        pair = _build_pair(row, [np.empty(0), np.empty(0)], ops, replicas)
-        if fig is not None and row["n"]:
-            pair = replace(pair, numeric=_numeric(row, fig["spearman"]),
-                           distribution=shift_of(fig),
-                           plots=fig["plots"] | {"latency_cdf": pair.plots["latency_cdf"]})
-        pairs.append(pair)
+        pairs.append(_build_pair(row, fig, ops, replicas))
     pairs = with_vectors(pairs, whole)
     pairs = _attach_unmatched(pairs, orphans, ops, replicas, segment)
     pairs = _apply_noise_floor(pairs)
@@ -174,7 +166,10 @@ def _pair_rows(engine: Engine, j: ir.Table, atol: float, rtol: float) -> list[di
         sum_abs_d=j.d.abs().sum(), sum_d2=(j.d * j.d).sum(), max_abs=j.d.abs().max(),
         pearson=j.ss.corr(j.ps, how="pop"), p_min=j.ps.min(), p_max=j.ps.max(), s_min=j.ss.min(),
         s_max=j.ss.max(), n_out=j.count(where=out), n_labels=j.count(where=labelled),
-        n_agree=j.count(where=labelled & (j.pl == j.sl)), latency_ratio=j.ratio.quantile(0.5))
+        n_agree=j.count(where=labelled & (j.pl == j.sl)))
+    # The median ratio from order statistics (Spark's exact percentile holds a pair's 10M
+    # ratios in one task's heap).
+    medians = linear_quantiles(engine, j.select(*keys, "ratio"), "ratio", keys, [0.5])
     both = j.filter(labelled)
     cells = both.aggregate(by=[*keys, "pl", "sl"], c=both.count())
     found: dict[tuple[Any, ...], dict[tuple[str, str], int]] = {}
@@ -187,7 +182,8 @@ def _pair_rows(engine: Engine, j: ir.Table, atol: float, rtol: float) -> list[di
         row["s_varies"] = row["s_min"] is not None and row["s_min"] < row["s_max"]
         labels = found.get(tuple(row[k] for k in keys), {})
         row["label_pairs"] = [({"p": p, "s": s}, c) for (p, s), c in sorted(labels.items())]
-        row |= {"n_vectors": 0, "n_js": 0, "sum_js": None}
+        row |= {"n_vectors": 0, "n_js": 0, "sum_js": None,
+                "latency_ratio": medians.get(tuple(row[k] for k in keys), [None])[0]}
         rows.append(row)
     # DuckDB's order: route, shadow, primary (NULLs last), segment
     return sorted(rows, key=lambda r: (r["route"], r["sb"], r["pb"] is None, r["pb"] or "",
@@ -206,21 +202,26 @@ def _operations(engine: Engine, calls: ir.Table, cond: ir.BooleanValue,
     t = calls.filter((shadow_role | primary) & cond)
     t = t.mutate(side=ibis.ifelse(t.role.isin(["shadow", "replay"]), "shadow", "primary"))
     attempted = t.status.isnull() | (t.status != "DROPPED")
-    # One aggregate for every point: Spark's exact percentile buffers the values once
-    # (one buffer per point ran a 1M-call report out of a 600MB heap).
-    quantiles = {"q": t.latency_ms.quantile(CDF_POINTS, where=attempted)}
-    ttfm: Any = ibis.null("float64")
+    keys = ["route", "backend", "side"]
+    # Quantiles from order statistics (row_number): Spark's exact percentile buffers a
+    # backend's every latency in one task (10M calls overflowed a 1.5 GB heap).
+    cdfs = linear_quantiles(engine, t.filter(attempted).select(*keys, "latency_ms"),
+                            "latency_ms", keys, CDF_POINTS)
+    ttfm: dict[tuple[Any, ...], list[float]] = {}
     if "first_message_ms" in engine.columns("calls"):
-        ttfm = t.first_message_ms.quantile(0.5, where=t.first_message_ms.notnull())
+        ttfm = linear_quantiles(engine, t.select(*keys, "first_message_ms"),
+                                "first_message_ms", keys, [0.5])
     agg = t.aggregate(
-        by=["route", "backend", "side"], attempts=t.count(where=attempted),
+        by=keys, attempts=t.count(where=attempted),
         errors=t.count(where=~t.status.isin(["OK", "DROPPED"])),
         timeouts=t.count(where=t.status == "DEADLINE_EXCEEDED"),
-        dropped=t.count(where=t.status == "DROPPED"), ttfm=ttfm, **quantiles)
+        dropped=t.count(where=t.status == "DROPPED"))
     out: Operations = {}
     for row in engine.rows(agg):
-        q = list(row["q"]) if row["q"] is not None else [None] * len(CDF_POINTS)
-        has_q = row["q"] is not None and len(q) > 0
+        key = tuple(row[k] for k in keys)
+        has_q = key in cdfs
+        q: list[Any] = cdfs.get(key) or [None] * len(CDF_POINTS)
+        row["ttfm"] = ttfm.get(key, [None])[0]
         n, errors, timeouts = int(row["attempts"]), int(row["errors"]), int(row["timeouts"])
         out[(row["route"], row["backend"], row["side"])] = {
             "latency": {

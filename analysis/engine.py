@@ -61,6 +61,8 @@ class Engine:
     _tables: dict[str, ir.Table] = field(default_factory=dict)
     #: the Spark session that runs the compiled SQL (Spark engine)
     session: Any = None
+    #: Spark frames kept by :meth:`materialize`, by view name
+    _persisted: dict[str, Any] = field(default_factory=dict)
 
     def has(self, name: str) -> bool:
         return name in self.names()
@@ -109,6 +111,32 @@ class Engine:
             names = [d[0] for d in cursor.description or []]
             return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
         return self._spark_rows(expr)
+
+    def materialize(self, expr: ir.Table, name: str) -> ir.Table:
+        """``expr`` computed once and kept as table ``name`` (DuckDB: a temporary table, which
+        spills past the memory limit; Spark: a view persisted on disk), so reductions that
+        read it again do not repeat the joins and windows behind it. :meth:`drop` frees it."""
+        if self.con is not None:
+            import ibis
+
+            self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{name}" AS {self._sql(expr)}')
+            return ibis.table(expr.schema(), name=name)
+        assert self.backend is not None and self.session is not None
+        from pyspark import StorageLevel
+
+        frame = self.session.sql(str(self.backend.compile(expr)))
+        frame.persist(StorageLevel.DISK_ONLY)
+        frame.createOrReplaceTempView(name)
+        self._persisted[name] = frame
+        return self.backend.table(name)
+
+    def drop(self, name: str) -> None:
+        """Free a table of :meth:`materialize`."""
+        if self.con is not None:
+            self.con.execute(f'DROP TABLE IF EXISTS "{name}"')
+        elif name in self._persisted:
+            self._persisted.pop(name).unpersist()
+            self.session.catalog.dropTempView(name)
 
     def _spark_rows(self, expr: ir.Table) -> list[dict[str, Any]]:
         # Spark runs the SQL Ibis compiles; the few rows come back as Row objects (no

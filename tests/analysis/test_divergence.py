@@ -28,6 +28,29 @@ CONFIG = {
 RTOL = 1e-9
 
 
+def numpy_plots(primary: np.ndarray, shadow: np.ndarray, bins: int = 30) -> dict[str, Any]:
+    """The report's score and difference histograms written with numpy (the reference the
+    engine's exact bins are checked against)."""
+    if primary.size == 0:
+        return {}
+    low = float(min(primary.min(), shadow.min()))
+    high = float(max(primary.max(), shadow.max()))
+    if not high > low:
+        return {}
+    edges = np.linspace(low, high, bins + 1)
+    diff = shadow - primary
+    d_low, d_high = float(diff.min()), float(diff.max())
+    # Differences within a few ulps (a replica) get a drawable range.
+    pad = max(abs(d_low), abs(d_high), 1.0) * 1e-9 if d_high - d_low < 1e-9 else 0.0
+    d_counts, d_edges = np.histogram(diff, bins=bins, range=(d_low - pad, d_high + pad))
+    return {
+        "score_hist": {"edges": edges.tolist(),
+                       "primary": np.histogram(primary, bins=edges)[0].tolist(),
+                       "shadow": np.histogram(shadow, bins=edges)[0].tolist()},
+        "diff_hist": {"edges": d_edges.tolist(), "counts": d_counts.tolist()},
+    }
+
+
 def _design_psi(expected: np.ndarray, actual: np.ndarray) -> float:
     """DESIGN section 5, written out independently of analysis.distribution."""
     edges = np.quantile(expected, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])

@@ -174,8 +174,8 @@ def test_score_figures_exact_on_both_engines(spark: Any) -> None:
 
     from analysis.distribution import compare_distributions, spearman
     from analysis.distribution_engine import score_figures, shift_of
-    from analysis.divergence import _plots
     from analysis.engine import Engine
+    from tests.analysis.test_divergence import numpy_plots as _plots
 
     frame = _score_pairs()
     con = duckdb.connect()

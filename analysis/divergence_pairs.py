@@ -1,0 +1,200 @@
+"""The divergence report's pair table on DuckDB: the calls joined once, every reduction read
+from it.
+
+Each shadow call is joined to its primary's call on ``request_id`` once, into a temporary
+table one narrow row per shadow call wide: small integer ids for (route, shadow) and the
+primary backend instead of their names, the finite scores, the label pair, the latency
+ratio, the answers' hash equality and (with output vectors) the Jensen-Shannon term. The
+moments, label cells and identical answers are one ``GROUP BY`` of it and the exact score
+distributions (:mod:`analysis.distribution_engine`) read it too; the temporary table spills
+to DuckDB's temporary directory past ``--memory-limit``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from analysis.load import sql_quote
+
+if TYPE_CHECKING:
+    import ibis.expr.types as ir
+
+    from analysis.operations import Operations
+
+__all__ = ["PAIRS_TABLE", "PairIds", "finite_pairs", "materialize_pairs", "pair_rows"]
+
+#: The temporary table of one report's pairs (dropped when the report is done).
+PAIRS_TABLE = "shadowcar_divergence_pairs"
+#: The segment value of calls without one (a join on the groups does not match NULLs).
+NULL_SEG = "\x00"
+
+_JS_VALID = """(len(p.output) = len(s.output) AND len(p.output) >= 2
+    AND list_min(p.output) >= 0 AND list_min(s.output) >= 0
+    AND list_sum(p.output) > 0 AND list_sum(s.output) > 0)"""
+# Jensen-Shannon divergence in bits of the normalised vectors; 0 * ln(0) counts as 0.
+_P = "(p.output[i] / list_sum(p.output))"
+_S = "(s.output[i] / list_sum(s.output))"
+_JS = f"""list_sum(list_transform(generate_series(1, len(p.output)), lambda i:
+    (CASE WHEN p.output[i] > 0 THEN {_P} * ln({_P} / (({_P} + {_S}) / 2)) ELSE 0 END
+   + CASE WHEN s.output[i] > 0 THEN {_S} * ln({_S} / (({_P} + {_S}) / 2)) ELSE 0 END
+    ) / 2)) / ln(2)"""
+
+
+@dataclass(frozen=True)
+class PairIds:
+    """Small integer ids of the (route, shadow backend) and primary backend names, taken
+    from the operations pass (which groups the same calls by route and backend), so the
+    pair table carries two SMALLINTs instead of three strings per row."""
+
+    shadows: tuple[tuple[str | None, str | None], ...]
+    primaries: tuple[str, ...]
+
+    @staticmethod
+    def of(ops: Operations) -> PairIds:
+        def key(value: str | None) -> tuple[bool, str]:
+            return value is None, value or ""
+
+        shadows = sorted({(r, b) for r, b, side in ops if side == "shadow"},
+                         key=lambda rb: (key(rb[0]), key(rb[1])))
+        primaries = sorted({b for _, b, side in ops if side == "primary" and b is not None})
+        return PairIds(tuple(shadows), tuple(primaries))
+
+    def shadow_sql(self) -> str:
+        if not self.shadows:
+            return "NULL::SMALLINT"
+        whens = " ".join(
+            f"WHEN s.route IS NOT DISTINCT FROM {_literal(r)} AND s.backend IS NOT DISTINCT "
+            f"FROM {_literal(b)} THEN {i}" for i, (r, b) in enumerate(self.shadows))
+        return f"CASE {whens} END::SMALLINT"
+
+    def primary_sql(self) -> str:
+        if not self.primaries:
+            return "NULL::SMALLINT"
+        whens = " ".join(f"WHEN {sql_quote(b)} THEN {i}" for i, b in enumerate(self.primaries))
+        return f"CASE p.backend {whens} END::SMALLINT"  # NULL: unmatched, or no backend
+
+    def names(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` (with ``sid``, ``pid`` and ``seg``) with route, pb, sb and seg instead, and
+        its ids as ``_key``."""
+        sid, pid = row.pop("sid"), row.pop("pid")
+        route, sb = self.shadows[sid] if sid is not None else (None, None)
+        seg = row.get("seg")
+        return {**row, "route": route, "sb": sb, "_key": (sid, pid, seg),
+                "pb": self.primaries[pid] if pid is not None else None,
+                "seg": None if seg is None or seg == NULL_SEG else seg}
+
+
+def _literal(value: str | None) -> str:
+    return "NULL" if value is None else sql_quote(value)
+
+
+def materialize_pairs(
+    con: duckdb.DuckDBPyConnection, base: str, join: str, seg: str | None, ids: PairIds,
+    *, vectors: bool, hashes: bool,
+) -> None:
+    """Join every shadow call to its primary once, into :data:`PAIRS_TABLE`.
+
+    ``seg`` is the segment's SQL (None: no segment column); ``vectors`` adds the output
+    vectors' flags and Jensen-Shannon term, ``hashes`` the answers' hash equality."""
+    p_out, s_out = ("p.output", "s.output") if vectors else ("NULL", "NULL")
+    both = "isfinite(p.score) AND isfinite(s.score)"
+    columns = [
+        f"{ids.shadow_sql()} AS sid", f"{ids.primary_sql()} AS pid",
+        *([f"coalesce({seg}, {sql_quote(NULL_SEG)}) AS seg"] if seg is not None else []),
+        # NULL where a figure does not apply: the aggregates skip NULLs without a FILTER
+        "CASE WHEN p.request_id IS NOT NULL THEN true END AS matched",
+        f"CASE WHEN {both} THEN p.score END AS ps",
+        f"CASE WHEN {both} THEN s.score END AS ss",
+        "CASE WHEN p.score IS NOT NULL AND s.score IS NOT NULL "
+        f"AND NOT ({both}) THEN true END AS nonfinite",
+        f"""CASE WHEN p.request_id IS NOT NULL
+            AND ((p.score IS NULL AND p.label IS NULL AND {p_out} IS NULL)
+                 OR (s.score IS NULL AND s.label IS NULL AND {s_out} IS NULL))
+            THEN true END AS empty""",
+        "p.label AS pl", "s.label AS sl",
+        "CASE WHEN p.latency_ms > 0 AND s.latency_ms >= 0 "
+        "THEN s.latency_ms / p.latency_ms END AS ratio",
+    ]
+    if hashes:
+        columns.append("p.response_hash = s.response_hash AS same")
+    if vectors:
+        columns += [f"CASE WHEN {p_out} IS NOT NULL AND {s_out} IS NOT NULL THEN true END"
+                    " AS vectors", f"CASE WHEN {_JS_VALID} THEN {_JS} END AS js"]
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {PAIRS_TABLE} AS {base}
+        SELECT {', '.join(columns)} {join}""")
+
+
+def pair_rows(
+    con: duckdb.DuckDBPyConnection, ids: PairIds, atol: float, rtol: float, *, segment: bool,
+    vectors: bool,
+) -> list[dict[str, Any]]:
+    """Per (route, primary, shadow[, segment]): the moments, counts and label cells of
+    :func:`analysis.divergence._build_pair`, from :data:`PAIRS_TABLE`, in the report's order
+    (route, shadow, primary with NULL last, segment)."""
+    seg = "" if segment else f"{sql_quote(NULL_SEG)} AS seg, "
+    js = ("count(vectors) AS n_vectors, count(js) AS n_js, fsum(js) AS sum_js" if vectors
+          else "0 AS n_vectors, 0 AS n_js, NULL::DOUBLE AS sum_js")
+    cursor = con.execute(f"""
+        SELECT sid, pid, seg,
+            count(*) - count(matched) AS unmatched,
+            count(matched) AS matched,
+            count(d) AS n,
+            count(nonfinite) AS n_nonfinite,
+            count(empty) AS n_without_output,
+            fsum(d) AS sum_d,
+            var_samp(d) AS var_d,
+            sum(abs(d)) AS sum_abs_d,
+            sum(d * d) AS sum_d2,
+            max(abs(d)) AS max_abs,
+            corr(ss, ps) AS pearson,
+            min(ps) < max(ps) AS p_varies,
+            min(ss) < max(ss) AS s_varies,
+            count(out) AS n_out,
+            count(agree) AS n_labels,
+            count(agree) FILTER (WHERE agree) AS n_agree,
+            histogram(label_pair) AS label_pairs,
+            {js},
+            quantile_cont(ratio, 0.5) AS latency_ratio
+        FROM (
+            SELECT *, CASE WHEN abs(d) > {atol!r} + {rtol!r} * abs(ps) THEN true END AS out,
+                CASE WHEN agree IS NOT NULL THEN {{'p': pl, 's': sl}} END AS label_pair
+            FROM (SELECT *, {seg}ss - ps AS d, pl = sl AS agree FROM {PAIRS_TABLE})
+        )
+        GROUP BY ALL""")
+    names = [d[0] for d in cursor.description or []]
+    rows = [ids.names(dict(zip(names, r, strict=True))) for r in cursor.fetchall()]
+    return sorted(rows, key=_order)
+
+
+def _order(row: dict[str, Any]) -> tuple[Any, ...]:
+    def last(value: Any) -> tuple[bool, Any]:
+        return value is None, "" if value is None else value
+
+    return (*last(row["route"]), *last(row["sb"]), *last(row["pb"]), *last(row["seg"]))
+
+
+def identical_counts(con: duckdb.DuckDBPyConnection,
+                     ids: PairIds) -> dict[tuple[Any, ...], tuple[int, int]]:
+    """(route, primary, shadow) -> (pairs whose answers both have a hash, identical ones)."""
+    found: dict[tuple[Any, ...], tuple[int, int]] = {}
+    for sid, pid, n, same in con.execute(f"""
+            SELECT sid, pid, count(same), count(same) FILTER (WHERE same)
+            FROM {PAIRS_TABLE} WHERE pid IS NOT NULL GROUP BY ALL""").fetchall():
+        if n:
+            route, sb = ids.shadows[sid]
+            found[(route, ids.primaries[pid], sb)] = (int(n), int(same))
+    return found
+
+
+def finite_pairs(segment: bool) -> ir.Table:
+    """The matched pairs with finite scores on both sides, for
+    :func:`analysis.distribution_engine.score_figures` (keys sid, pid and seg)."""
+    import ibis
+
+    schema = {"sid": "int16", "pid": "int16", **({"seg": "string"} if segment else {}),
+              "ps": "float64", "ss": "float64"}
+    t = ibis.table(schema, name=PAIRS_TABLE)
+    return t.filter(t.ps.notnull() & t.pid.notnull())
