@@ -55,34 +55,58 @@ _CONFIG = {"routes": [
 _TABLES = ("configs", "requests", "calls", "outcomes")
 
 
-def generate(directory: Path, pairs: int) -> float:
-    """Write ``pairs`` call pairs and as many experiment units as the fleet layout."""
+#: Rows written per pass: the generator holds one chunk (about 1 GB at 5M pairs), so a 100M
+#: fleet is written in the memory of a 10M one.
+_CHUNK = 5_000_000
+
+
+def generate(directory: Path, pairs: int, chunk: int = _CHUNK) -> float:
+    """Write ``pairs`` call pairs and as many experiment units as the fleet layout, a chunk
+    of ``chunk`` pairs at a time (one set of Parquet files per chunk and date)."""
     from sidecar.sink.schema import migrate
 
     start = time.perf_counter()
+    directory.mkdir(parents=True, exist_ok=True)
+    # The pair and unit SQL number rows from range(?): a chunk is range(start, stop).
+    chunked_pairs = _PAIRS.replace("range(?)", "range(?, ?)")
+    chunked_units = [s.replace("range(?)", "range(?, ?)") for s in _UNITS.split(";")[:2]]
     with tempfile.TemporaryDirectory(prefix="shadowcar-fleet-") as tmp:
-        con = duckdb.connect(os.path.join(tmp, "gen.duckdb"))
-        con.execute("SET preserve_insertion_order = false")
-        migrate(con)
-        con.execute(_PAIRS, [pairs])
-        for statement in _UNITS.split(";")[:2]:
-            con.execute(statement, [pairs])
-        con.execute("INSERT INTO configs VALUES ('bench', TIMESTAMP '2023-12-31', ?)",
-                    [json.dumps(_CONFIG)])
-        for table in _TABLES:
-            # The exporter's columns: the table's, without the raw bytes (include_bytes off).
-            columns = [str(r[0]) for r in con.execute(f"DESCRIBE {table}").fetchall()
-                       if r[0] not in ("request_bytes", "response_bytes")]
-            target = directory / f"table={table}"
-            con.execute(f"""
-                COPY (SELECT {', '.join(f'"{c}"' for c in columns)},
-                             strftime(coalesce(ts, TIMESTAMP '1970-01-01'), '%Y-%m-%d') AS date
-                      FROM {table})
-                TO '{target}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date),
-                               FILENAME_PATTERN 'bench-20240101T000000Z-{{i}}')
-            """)
-        con.close()
+        for index, first in enumerate(range(0, pairs, chunk)):
+            # A fresh in-memory database per chunk (spilling to ``tmp`` past 2GB).
+            con = duckdb.connect()
+            con.execute("SET preserve_insertion_order = false")
+            con.execute(f"SET memory_limit = '2GB'; SET temp_directory = '{tmp}'")
+            con.execute("SET enable_progress_bar = false")
+            migrate(con)
+            last = min(first + chunk, pairs)
+            con.execute(chunked_pairs, [first, last])
+            for statement in chunked_units:
+                con.execute(statement, [first, last])
+            if index == 0:
+                con.execute("INSERT INTO configs VALUES ('bench', TIMESTAMP '2023-12-31', ?)",
+                            [json.dumps(_CONFIG)])
+            for table in _TABLES:
+                _copy(con, directory, table, index)
+            con.close()
     return time.perf_counter() - start
+
+
+def _copy(con: duckdb.DuckDBPyConnection, directory: Path, table: str, index: int) -> None:
+    """One chunk of ``table`` as ``table=NAME/date=.../bench-EPOCH-SEGMENT.parquet``."""
+    # The exporter's columns: the table's, without the raw bytes (include_bytes off).
+    columns = [str(r[0]) for r in con.execute(f"DESCRIBE {table}").fetchall()
+               if r[0] not in ("request_bytes", "response_bytes")]
+    if not con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]:  # type: ignore[index]
+        return
+    target = directory / f"table={table}"
+    con.execute(f"""
+        COPY (SELECT {', '.join(f'"{c}"' for c in columns)},
+                     strftime(coalesce(ts, TIMESTAMP '1970-01-01'), '%Y-%m-%d') AS date
+              FROM {table})
+        TO '{target}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date),
+                       OVERWRITE_OR_IGNORE true,
+                       FILENAME_PATTERN 'bench-20240101T000000Z-{index:05d}{{i}}')
+    """)
 
 
 #: The measured floor: one bare DuckDB query of each report's main shape over the same files
