@@ -256,7 +256,8 @@ def _comparisons(engine: Engine, one: ir.Table, kind: Kind) -> list[PairedTest]:
         found = paired_auc_sums(engine, j, keys)
         for r in rows:
             key = (r["route"], r["primary"], r["shadow"])
-            out.append(_paired_auc(*(str(k) for k in key), int(r["n"]), found.get(key)))
+            out.append(_paired_auc(str(r["route"]), str(r["primary"]), str(r["shadow"]),
+                                   int(r["n"]), found.get(key)))
     return out
 
 

@@ -45,7 +45,8 @@ def _vector_calls(rng: np.random.Generator, n: int) -> pd.DataFrame:
     rows = []
     for i in range(n):
         p = rng.dirichlet([2.0, 1.0, 1.0])
-        s = np.clip(p + rng.normal(0, 0.02 if i % 4 else 0.2, 3), 0, None)
+        # the same answer, a difference within tolerance, a small and a large one
+        s = np.clip(p + rng.normal(0, (0.0, 1e-7, 0.02, 0.2)[i % 4], 3), 0, None)
         if i % 17 == 0:
             s = s[:2]  # another length: out of tolerance as a whole vector
         if i % 13 == 0:
@@ -84,7 +85,9 @@ def _stream_calls(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, pd.Da
                           "score": None, "label": None, "output": None,
                           "response_json": None})
             for k in range(count):
-                value = float(base[k % length] + (rng.normal(0, 0.05) if shadow else 0.0))
+                # a shadow's message differs now and then, at any place in its stream
+                noisy = shadow and rng.random() < 0.3
+                value = float(base[k % length] + (rng.normal(0, 0.05) if noisy else 0.0))
                 plain = k == length - 1 and i % 3 == 0  # JSON only: compared as text
                 token = "end" if plain else f"t{k}"
                 if shadow and plain and i % 6 == 0:
