@@ -278,7 +278,9 @@ def _numeric_rows(found: ScannedFeatures, matrix: np.ndarray, features: np.ndarr
         for c, g in enumerate(features.tolist()):
             column = matrix[:, c]
             if all_finite:
-                part = column.copy() if every_row else column[rows]
+                # A view of the batch (kept alive by it) when no row is left out: the
+                # values are copied once, by FeatureValues.values.
+                part = column if every_row else column[rows]
             else:
                 part = column[finite[:, c] & rows]
             feature = found.by_id[g]
