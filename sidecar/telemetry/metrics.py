@@ -25,6 +25,7 @@ from sidecar.canary.controller import State
 from sidecar.config import TelemetryConfig
 from sidecar.resilience.breaker import BreakerState
 from sidecar.telemetry import prometheus
+from sidecar.telemetry.latency import LatencyHistograms, WithHistograms, with_histograms
 from sidecar.telemetry.live_view import breaker_state
 
 if TYPE_CHECKING:
@@ -51,7 +52,14 @@ class Metrics:
     def __init__(self, settings: TelemetryConfig, state: LiveState) -> None:
         self._sidecar = state
         self._reader = InMemoryMetricReader()
-        self._latency_attrs: dict[tuple[str, str, str], dict[str, str]] = {}
+        #: Counted by the writer thread outside the SDK (telemetry/latency.py says why);
+        #: both exporters receive it with the SDK's metrics.
+        self.call_latency = LatencyHistograms(
+            "shadowcar.call.latency_ms", "backend call latency by route, backend and role",
+            "ms", LATENCY_BUCKETS_MS,
+        )
+        service = os.environ.get("OTEL_SERVICE_NAME") or settings.service_name
+        self._resource = Resource.create({"service.name": service})
         readers: list[MetricReader] = [self._reader]
         if settings.metrics.otlp:
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
@@ -60,19 +68,15 @@ class Metrics:
 
             readers.append(
                 PeriodicExportingMetricReader(
-                    OTLPMetricExporter(timeout=5),
+                    WithHistograms(OTLPMetricExporter(timeout=5), self.call_latency,
+                                   self._resource),
                     export_interval_millis=settings.metrics.export_interval_s * 1000,
                 )
             )
-        service = os.environ.get("OTEL_SERVICE_NAME") or settings.service_name
         self.provider = MeterProvider(
             metric_readers=readers,
-            resource=Resource.create({"service.name": service}),
+            resource=self._resource,
             views=[
-                View(
-                    instrument_name="shadowcar.*latency*",
-                    aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_MS),
-                ),
                 View(
                     instrument_name="shadowcar.sink.flush_duration",
                     aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_MS),
@@ -80,10 +84,6 @@ class Metrics:
             ],
         )
         meter = self.provider.get_meter("shadowcar")
-        self.call_latency = meter.create_histogram(
-            "shadowcar.call.latency_ms", unit="ms",
-            description="backend call latency by route, backend and role",
-        )
         self.flush_duration = meter.create_histogram(
             "shadowcar.sink.flush_duration", unit="ms", description="time one sink flush took"
         )
@@ -257,16 +257,12 @@ class Metrics:
 
     # -- exposition --------------------------------------------------------------------
     def render(self) -> str:
-        return prometheus.render(self._reader.get_metrics_data())
+        return prometheus.render(with_histograms(
+            self._reader.get_metrics_data(), self.call_latency, self._resource))
 
     def observe_call(self, route: str, backend: str, role: str, latency_ms: float) -> None:
         """Called by the writer thread for each recorded call."""
-        key = (route, backend, role)
-        attrs = self._latency_attrs.get(key)
-        if attrs is None:  # one attributes mapping per series, built once
-            attrs = self._latency_attrs[key] = {"route": route, "backend": backend,
-                                                "role": role}
-        self.call_latency.record(latency_ms, attrs)
+        self.call_latency.observe(route, backend, role, latency_ms)
 
     def shutdown(self) -> None:
         self.provider.shutdown()
