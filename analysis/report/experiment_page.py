@@ -31,9 +31,10 @@ def _srm_line(exp: dict[str, Any]) -> Line:
     return Line(f"{exp.get('name')}: the split matches the expected weights ({text}).")
 
 
-def _effect_line(row: dict[str, Any], alpha: float) -> Line:
+def _effect_line(row: dict[str, Any], alpha: float, family: int = 1) -> Line:
     metric, variant, control = row.get("metric"), row.get("variant"), row.get("control")
-    p = row.get("p_value_holm") if row.get("p_value_holm") is not None else row.get("p_value")
+    raw = row.get("p_value")
+    p = row.get("p_value_holm") if row.get("p_value_holm") is not None else raw
     rel, abs_effect = row.get("rel_effect"), row.get("abs_effect")
     if p is None or abs_effect is None:
         return Line(f"{metric}: {variant} vs {control} could not be tested"
@@ -45,6 +46,13 @@ def _effect_line(row: dict[str, Any], alpha: float) -> Line:
         verb = "raises" if abs_effect > 0 else "lowers"
         return Line(f"{variant} {verb} {metric} by {size} against {control} ({means}; "
                     f"p Holm = {fmt_p(p)}, {row.get('method')}).", "key")
+    if raw is not None and raw < alpha:
+        # The interval shown beside it is the comparison's own (95 %, not adjusted) and
+        # excludes no effect: say why the verdict still reads "no difference".
+        return Line(f"{variant} vs {control} on {metric}: {size} ({means}) is significant "
+                    f"alone (p = {fmt_p(raw)}) but not after the Holm correction for "
+                    f"{family} comparisons (p Holm = {fmt_p(p)}, {row.get('method')}); "
+                    "treat it as a lead to confirm, not a result.", "warn")
     return Line(f"No detectable difference in {metric} between {variant} and {control} "
                 f"({means}; p Holm = {fmt_p(p)}, {row.get('method')}).")
 
@@ -161,7 +169,9 @@ def build(report: dict[str, Any]) -> Document:
     sections: list[Section] = []
     for exp in report.get("experiments") or []:
         verdict.append(_srm_line(exp))
-        verdict += [_effect_line(row, alpha) for row in exp.get("results") or []]
+        results = exp.get("results") or []
+        tested = sum(1 for r in results if r.get("p_value") is not None)
+        verdict += [_effect_line(row, alpha, tested) for row in results]
         summary.append(_effects(exp))
         section = Section(str(exp.get("name")), grids=[_split(exp)])
         forest = _forest(exp)

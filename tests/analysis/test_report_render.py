@@ -290,3 +290,23 @@ def test_sparse_reports_render_in_every_format(kind: str) -> None:
     for form in ("table", "html", "json"):
         out = render(sparse, kind, form, width=80)  # type: ignore[arg-type]
         assert "nothing recorded yet" in out, (kind, form)
+
+
+def test_a_result_significant_only_before_the_correction_says_so(
+        reports: dict[str, dict[str, Any]]) -> None:
+    """A comparison whose own 95 % interval excludes no effect (p < alpha) but whose Holm
+    p does not is not called "no detectable difference" beside an interval that says the
+    opposite: the verdict names both p-values and the size of the family."""
+    report = copy.deepcopy(reports["experiment"])
+    exp = report["experiments"][0]
+    row = next(r for r in exp["results"] if r.get("p_value") is not None)
+    row["p_value"], row["p_value_holm"] = 0.012, 0.072
+    family = sum(1 for r in exp["results"] if r.get("p_value") is not None)
+    text = _one_line(render(report, "experiment", "table", width=0))
+    said = f"not after the Holm correction for {family} comparisons"
+    assert said in text
+    assert f"No detectable difference in {row['metric']} between {row['variant']}" not in text
+    row["p_value"] = 0.2  # not significant even alone: the plain sentence again
+    row["p_value_holm"] = 0.6
+    plain = _one_line(render(report, "experiment", "table", width=0))
+    assert said not in plain and f"No detectable difference in {row['metric']}" in plain
