@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from sidecar.codecs.oip_header import ModelRewrite
+from sidecar.codecs.oip_header import ModelRef, ModelRewrite, read_model
 from sidecar.codecs.tensor import CodecError
 from sidecar.config import BackendConfig
 from sidecar.resilience.breaker import CircuitBreaker
@@ -192,7 +192,7 @@ class Backend:
             }[kind]
             stub = factory(method)
             if self.rewrite is not None and method in OIP_INFER_METHODS:
-                stub = _Renaming(stub, kind, method, self.prepare)
+                stub = _Renaming(stub, kind, method, self.prepare, self.rewrite)
             self._streams[key] = stub
         return stub
 
@@ -212,16 +212,50 @@ class Backend:
 
 
 class _Renaming:
-    """A stream multicallable whose request messages name the backend's model."""
+    """A stream multicallable whose request messages name the backend's model; on a bidi
+    stream (``ModelStreamInfer``) its answers name the caller's model again."""
 
-    def __init__(self, inner: Any, kind: str, method: str, prepare: Any) -> None:
+    def __init__(self, inner: Any, kind: str, method: str, prepare: Any,
+                 rewrite: ModelRewrite | None = None) -> None:
         self._inner, self._kind, self._method, self._prepare = inner, kind, method, prepare
+        self._rewrite = rewrite
 
     def __call__(self, request: Any, **kwargs: Any) -> Any:
         if self._kind == "server":
             return self._inner(self._prepare(self._method, request), **kwargs)
-        return self._inner(self._each(request), **kwargs)
+        rewrite = self._rewrite
+        if self._kind != "bidi" or rewrite is None or rewrite.name is None:
+            return self._inner(self._each(request, None), **kwargs)
+        asked: list[ModelRef] = []
+        return _RenamedAnswers(self._inner(self._each(request, asked), **kwargs), rewrite,
+                               asked)
 
-    async def _each(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _each(self, requests: AsyncIterator[bytes],
+                    asked: list[ModelRef] | None) -> AsyncIterator[bytes]:
         async for message in requests:
+            if asked is not None:  # the model the caller asked for last names the answers
+                try:
+                    asked[:] = [read_model(message)]
+                except CodecError:
+                    pass  # unreadable: sent as it came, the backend's answer says why
             yield self._prepare(self._method, message)
+
+
+class _RenamedAnswers:
+    """A bidi call whose answers name the model the caller asked for (the rest of the call,
+    metadata, status and cancel, is the call's own)."""
+
+    def __init__(self, call: Any, rewrite: ModelRewrite, asked: list[ModelRef]) -> None:
+        self._call, self._rewrite, self._asked = call, rewrite, asked
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for message in self._call:
+            if self._asked:
+                try:
+                    message = self._rewrite.restore_streamed(message, self._asked[0])
+                except CodecError:
+                    pass  # an answer we cannot read goes back as it came
+            yield message

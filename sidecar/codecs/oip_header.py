@@ -147,13 +147,17 @@ def _field(number: int, value: str) -> bytes:
     if not value:  # proto3: an empty string is the default and is not written
         return b""
     raw = value.encode("utf-8")
+    return _len_tag(number, len(raw)) + raw
+
+
+def _len_tag(number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited field."""
     out = bytearray((number << 3 | _LEN,))
-    length = len(raw)
     while length > 0x7F:
         out.append(length & 0x7F | 0x80)
         length >>= 7
     out.append(length)
-    return bytes(out) + raw
+    return bytes(out)
 
 
 def rewrite_model(data: bytes, name: str, version: str) -> bytes:
@@ -223,3 +227,28 @@ class ModelRewrite:
         if current.name != self.name:
             return data  # a response naming another model is the backend's word: kept
         return _rewritten(data, [s for s in spans if s[0] == 1], asked.name, None)
+
+    def restore_streamed(self, data: bytes, asked: ModelRef) -> bytes:
+        """A ``ModelStreamInferResponse`` (``error_message`` = 1, ``infer_response`` = 2)
+        whose inner response of this model is renamed back to the model the caller
+        ``asked`` for, as :meth:`restore` does for ``ModelInfer``; the same object when
+        nothing changes."""
+        if self.name is None or self.name == asked.name:
+            return data
+        spans, _ = _scan(data)
+        view = memoryview(data)
+        parts: list[bytes | memoryview] = []
+        pos = 0
+        for number, start, value, value_end, end in spans:
+            if number != 2:
+                continue
+            inner = data[value:value_end]
+            renamed = self.restore(inner, asked)
+            if renamed is inner:
+                continue
+            parts += [view[pos:start], _len_tag(2, len(renamed)), renamed]
+            pos = end
+        if not parts:
+            return data
+        parts.append(view[pos:])
+        return b"".join(parts)

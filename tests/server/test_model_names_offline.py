@@ -86,3 +86,89 @@ async def test_stream_messages_name_the_backends_model() -> None:
     finally:
         await backend.aclose()
         await server.stop(0)
+
+
+def _stream_answer(error: str = "", answer: bytes | None = None) -> bytes:
+    """A Triton ModelStreamInferResponse (error_message = 1, infer_response = 2), written out
+    (the KServe v2 protos we generate do not define it)."""
+    out = b""
+    for number, value in ((1, error.encode()), (2, answer)):
+        if value:
+            out += bytes([number << 3 | 2]) + _varint(len(value)) + value
+    return out
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out) + bytes([n])
+
+
+def _read_stream_answer(data: bytes) -> tuple[str, bytes]:
+    fields: dict[int, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        tag = data[pos]
+        pos += 1
+        length = shift = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        fields[tag >> 3] = data[pos:pos + length]
+        pos += length
+    return fields.get(1, b"").decode(), fields.get(2, b"")
+
+
+async def test_stream_answers_name_the_callers_model_again(start_sidecar, channel_to) -> None:
+    """Issue 17 (streams, the answer side): a ModelStreamInfer route whose backend serves
+    another model name hands the caller answers that name the model the caller asked for,
+    as ModelInfer answers do; a stream's error answer and the backend's other bytes go as
+    they came."""
+    import grpc
+
+    async def model(requests: Any, context: Any) -> Any:
+        async for message in requests:
+            asked = pb.ModelInferRequest.FromString(message)
+            if asked.id == "fail":
+                yield _stream_answer(error="bad input")
+                continue
+            answer = pb.ModelInferResponse(model_name=asked.model_name, model_version="7",
+                                           id=asked.id)
+            answer.outputs.add(name="y", datatype="FP64", shape=[1])
+            answer.raw_output_contents.append(b"\x01" * 200)  # a length past one byte
+            yield _stream_answer(answer=answer.SerializeToString())
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {"ModelStreamInfer": grpc.stream_stream_rpc_method_handler(model)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        sc = await start_sidecar(
+            {}, [{"match": "/inference.GRPCInferenceService/ModelStreamInfer",
+                  "primary": "gbm", "streaming": "bidi", "codec": "oip"}],
+            backends_override=[{"name": "gbm", "version": "2", "target": f"127.0.0.1:{port}",
+                                "model": "fraud-gbm"}])
+        stub = channel_to(sc.port).stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer")
+        ids = ["a", "fail", "b"]
+
+        async def messages() -> Any:
+            for i in ids:
+                yield pb.ModelInferRequest(model_name="fraud-lr", id=i).SerializeToString()
+
+        got = [_read_stream_answer(m) async for m in stub(messages(), timeout=10)]
+        assert [error for error, _ in got] == ["", "bad input", ""]
+        answers = [pb.ModelInferResponse.FromString(a) for error, a in got if not error]
+        assert [(a.model_name, a.model_version, a.id) for a in answers] == [
+            ("fraud-lr", "7", "a"), ("fraud-lr", "7", "b")]
+        assert all(a.raw_output_contents == [b"\x01" * 200] for a in answers)
+    finally:
+        await server.stop(0)
