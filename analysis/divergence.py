@@ -23,6 +23,7 @@ from analysis.divergence_pairs import (
     identical_counts,
     materialize_pairs,
     pair_rows,
+    whole_vectors,
 )
 from analysis.engine import duckdb_engine
 from analysis.identical import with_identical
@@ -45,7 +46,7 @@ from analysis.operations import (
 from analysis.report.json import jsonable
 from analysis.significance import P_FLOOR
 from analysis.stats import finite_or_none
-from analysis.stream_diff import STREAM_NOTE, VECTOR_NOTE, attach_streams, vector_tolerance
+from analysis.stream_diff import STREAM_NOTE, VECTOR_NOTE, attach_streams
 
 __all__ = [
     "SCHEMA",
@@ -247,7 +248,7 @@ def analyze_divergence(
     ops = backend_operations(con, where, PRIMARY_SQL)
     ids = PairIds.of(ops)
     materialize_pairs(con, base, join, seg_sql if segment is not None else None, ids,
-                      vectors=has_vectors, hashes=hashes)
+                      vectors=has_vectors, hashes=hashes, atol=atol, rtol=rtol)
     try:
         rows = pair_rows(con, ids, atol, rtol, segment=segment is not None, vectors=has_vectors)
         figures = score_figures(duckdb_engine(con), finite_pairs(segment is not None),
@@ -255,7 +256,7 @@ def analyze_divergence(
         same = identical_counts(con, ids) if hashes else {}
     finally:
         con.execute(f"DROP TABLE IF EXISTS {PAIRS_TABLE}")
-    whole = vector_tolerance(con, base, join, seg_sql, atol, rtol) if has_vectors else {}
+    whole = whole_vectors(rows)
     if not rows:
         return DivergenceReport((), params, "no shadow calls in the selected window", notes,
                                 scope.to_dict())

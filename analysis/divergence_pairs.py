@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from analysis.load import sql_quote
+from analysis.stream_diff import _vector_out
 
 if TYPE_CHECKING:
     import ibis.expr.types as ir
 
     from analysis.operations import Operations
 
-__all__ = ["PAIRS_TABLE", "PairIds", "finite_pairs", "materialize_pairs", "pair_rows"]
+__all__ = ["PAIRS_TABLE", "PairIds", "finite_pairs", "identical_counts", "materialize_pairs",
+           "pair_rows", "whole_vectors"]
 
 #: The temporary table of one report's pairs (dropped when the report is done).
 PAIRS_TABLE = "shadowcar_divergence_pairs"
@@ -93,12 +95,14 @@ def _literal(value: str | None) -> str:
 
 def materialize_pairs(
     con: duckdb.DuckDBPyConnection, base: str, join: str, seg: str | None, ids: PairIds,
-    *, vectors: bool, hashes: bool,
+    *, vectors: bool, hashes: bool, atol: float, rtol: float,
 ) -> None:
     """Join every shadow call to its primary once, into :data:`PAIRS_TABLE`.
 
     ``seg`` is the segment's SQL (None: no segment column); ``vectors`` adds the output
-    vectors' flags and Jensen-Shannon term, ``hashes`` the answers' hash equality."""
+    vectors' flags, Jensen-Shannon term and whole-vector tolerance
+    (:func:`analysis.stream_diff.vector_tolerance`'s rule), ``hashes`` the answers' hash
+    equality."""
     p_out, s_out = ("p.output", "s.output") if vectors else ("NULL", "NULL")
     both = "isfinite(p.score) AND isfinite(s.score)"
     columns = [
@@ -121,8 +125,14 @@ def materialize_pairs(
     if hashes:
         columns.append("p.response_hash = s.response_hash AS same")
     if vectors:
+        whole = ("p.output IS NOT NULL AND s.output IS NOT NULL "
+                 "AND (len(p.output) > 1 OR len(s.output) > 1)")
         columns += [f"CASE WHEN {p_out} IS NOT NULL AND {s_out} IS NOT NULL THEN true END"
-                    " AS vectors", f"CASE WHEN {_JS_VALID} THEN {_JS} END AS js"]
+                    " AS vectors", f"CASE WHEN {_JS_VALID} THEN {_JS} END AS js",
+                    f"CASE WHEN {whole} THEN true END AS v_n",
+                    f"CASE WHEN {whole} AND {_vector_out(atol, rtol)} THEN true END AS v_out",
+                    f"CASE WHEN {whole} AND len(p.output) <> len(s.output) THEN true END"
+                    " AS v_len"]
     con.execute(f"""CREATE OR REPLACE TEMP TABLE {PAIRS_TABLE} AS {base}
         SELECT {', '.join(columns)} {join}""")
 
@@ -135,8 +145,9 @@ def pair_rows(
     :func:`analysis.divergence._build_pair`, from :data:`PAIRS_TABLE`, in the report's order
     (route, shadow, primary with NULL last, segment)."""
     seg = "" if segment else f"{sql_quote(NULL_SEG)} AS seg, "
-    js = ("count(vectors) AS n_vectors, count(js) AS n_js, fsum(js) AS sum_js" if vectors
-          else "0 AS n_vectors, 0 AS n_js, NULL::DOUBLE AS sum_js")
+    js = ("count(vectors) AS n_vectors, count(js) AS n_js, fsum(js) AS sum_js, "
+          "count(v_n) AS v_n, count(v_out) AS v_out, count(v_len) AS v_len" if vectors
+          else "0 AS n_vectors, 0 AS n_js, NULL::DOUBLE AS sum_js, 0 AS v_n")
     cursor = con.execute(f"""
         SELECT sid, pid, seg,
             count(*) - count(matched) AS unmatched,
@@ -174,6 +185,14 @@ def _order(row: dict[str, Any]) -> tuple[Any, ...]:
         return value is None, "" if value is None else value
 
     return (*last(row["route"]), *last(row["sb"]), *last(row["pb"]), *last(row["seg"]))
+
+
+def whole_vectors(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, int]]:
+    """:func:`analysis.stream_diff.vector_tolerance`'s figures from :func:`pair_rows`:
+    (route, primary, shadow, segment) -> n, out_of_tolerance, length_mismatch."""
+    return {(r["route"], r["pb"], r["sb"], r["seg"]): {
+        "n": int(r["v_n"]), "out_of_tolerance": int(r["v_out"]),
+        "length_mismatch": int(r["v_len"])} for r in rows if r["v_n"]}
 
 
 def identical_counts(con: duckdb.DuckDBPyConnection,

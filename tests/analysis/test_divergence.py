@@ -157,6 +157,44 @@ def test_numeric_figures_match_references(recorded: tuple[str, pd.DataFrame]) ->
     assert pair["js_divergence"] == pytest.approx(np.mean(js), rel=1e-8)
 
 
+class _Recording:
+    """A DuckDB connection that keeps the text of every statement and every fetch kind."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con, self.statements, self.fetches = con, [], []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self.statements.append(" ".join(str(sql).split()))
+        result = self.con.execute(sql, *args)
+        outer = self
+
+        class Result:
+            def __getattr__(self, name: str) -> Any:
+                if name.startswith("fetch"):
+                    outer.fetches.append(name)
+                return getattr(result, name)
+
+        return Result()
+
+
+def test_duckdb_path_joins_the_calls_once(recorded: tuple[str, pd.DataFrame]) -> None:
+    """Issue 19: the DuckDB path joins a shadow's calls to the primary's once (a temporary
+    pair table every reduction reads) and brings no score column back to numpy (the exact
+    distribution figures are reductions in DuckDB); the temporary table is gone after."""
+    path, _ = recorded
+    con = _Recording(open_source(db=path))
+    report = analyze_divergence(con).to_dict()  # type: ignore[arg-type]
+    assert _pair(report, "b")["distribution"]["ks_stat"] is not None
+    joins = [s for s in con.statements if "LEFT JOIN prim p" in s]
+    assert len(joins) == 1, joins
+    assert "fetchnumpy" not in con.fetches and "fetchdf" not in con.fetches
+    left = con.con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()
+    assert left == (0,)
+
+
 def test_class_figures_match_statsmodels(recorded: tuple[str, pd.DataFrame]) -> None:
     path, frame = recorded
     pair = _pair(analyze_divergence(open_source(db=path)).to_dict(), "b")

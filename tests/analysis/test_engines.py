@@ -221,6 +221,29 @@ def test_divergence_equal_on_both_engines(fleet: Path, spark: Any) -> None:
             assert_same(ours, theirs)
 
 
+def test_spark_divergence_runs_no_exact_percentile(fleet: Path, spark: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19: Spark's exact ``percentile`` holds a group's every value in one task's heap
+    (a 10M-pair report ran a 1.5 GB JVM out of memory); the latency quantiles and the median
+    latency ratio are order statistics (``row_number``) with numpy's interpolation instead,
+    and still equal DuckDB's figures (test_divergence_equal_on_both_engines)."""
+    from analysis.divergence_engine import analyze_divergence_engine
+    from analysis.engine import Engine
+
+    seen: list[str] = []
+    rows = Engine._spark_rows
+
+    def spy(self: Engine, expr: Any) -> list[dict[str, Any]]:
+        assert self.backend is not None
+        seen.append(str(self.backend.compile(expr)).lower())
+        return rows(self, expr)
+
+    monkeypatch.setattr(Engine, "_spark_rows", spy)
+    report = analyze_divergence_engine(spark_engine(spark, parquet=str(fleet))).to_dict()
+    assert report["pairs"][0]["latency_ms"]["ratio_median"] is not None
+    assert seen and not [sql for sql in seen if "percentile" in sql]
+
+
 def test_cli_divergence_spark_equals_duckdb(fleet: Path, tmp_path: Path, spark: Any) -> None:
     """Issue 19.2: `report divergence --engine spark` over the fleet export writes the JSON
     of `--engine duckdb`, figure for figure."""
