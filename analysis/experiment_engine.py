@@ -174,33 +174,29 @@ def _recorded_units(
     end = parse_time(until)
     if end is not None:
         o = o.filter(o.ts < ibis.literal(end, type="timestamp"))
-    j = exposed.join(o, "unit_id")
+    # One pass per unit: the first exposures LEFT JOINed to their outcomes and grouped once
+    # (a unit without outcomes keeps one row of NULLs, counted nowhere), instead of summing
+    # the joined outcomes per unit and joining the sums back to the exposures (which built
+    # the first exposures twice).
+    j = exposed.left_join(o, "unit_id")
+    has = j.metric.notnull()
     after = j.ts >= j.t0
     late = (j.ts >= j.t0 + ibis.interval(microseconds=int(window.total_seconds() * 1e6))
             if window else ibis.literal(False))
     cases: list[tuple[ir.BooleanValue, str]] = [
-        (j.ts.isnull() | j.t0.isnull(), "untimed"), (after & late, "late"), (after, "post")]
+        (~has, "none"), (j.ts.isnull() | j.t0.isnull(), "untimed"), (after & late, "late"),
+        (after, "post")]
     if lookback:
         span = ibis.interval(microseconds=int(lookback.total_seconds() * 1e6))
         cases.append((j.ts >= j.t0 - span, "pre"))
-    j = j.select("experiment", "unit_id", "metric", "value",
+    j = j.select("experiment", "unit_id", "variant", "single", "metric", "value",
                  phase=ibis.cases(*cases, else_="early"))
     pivot = _pivot(j, metrics, pre=(j.phase == "pre") if lookback else None, pre_column=None,
                    post=j.phase.isin(["post", "untimed"]), counts=True)
-    per_unit = j.group_by(["experiment", "unit_id"]).aggregate(
-        **pivot, early=j.count(where=j.phase == "early"), late=j.count(where=j.phase == "late"),
-        untimed=j.count(where=j.phase == "untimed"))
-    u = exposed.left_join(per_unit, ["experiment", "unit_id"])
-    carry: dict[str, Any] = {"experiment": u.experiment, "variant": u.variant,
-                             "single": u.single}
-    for i in range(len(metrics)):
-        for c in ("v", "r", "b", *(("p", "c") if lookback else ())):
-            zero = 0.0 if c in ("v", "p") else 0
-            carry[f"{c}_{i}"] = ibis.coalesce(u[f"{c}_{i}"], zero)
-        carry[f"f_{i}"] = u[f"f_{i}"]
-    for k in ("early", "late", "untimed"):
-        carry[k] = ibis.coalesce(u[k], 0)
-    return u.select(**carry)
+    return j.group_by(["experiment", "unit_id"]).aggregate(
+        variant=j.variant.arbitrary(), single=j.single.arbitrary(), **pivot,
+        early=j.count(where=j.phase == "early"), late=j.count(where=j.phase == "late"),
+        untimed=j.count(where=j.phase == "untimed")).drop("unit_id")
 
 
 def _table_units(engine: Engine, metrics: Sequence[str], name: str, has_pre: bool,

@@ -152,8 +152,9 @@ def test_experiment_input_table(tmp_path: Path) -> None:
     path = tmp_path / "exp.parquet"
     frame.to_parquet(path)
     con = open_source(table=str(path), kind="experiment")
+    # whole-number unit ids stay numbers (cheaper to group: issue 19)
     assert con.execute("SELECT * FROM experiment_input ORDER BY unit_id").fetchall() == [
-        ("1", "control", "clicks", 1.0, 0.5), ("2", "treat", "clicks", 0.0, 0.25)]
+        (1, "control", "clicks", 1.0, 0.5), (2, "treat", "clicks", 0.0, 0.25)]
     frame.drop(columns=["metric"]).to_parquet(path)
     with pytest.raises(AnalysisSourceError, match="metric"):
         open_source(table=str(path), kind="experiment")
