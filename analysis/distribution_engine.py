@@ -81,13 +81,10 @@ def score_figures(engine: Engine, pairs: ir.Table, keys: Sequence[str]) -> dict[
             return {}
         for row in engine.rows(_ks_wasserstein(pairs, keys)):
             found[tuple(row[k] for k in keys)].update(ks_stat=row["ks"], wasserstein=row["w"])
-        for row in engine.rows(_bin_counts(pairs, summary, keys)):
-            fig = found[tuple(row[k] for k in keys)]
-            fig["psi_counts"] = ([int(row[f"pp{i}"]) for i in range(PSI_BINS)],
-                                 [int(row[f"sp{i}"]) for i in range(PSI_BINS)])
-            fig["hist_counts"] = ([int(row[f"ph{i}"] or 0) for i in range(HIST_BINS)],
-                                  [int(row[f"sh{i}"] or 0) for i in range(HIST_BINS)],
-                                  [int(row[f"dh{i}"] or 0) for i in range(HIST_BINS)])
+        bins = _bin_figures(engine.rows(_bin_counts(pairs, summary, keys)), keys)
+        for key, fig in found.items():
+            fig["psi_counts"] = bins[key]["psi"]
+            fig["hist_counts"] = bins[key]["hist"]
     finally:
         engine.drop("shadowcar_score_summary")
     return {key: _finish(fig) for key, fig in found.items()}
@@ -216,7 +213,6 @@ def _summary(pairs: ir.Table, keys: list[str]) -> ir.Table:
         nxt = ibis.least(prev + 1, ranked._n - 1)
         order_stats[f"_lo{i}"] = ranked.ps.max(where=ranked._rn == prev)
         order_stats[f"_hi{i}"] = ranked.ps.max(where=ranked._rn == nxt)
-        order_stats[f"_t{i}"] = (at - prev).max()
     diff = ranked.ss - ranked.ps
     agg = ranked.aggregate(
         by=g, n=ranked.ps.count(), p_min=ranked.ps.min(), p_max=ranked.ps.max(),
@@ -226,7 +222,9 @@ def _summary(pairs: ir.Table, keys: list[str]) -> ir.Table:
         **order_stats)
     edges = {}
     for i in range(1, PSI_BINS):
-        lo, hi, t = agg[f"_lo{i}"], agg[f"_hi{i}"], agg[f"_t{i}"]
+        # the interpolation weight once per group (the same operations as per row)
+        at = (agg.n - 1).cast("float64") * (ibis.literal(i).cast("float64") / 10)
+        lo, hi, t = agg[f"_lo{i}"], agg[f"_hi{i}"], at - at.floor()
         span = hi - lo
         # numpy's _lerp, both branches, so the edge is numpy's to the last bit
         edges[f"_e{i}"] = ibis.ifelse(t >= 0.5, hi - span * (1 - t), lo + span * t)
@@ -293,22 +291,40 @@ def _bin_counts(pairs: ir.Table, summary: ir.Table, keys: list[str]) -> ir.Table
         high = ((x >= edge(guess + 1)) & (guess < HIST_BINS - 1)).cast("int64")
         return guess - low + high
 
-    binned = j.mutate(
-        _pb=sum((j.ps > j[f"_e{i}"]).cast("int64") for i in range(1, PSI_BINS)),
-        _sb=sum((j.ss > j[f"_e{i}"]).cast("int64") for i in range(1, PSI_BINS)),
-        _ph=inner_bin(j.ps, j._low, j._step), _sh=inner_bin(j.ss, j._low, j._step),
-        _dh=inner_bin(d, j._dlow, j._dstep),
-    )
-    b = binned
-    counts: dict[str, Any] = {}
-    for i in range(PSI_BINS):
-        counts[f"pp{i}"] = (b._pb == i).cast("int64").sum()
-        counts[f"sp{i}"] = (b._sb == i).cast("int64").sum()
-    for i in range(HIST_BINS):
-        counts[f"ph{i}"] = (b._ph == i).cast("int64").sum()
-        counts[f"sh{i}"] = (b._sh == i).cast("int64").sum()
-        counts[f"dh{i}"] = (b._dh == i).cast("int64").sum()
-    return b.aggregate(by=g, **counts)
+    def psi_bin(x: ir.NumericValue) -> Any:
+        return sum((x > j[f"_e{i}"]).cast("int64") for i in range(1, PSI_BINS))
+
+    # Each value's two bins as one code (PSI bin * 30 + histogram bin), counted by a GROUP
+    # BY of at most 630 codes per pair: four times cheaper than 150 conditional sums.
+    width = ibis.literal(HIST_BINS, type="int64")
+    sides = [
+        j.select(*g, _k=ibis.literal(0, type="int8"),
+                 _c=psi_bin(j.ps) * width + inner_bin(j.ps, j._low, j._step)),
+        j.select(*g, _k=ibis.literal(1, type="int8"),
+                 _c=psi_bin(j.ss) * width + inner_bin(j.ss, j._low, j._step)),
+        j.select(*g, _k=ibis.literal(2, type="int8"), _c=inner_bin(d, j._dlow, j._dstep)),
+    ]
+    codes = sides[0].union(sides[1], distinct=False).union(sides[2], distinct=False)
+    return codes.aggregate(by=[*g, "_k", "_c"], _count=codes.count())
+
+
+def _bin_figures(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple[Any, ...],
+                                                                       dict[str, Any]]:
+    """Per group: the PSI counts of both sides and the three histograms, from the codes of
+    :func:`_bin_counts`."""
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(row[k] for k in keys)
+        if key not in found:
+            found[key] = {"psi": ([0] * PSI_BINS, [0] * PSI_BINS),
+                          "hist": ([0] * HIST_BINS, [0] * HIST_BINS, [0] * HIST_BINS)}
+        side, code, count = int(row["_k"]), int(row["_c"]), int(row["_count"])
+        if side < 2:
+            found[key]["psi"][side][code // HIST_BINS] += count
+            found[key]["hist"][side][code % HIST_BINS] += count
+        else:
+            found[key]["hist"][2][code] += count
+    return found
 
 
 def sample_figures(
