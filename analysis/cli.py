@@ -180,10 +180,14 @@ def _analyze(
         return analyze_drift_engine(engine, since=args.since, until=args.until,
                                     route=args.route, ranges=ranges,
                                     **statistics_kwargs(args, "drift")).to_dict()
+    if args.kind == "fields" and con is None and engine is not None:
+        from analysis.fields_engine import analyze_field_diff_engine
+
+        return analyze_field_diff_engine(
+            engine, route=args.route, ignore=args.ignore, atol=args.atol, rtol=args.rtol,
+            since=args.since, until=args.until, **statistics_kwargs(args, "fields")).to_dict()
     if con is None:
-        raise EngineUnsupported(
-            f"the {args.kind} report runs on --engine duckdb only for now (docs/engines.md "
-            "says which parts are ported); read the export with --engine duckdb --parquet DIR")
+        raise EngineUnsupported(f"the {args.kind} report needs a source")
 
     if args.kind == "divergence":
         from analysis.divergence import analyze_divergence
@@ -335,11 +339,6 @@ def _spark_report(args: argparse.Namespace, source_kind: str | None, color: bool
     from analysis.engine import spark_engine, spark_session
 
     try:
-        if args.kind not in ("experiment", "divergence", "drift", "quality"):
-            raise EngineUnsupported(
-                f"the {args.kind} report runs on --engine duckdb only for now (docs/engines.md "
-                "says which parts are ported); read the export with --engine duckdb "
-                "--parquet DIR")
         if args.db:
             raise EngineUnsupported("--engine spark reads a fleet export (--parquet DIR) or an "
                                     "analyst table (--input FILE); a DuckDB file (--db) is "

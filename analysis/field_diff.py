@@ -274,23 +274,11 @@ def _route_pairs(
     params: dict[str, Any],
     rule: ReplicaRule,
 ) -> tuple[list[FieldPair], str | None]:
-    replicas = set(rule.replicas.get(route, {}))
     scope = (f"FROM ({base}) WHERE route = {sql_quote(route)} "
              f"AND ({primary} OR role IN ('shadow', 'replay'))")
     (structure_text,) = con.execute(f"SELECT json_group_structure(j) {scope}").fetchall()[0]
     structure = json.loads(structure_text) if structure_text else {}
-    wanted = params["fields"]
-    if wanted is None:
-        found: list[_Field] = []
-        _leaves(structure, "", "$", found)
-    else:
-        found = [_resolve(path, structure) for path in wanted]
-    found = [f for f in found if not any(fnmatch.fnmatchcase(f.name, g) for g in params["ignore"])]
-    found.sort(key=lambda f: f.name)
-    note = None
-    if len(found) > params["max_fields"]:
-        note = f"{route}: {len(found)} fields, the first {params['max_fields']} compared"
-        found = found[: params["max_fields"]]
+    found, note = select_fields(structure, route, params)
     extracts = _extracts(found)
     values = ", ".join(
         f"{pv} AS p{i}, {sv} AS s{i}"
@@ -315,7 +303,33 @@ def _route_pairs(
              flags AS (SELECT pb, sb{', ' + flags if flags else ''} FROM vals)
         SELECT pb, sb, count(*) AS n{counts} FROM flags GROUP BY pb, sb ORDER BY sb, pb
     """
-    rows = con.execute(sql).fetchall()
+    return field_pairs(route, found, con.execute(sql).fetchall(), rule, params["alpha"]), note
+
+
+def select_fields(structure: Any, route: str,
+                  params: dict[str, Any]) -> tuple[list[_Field], str | None]:
+    """The fields compared on a route: the leaves of its responses' merged ``structure``
+    (or the wanted paths), less the ignored globs, sorted, at most ``max_fields``."""
+    wanted = params["fields"]
+    if wanted is None:
+        found: list[_Field] = []
+        _leaves(structure, "", "$", found)
+    else:
+        found = [_resolve(path, structure) for path in wanted]
+    found = [f for f in found if not any(fnmatch.fnmatchcase(f.name, g) for g in params["ignore"])]
+    found.sort(key=lambda f: f.name)
+    note = None
+    if len(found) > params["max_fields"]:
+        note = f"{route}: {len(found)} fields, the first {params['max_fields']} compared"
+        found = found[: params["max_fields"]]
+    return found, note
+
+
+def field_pairs(route: str, found: Sequence[_Field], rows: Sequence[tuple[Any, ...]],
+                rule: ReplicaRule, alpha: float) -> list[FieldPair]:
+    """The route's pairs from its count rows ``(primary, shadow, n, differ_0, present_0,
+    ...)`` ordered by shadow then primary, replicas as the noise floor."""
+    replicas = set(rule.replicas.get(route, {}))
     # A replica is compared only with the backend it copies (issue 16.6).
     by_pair = {(str(r[0]), str(r[1])): r for r in rows
                if rule.pairs(route, str(r[0]), str(r[1]))}
@@ -326,7 +340,7 @@ def _route_pairs(
         if sb not in replicas:
             floors = [r for (p, s), r in by_pair.items() if p == pb and s in replicas]
             floor = max(floors, key=lambda r: int(r[2]), default=None)
-        diffs = [_field(f, i, row, floor, params["alpha"]) for i, f in enumerate(found)]
+        diffs = [_field(f, i, row, floor, alpha) for i, f in enumerate(found)]
         diffs.sort(key=lambda d: (-(d.diff_rate or 0.0), d.path))
         pairs.append(FieldPair(
             route=route, primary=pb, shadow=sb, is_replica=sb in replicas,
@@ -334,7 +348,7 @@ def _route_pairs(
             n=n, replica_n=None if floor is None else int(floor[2]), fields=tuple(diffs),
             message=None if found else "no fields to compare",
         ))
-    return pairs, note
+    return pairs
 
 
 def _field(

@@ -63,8 +63,27 @@ def _vector_calls(rng: np.random.Generator, n: int) -> pd.DataFrame:
                 "score": None if empty else float(out[0]),
                 "label": None if empty else str(int(np.argmax(out))),
                 "output": None if empty else [float(x) for x in out],
-                "response_json": None})
+                "response_json": None if empty else _vector_json(i, role, out)})
     return pd.DataFrame(rows)
+
+
+def _vector_json(i: int, role: str, out: np.ndarray) -> str:
+    """A decoded answer with lists (of numbers, of objects, an element lacking a key),
+    nulls, a number that is a string on one side, booleans, a 20-digit integer and a key
+    with a space: what the fields report steps through."""
+    shadow = role == "shadow"
+    top = [{"cls": f"c{k}", "p": round(float(x), 6)} for k, x in enumerate(out)]
+    if shadow and i % 9 == 0:
+        del top[-1]["p"]
+    doc: dict[str, Any] = {
+        "probs": [round(float(x), 6) for x in out], "top": top,
+        "note": None if i % 5 else ("late" if shadow and i % 10 == 0 else "ok"),
+        "mixed": "1" if shadow and i % 8 == 0 else 1, "flag": bool(i % 3 == 0),
+        "big": 12345678901234567890 + (1 if shadow and i % 11 == 0 else 0),
+        "dec": 0.1 + (1e-9 if shadow else 0.0), "a b": {"c": i % 4}}
+    if i % 6 == 0:
+        doc["extra"] = [[1, 2], [3]] if shadow else [[1, 2], [4]]
+    return json.dumps(doc)
 
 
 def _stream_calls(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -288,3 +307,51 @@ def test_cli_quality_spark_equals_duckdb(fleet: Path, tmp_path: Path, spark: Any
         theirs = _cli(fleet, tmp_path, "quality", "spark", *extra)
         assert ours["models"]
         assert_same(_strip(ours), _strip(theirs))
+
+
+def test_fields_equal_on_both_engines(fleet: Path, spark: Any) -> None:
+    """Issue 19.1 (item 2): the fields report through Spark (the merged structure from
+    schema_of_variant_agg, values by variant_get over list steps, JSON text and numeric
+    tolerance) gives DuckDB's counts, rates and replica tests: lists of numbers and of
+    objects, nulls, a number against a string, a key with a space, stream messages."""
+    from analysis.field_diff import analyze_field_diff
+    from analysis.fields_engine import analyze_field_diff_engine, spark_structure
+
+    assert spark_structure("OBJECT<`a b`: ARRAY<OBJECT<c: DECIMAL(3,2)>>, d: VOID>") == {
+        "a b": [{"c": "DECIMAL(3,2)"}], "d": "VOID"}
+    con = open_source(parquet=str(fleet))
+    engine = spark_engine(spark, parquet=str(fleet))
+    for options in ({}, {"fields": ["top[].p", "score", "a b.c", "meta.n"], "atol": 0.01},
+                    {"route": CHAT, "ignore": ["meta.*"]}, {"all_versions": True, "max_fields": 3},
+                    {"route": VEC, "rtol": 0.0, "atol": 0.0, "alpha": 0.2}):
+        ours = analyze_field_diff(con, **options).to_dict()  # type: ignore[arg-type]
+        if not options:
+            vec = next(p for p in ours["pairs"] if p["route"] == VEC)
+            differ = {f["path"]: f["differ"] for f in vec["fields"]}
+            assert differ["top[].cls"] and differ["mixed"] and differ["note"] and differ["extra[]"]
+            assert any(f["p_value"] is not None for p in ours["pairs"] for f in p["fields"])
+        assert_same(ours, analyze_field_diff_engine(engine, **options).to_dict())  # type: ignore[arg-type]
+
+
+def test_cli_fields_spark_equals_duckdb(fleet: Path, tmp_path: Path, spark: Any) -> None:
+    """Issue 19.2: `report fields --engine spark` no longer exits 2: it writes `--engine
+    duckdb`'s JSON, figure for figure."""
+    ours = _cli(fleet, tmp_path, "fields", "duckdb")
+    theirs = _cli(fleet, tmp_path, "fields", "spark")
+    assert {p["route"] for p in ours["pairs"]} >= {VEC, CHAT}
+    assert_same(_strip(ours), _strip(theirs))
+
+
+def test_cli_fields_spark_refuses_a_quoted_key(tmp_path: Path, spark: Any,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19.2: a JSON key with a quote cannot be written in a Spark variant path: the
+    fields report on Spark exits 2 naming it instead of other numbers."""
+    where = tmp_path / "fleet" / "table=calls" / "date=2026-01-01"
+    where.mkdir(parents=True)
+    pd.DataFrame({"request_id": ["a", "a"], "ts": pd.to_datetime(["2026-01-01"] * 2),
+                  "route": "/m", "backend": ["p", "s"], "role": ["primary", "shadow"],
+                  "status": "OK", "response_json": ['{"it\'s": 1}', '{"it\'s": 2}']}).to_parquet(
+        where / "part.parquet")
+    code = main(["report", "fields", "--parquet", str(tmp_path / "fleet"), "--engine", "spark"])
+    assert code == 2
+    assert "it's" in capsys.readouterr().err
