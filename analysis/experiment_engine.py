@@ -135,8 +135,9 @@ def _pivot(j: ir.Table, metrics: Sequence[str], *, pre: ir.BooleanValue | None,
     for i, m in enumerate(metrics):
         is_m = j.metric == m
         out[f"v_{i}"] = ibis.coalesce(j.value.sum(where=is_m & post & fin), 0.0)
-        out[f"f_{i}"] = (ibis.null("boolean") if m in clean
-                         else fin.any(where=is_m & post))
+        if not counts:  # with the counts, f is r > b (NULL without rows): one aggregate less
+            out[f"f_{i}"] = (ibis.null("boolean") if m in clean
+                             else fin.any(where=is_m & post))
         if pre_column == "pre_value":
             out[f"p_{i}"] = ibis.coalesce(
                 j.pre_value.sum(where=is_m & _finite(j.pre_value)), 0.0)
@@ -193,10 +194,14 @@ def _recorded_units(
                  phase=ibis.cases(*cases, else_="early"))
     pivot = _pivot(j, metrics, pre=(j.phase == "pre") if lookback else None, pre_column=None,
                    post=j.phase.isin(["post", "untimed"]), counts=True)
-    return j.group_by(["experiment", "unit_id"]).aggregate(
+    u = j.group_by(["experiment", "unit_id"]).aggregate(
         variant=j.variant.arbitrary(), single=j.single.arbitrary(), **pivot,
         early=j.count(where=j.phase == "early"), late=j.count(where=j.phase == "late"),
         untimed=j.count(where=j.phase == "untimed")).drop("unit_id")
+    # a unit has a finite row of metric i when it has more rows than non-finite ones
+    return u.mutate(**{f"f_{i}": ibis.ifelse(u[f"r_{i}"] == 0, ibis.null("boolean"),
+                                            u[f"r_{i}"] > u[f"b_{i}"])
+                       for i in range(len(metrics))})
 
 
 def _table_units(engine: Engine, metrics: Sequence[str], name: str, has_pre: bool,
