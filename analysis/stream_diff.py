@@ -1,7 +1,8 @@
 """Comparisons the divergence and fields reports make beyond one scalar per call: whole output
 vectors element by element, and streams message by message (docs/streams.md).
 
-Runs on the DuckDB engine only (``--engine spark`` refuses the reports that use it).
+This is the DuckDB path; :mod:`analysis.vector_engine` and :mod:`analysis.stream_engine`
+compute the same figures as Ibis expressions for ``--engine spark``.
 """
 
 from __future__ import annotations
