@@ -152,34 +152,6 @@ class Backend:
             latency,
         )
 
-    async def drain(
-        self, method: str, request: bytes, *, timeout: float, metadata: Metadata
-    ) -> CallOutcome:
-        """Call server-streaming ``method`` and read its whole stream (a shadow's copy): the
-        first ``MAX_RECORDED`` bytes kept, every message counted; never raises for gRPC
-        errors."""
-        started = time.time()
-        t0 = time.perf_counter()
-        call = self.stream("server", method)(request, timeout=timeout, metadata=metadata)
-        parts: list[bytes] = []
-        size = messages = 0
-        first: float | None = None
-        code, details = _OK, None
-        try:
-            async for message in call:
-                messages += 1
-                if first is None:
-                    first = (time.perf_counter() - t0) * 1000
-                if size < MAX_RECORDED:
-                    parts.append(message)
-                size += len(message)
-        except grpc.aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details()
-        finally:
-            call.cancel()
-        return CallOutcome(code, details, b"".join(parts), (), (), started,
-                           (time.perf_counter() - t0) * 1000, messages, first)
-
     def stream(self, kind: str, method: str) -> Any:
         """A raw-bytes multicallable for a streaming method (``server``, ``client``, ``bidi``)."""
         key = f"{kind}:{method}"

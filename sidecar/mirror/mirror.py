@@ -1,4 +1,4 @@
-"""Mirroring: copies of a request to shadow backends, unary and server-streaming alike.
+"""Mirroring: copies of a request to shadow backends, unary and streaming alike.
 
 One set of shadow rules for every kind of call: a copy is sampled by request id, capped per
 shadow (dropped when full, the breaker open, or the sidecar closing: a DROPPED row, a count
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from sidecar.backends import CallOutcome
+from sidecar.mirror.feeds import BEHIND_DETAILS, Feed, Feeds, read_fed_stream
 from sidecar.mirror.streams import CUT_DETAILS, call_messages, read_stream
 from sidecar.resilience import Ticket
 from sidecar.routing import LaneCounters, LiveCounters, ShadowLane, sampled_lanes
@@ -61,11 +62,14 @@ class Mirror:
         return len(self._tasks)
 
     def start(self, call: Call, *, stream: bool = False,
-              recorder: StreamRecorder | None = None) -> None:
+              recorder: StreamRecorder | None = None, kind: str = "server") -> Feeds | None:
         """Start a copy of ``call`` for every shadow lane that samples it (never to the
-        backend serving it); ``stream``: a server stream, read to its end (or its caller's),
-        its messages handed to ``recorder`` within its bounds."""
+        backend serving it); ``stream``: a streaming call of ``kind``, its answers read to
+        their end (or the caller's) and handed to ``recorder`` within its bounds. For a
+        client or bidi stream, the :class:`Feeds` the caller's messages are sent to (None
+        when no copy was sent)."""
         shadow_md = None
+        feeds = Feeds() if stream and kind in ("client", "bidi") else None
         for lane, counters in sampled_lanes(call.plan, call.request_id, call.backend,
                                             self.live):
             span = self.spans.client(call.trace_ctx, lane.backend.name, call.method,
@@ -80,8 +84,13 @@ class Mirror:
                 shadow_md = (*call.metadata, SHADOW_METADATA)
             counters.in_flight += 1
             counters.sent += 1
+            feed = None
+            if feeds is not None:
+                feed = Feed()
+                feeds.feeds.append(feed)
             self.own(self._shadow(call, lane, counters, span.metadata(shadow_md), span,
-                                  ticket, stream, recorder))
+                                  ticket, stream, recorder, kind, feed))
+        return feeds if feeds is not None and feeds.feeds else None
 
     def _admit(self, lane: ShadowLane, counters: LaneCounters) -> Ticket | str:
         """The breaker's ticket for a sampled copy (handed back when the copy ends), or
@@ -124,7 +133,7 @@ class Mirror:
     async def _shadow(
         self, call: Call, lane: ShadowLane, counters: LaneCounters, metadata: Any,
         span: ClientSpan, ticket: Ticket, stream: bool,
-        recorder: StreamRecorder | None = None,
+        recorder: StreamRecorder | None = None, kind: str = "server", feed: Feed | None = None,
     ) -> None:
         backend = lane.backend
         breaker = backend.breaker
@@ -134,9 +143,14 @@ class Mirror:
             if stream:  # ended with the caller's stream unless the route wants it whole
                 cut = None if call.plan.config.full_shadow_streams else call.cut
                 bounds = recorder.stream_bounds if recorder is not None else (0, 0)
-                outcome, kept = await read_stream(
-                    backend, call.method, call.request, timeout=lane.timeout_s,
-                    metadata=metadata, cut=cut, bounds=bounds)
+                if feed is not None:  # a client or bidi stream: the caller's messages
+                    outcome, kept = await read_fed_stream(
+                        backend, kind, call.method, feed, timeout=lane.timeout_s,
+                        metadata=metadata, cut=cut, bounds=bounds)
+                else:
+                    outcome, kept = await read_stream(
+                        backend, call.method, call.request, timeout=lane.timeout_s,
+                        metadata=metadata, cut=cut, bounds=bounds)
             else:
                 outcome = await backend.call(call.method, call.request,
                                              timeout=lane.timeout_s, metadata=metadata,
@@ -158,8 +172,8 @@ class Mirror:
                 started, (time.time() - started) * 1000))
             return
         counters.in_flight -= 1
-        if outcome.details == CUT_DETAILS:
-            breaker.release(ticket)  # ended by the caller: no verdict on the shadow
+        if outcome.details in (CUT_DETAILS, BEHIND_DETAILS):
+            breaker.release(ticket)  # ended by the caller's pace or end: no verdict
         else:
             breaker.report(ticket, outcome.code.name, call.shown(outcome.details),
                            call.plan.failure_codes)

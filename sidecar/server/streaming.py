@@ -1,9 +1,10 @@
 """Streaming pass-through: server-, client- and bidirectional-streaming methods, raw bytes.
 
 Flow control stays end to end: a message is read from one side only when the other side
-has taken the previous one. A stream is one :class:`Call` like a unary call; server streams
-are mirrored through the same :class:`Mirror` (same sampling, caps, DROPPED rows and
-spans), each shadow's whole stream read in the background, never awaited by the caller.
+has taken the previous one. A stream is one :class:`Call` like a unary call; every kind is
+mirrored through the same :class:`Mirror` (same sampling, caps, DROPPED rows and spans),
+each shadow's stream read in the background, never awaited by the caller; a client or bidi
+shadow gets the caller's messages as they pass (sidecar/mirror/feeds.py).
 Both streams are recorded: messages seen, time to first message, the first bytes
 concatenated, and each message within the storage bounds (``stream_messages``,
 docs/streams.md).
@@ -20,6 +21,7 @@ import grpc
 
 from sidecar.backends import CallOutcome, Metadata
 from sidecar.backends.channel import MAX_RECORDED
+from sidecar.mirror.feeds import Feeds
 from sidecar.mirror.streams import call_messages
 from sidecar.routing import RoutePlan
 from sidecar.server.call import Call
@@ -68,11 +70,19 @@ class _Tally:
         return b"".join(self.parts)
 
 
-async def _counted(requests: AsyncIterator[bytes], tally: _Tally) -> AsyncIterator[bytes]:
-    """The caller's messages on their way upstream, counted for the record."""
-    async for message in requests:
-        tally.add(message)
-        yield message
+async def _counted(requests: AsyncIterator[bytes], tally: _Tally,
+                   feeds: Feeds | None = None) -> AsyncIterator[bytes]:
+    """The caller's messages on their way upstream, counted for the record and handed to
+    the shadows' copies (``feeds``), whose request streams end with the caller's."""
+    try:
+        async for message in requests:
+            tally.add(message)
+            if feeds is not None:
+                feeds.send(message)
+            yield message
+    finally:
+        if feeds is not None:
+            feeds.close()
 
 
 def _initial(call: Call, backend_md: Any) -> Metadata | None:
@@ -175,13 +185,21 @@ class StreamForwarder:
         async for message in self._answer_stream(call, stream, context, lambda: request):
             yield message
 
+    def _mirrored(self, call: Call, kind: str) -> Feeds | None:
+        """Shadow copies of a client or bidi stream: the feeds of the caller's messages."""
+        if not call.plan.shadows:
+            return None
+        call.cut = asyncio.Event()
+        return self._d.mirror.start(call, stream=True, recorder=self._d.sink, kind=kind)
+
     async def client_stream(
         self, plan: RoutePlan, method: str, requests: AsyncIterator[bytes], context: Context
     ) -> bytes:
         call = self._open(plan, method, b"", context)
         sent = self._tally(call)
+        feeds = self._mirrored(call, "client")
         stream = plan.primary.stream("client", method)(
-            _counted(requests, sent), timeout=call.timeout, metadata=call.metadata
+            _counted(requests, sent, feeds), timeout=call.timeout, metadata=call.metadata
         )
         status, details, response = "CANCELLED", None, b""
         try:
@@ -201,6 +219,8 @@ class StreamForwarder:
             raise
         finally:
             stream.cancel()
+            if status != "OK" and call.cut is not None:
+                call.cut.set()  # shadow streams end with the caller's
             tally = self._tally(call)
             if response:
                 tally.add(bytes(response))
@@ -211,8 +231,9 @@ class StreamForwarder:
     ) -> AsyncIterator[bytes]:
         call = self._open(plan, method, b"", context)
         sent = self._tally(call)
+        feeds = self._mirrored(call, "bidi")
         stream = plan.primary.stream("bidi", method)(
-            _counted(requests, sent), timeout=call.timeout, metadata=call.metadata
+            _counted(requests, sent, feeds), timeout=call.timeout, metadata=call.metadata
         )
         async for message in self._answer_stream(call, stream, context, lambda: sent.data,
                                                  sent):

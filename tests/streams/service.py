@@ -51,13 +51,15 @@ class GenServer:
     """gen.v1.Gen on a free loopback port. Token i of a stream has score ``i / 10`` plus
     ``bump.get(i, 0)`` (and ``bump_for[prompt text].get(i, 0)``); ``extra_for[text]`` more
     tokens than asked for, ``lead_for[text]`` tokens of negative index before them;
-    ``fail`` makes every call UNAVAILABLE; ``delay_s`` paces a stream."""
+    ``fail`` makes every call UNAVAILABLE; ``delay_s`` paces a stream; ``options`` are the
+    grpc server's."""
 
     def __init__(self, file_set: descriptor_pb2.FileDescriptorSet, *, reflect: bool = True,
                  bump: dict[int, float] | None = None, model: str = "gen-1",
                  delay_s: float = 0.0, bump_for: dict[str, dict[int, float]] | None = None,
                  extra_for: dict[str, int] | None = None,
-                 lead_for: dict[str, int] | None = None) -> None:
+                 lead_for: dict[str, int] | None = None,
+                 options: list[tuple[str, Any]] | None = None) -> None:
         pool = descriptor_pool.DescriptorPool()
         for file_proto in file_set.file:
             pool.Add(file_proto)
@@ -81,7 +83,7 @@ class GenServer:
             "Collect": grpc.stream_unary_rpc_method_handler(self._collect, **ser),
             "Chat": grpc.stream_stream_rpc_method_handler(self._chat, **ser),
         })
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers((handler,))
         if reflect:
             reflection.enable_server_reflection([SERVICE, reflection.SERVICE_NAME], self.server,
