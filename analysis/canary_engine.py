@@ -6,17 +6,18 @@ become steps per route, each canary request falls in the step whose span holds i
 their first exposure within the step, and the per-arm sums (requests, errors, latency and
 their cross products for the delta method) and per-metric outcome sums come back, a few
 numbers per (route, step, arm). Latency quantiles are exact order statistics
-(:func:`exact_quantiles`); the inference is :mod:`analysis.canary_readout`'s own.
+(:func:`analysis.distribution_engine.linear_quantiles`); the inference is
+:mod:`analysis.canary_readout`'s own.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from analysis.canary_readout import METHOD, CanaryReport, _assemble
+from analysis.distribution_engine import linear_quantiles
 from analysis.engine import Engine
 from analysis.experiment_engine import _finite, _kept, _time_bounds, scope_engine
 from analysis.exposure import CANARY_EXPERIMENT
@@ -26,7 +27,7 @@ from analysis.significance import DEFAULT_ALPHA
 if TYPE_CHECKING:
     import ibis.expr.types as ir
 
-__all__ = ["analyze_canaries_engine", "exact_quantiles", "route_configs"]
+__all__ = ["analyze_canaries_engine", "route_configs"]
 
 _FAR = datetime(9999, 12, 31)
 
@@ -52,35 +53,6 @@ def route_configs(engine: Engine) -> dict[str, dict[str, Any]]:
             if isinstance(match, str) and match not in found:
                 found[match] = route
     return found
-
-
-def exact_quantiles(engine: Engine, t: ir.Table, keys: Sequence[str], value: str,
-                    qs: Sequence[float]) -> dict[tuple[Any, ...], list[float]]:
-    """Per group of ``keys``: linear-interpolation quantiles of ``value`` (DuckDB's
-    ``quantile_cont``, Spark's ``percentile``) from the order statistics at ``floor((n-1) q)``
-    and the next (``row_number``), so no engine holds a group's values at once."""
-    import ibis
-
-    g = list(keys)
-    n = t[value].count().over(group_by=g)
-    ranked = t.mutate(_n=n, _rn=ibis.row_number().over(group_by=g, order_by=[t[value]]))
-    aggs: dict[str, Any] = {"n": ranked._n.max()}
-    for i, q in enumerate(qs):
-        pos = (ranked._n - 1).cast("float64") * ibis.literal(q, type="float64")
-        low = pos.floor()
-        aggs[f"lo{i}"] = ranked[value].max(where=ranked._rn == low)
-        aggs[f"hi{i}"] = ranked[value].max(
-            where=ranked._rn == ibis.least(low + 1, ranked._n - 1))
-    out: dict[tuple[Any, ...], list[float]] = {}
-    for row in engine.rows(ranked.aggregate(by=g, **aggs)):
-        size = int(row["n"])
-        figures = []
-        for i, q in enumerate(qs):
-            pos = (size - 1) * q
-            lo, hi = float(row[f"lo{i}"]), float(row[f"hi{i}"])
-            figures.append(lo + (hi - lo) * (pos - int(pos)))
-        out[tuple(row[k] for k in g)] = figures
-    return out
 
 
 def _steps(engine: Engine) -> tuple[ir.Table, ir.Table]:
@@ -163,8 +135,8 @@ def analyze_canaries_engine(
     timed = timed.inner_join(u, (u.u_route == timed.route) & (u.u_index == timed.step_index)
                              & (u.u_unit == timed.unit_id))
     timed = timed.select("route", "step_index", "arm", "latency_ms")
-    quantiles = {key: {"p50": q[0], "p99": q[1]} for key, q in exact_quantiles(
-        engine, timed, ["route", "step_index", "arm"], "latency_ms", [0.5, 0.99]).items()}
+    quantiles = {key: {"p50": q[0], "p99": q[1]} for key, q in linear_quantiles(
+        engine, timed, "latency_ms", ["route", "step_index", "arm"], [0.5, 0.99]).items()}
     outcomes = _outcome_sums(engine, units, steps, window, parse_time(until))
     return _assemble(per_arm, quantiles, outcomes, route_configs(engine), alpha,
                      scope.to_dict(), [METHOD, scope.note])
