@@ -12,14 +12,12 @@ copy like a server stream's, unless the route sets ``full_shadow_streams``.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from sidecar.backends import Backend, CallOutcome, Metadata
-from sidecar.backends.channel import MAX_RECORDED
-from sidecar.mirror.streams import CUT_DETAILS
+from sidecar.mirror.streams import CUT_DETAILS, StreamRead, ended_with, our_cancel
 
 __all__ = ["BEHIND_DETAILS", "Feed", "Feeds", "read_fed_stream"]
 
@@ -90,65 +88,31 @@ async def read_fed_stream(
     metadata: Metadata, cut: asyncio.Event | None, bounds: tuple[int, int],
 ) -> tuple[CallOutcome, list[tuple[float, bytes]]]:
     """Call client- or bidi-streaming ``method`` with the messages ``feed`` hands over and
-    read the answer(s): the first ``MAX_RECORDED`` bytes kept, every message counted, the
-    first within ``bounds`` returned with their offsets. Ended early when the shadow falls
-    behind or ``cut`` is set. Never raises for gRPC errors; a cancellation of the task
-    itself still propagates."""
-    started = time.time()
-    t0 = time.perf_counter()
+    read the answer(s) (:class:`StreamRead` says what is kept); ended early when the shadow
+    falls behind or ``cut`` is set. Never raises for gRPC errors; a cancellation of the
+    task itself still propagates."""
+    read = StreamRead(bounds)
     call = backend.stream(kind, method)(feed.messages(), timeout=timeout, metadata=metadata)
     feed.on_behind = call.cancel
-    parts: list[bytes] = []
-    kept: list[tuple[float, bytes]] = []
-    size = messages = kept_size = 0
-    first: float | None = None
     code, details = grpc.StatusCode.OK, None
-
-    def keep(message: bytes) -> None:
-        nonlocal messages, first, kept_size, size
-        messages += 1
-        offset = (time.perf_counter() - t0) * 1000
-        if first is None:
-            first = offset
-        if len(kept) < bounds[0] and kept_size + len(message) <= bounds[1]:
-            kept.append((offset, message))
-            kept_size += len(message)
-        if size < MAX_RECORDED:
-            parts.append(message)
-        size += len(message)
-
-    watcher: asyncio.Task[None] | None = None
-    if cut is not None:
-        async def end_with_caller() -> None:
-            await cut.wait()
-            call.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(end_with_caller())
     try:
-        if feed.behind:  # fell behind before the call existed to be cancelled
-            call.cancel()
-        if kind == "client":
-            keep(bytes(await call))
-        else:
-            async for message in call:
-                keep(message)
+        async with ended_with(cut, call):
+            if feed.behind:  # fell behind before the call existed to be cancelled
+                call.cancel()
+            if kind == "client":
+                read.add(bytes(await call))
+            else:
+                async for message in call:
+                    read.add(message)
     except grpc.aio.AioRpcError as exc:
         code, details = exc.code(), exc.details()
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        ours = feed.behind or (cut is not None and cut.is_set())
-        if not ours or (task is not None and task.cancelling()):
+        if not our_cancel(cut, feed.behind):
             raise  # shutdown, not the caller's end nor our cap
         code = grpc.StatusCode.CANCELLED
-    finally:
-        call.cancel()
-        if watcher is not None:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
     if code is grpc.StatusCode.CANCELLED:
         if feed.behind:
             details = BEHIND_DETAILS
         elif cut is not None and cut.is_set():
             details = CUT_DETAILS
-    return CallOutcome(code, details, b"".join(parts), (), (), started,
-                       (time.perf_counter() - t0) * 1000, messages, first), kept
+    return read.outcome(code, details), read.kept
