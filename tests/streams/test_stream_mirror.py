@@ -29,6 +29,15 @@ def _rows(db: Path) -> dict[str, tuple[Any, ...]]:
         con.close()
 
 
+async def _chat_sidecar(start_sidecar: Any, pb: Path, primary: GenServer, shadow: GenServer,
+                        db: Path) -> Any:
+    """A sidecar with the Chat route (bidi), its shadow on ``shadow``, recording to ``db``."""
+    route = routes(codec_spec("descriptor", pb), (CHAT,))[0]
+    route["shadows"] = [{"backend": "s", "timeout_ms": 60_000}]
+    return await start_sidecar({"p": primary.target, "s": shadow.target}, [route],
+                               db_path=db, storage={"path": str(db), "flush_interval_ms": 50})
+
+
 async def test_client_and_bidi_streams_reach_the_shadow_and_are_compared(
     tmp_path: Path, start_sidecar: Any, channel_to: Any,
 ) -> None:
@@ -107,10 +116,7 @@ async def test_a_shadow_that_falls_behind_is_ended_and_the_caller_never_waits(
     db = tmp_path / "b.duckdb"
     n = 400
     try:
-        route = routes(codec_spec("descriptor", pb), (CHAT,))[0]
-        route["shadows"] = [{"backend": "s", "timeout_ms": 60_000}]
-        sc = await start_sidecar({"p": primary.target, "s": shadow.target}, [route],
-                                 db_path=db, storage={"path": str(db), "flush_interval_ms": 50})
+        sc = await _chat_sidecar(start_sidecar, pb, primary, shadow, db)
         ch = channel_to(sc.port)
         big = "x" * 16_000
 
@@ -143,10 +149,7 @@ async def test_a_caller_who_cancels_a_bidi_stream_ends_the_shadows_copy(
     shadow = await GenServer(file_set).start()
     db = tmp_path / "c.duckdb"
     try:
-        route = routes(codec_spec("descriptor", pb), (CHAT,))[0]
-        route["shadows"] = [{"backend": "s", "timeout_ms": 60_000}]
-        sc = await start_sidecar({"p": primary.target, "s": shadow.target}, [route],
-                                 db_path=db, storage={"path": str(db), "flush_interval_ms": 50})
+        sc = await _chat_sidecar(start_sidecar, pb, primary, shadow, db)
         ch = channel_to(sc.port)
         stop = asyncio.Event()
 
