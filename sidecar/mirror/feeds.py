@@ -2,7 +2,7 @@
 
 The caller's messages go upstream to the primary with flow control; each sampled shadow
 gets them too, through a :class:`Feed` of its own, without ever holding the caller back:
-a shadow that falls ``max_messages`` (or ``max_bytes``) behind is ended at once and
+a shadow that falls :data:`MAX_BEHIND` messages (or bytes) behind is ended at once and
 recorded with :data:`BEHIND_DETAILS`, its breaker taking no verdict (the caller's pace, not
 the backend, decided it). The caller's stream ending normally ends the shadow's request
 stream (half-close) and the shadow answers in its own time; ending early cuts the shadow's
