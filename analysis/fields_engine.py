@@ -78,6 +78,10 @@ def analyze_field_diff_engine(
         return FieldDiffReport((), params, "calls has no response_json (no JSON codec used)")
     if (since or until) and "ts" not in columns:
         raise AnalysisSourceError("since/until need a ts column in calls")
+    version_found = str(getattr(engine.session, "version", "4"))
+    if int(version_found.split(".")[0]) < 4:  # pyspark 3.5 is allowed for the other reports
+        raise EngineUnsupported(f"the fields report on Spark needs Spark 4.0 or later (its "
+                                f"VARIANT functions); this is Spark {version_found}")
     import ibis
 
     calls = engine.table("calls")
