@@ -98,22 +98,37 @@ def _urandom_ids() -> None:
     fwd.new_request_id = lambda: os.urandom(16).hex()
 
 
-def _gc_freeze() -> None:
-    """Startup objects frozen out of the collector once serving (measurement)."""
-    import asyncio
+def _no_freeze() -> None:
+    """Startup objects left in the collector's generations, as before issue 18's last
+    step (``sidecar serve`` freezes them once serving)."""
     import gc
 
-    from sidecar.app import Sidecar
+    gc.freeze = lambda: None
 
-    start = Sidecar.start
 
-    async def started(self: Any) -> None:
-        await start(self)
-        await asyncio.sleep(0)
-        gc.collect()
-        gc.freeze()
+def _sdk_histogram() -> None:
+    """Call latencies recorded through the OpenTelemetry SDK's histogram per call row, as
+    before issue 18's last step (telemetry/latency.py counts them outside the SDK)."""
+    from sidecar.telemetry.metrics import Metrics
 
-    Sidecar.start = started  # type: ignore[method-assign]
+    init, observe = Metrics.__init__, Metrics.observe_call
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._sdk_latency = self.provider.get_meter("shadowcar").create_histogram(
+            "shadowcar.call.latency_sdk_ms", unit="ms")
+        self._sdk_attrs = {}
+
+    def observe_call(self: Any, route: str, backend: str, role: str, latency: float) -> None:
+        key = (route, backend, role)
+        attrs = self._sdk_attrs.get(key)
+        if attrs is None:
+            attrs = self._sdk_attrs[key] = {"route": route, "backend": backend, "role": role}
+        self._sdk_latency.record(latency, attrs)
+        observe(self, route, backend, role, latency)
+
+    Metrics.__init__ = __init__  # type: ignore[method-assign]
+    Metrics.observe_call = observe_call  # type: ignore[method-assign]
 
 
 def _no_gc() -> None:
@@ -137,7 +152,8 @@ VARIANTS = {
     "no-md": _no_md,
     "no-gc": _no_gc,
     "urandom-ids": _urandom_ids,
-    "gc-freeze": _gc_freeze,
+    "no-freeze": _no_freeze,
+    "sdk-histogram": _sdk_histogram,
     "no-reply-md": _no_reply_md,
     "switch-1ms": _switch(1.0),
     "switch-0.5ms": _switch(0.5),
