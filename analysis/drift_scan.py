@@ -62,6 +62,9 @@ class ScannedFeatures:
     #: window name -> str(route) -> requests with decoded inputs
     n_requests: dict[str, dict[str, int]] = field(default_factory=dict)
     features: dict[FeatureKey, FeatureValues] = field(default_factory=dict)
+    #: the features in the order first seen (the element arrays hold these indexes)
+    by_id: list[FeatureValues] = field(default_factory=list, repr=False)
+    _ids: dict[FeatureKey, int] = field(default_factory=dict, repr=False)
 
     def ordered(self) -> list[FeatureValues]:
         """Features by route and name (missing ones last, as SQL's ``NULLS LAST``)."""
@@ -78,10 +81,6 @@ class ScannedFeatures:
             self.features[key] = FeatureValues(route, name, kind)
             self.by_id.append(self.features[key])
         return index
-
-    #: the features in the order first seen (the element arrays hold these indexes)
-    by_id: list[FeatureValues] = field(default_factory=list, repr=False)
-    _ids: dict[FeatureKey, int] = field(default_factory=dict, repr=False)
 
 
 def scan_features(
