@@ -16,8 +16,7 @@ least a report on this file can cost.
 
     python3 -m venv bench/.venv-evidently
     bench/.venv-evidently/bin/pip install 'evidently==0.7.23' 'pandas<3'  # 0.7.23 predates pandas 3
-    flock -x /work/helpers/bench.lock \
-        .venv/bin/python bench/drift_vs_evidently.py --rows 1000000 --features 10 --repeat 3 --floor
+    .venv/bin/python bench/drift_vs_evidently.py --rows 1000000 --features 10 --repeat 3 --floor
 """
 
 from __future__ import annotations
