@@ -109,10 +109,14 @@ def targets(summary: dict[str, Any], soak: dict[str, Any] | None) -> list[dict[s
         if c in bs and c in bare:  # the floor: the bare proxy itself sending one copy
             v = round(bs[c]["rps"] / bare[c]["rps"], 3)
             check(f"the bare proxy with one copy: rps x bare @{c}", v, None)
-            if c in sh:
+            if c in sh:  # re-anchored: the 0.75 applied to the floor of one copy
                 v = round(sh[c]["rps"] / bs[c]["rps"], 3)
-                check(f"one shadow 100% rps >= 0.9x the bare proxy with one copy @{c}", v,
-                      v >= 0.9)
+                check(f"one shadow 100% rps >= 0.75x the bare proxy with one copy @{c}", v,
+                      v >= 0.75)
+                if c in pt:  # what adding the shadow costs each, as a share of pass-through
+                    v = round((sh[c]["rps"] / pt[c]["rps"]) / (bs[c]["rps"] / bare[c]["rps"]), 3)
+                    check(f"a shadow's cost: (shadow / pass-through) over (bare with one copy"
+                          f" / bare) @{c}, >= 1 costs no more than the floor's", v, None)
         bi = summary.get("bare_ids", {})
         if c in bi and c in bare and bare[c]["cpu_us_per_call"].get("sidecar"):
             v = bi[c]["cpu_us_per_call"].get("sidecar", 0) / bare[c]["cpu_us_per_call"]["sidecar"]
@@ -124,9 +128,11 @@ def targets(summary: dict[str, Any], soak: dict[str, Any] | None) -> list[dict[s
             if floor and base:
                 check(f"the contract's floor: CPU per call x bare @{c}", round(floor / base, 3),
                       None)
-            if floor and c in pt:
+            if floor and c in pt:  # re-anchored: the contract's own cost is the floor
                 v = round(pt[c]["cpu_us_per_call"].get("sidecar", 0) / floor, 3)
                 check(f"sidecar CPU per call <= 1.15x the contract's floor @{c}", v, v <= 1.15)
+                v = round(pt[c]["rps"] / bc[c]["rps"], 3)
+                check(f"pass-through rps >= 0.9x the contract's floor @{c}", v, v >= 0.9)
     if "1" in pt and "1" in bare:
         d = round(pt["1"]["p50_ms"] - bare["1"]["p50_ms"], 3)
         check("added p50 @1 <= bare's + 0.1 ms (p50 minus bare p50, ms)", d, d <= 0.1)
