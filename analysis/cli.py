@@ -342,7 +342,8 @@ def _spark_report(args: argparse.Namespace, source_kind: str | None, color: bool
         if args.db:
             raise EngineUnsupported("--engine spark reads a fleet export (--parquet DIR) or an "
                                     "analyst table (--input FILE); a DuckDB file (--db) is "
-                                    "read by --engine duckdb")
+                                    "read by --engine duckdb, or exported first with "
+                                    f"'sidecar export --db {args.db} --dir DIR'")
         session = spark_session(args.spark_master, args.memory_limit)
         engine = spark_engine(session, parquet=args.parquet, table=args.input, kind=source_kind)
         text = render_report(None, args, color, engine)

@@ -456,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd.add_argument("--notify", action="store_true", help="send fired ones to the webhook")
     check_cmd.set_defaults(func=_cmd_check)
 
+    from sidecar.export.command import add_export_parser
+
+    add_export_parser(sub)
+
     try:
         from analysis.cli import add_report_parser
     except ImportError:  # analysis is optional for a serving-only install
