@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -104,6 +104,10 @@ class FieldDiffReport:
 class _Field:
     name: str  # the field path as users write it (sidecar.codecs.fieldpath syntax)
     jpath: str  # the DuckDB JSON path; '[*]' makes json_extract return a list
+
+
+#: One route's pairs and its note (too many fields), from the route and its parameters.
+RoutePairs = Callable[[str, dict[str, Any]], tuple[list[FieldPair], str | None]]
 
 
 def _key(key: str) -> str:
@@ -214,12 +218,8 @@ def analyze_field_diff(
         "alpha": alpha, "since": since, "until": until, "max_fields": max_fields,
     }
     columns = relation_columns(con, "calls")
-    if not columns:
-        return FieldDiffReport((), params, "the source has no calls table")
-    if "response_json" not in columns:
-        return FieldDiffReport((), params, "calls has no response_json (no JSON codec used)")
-    if (since or until) and "ts" not in columns:
-        raise AnalysisSourceError("since/until need a ts column in calls")
+    if (empty := no_fields_source(columns, params)) is not None:
+        return empty
     where = time_filter(since, until) if since or until else "TRUE"
     if route is not None:
         where += f" AND route = {sql_quote(route)}"
@@ -239,16 +239,41 @@ def analyze_field_diff(
     settings = newest_route_configs(con)  # read once for replicas and ignore_fields
     replicas = replica_rule(con, where, settings)
     configured = _ignore_fields(settings) if ignore is None else {}
-    pairs: list[FieldPair] = []
-    notes: list[str] = []
     # Issue 20.1: a stream's fields are compared message by message (analysis.stream_diff).
     streamed = {r for r in stream_routes(con) if route is None or r == route}
-    for name in sorted(set(routes) | streamed):
-        globs = list(ignore) if ignore is not None else configured.get(name, [])
+
+    def route_pairs(name: str, route_params: dict[str, Any]) -> tuple[list[FieldPair], str | None]:
         route_base = stream_field_base(where, name, primary) if name in streamed else base
-        built, note = _route_pairs(
-            con, route_base, primary, name, {**params, "ignore": globs}, replicas
-        )
+        return _route_pairs(con, route_base, primary, name, route_params, replicas)
+
+    return fields_report(set(routes) | streamed, streamed, params, configured, route_pairs,
+                         scope.to_dict())
+
+
+def no_fields_source(columns: set[str], params: dict[str, Any]) -> FieldDiffReport | None:
+    """The empty report of a calls table without decoded answers (None: the report can run);
+    since/until without a ``ts`` column is an error."""
+    if not columns:
+        return FieldDiffReport((), params, "the source has no calls table")
+    if "response_json" not in columns:
+        return FieldDiffReport((), params, "calls has no response_json (no JSON codec used)")
+    if (params["since"] or params["until"]) and "ts" not in columns:
+        raise AnalysisSourceError("since/until need a ts column in calls")
+    return None
+
+
+def fields_report(
+    routes: Iterable[str], streamed: Container[str], params: dict[str, Any],
+    configured: dict[str, list[str]], route_pairs: RoutePairs, versions: dict[str, Any],
+) -> FieldDiffReport:
+    """The report from each route's pairs, as both engines assemble it: a route's ignored
+    globs are ``params["ignore"]`` or else its configured ``ignore_fields``, a streamed
+    route's pairs carry :data:`STREAM_FIELDS_NOTE`, and the routes' notes are the message."""
+    pairs: list[FieldPair] = []
+    notes: list[str] = []
+    for name in sorted(routes):
+        globs = params["ignore"] if params["ignore"] is not None else configured.get(name, [])
+        built, note = route_pairs(name, {**params, "ignore": list(globs)})
         if name in streamed:
             built = [replace(p, message=p.message or STREAM_FIELDS_NOTE) for p in built]
         pairs.extend(built)
@@ -257,7 +282,7 @@ def analyze_field_diff(
     message = "; ".join(notes) or None
     if not pairs:
         message = message or "no primary/shadow pair has a decoded response on both sides"
-    return FieldDiffReport(tuple(pairs), params, message, scope.to_dict())
+    return FieldDiffReport(tuple(pairs), params, message, versions)
 
 
 def _ignore_fields(routes: dict[str, dict[str, Any]]) -> dict[str, list[str]]:

@@ -35,14 +35,15 @@ from analysis.engine import Engine, EngineUnsupported
 from analysis.experiment_engine import _kept, _time_bounds, scope_engine
 from analysis.field_diff import (
     FieldDiffReport,
+    FieldPair,
     _Field,
     _ignore_fields,
     analyze_field_diff,
     field_pairs,
+    fields_report,
+    no_fields_source,
     select_fields,
 )
-from analysis.load import AnalysisSourceError
-from analysis.stream_diff import STREAM_FIELDS_NOTE
 
 if TYPE_CHECKING:
     import ibis.expr.types as ir
@@ -72,12 +73,8 @@ def analyze_field_diff_engine(
         "alpha": alpha, "since": since, "until": until, "max_fields": max_fields,
     }
     columns = engine.columns("calls") if engine.has("calls") else set()
-    if not columns:
-        return FieldDiffReport((), params, "the source has no calls table")
-    if "response_json" not in columns:
-        return FieldDiffReport((), params, "calls has no response_json (no JSON codec used)")
-    if (since or until) and "ts" not in columns:
-        raise AnalysisSourceError("since/until need a ts column in calls")
+    if (empty := no_fields_source(columns, params)) is not None:
+        return empty
     version_found = str(getattr(engine.session, "version", "4"))
     if int(version_found.split(".")[0]) < 4:  # pyspark 3.5 is allowed for the other reports
         raise EngineUnsupported(f"the fields report on Spark needs Spark 4.0 or later (its "
@@ -114,26 +111,15 @@ def analyze_field_diff_engine(
                        _stream_base(engine, calls, cond, primary, shadow_role))
     replicas = _replica_rule(engine, calls, cond)
     configured = _ignore_fields(route_configs(engine)) if ignore is None else {}
-    pairs = []
-    notes: list[str] = []
-    for name in sorted(routes | streamed):
-        globs = list(ignore) if ignore is not None else configured.get(name, [])
-        view = stream if name in streamed and stream is not None else plain
-        found, note = select_fields(_structure(engine, view, name), name,
-                                    {**params, "ignore": globs})
-        rows = _counts(engine, view, name, found, atol, rtol)
-        built = field_pairs(name, found, rows, replicas, alpha)
-        if name in streamed:
-            from dataclasses import replace
 
-            built = [replace(p, message=p.message or STREAM_FIELDS_NOTE) for p in built]
-        pairs.extend(built)
-        if note:
-            notes.append(note)
-    message = "; ".join(notes) or None
-    if not pairs:
-        message = message or "no primary/shadow pair has a decoded response on both sides"
-    return FieldDiffReport(tuple(pairs), params, message, scope.to_dict())
+    def route_pairs(name: str, route_params: dict[str, Any]) -> tuple[list[FieldPair], str | None]:
+        view = stream if name in streamed and stream is not None else plain
+        found, note = select_fields(_structure(engine, view, name), name, route_params)
+        rows = _counts(engine, view, name, found, atol, rtol)
+        return field_pairs(name, found, rows, replicas, alpha), note
+
+    return fields_report(routes | streamed, streamed, params, configured, route_pairs,
+                         scope.to_dict())
 
 
 def _stream_base(engine: Engine, calls: ir.Table, cond: ir.BooleanValue,
