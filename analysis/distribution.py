@@ -20,6 +20,7 @@ __all__ = [
     "compare_distributions",
     "population_stability_index",
     "sort_with_ranks",
+    "sorted_ks_shift",
     "spearman",
     "spearman_sorted",
     "wilson_interval",
@@ -70,22 +71,32 @@ def compare_distributions(
     psi = population_stability_index(expected, actual)
     # A constant sample's np.std can be a few ulps above 0; min == max is the exact test.
     spread = 0.0 if expected.min() == expected.max() else float(np.std(expected))
-    if max(expected.size, actual.size) <= SCIPY_MAX_N:
-        with warnings.catch_warnings():
-            # scipy falls back to its asymptotic p-value by itself and says so; the
-            # report's figure is that fallback (its documented behaviour), not an error.
-            warnings.filterwarnings("ignore", "ks_2samp: Exact calculation unsuccessful",
-                                    RuntimeWarning)
-            ks = stats.ks_2samp(expected, actual)
-        ks_stat, ks_p = float(ks.statistic), float(ks.pvalue)
-        distance = float(stats.wasserstein_distance(expected, actual)) if spread > 0 else 0.0
-    else:
-        ks_stat, distance = _merged_ks_wasserstein(
-            expected if presorted else np.sort(expected), actual if presorted else np.sort(actual)
-        )
-        big, small = sorted((float(expected.size), float(actual.size)), reverse=True)
-        # scipy's asymptotic branch of ks_2samp (taken there for more than 10000 values).
-        ks_p = float(np.clip(stats.kstwo.sf(ks_stat, np.round(big * small / (big + small))), 0, 1))
+    if max(expected.size, actual.size) > SCIPY_MAX_N:
+        return sorted_ks_shift(expected if presorted else np.sort(expected),
+                               actual if presorted else np.sort(actual), psi, spread)
+    with warnings.catch_warnings():
+        # scipy falls back to its asymptotic p-value by itself and says so; the
+        # report's figure is that fallback (its documented behaviour), not an error.
+        warnings.filterwarnings("ignore", "ks_2samp: Exact calculation unsuccessful",
+                                RuntimeWarning)
+        ks = stats.ks_2samp(expected, actual)
+    distance = float(stats.wasserstein_distance(expected, actual)) if spread > 0 else 0.0
+    return _shift(psi, float(ks.statistic), float(ks.pvalue), distance, spread)
+
+
+def sorted_ks_shift(expected: np.ndarray, actual: np.ndarray, psi: float,
+                    spread: float) -> DistributionShift:
+    """The shift of two sorted samples above :data:`SCIPY_MAX_N`: KS and Wasserstein by one
+    merge, the KS p-value scipy's asymptotic branch of ``ks_2samp`` (taken there for more
+    than 10000 values); ``psi`` and ``spread`` (std of ``expected``) as computed."""
+    ks_stat, distance = _merged_ks_wasserstein(expected, actual)
+    big, small = sorted((float(expected.size), float(actual.size)), reverse=True)
+    ks_p = float(np.clip(stats.kstwo.sf(ks_stat, np.round(big * small / (big + small))), 0, 1))
+    return _shift(psi, ks_stat, ks_p, distance, spread)
+
+
+def _shift(psi: float, ks_stat: float, ks_p: float, distance: float,
+           spread: float) -> DistributionShift:
     if spread > 0:
         return DistributionShift(psi, ks_stat, ks_p, distance / spread)
     return DistributionShift(psi, ks_stat, ks_p, None,

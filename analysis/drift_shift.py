@@ -17,8 +17,8 @@ from analysis.distribution import (
     PSI_QUANTILES,
     SCIPY_MAX_N,
     DistributionShift,
-    _merged_ks_wasserstein,
     compare_distributions,
+    sorted_ks_shift,
 )
 
 __all__ = ["sorted_histogram", "sorted_shift"]
@@ -28,19 +28,9 @@ def sorted_shift(expected: np.ndarray, actual: np.ndarray) -> DistributionShift:
     """``compare_distributions(expected, actual, presorted=True)`` for sorted, finite samples."""
     if expected.size == 0 or actual.size == 0 or max(expected.size, actual.size) <= SCIPY_MAX_N:
         return compare_distributions(expected, actual, presorted=True)
-    from scipy import stats
-
-    psi = _psi(expected, actual)
     # A constant sample's np.std can be a few ulps above 0; min == max is the exact test.
     spread = 0.0 if expected[0] == expected[-1] else float(np.std(expected))
-    ks_stat, distance = _merged_ks_wasserstein(expected, actual)
-    big, small = sorted((float(expected.size), float(actual.size)), reverse=True)
-    # scipy's asymptotic branch of ks_2samp, as compare_distributions takes it.
-    ks_p = float(np.clip(stats.kstwo.sf(ks_stat, np.round(big * small / (big + small))), 0, 1))
-    if spread > 0:
-        return DistributionShift(psi, ks_stat, ks_p, distance / spread)
-    return DistributionShift(psi, ks_stat, ks_p, None,
-                             "wasserstein is undefined: the reference sample is constant")
+    return sorted_ks_shift(expected, actual, _psi(expected, actual), spread)
 
 
 def sorted_histogram(ordered: np.ndarray, edges: np.ndarray) -> np.ndarray:
