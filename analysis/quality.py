@@ -305,8 +305,15 @@ def _regression(r: dict[str, Any]) -> ModelQuality:
 
 def _binary(r: dict[str, Any], pred: np.ndarray, y: np.ndarray,
             bins: list[dict[str, Any]]) -> ModelQuality:
+    return binary_quality(r, *auc_delong(pred, y), bins)
+
+
+def binary_quality(r: dict[str, Any], auc: float | None, se: float | None,
+                   bins: list[dict[str, Any]]) -> ModelQuality:
+    """A binary model's figures from its row of sums (``n``, ``positives``, ``n_bad``, the
+    losses' means and variances), its AUC and DeLong SE and its reliability bins; both
+    engines' rows come here."""
     n, positives, n_bad = int(r["n"]), int(r["positives"]), int(r["n_bad"])
-    auc, se = auc_delong(pred, y)
     probabilistic = n_bad == 0
     notes = [text for broken, text in (
         (auc is None, "only one class among the outcomes: AUC undefined"),
@@ -386,12 +393,21 @@ def _paired_t(route: str, primary: str, shadow: str, name: str, n: int, p_mean: 
 
 def _paired_auc(route: str, primary: str, shadow: str, ps: np.ndarray, ss: np.ndarray,
                 y: np.ndarray) -> PairedTest:
+    one_class = bool((y == 1).all() or (y == 0).all())
+    return paired_auc_test(route, primary, shadow, int(y.size),
+                           None if one_class else paired_auc_delong(ps, ss, y))
+
+
+def paired_auc_test(route: str, primary: str, shadow: str, n: int,
+                    aucs: tuple[float, float, float | None] | None) -> PairedTest:
+    """The paired DeLong test from (AUC primary, AUC shadow, SE of the difference), None
+    when the outcomes have one class; both engines' figures come here."""
     head: tuple[str, str, str, str, Literal["paired DeLong"], int] = (
-        route, primary, shadow, "auc", "paired DeLong", int(y.size))
-    if (y == 1).all() or (y == 0).all():
+        route, primary, shadow, "auc", "paired DeLong", n)
+    if aucs is None:
         return PairedTest(*head, None, None, None, None, None, None,
                           "only one class among the outcomes")
-    a_p, a_s, se = paired_auc_delong(ps, ss, y)
+    a_p, a_s, se = aucs
     if se is None:
         return PairedTest(*head, a_p, a_s, a_s - a_p, None, None, None,
                           "the AUC difference has no variance")

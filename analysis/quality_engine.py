@@ -15,10 +15,9 @@ or pair come back, whatever the number of requests.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import stats
 
 from analysis.auc_engine import auc_sums, paired_auc_sums
 from analysis.engine import Engine
@@ -30,15 +29,14 @@ from analysis.quality import (
     _LOSSES,
     _UNITS,
     _WINDOW,
-    _Z,
     Kind,
     ModelQuality,
     PairedTest,
     QualityReport,
-    _base,
-    _ci,
     _paired_t,
     _regression,
+    binary_quality,
+    paired_auc_test,
 )
 from analysis.stats import finite_or_none
 
@@ -186,32 +184,9 @@ def _models(engine: Engine, one: ir.Table, kind: Kind, width: int | None) -> lis
     for r in records:
         key = tuple(r[k] for k in _KEYS)
         r["bucket"] = _bucket_time(r["bucket"], width)
-        out.append(_binary(r, aucs.get(key), bins.get(key, [])))
+        auc, se = aucs.get(key) or (None, None)
+        out.append(binary_quality(r, auc, se, bins.get(key, [])))
     return out
-
-
-def _binary(r: dict[str, Any], auc: tuple[float | None, float | None] | None,
-            bins: list[dict[str, Any]]) -> ModelQuality:
-    """:func:`analysis.quality._binary` from the engine's AUC and DeLong SE."""
-    n, positives, n_bad = int(r["n"]), int(r["positives"]), int(r["n_bad"])
-    auc_value, se = auc if auc is not None else (None, None)
-    probabilistic = n_bad == 0
-    notes = [text for broken, text in (
-        (auc_value is None, "only one class among the outcomes: AUC undefined"),
-        (auc_value is not None and se is None, "a class has a single request: no AUC interval"),
-        (n_bad > 0, f"{n_bad} scores outside [0, 1]: log loss, Brier and ECE need probabilities"),
-        (n < 2, "fewer than two labelled requests: no intervals")) if broken]
-    auc_ci = None if auc_value is None or se is None else (
-        max(auc_value - _Z * se, 0.0), min(auc_value + _Z * se, 1.0))
-    ll = finite_or_none(r["m_ll"]) if probabilistic else None
-    br = finite_or_none(r["m_br"]) if probabilistic else None
-    bins = bins if probabilistic else []
-    ece = sum(b["n"] / n * abs(b["observed"] - b["mean_score"]) for b in bins) if bins else None
-    return ModelQuality(
-        **_base(r), positives=positives, auc=auc_value, auc_se=se, auc_ci=auc_ci,
-        log_loss=ll, log_loss_ci=_ci(ll, finite_or_none(r["v_ll"]), n),
-        brier=br, brier_ci=_ci(br, finite_or_none(r["v_br"]), n),
-        ece=ece, reliability=tuple(bins), message="; ".join(notes) or None)
 
 
 def _reliability(engine: Engine, t: ir.Table) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
@@ -264,16 +239,8 @@ def _comparisons(engine: Engine, one: ir.Table, kind: Kind) -> list[PairedTest]:
 def _paired_auc(route: str, primary: str, shadow: str, n: int,
                 fig: tuple[int, float, float, float | None] | None) -> PairedTest:
     """:func:`analysis.quality._paired_auc` from the engine's sums."""
-    head: tuple[str, str, str, str, Literal["paired DeLong"], int] = (
-        route, primary, shadow, "auc", "paired DeLong", n)
     if fig is None or fig[0] in (0, n):
-        return PairedTest(*head, None, None, None, None, None, None,
-                          "only one class among the outcomes")
+        return paired_auc_test(route, primary, shadow, n, None)
     _, a_p, a_s, var = fig
     se = float(np.sqrt(var)) if var is not None and var > 1e-300 else None
-    if se is None:
-        return PairedTest(*head, a_p, a_s, a_s - a_p, None, None, None,
-                          "the AUC difference has no variance")
-    z = (a_s - a_p) / se
-    return PairedTest(*head, a_p, a_s, a_s - a_p, (a_s - a_p - _Z * se, a_s - a_p + _Z * se), z,
-                      float(2 * stats.norm.sf(abs(z))))
+    return paired_auc_test(route, primary, shadow, n, (a_p, a_s, se))
