@@ -12,7 +12,6 @@ numbers per (route, step, arm). Latency quantiles are exact order statistics
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from analysis.engine import Engine
 from analysis.experiment_engine import _finite, _kept, _time_bounds, scope_engine
 from analysis.exposure import CANARY_EXPERIMENT
 from analysis.load import parse_time
+from analysis.noise_floor import routes_by_match
 from analysis.significance import DEFAULT_ALPHA
 
 if TYPE_CHECKING:
@@ -41,18 +41,7 @@ def route_configs(engine: Engine) -> dict[str, dict[str, Any]]:
     # newest first, NULLs last (DuckDB's ORDER BY ts DESC NULLS LAST; both sorts stable)
     rows.sort(key=lambda r: r["ts"] or datetime.min, reverse=True)
     rows.sort(key=lambda r: r["ts"] is None)
-    found: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        try:
-            config = json.loads(row["config_json"]) if isinstance(row["config_json"], str) else {}
-        except ValueError:
-            continue
-        routes = config.get("routes") if isinstance(config, dict) else None
-        for route in routes or []:
-            match = route.get("match") if isinstance(route, dict) else None
-            if isinstance(match, str) and match not in found:
-                found[match] = route
-    return found
+    return routes_by_match(row["config_json"] for row in rows)
 
 
 def _steps(engine: Engine) -> tuple[ir.Table, ir.Table]:

@@ -9,7 +9,7 @@ the same version, else the route's primary), never with whichever backend served
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +32,15 @@ def newest_route_configs(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, 
     """Each route's settings (by match) from the newest ``configs`` row naming the route."""
     if "config_json" not in relation_columns(con, "configs"):
         return {}
-    found: dict[str, dict[str, Any]] = {}
     rows = con.execute("SELECT config_json FROM configs ORDER BY ts DESC NULLS LAST").fetchall()
-    for (text,) in rows:
+    return routes_by_match(text for (text,) in rows)
+
+
+def routes_by_match(texts: Iterable[object]) -> dict[str, dict[str, Any]]:
+    """Each route's settings (by match) from the first of ``texts`` (config JSON, newest
+    first) naming the route; a text that is not JSON is passed over."""
+    found: dict[str, dict[str, Any]] = {}
+    for text in texts:
         try:
             config = json.loads(text) if isinstance(text, str) else {}
         except ValueError:
