@@ -7,6 +7,7 @@ compute the same figures as Ibis expressions for ``--engine spark``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "stream_field_base",
     "stream_routes",
     "vector_tolerance",
+    "with_streams",
 ]
 
 VECTOR_NOTE = (
@@ -229,7 +231,13 @@ def attach_streams(
     segment), and whether any pair has some."""
     if not has_streams(con):
         return pairs, False
-    figures = stream_divergence(con, calls_where, primary, atol, rtol)
+    return with_streams(pairs, stream_divergence(con, calls_where, primary, atol, rtol))
+
+
+def with_streams(pairs: list[Any], figures: Mapping[tuple[Any, Any, Any], dict[str, Any]],
+                 ) -> tuple[list[Any], bool]:
+    """``pairs`` with the ``streams`` figures of their (route, primary, shadow), pairs split
+    by segment left without, and whether any pair has some (both engines' last step)."""
     out, found = [], False
     for pair in pairs:
         fig = None if pair.segment is not None else figures.get(

@@ -11,10 +11,10 @@ shadow).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from analysis.engine import Engine
+from analysis.stream_diff import with_streams
 from analysis.vector_engine import vector_out
 
 if TYPE_CHECKING:
@@ -140,11 +140,4 @@ def attach_streams_engine(
     if not engine.has("stream_messages"):
         return pairs, False
     figures = stream_divergence_engine(engine, calls, cond, primary, shadow_role, atol, rtol)
-    out, found = [], False
-    for pair in pairs:
-        fig = None if pair.segment is not None else figures.get(
-            (pair.route, pair.primary, pair.shadow))
-        if fig is not None:
-            pair, found = replace(pair, streams=fig), True
-        out.append(pair)
-    return out, found
+    return with_streams(pairs, figures)
