@@ -1,4 +1,5 @@
-"""Fixtures shared by the analysis tests: one local Spark session for every engine test."""
+"""Fixtures shared by the analysis tests: one local Spark session for every engine test, and
+the fleet export the engine tests read."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,19 @@ def _java() -> None:
     assert java, "java is not installed: Spark tests need Java 17 (.ci/run installs it)"
     out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
+
+
+def export_fleet(db: Path, root: Path) -> Path:
+    """The recorded file ``db`` exported as the fleet layout by the sidecar's own exporter,
+    into ``root/export`` (several segments, so the engines read more than one file)."""
+    import duckdb
+
+    from sidecar.export.exporter import SegmentExporter
+    from sidecar.export.settings import ExportConfig
+
+    settings = ExportConfig(dir=str(root / "export"), replica="r1", segment_rows=1500)
+    SegmentExporter(settings, lambda: duckdb.connect(str(db)), str(db)).export_once()
+    return root / "export"
 
 
 @pytest.fixture(scope="session")

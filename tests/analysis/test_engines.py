@@ -23,8 +23,7 @@ from analysis.cli import main
 from analysis.engine import duckdb_engine, spark_engine, spark_memory
 from analysis.experiment import analyze_experiments
 from analysis.load import AnalysisSourceError, open_source
-from sidecar.export.exporter import SegmentExporter
-from sidecar.export.settings import ExportConfig
+from tests.analysis.conftest import export_fleet
 from tests.analysis.report_data import build_showcase
 
 RTOL = 1e-9
@@ -40,10 +39,7 @@ pytestmark = [
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The showcase recorded file exported as the fleet layout by the real exporter."""
     root = tmp_path_factory.mktemp("fleet")
-    db = build_showcase(root / "showcase.duckdb")
-    settings = ExportConfig(dir=str(root / "export"), replica="r1", segment_rows=1500)
-    SegmentExporter(settings, lambda: duckdb.connect(str(db)), str(db)).export_once()
-    return root / "export"
+    return export_fleet(build_showcase(root / "showcase.duckdb"), root)
 
 
 def assert_same(a: Any, b: Any, where: str = "$") -> None:

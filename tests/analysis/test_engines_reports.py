@@ -23,8 +23,7 @@ import pytest
 from analysis.cli import main
 from analysis.engine import duckdb_engine, spark_engine
 from analysis.load import open_source
-from sidecar.export.exporter import SegmentExporter
-from sidecar.export.settings import ExportConfig
+from tests.analysis.conftest import export_fleet
 from tests.analysis.report_data import T0, build_showcase
 from tests.analysis.test_engines import assert_same
 
@@ -183,10 +182,7 @@ def build_reports_data(path: Path) -> Path:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The extended showcase exported as the fleet layout by the real exporter."""
     root = tmp_path_factory.mktemp("fleet_reports")
-    db = build_reports_data(root / "showcase.duckdb")
-    settings = ExportConfig(dir=str(root / "export"), replica="r1", segment_rows=1500)
-    SegmentExporter(settings, lambda: duckdb.connect(str(db)), str(db)).export_once()
-    return root / "export"
+    return export_fleet(build_reports_data(root / "showcase.duckdb"), root)
 
 
 def _strip(report: dict[str, Any]) -> dict[str, Any]:
