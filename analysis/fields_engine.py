@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 from analysis.canary_engine import route_configs
 from analysis.divergence_engine import _replica_rule
 from analysis.engine import Engine, EngineUnsupported
-from analysis.experiment_engine import _kept, _time_bounds, scope_engine
 from analysis.field_diff import (
     FieldDiffReport,
     FieldPair,
@@ -44,6 +43,7 @@ from analysis.field_diff import (
     no_fields_source,
     select_fields,
 )
+from analysis.pair_scope import shadow_scope
 
 if TYPE_CHECKING:
     import ibis.expr.types as ir
@@ -79,16 +79,9 @@ def analyze_field_diff_engine(
     if int(version_found.split(".")[0]) < 4:  # pyspark 3.5 is allowed for the other reports
         raise EngineUnsupported(f"the fields report on Spark needs Spark 4.0 or later (its "
                                 f"VARIANT functions); this is Spark {version_found}")
-    import ibis
-
     calls = engine.table("calls")
-    cond = _time_bounds(calls, since, until)
-    if route is not None:
-        cond &= calls.route == ibis.literal(route, type="string")
-    shadow_role = calls.role.isin(["shadow", "replay"])
-    scope = scope_engine(engine, "calls", cond & shadow_role, version=version,
-                         all_versions=all_versions)
-    cond &= _kept(calls, scope)
+    cond, shadow_role, scope = shadow_scope(engine, calls, since, until, route, version,
+                                            all_versions)
     primary = calls.role == "primary"
     if "served" in columns:
         primary |= calls.served & calls.role.isin(["variant", "stable", "canary"])
