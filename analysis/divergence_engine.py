@@ -27,12 +27,13 @@ from analysis.divergence import (
     _build_pair,
 )
 from analysis.engine import Engine
-from analysis.experiment_engine import _finite, _kept, _time_bounds, scope_engine
+from analysis.experiment_engine import _finite
 from analysis.identical import with_identical
 from analysis.load import AnalysisSourceError
 from analysis.models import label
 from analysis.noise_floor import ReplicaRule
 from analysis.operations import CDF_POINTS, Operations
+from analysis.pair_scope import shadow_scope
 from analysis.stats import finite_or_none
 from analysis.stream_diff import STREAM_NOTE
 from analysis.stream_engine import attach_streams_engine
@@ -52,20 +53,14 @@ def analyze_divergence_engine(
     segment: str | None = None, version: str | None = None, all_versions: bool = False,
 ) -> DivergenceReport:
     """:func:`analysis.divergence.analyze_divergence` with its row work in ``engine``."""
-    import ibis
 
     params = {"since": since, "until": until, "route": route, "atol": atol, "rtol": rtol,
               "segment": segment, "version": version, "all_versions": all_versions}
     if not engine.has("calls"):
         return DivergenceReport((), params, "the source has no calls table")
     calls = engine.table("calls")
-    cond = _time_bounds(calls, since, until)
-    if route is not None:
-        cond &= calls.route == ibis.literal(route, type="string")
-    shadow_role = calls.role.isin(["shadow", "replay"])
-    scope = scope_engine(engine, "calls", cond & shadow_role, version=version,
-                         all_versions=all_versions)
-    cond &= _kept(calls, scope)
+    cond, shadow_role, scope = shadow_scope(engine, calls, since, until, route, version,
+                                            all_versions)
     notes: tuple[str, ...] = (*NOTES, scope.note)
     primary = (calls.role == "primary") | (
         calls.served & calls.role.isin(["variant", "stable", "canary"]))

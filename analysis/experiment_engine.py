@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from analysis.engine import Engine, EngineUnsupported
+from analysis.engine import Engine
 from analysis.exposure import (
     CANARY_EXPERIMENT,
     INPUT_TABLE,
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import ibis.expr.types as ir
 
 __all__ = [
-    "exposed_condition", "gather_engine", "newest_config_json", "refuse_canaries", "scope_engine",
+    "exposed_condition", "gather_engine", "newest_config_json", "scope_engine",
     "table_columns",
 ]
 
@@ -347,15 +347,3 @@ def _assemble(rows: list[dict[str, Any]], metrics: Sequence[str],
                 int(row[f"rn_{j}"] or 0), y, y2, x, x2, xy, shifts[metrics[a]][0],
                 shifts[metrics[b]][0])
     return g
-
-
-
-def refuse_canaries(engine: Engine) -> None:
-    """The canary readout runs on DuckDB only: an engine without it refuses recorded canary
-    decisions rather than leave them out of the report unsaid."""
-    r = engine.table("requests")
-    found = engine.scalar(r.filter(r.experiment == CANARY_EXPERIMENT).count())
-    if found:
-        raise EngineUnsupported(
-            f"the canary readout runs on --engine duckdb only ({found} canary request(s) in "
-            "this source); read the export with --engine duckdb --parquet DIR")
