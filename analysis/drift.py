@@ -21,6 +21,7 @@ from analysis.distribution import SCIPY_MAX_N
 from analysis.drift_scan import WINDOWS, FeatureValues, ScannedFeatures, scan_features
 from analysis.drift_shift import sorted_histogram, sorted_shift
 from analysis.load import (
+    VersionScope,
     parse_time,
     relations,
     sql_quote,
@@ -196,12 +197,21 @@ def analyze_drift(
     cur = _window(current, defaults[1])
     scanned = scan_features(con, route_sql, ref, cur)
     n_requests = scanned.n_requests
-    features = _features(scanned, ranges)
-    features = [_judge(f, method, threshold) for f in features]
+    return drift_report(_features(scanned, ranges), method, threshold, ref, cur, n_requests,
+                        notes, scope)
+
+
+def drift_report(features: list[FeatureDrift], method: DriftMethod, threshold: float | None,
+                 ref: Window, cur: Window,
+                 n_requests: dict[str, dict[str, int]], notes: tuple[str, ...],
+                 scope: VersionScope) -> DriftReport:
+    """The report from each feature's figures, either engine's: judged by ``method``, with
+    the two windows and their request counts."""
+    judged = [_judge(f, method, threshold) for f in features]
     windows = [{"since": w[0], "until": w[1], "n": n_requests.get(k, {})}
                for k, w in (("reference", ref), ("current", cur))]
-    message = None if features else "no feature values in the two windows"
-    return DriftReport(windows[0], windows[1], tuple(features), message, notes,
+    message = None if judged else "no feature values in the two windows"
+    return DriftReport(windows[0], windows[1], tuple(judged), message, notes,
                        scope.to_dict())
 
 

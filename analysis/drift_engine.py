@@ -22,10 +22,10 @@ from analysis.drift import (
     _categorical_shift,
     _flags,
     _js,
-    _judge,
     _notes,
     _window,
     check_drift_options,
+    drift_report,
     feature_counts,
 )
 from analysis.engine import Engine
@@ -77,13 +77,8 @@ def analyze_drift_engine(
     for row in engine.rows(req.aggregate(by=["win", "route"], n=req.count())):
         n_requests.setdefault(str(row["win"]), {})[str(row["route"])] = int(row["n"])
     rows = _elements(req)
-    features = _features(engine, rows, n_requests, ranges)
-    features = [_judge(f, method, threshold) for f in features]
-    windows = [{"since": w[0], "until": w[1], "n": n_requests.get(k, {})}
-               for k, w in (("reference", ref), ("current", cur))]
-    message = None if features else "no feature values in the two windows"
-    return DriftReport(windows[0], windows[1], tuple(features), message, notes,
-                       scope.to_dict())
+    return drift_report(_features(engine, rows, n_requests, ranges), method, threshold, ref,
+                        cur, n_requests, notes, scope)
 
 
 def _elements(req: ir.Table) -> ir.Table:
