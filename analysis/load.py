@@ -469,8 +469,11 @@ def pick_versions(
     routes: dict[str, dict[str, list[str | None]]] = {}
     keep: list[tuple[str | None, str | None]] = []
     for route, found in sorted(by_route.items(), key=lambda kv: (kv[0] is None, kv[0] or "")):
-        # Versioned rows beat unversioned ones; then the latest acceptance or first row.
-        found.sort(key=lambda f: (f[0] is not None, f[1] or f[2] or datetime.min),
+        # Versioned rows beat unversioned ones; then the latest acceptance or first row; at
+        # the same instant a recorded acceptance beats a first row, then the larger name (the
+        # rows come in no set order: without these a tie picked by chance).
+        found.sort(key=lambda f: (f[0] is not None, f[1] or f[2] or datetime.min,
+                                  f[1] is not None, str(f[0] or "")),
                    reverse=True)
         versions = [f[0] for f in found]
         if all_versions:

@@ -180,3 +180,26 @@ def test_parse_time_and_filter() -> None:
     con.execute("CREATE TABLE t AS SELECT unnest(?::TIMESTAMP[]) AS ts", [ts])
     kept = con.execute(f"SELECT count(*) FROM t WHERE {condition}").fetchone()
     assert kept == (2,)
+
+
+def test_the_newest_version_is_picked_the_same_whatever_the_row_order() -> None:
+    """A version accepted (configs) at the instant another's first row was recorded: the
+    pick must not depend on the order the engine returns the rows in (it did: the fields
+    report of test_pairing's data kept the older version about one run in six)."""
+    from datetime import datetime
+
+    from analysis.load import pick_versions
+
+    at = datetime(2025, 12, 31)
+    accepted = ("/r", "c1", at, datetime(2026, 1, 1))
+    inferred = ("/r", "c0", None, at)  # no configs row: its first call's time
+    other = ("/r", "b9", None, at)
+    picks = set()
+    for rows in ([accepted, inferred, other], [inferred, other, accepted],
+                 [other, accepted, inferred]):
+        scope = pick_versions(rows, version=None, all_versions=False)
+        picks.add(tuple(scope.routes["/r"]["kept"]))
+    assert picks == {("c1",)}
+    ties = {tuple(pick_versions(rows, version=None, all_versions=False).routes["/r"]["kept"])
+            for rows in ([inferred, other], [other, inferred])}
+    assert ties == {("c0",)}  # same instant, neither accepted: the larger name, always
