@@ -174,3 +174,47 @@ async def test_a_caller_who_cancels_a_bidi_stream_ends_the_shadows_copy(
     assert rows["primary"][0] == "CANCELLED"
     status, _, error = rows["shadow"]
     assert status == "CANCELLED" and error == CUT_DETAILS
+
+
+async def test_a_bidi_copy_past_the_shadows_cap_is_dropped_and_recorded(
+    tmp_path: Path, start_sidecar: Any, channel_to: Any,
+) -> None:
+    """The unary rules hold for every kind of stream: a copy past the shadow's
+    ``max_in_flight`` is never sent, leaves a DROPPED row and is counted, while the caller's
+    stream is served as usual."""
+    file_set, pb = build_file_set(tmp_path)
+    primary = await GenServer(file_set).start()
+    shadow = await GenServer(file_set, delay_s=1.0).start()
+    db = tmp_path / "d.duckdb"
+    try:
+        route = routes(codec_spec("descriptor", pb), (CHAT,))[0]
+        route["shadows"] = [{"backend": "s", "timeout_ms": 60_000, "max_in_flight": 1}]
+        sc = await start_sidecar({"p": primary.target, "s": shadow.target}, [route],
+                                 db_path=db, storage={"path": str(db), "flush_interval_ms": 50})
+        ch = channel_to(sc.port)
+
+        async def chat(tag: str) -> list[bytes]:
+            async def prompts() -> Any:
+                for i in range(3):
+                    yield primary.prompt(text=f"{tag}{i}", n=1).SerializeToString()
+
+            return [m async for m in ch.stream_stream(CHAT)(prompts(), timeout=30)]
+
+        first = await chat("a")  # its shadow copy takes ~3 s: the one slot stays taken
+        second = await chat("b")
+        assert len(first) == len(second) == 3
+        lane = sc.live.lane(CHAT, "s").as_dict()
+        for _ in range(1000):  # the first copy finishes in the background
+            if sc.mirror.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+        await sc.aclose()
+    finally:
+        await primary.stop()
+        await shadow.stop()
+    assert (lane["sampled"], lane["sent"], lane["dropped"]) == (2, 1, 1)
+    con = duckdb.connect(str(db), read_only=True)
+    statuses = sorted(r[0] for r in con.execute(
+        "SELECT status FROM calls WHERE role = 'shadow'").fetchall())
+    con.close()
+    assert statuses == ["DROPPED", "OK"]
