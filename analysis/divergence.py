@@ -289,21 +289,31 @@ def analyze_divergence(
     if hashes:
         pairs = with_identical(pairs, same)
     else:
-        why = ("identical rates are not split by segment" if segment is not None else
-               "the calls table has no response_hash column (recorded by an older sidecar)")
-        pairs = [replace(p, null_reasons={**p.null_reasons, "identical": why}) for p in pairs]
-    notes_found = [f"replica {sb} was mirrored on {n} request(s) served by {pb}: left out "
-                   f"(it is compared only with {', '.join(sorted(replicas.copies(r, sb)))})"
-                   for (r, sb, pb), n in sorted(skipped.items())]
-    message = None if any(p.n for p in pairs) else (
-        "no primary/shadow pair has outputs on both sides"
-    )
-    if notes_found:
-        message = "; ".join([*([message] if message else []), *notes_found])
+        pairs = without_identical(pairs, segment)
     from analysis.models import backend_labels
 
-    return DivergenceReport(tuple(pairs), params, message, notes, scope.to_dict(),
-                            backend_labels(con))
+    return DivergenceReport(tuple(pairs), params, report_message(pairs, skipped, replicas),
+                            notes, scope.to_dict(), backend_labels(con))
+
+
+def without_identical(pairs: list[PairDivergence], segment: str | None) -> list[PairDivergence]:
+    """``pairs`` saying why they have no identical-answer share (either engine)."""
+    why = ("identical rates are not split by segment" if segment is not None else
+           "the calls table has no response_hash column (recorded by an older sidecar)")
+    return [replace(p, null_reasons={**p.null_reasons, "identical": why}) for p in pairs]
+
+
+def report_message(pairs: list[PairDivergence], skipped: dict[tuple[str, str, str], int],
+                   replicas: ReplicaRule) -> str | None:
+    """The report's message: no pair with outputs, and the replica copies left out."""
+    found = [f"replica {sb} was mirrored on {n} request(s) served by {pb}: left out "
+             f"(it is compared only with {', '.join(sorted(replicas.copies(r, sb)))})"
+             for (r, sb, pb), n in sorted(skipped.items())]
+    message = None if any(p.n for p in pairs) else (
+        "no primary/shadow pair has outputs on both sides")
+    if found:
+        message = "; ".join([*([message] if message else []), *found])
+    return message
 
 
 def _segment_sql(

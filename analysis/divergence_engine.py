@@ -12,7 +12,6 @@ vectors) are :mod:`analysis.vector_engine`'s, recorded streams :mod:`analysis.st
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,8 @@ from analysis.divergence import (
     _apply_noise_floor,
     _attach_unmatched,
     _build_pair,
+    report_message,
+    without_identical,
 )
 from analysis.engine import Engine
 from analysis.experiment_engine import _finite
@@ -99,17 +100,9 @@ def analyze_divergence_engine(
     if "response_hash" in engine.columns("calls") and segment is None:
         pairs = _attach_identical(engine, calls, cond, primary, shadow_role, pairs)
     else:
-        why = ("identical rates are not split by segment" if segment is not None else
-               "the calls table has no response_hash column (recorded by an older sidecar)")
-        pairs = [replace(p, null_reasons={**p.null_reasons, "identical": why}) for p in pairs]
-    found = [f"replica {sb} was mirrored on {n} request(s) served by {pb}: left out "
-             f"(it is compared only with {', '.join(sorted(replicas.copies(r, sb)))})"
-             for (r, sb, pb), n in sorted(skipped.items())]
-    message = None if any(p.n for p in pairs) else (
-        "no primary/shadow pair has outputs on both sides")
-    if found:
-        message = "; ".join([*([message] if message else []), *found])
-    return DivergenceReport(tuple(pairs), params, message, notes, scope.to_dict(),
+        pairs = without_identical(pairs, segment)
+    return DivergenceReport(tuple(pairs), params, report_message(pairs, skipped, replicas),
+                            notes, scope.to_dict(),
                             _labels(engine))
 
 
