@@ -6,7 +6,9 @@ current feature); the binning conventions are DESIGN section 5.
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +20,11 @@ __all__ = [
     "SCIPY_MAX_N",
     "DistributionShift",
     "compare_distributions",
+    "lerp",
     "population_stability_index",
     "sort_with_ranks",
     "sorted_ks_shift",
+    "sorted_quantiles",
     "spearman",
     "spearman_sorted",
     "wilson_interval",
@@ -168,6 +172,25 @@ def spearman_sorted(
         value = float(np.corrcoef(x_ranks, y_ranks)[0, 1])
         rho = value if np.isfinite(value) else None
     return rho
+
+
+def lerp(low: float, high: float, t: float) -> float:
+    """numpy's ``_lerp`` (both branches), so a quantile read at its order statistics is
+    numpy's ``quantile`` (method ``linear``) to the last bit."""
+    span = high - low
+    return float(high - span * (1 - t)) if t >= 0.5 else float(low + span * t)
+
+
+def sorted_quantiles(ordered: np.ndarray, probs: Sequence[float]) -> list[float]:
+    """``numpy.quantile(values, probs)`` (method ``linear``) of sorted values, read at the
+    order statistics (no selection pass over the values), interpolated as numpy does."""
+    n = ordered.size
+    out = []
+    for q in probs:
+        at = float(n - 1) * float(q)  # numpy's virtual index
+        prev = math.floor(at)
+        out.append(lerp(float(ordered[prev]), float(ordered[min(prev + 1, n - 1)]), at - prev))
+    return out
 
 
 def wilson_interval(successes: int, n: int) -> tuple[float, float] | None:

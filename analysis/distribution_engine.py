@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.distribution import PSI_FLOOR, SCIPY_MAX_N, DistributionShift
+from analysis.distribution import PSI_FLOOR, SCIPY_MAX_N, DistributionShift, lerp
 from analysis.engine import Engine
 
 if TYPE_CHECKING:
     import ibis.expr.types as ir
 
-__all__ = ["HIST_BINS", "PSI_BINS", "ScoreFigures", "linear_quantiles", "plot_edges",
+__all__ = ["HIST_BINS", "PSI_BINS", "ScoreFigures", "diff_range", "linear_quantiles", "plot_edges",
            "sample_figures", "score_figures", "shift_of"]
 
 #: Bins of the plotted score and difference histograms (as :func:`analysis.divergence._plots`).
@@ -54,7 +54,7 @@ def plot_edges(low: float, high: float) -> np.ndarray:
     return np.linspace(low, high, HIST_BINS + 1)
 
 
-def _diff_range(low: float, high: float) -> tuple[float, float]:
+def diff_range(low: float, high: float) -> tuple[float, float]:
     # The divergence report's rule: differences within a few ulps get a drawable range.
     pad = max(abs(low), abs(high), 1.0) * 1e-9 if high - low < 1e-9 else 0.0
     return low - pad, high + pad
@@ -124,14 +124,8 @@ def linear_quantiles(
                                                                        _v=ranked[value])
     found = {(tuple(r[k] for k in g), int(r["_rn"])): float(r["_v"])
              for r in engine.rows(picked)}
-    return {key: [_lerp(found[(key, lo)], found[(key, hi)], w) for lo, hi, w in plan]
+    return {key: [lerp(found[(key, lo)], found[(key, hi)], w) for lo, hi, w in plan]
             for key, plan in plans.items()}
-
-
-def _lerp(low: float, high: float, t: float) -> float:
-    """numpy's ``_lerp`` (both branches), so a quantile is numpy's to the last bit."""
-    span = high - low
-    return float(high - span * (1 - t)) if t >= 0.5 else float(low + span * t)
 
 
 def shift_of(fig: ScoreFigures) -> DistributionShift:
@@ -173,7 +167,7 @@ def _finish(fig: dict[str, Any]) -> ScoreFigures:
     plots: dict[str, Any] = {}
     low, high = min(fig["p_min"], fig["s_min"]), max(fig["p_max"], fig["s_max"])
     if high > low:
-        d_low, d_high = _diff_range(fig["d_min"], fig["d_max"])
+        d_low, d_high = diff_range(fig["d_min"], fig["d_max"])
         plots = {
             "score_hist": {"edges": plot_edges(low, high).tolist(),
                            "primary": primary, "shadow": shadow},

@@ -5,6 +5,7 @@ DuckDB reduces the joined pairs to moments and counts; numpy/scipy finish (DESIG
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -20,17 +21,20 @@ from analysis.divergence_pairs import (
     PAIRS_TABLE,
     PairIds,
     finite_pairs,
+    finite_sizes,
     identical_counts,
     materialize_pairs,
     pair_rows,
+    score_columns,
     whole_vectors,
 )
-from analysis.engine import duckdb_engine
+from analysis.engine import duckdb_engine, size_mb
 from analysis.identical import with_identical
 from analysis.load import (
     PRIMARY_SQL,
     AnalysisSourceError,
     relation_columns,
+    release_memory,
     sql_quote,
     time_filter,
     version_scope,
@@ -43,6 +47,7 @@ from analysis.operations import (
     latency_cdfs,
     latency_summary,
 )
+from analysis.paired_figures import BYTES_PER_PAIR, paired_figures
 from analysis.report.json import jsonable
 from analysis.significance import P_FLOOR
 from analysis.stats import finite_or_none
@@ -73,10 +78,6 @@ NOTES = (
     "noise floor of the route's other shadows against the same primary",
     VECTOR_NOTE,
 )
-
-#: The calls columns a pair needs; naming them keeps the join's rows narrow.
-_COLUMNS = "request_id, route, backend, score, label, output, latency_ms"
-
 
 @dataclass(frozen=True)
 class NumericDivergence:
@@ -212,11 +213,14 @@ def analyze_divergence(
     segment: str | None = None,
     version: str | None = None,
     all_versions: bool = False,
+    numpy_bytes: float | None = None,
 ) -> DivergenceReport:
     """Compare every shadow backend with its route's primary over the recorded calls.
 
     Each route's newest config version is analysed unless ``version`` names one or
     ``all_versions``; a replica shadow is paired only with the backend it copies.
+    ``numpy_bytes`` bounds the score and latency columns taken into numpy (default: the
+    connection's ``memory_limit``); past it the same figures come from DuckDB, slower.
     """
     params = {"since": since, "until": until, "route": route, "atol": atol, "rtol": rtol,
               "segment": segment, "version": version, "all_versions": all_versions}
@@ -232,30 +236,48 @@ def analyze_divergence(
     notes: tuple[str, ...] = (*NOTES, scope.note)
     seg_sql, seg_join = _segment_sql(con, segment, calls)
     seg_column = f', "{segment}"' if seg_sql.startswith("s.") else ""
-    vectors = con.execute("SELECT EXISTS (SELECT 1 FROM calls WHERE output IS NOT NULL)")
-    has_vectors = bool(vectors.fetchall()[0][0])
     hashes = "response_hash" in calls and segment is None
-    columns = (_COLUMNS if has_vectors else _COLUMNS.replace(", output", "")) + (
-        ", response_hash" if hashes else "")
-    base = f"""
-        WITH prim AS (SELECT {columns} FROM calls WHERE {PRIMARY_SQL} AND {where}),
-             shad AS (SELECT {columns}{seg_column} FROM calls
-                      WHERE role IN ('shadow', 'replay') AND {where})
-    """
-    join = f"FROM shad s LEFT JOIN prim p ON p.request_id = s.request_id {seg_join}"
-    # The operations pass groups the same calls by route and backend: its keys are the ids
-    # the pair table carries instead of names.
-    ops = backend_operations(con, where, PRIMARY_SQL)
-    ids = PairIds.of(ops)
-    materialize_pairs(con, base, join, seg_sql if segment is not None else None, ids,
-                      vectors=has_vectors, hashes=hashes, atol=atol, rtol=rtol)
+    has_vectors, hashed = (bool(x) for x in con.execute(f"""SELECT
+        EXISTS (SELECT 1 FROM calls WHERE output IS NOT NULL),
+        {'EXISTS (SELECT 1 FROM calls WHERE response_hash IS NOT NULL)' if hashes else 'false'}
+        """).fetchall()[0])
+    ids = PairIds.scan(con, where, PRIMARY_SQL)
+
+    def materialize(label: str) -> None:
+        # Only what the pair table reads crosses the join: no output vectors or answer
+        # hashes when none were recorded (the join's build side is what spills).
+        columns = ("request_id, route, backend, score, latency_ms, " + label
+                   + (", output" if has_vectors else "")
+                   + (", response_hash" if hashed else ""))
+        base = f"""
+            WITH prim AS (SELECT {columns}, {ids.primary_sql()} AS pid FROM calls
+                          WHERE {PRIMARY_SQL} AND {where}),
+                 shad AS (SELECT {columns}{seg_column}, {ids.shadow_sql()} AS sid FROM calls
+                          WHERE role IN ('shadow', 'replay') AND {where})
+        """
+        join = f"FROM shad s LEFT JOIN prim p ON p.request_id = s.request_id {seg_join}"
+        materialize_pairs(con, base, join, seg_sql if segment is not None else None,
+                          vectors=has_vectors, hashes=hashed, atol=atol, rtol=rtol)
+
     try:
-        rows = pair_rows(con, ids, atol, rtol, segment=segment is not None, vectors=has_vectors)
-        figures = score_figures(duckdb_engine(con), finite_pairs(segment is not None),
-                                ["sid", "pid", *(["seg"] if segment is not None else [])])
-        same = identical_counts(con, ids) if hashes else {}
+        materialize(_label_sql(con, where))
+    except duckdb.ConversionException:  # a label recorded since the labels were read
+        materialize("label")
+    budget = _budget(con) if numpy_bytes is None else numpy_bytes
+    try:
+        rows = pair_rows(con, ids, atol, rtol, segment=segment is not None, vectors=has_vectors,
+                         budget=budget)
+        same = identical_counts(con, ids) if hashed else {}
+        figures, scores = _score_figures(con, segment is not None, budget)
     finally:
         con.execute(f"DROP TABLE IF EXISTS {PAIRS_TABLE}")
+    release_memory(con)  # the pair table's buffers: numpy's turn
+    with ThreadPoolExecutor(max_workers=1) as beside:
+        # numpy's figures beside the operations pass (errors per backend in DuckDB, latency
+        # quantiles in numpy): each leaves part of the two cores idle
+        done = beside.submit(_figures_of, scores)
+        ops = backend_operations(con, where, PRIMARY_SQL, budget_bytes=budget)
+        figures |= done.result()
     whole = whole_vectors(rows)
     if not rows:
         return DivergenceReport((), params, "no shadow calls in the selected window", notes,
@@ -294,6 +316,55 @@ def analyze_divergence(
 
     return DivergenceReport(tuple(pairs), params, report_message(pairs, skipped, replicas),
                             notes, scope.to_dict(), backend_labels(con))
+
+
+#: Up to this many distinct labels cross the join as a DuckDB ENUM (one byte or two per
+#: side instead of a string), else as the strings.
+_ENUM_LABELS = 4096
+
+
+def _label_sql(con: duckdb.DuckDBPyConnection, where: str) -> str:
+    """The label column as the pair join should carry it: an ENUM of the labels in the
+    selected calls (a tenth of the join's memory at 10M pairs), else the strings."""
+    labels = [str(r[0]) for r in con.execute(f"""
+        SELECT DISTINCT label FROM calls WHERE label IS NOT NULL
+            AND (role IN ('shadow', 'replay') OR {PRIMARY_SQL}) AND {where}
+        LIMIT {_ENUM_LABELS + 1}""").fetchall()]
+    if not labels or len(labels) > _ENUM_LABELS:
+        return "label"
+    return f"label::ENUM({', '.join(sql_quote(x) for x in sorted(labels))}) AS label"
+
+
+def _budget(con: duckdb.DuckDBPyConnection) -> float:
+    """Bytes of numpy work a report may hold beside DuckDB: its ``memory_limit``."""
+    return size_mb(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]) * 2**20
+
+
+def _figures_of(scores: dict[tuple[Any, ...], list[np.ndarray]],
+                ) -> dict[tuple[Any, ...], ScoreFigures]:
+    """:func:`analysis.paired_figures.paired_figures` of each pair's columns, taken out of
+    ``scores`` one pair at a time (each pair's columns are freed when it is done)."""
+    return {key: paired_figures(scores.pop(key)) for key in list(scores)}
+
+
+def _score_figures(
+    con: duckdb.DuckDBPyConnection, segment: bool, budget: float,
+) -> tuple[dict[tuple[Any, ...], ScoreFigures], dict[tuple[Any, ...], list[np.ndarray]]]:
+    """Each pair's exact score figures, keyed as :func:`pair_rows`'s ``_key`` (without the
+    segment when there is none), or the two score columns they are computed from.
+
+    While every pair's columns fit ``budget`` bytes (:data:`BYTES_PER_PAIR` a pair) they
+    come back for :func:`analysis.paired_figures.paired_figures` (numpy on sorted columns),
+    else the figures are the engine reductions Spark runs, which spill but run several times
+    slower in DuckDB (its window sorts of one pair are single-threaded)."""
+    sizes = finite_sizes(con, segment=segment)
+    if not sizes:
+        return {}, {}
+    if sum(sizes.values()) * BYTES_PER_PAIR > budget:
+        return score_figures(duckdb_engine(con), finite_pairs(segment),
+                             ["sid", "pid", *(["seg"] if segment else [])]), {}
+    return {}, {key if segment else key[:2]: [ps, ss]
+                for key, ps, ss in score_columns(con, list(sizes), segment=segment)}
 
 
 def without_identical(pairs: list[PairDivergence], segment: str | None) -> list[PairDivergence]:

@@ -12,10 +12,12 @@ to DuckDB's temporary directory past ``--memory-limit``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import numpy as np
 
 from analysis.load import sql_quote
 from analysis.stream_diff import _vector_out
@@ -23,10 +25,17 @@ from analysis.stream_diff import _vector_out
 if TYPE_CHECKING:
     import ibis.expr.types as ir
 
-    from analysis.operations import Operations
-
-__all__ = ["PAIRS_TABLE", "PairIds", "finite_pairs", "identical_counts", "materialize_pairs",
-           "pair_rows", "whole_vectors"]
+__all__ = [
+    "PAIRS_TABLE",
+    "PairIds",
+    "finite_pairs",
+    "finite_sizes",
+    "identical_counts",
+    "materialize_pairs",
+    "pair_rows",
+    "score_columns",
+    "whole_vectors",
+]
 
 #: The temporary table of one report's pairs (dropped when the report is done).
 PAIRS_TABLE = "shadowcar_divergence_pairs"
@@ -55,28 +64,37 @@ class PairIds:
     primaries: tuple[str, ...]
 
     @staticmethod
-    def of(ops: Operations) -> PairIds:
+    def scan(con: duckdb.DuckDBPyConnection, where: str, primary_sql: str) -> PairIds:
+        """The ids of the shadow (route, backend) and primary backend names in the calls
+        selected by ``where`` (one cheap grouping; the operations pass runs beside the
+        pair join, not before it)."""
         def key(value: str | None) -> tuple[bool, str]:
             return value is None, value or ""
 
-        shadows = sorted({(r, b) for r, b, side in ops if side == "shadow"},
+        found = con.execute(f"""
+            SELECT route, backend, role IN ('shadow', 'replay') AS shadow FROM calls
+            WHERE (role IN ('shadow', 'replay') OR {primary_sql}) AND {where}
+            GROUP BY ALL""").fetchall()
+        shadows = sorted({(r, b) for r, b, shadow in found if shadow},
                          key=lambda rb: (key(rb[0]), key(rb[1])))
-        primaries = sorted({b for _, b, side in ops if side == "primary" and b is not None})
+        primaries = sorted({b for _, b, shadow in found if not shadow and b is not None})
         return PairIds(tuple(shadows), tuple(primaries))
 
     def shadow_sql(self) -> str:
+        """The id of a shadow call's (route, backend), from its own columns."""
         if not self.shadows:
             return "NULL::SMALLINT"
         whens = " ".join(
-            f"WHEN s.route IS NOT DISTINCT FROM {_literal(r)} AND s.backend IS NOT DISTINCT "
+            f"WHEN route IS NOT DISTINCT FROM {_literal(r)} AND backend IS NOT DISTINCT "
             f"FROM {_literal(b)} THEN {i}" for i, (r, b) in enumerate(self.shadows))
         return f"CASE {whens} END::SMALLINT"
 
     def primary_sql(self) -> str:
+        """The id of a primary call's backend (NULL: no backend), from its own columns."""
         if not self.primaries:
             return "NULL::SMALLINT"
         whens = " ".join(f"WHEN {sql_quote(b)} THEN {i}" for i, b in enumerate(self.primaries))
-        return f"CASE p.backend {whens} END::SMALLINT"  # NULL: unmatched, or no backend
+        return f"CASE backend {whens} END::SMALLINT"
 
     def names(self, row: dict[str, Any]) -> dict[str, Any]:
         """``row`` (with ``sid``, ``pid`` and ``seg``) with route, pb, sb and seg instead, and
@@ -94,10 +112,14 @@ def _literal(value: str | None) -> str:
 
 
 def materialize_pairs(
-    con: duckdb.DuckDBPyConnection, base: str, join: str, seg: str | None, ids: PairIds,
+    con: duckdb.DuckDBPyConnection, base: str, join: str, seg: str | None,
     *, vectors: bool, hashes: bool, atol: float, rtol: float,
 ) -> None:
     """Join every shadow call to its primary once, into :data:`PAIRS_TABLE`.
+
+    ``base`` selects the primary calls as ``prim`` and the shadow calls as ``shad``, each
+    with its id (:meth:`PairIds.primary_sql`, :meth:`PairIds.shadow_sql`: two small
+    integers through the join instead of three names, a quarter of its time).
 
     ``seg`` is the segment's SQL (None: no segment column); ``vectors`` adds the output
     vectors' flags, Jensen-Shannon term and whole-vector tolerance
@@ -106,7 +128,7 @@ def materialize_pairs(
     p_out, s_out = ("p.output", "s.output") if vectors else ("NULL", "NULL")
     both = "isfinite(p.score) AND isfinite(s.score)"
     columns = [
-        f"{ids.shadow_sql()} AS sid", f"{ids.primary_sql()} AS pid",
+        "s.sid", "p.pid",
         *([f"coalesce({seg}, {sql_quote(NULL_SEG)}) AS seg"] if seg is not None else []),
         # NULL where a figure does not apply: the aggregates skip NULLs without a FILTER
         "CASE WHEN p.request_id IS NOT NULL THEN true END AS matched",
@@ -139,11 +161,18 @@ def materialize_pairs(
 
 def pair_rows(
     con: duckdb.DuckDBPyConnection, ids: PairIds, atol: float, rtol: float, *, segment: bool,
-    vectors: bool,
+    vectors: bool, budget: float,
 ) -> list[dict[str, Any]]:
     """Per (route, primary, shadow[, segment]): the moments, counts and label cells of
     :func:`analysis.divergence._build_pair`, from :data:`PAIRS_TABLE`, in the report's order
-    (route, shadow, primary with NULL last, segment)."""
+    (route, shadow, primary with NULL last, segment).
+
+    The median latency ratio is DuckDB's ``quantile_cont`` while the table's ratios fit
+    ``budget`` bytes (it holds a group's every value), else order statistics of a sort that
+    spills (:func:`analysis.operations.ordered_quantiles`)."""
+    (total,) = con.execute(f"SELECT count(*) FROM {PAIRS_TABLE}").fetchall()[0]
+    in_memory = int(total) * 8 <= budget
+    median = "quantile_cont(ratio, 0.5)" if in_memory else "NULL::DOUBLE"
     seg = "" if segment else f"{sql_quote(NULL_SEG)} AS seg, "
     js = ("count(vectors) AS n_vectors, count(js) AS n_js, fsum(js) AS sum_js, "
           "count(v_n) AS v_n, count(v_out) AS v_out, count(v_len) AS v_len" if vectors
@@ -168,7 +197,8 @@ def pair_rows(
             count(agree) FILTER (WHERE agree) AS n_agree,
             histogram(label_pair) AS label_pairs,
             {js},
-            quantile_cont(ratio, 0.5) AS latency_ratio
+            count(ratio) AS n_ratio,
+            {median} AS latency_ratio
         FROM (
             SELECT *, CASE WHEN abs(d) > {atol!r} + {rtol!r} * abs(ps) THEN true END AS out,
                 CASE WHEN agree IS NOT NULL THEN {{'p': pl, 's': sl}} END AS label_pair
@@ -176,8 +206,19 @@ def pair_rows(
         )
         GROUP BY ALL""")
     names = [d[0] for d in cursor.description or []]
-    rows = [ids.names(dict(zip(names, r, strict=True))) for r in cursor.fetchall()]
-    return sorted(rows, key=_order)
+    found = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+    if not in_memory:
+        from analysis.operations import ordered_quantiles
+
+        seg_key = "seg" if segment else f"{sql_quote(NULL_SEG)} AS seg"
+        medians = ordered_quantiles(
+            con, f"SELECT sid, pid, {seg_key}, ratio AS v FROM {PAIRS_TABLE} "
+            "WHERE ratio IS NOT NULL", ["sid", "pid", "seg"],
+            {(r["sid"], r["pid"], r["seg"]): int(r["n_ratio"]) for r in found}, [0.5])
+        for r in found:
+            median_of = medians.get((r["sid"], r["pid"], r["seg"]))
+            r["latency_ratio"] = median_of[0] if median_of else None
+    return sorted((ids.names(r) for r in found), key=_order)
 
 
 def _order(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -217,3 +258,28 @@ def finite_pairs(segment: bool) -> ir.Table:
               "ps": "float64", "ss": "float64"}
     t = ibis.table(schema, name=PAIRS_TABLE)
     return t.filter(t.ps.notnull() & t.pid.notnull())
+
+
+def finite_sizes(con: duckdb.DuckDBPyConnection, *,
+                 segment: bool) -> dict[tuple[Any, ...], int]:
+    """(sid, pid, seg) -> the matched pairs with finite scores on both sides (seg is
+    :data:`NULL_SEG` without a segment, as in :func:`pair_rows`'s keys)."""
+    seg = "seg" if segment else f"{sql_quote(NULL_SEG)} AS seg"
+    return {(sid, pid, s): int(n) for sid, pid, s, n in con.execute(f"""
+        SELECT sid, pid, {seg}, count(*) FROM {PAIRS_TABLE}
+        WHERE ps IS NOT NULL AND pid IS NOT NULL GROUP BY ALL""").fetchall()}
+
+
+def score_columns(con: duckdb.DuckDBPyConnection, keys: list[tuple[Any, ...]], *,
+                  segment: bool) -> Iterator[tuple[tuple[Any, ...], np.ndarray, np.ndarray]]:
+    """Each key's (``(sid, pid, seg)`` of :func:`pair_rows`) finite primary and shadow scores
+    as numpy columns, one key at a time (one scan of the narrow pair table each)."""
+    for key in keys:
+        sid, pid, seg = key
+        cond, params = "ps IS NOT NULL AND sid = ? AND pid = ?", [sid, pid]
+        if segment:
+            cond, params = cond + " AND seg = ?", [*params, seg]
+        arrays = con.execute(f"SELECT ps, ss FROM {PAIRS_TABLE} WHERE {cond}",
+                             params).fetchnumpy()
+        yield (key, np.asarray(arrays["ps"], dtype=np.float64),
+               np.asarray(arrays["ss"], dtype=np.float64))

@@ -28,6 +28,7 @@ __all__ = [
     "EngineName",
     "EngineUnsupported",
     "duckdb_engine",
+    "size_mb",
     "spark_engine",
     "spark_memory",
     "spark_session",
@@ -166,15 +167,21 @@ def _duckdb_table(con: duckdb.DuckDBPyConnection, name: str) -> ir.Table:
     return ibis.table(schema, name=name)
 
 
+def size_mb(limit: str) -> float:
+    """A size as ``--memory-limit`` takes it (``1GB``, ``1500MB``) or DuckDB prints it
+    (``572.2 MiB``), in MiB."""
+    found = _SIZE.match(limit)
+    if not found or found.group(2).lower() not in _UNIT_MB:
+        raise AnalysisSourceError(f"--memory-limit: cannot read {limit!r}; use e.g. 1GB or 800MB")
+    return float(found.group(1)) * _UNIT_MB[found.group(2).lower()]
+
+
 def spark_memory(limit: str | None) -> str | None:
     """``--memory-limit`` (``1GB``, ``1500MB``) as a JVM size (``1024m``), None to keep
     Spark's default."""
     if not limit:
         return None
-    found = _SIZE.match(limit)
-    if not found or found.group(2).lower() not in _UNIT_MB:
-        raise AnalysisSourceError(f"--memory-limit: cannot read {limit!r}; use e.g. 1GB or 800MB")
-    mb = float(found.group(1)) * _UNIT_MB[found.group(2).lower()]
+    mb = size_mb(limit)
     if mb < 64:
         raise AnalysisSourceError("--memory-limit: Spark needs at least 64MB")
     return f"{int(mb)}m"

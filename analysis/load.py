@@ -28,6 +28,7 @@ __all__ = [
     "primary_calls",
     "relation_columns",
     "relations",
+    "release_memory",
     "sql_quote",
     "sql_timestamp",
     "time_filter",
@@ -86,6 +87,20 @@ def relation_columns(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
     if name not in relations(con):
         return set()
     return {str(r[0]) for r in con.execute(f"DESCRIBE {name}").fetchall()}
+
+
+def release_memory(con: duckdb.DuckDBPyConnection) -> None:
+    """Have DuckDB hand its cached buffers back (a dropped table's, a finished aggregate's):
+    it keeps them for the next query up to ``memory_limit``, which a report that goes on in
+    numpy would pay for twice. Lowering the limit for a moment makes it free them; when
+    something pinned cannot be freed the limit is simply restored."""
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    try:
+        con.execute("SET memory_limit = '32MB'")
+    except duckdb.Error:
+        pass
+    finally:
+        con.execute(f"SET memory_limit = {sql_quote(str(limit))}")
 
 
 def open_source(
@@ -211,7 +226,7 @@ def _parquet_views(con: duckdb.DuckDBPyConnection, location: str) -> None:
 def _parquet_files_views(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
     listing = "[" + ", ".join(sql_quote(f) for f in files) + "]"
     con.execute(
-        "CREATE TEMP VIEW _all_parquet AS SELECT * FROM read_parquet("
+        "CREATE VIEW _all_parquet AS SELECT * FROM read_parquet("
         f"{listing}, hive_partitioning = true, union_by_name = true)"
     )
     cols = {str(r[0]) for r in con.execute("DESCRIBE _all_parquet").fetchall()}

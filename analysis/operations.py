@@ -1,15 +1,20 @@
 """Operational figures per route and backend: latency quantiles, errors, timeouts, mirror drops.
 
-One grouped SQL pass over ``calls``; rates get 95% Wilson intervals.
+One grouped SQL pass over ``calls`` counts; the latency quantiles are numpy's on each group's
+sorted latencies while they fit the memory budget (DuckDB's ``quantile_cont`` of 13 points
+cost three times the CPU and holds a group's every value), else order statistics picked by a
+window sort that spills; rates get 95% Wilson intervals.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import duckdb
+import numpy as np
 
-from analysis.distribution import wilson_interval
+from analysis.distribution import lerp, sorted_quantiles, wilson_interval
 from analysis.stats import finite_or_none
 
 __all__ = [
@@ -19,6 +24,7 @@ __all__ = [
     "error_summary",
     "latency_cdfs",
     "latency_summary",
+    "ordered_quantiles",
 ]
 
 #: Probabilities at which latency CDFs are sampled for plots.
@@ -34,11 +40,15 @@ _EMPTY_LATENCY = {"n": 0, "p50": None, "p95": None, "p99": None}
 
 
 
-def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: str) -> Operations:
+def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: str, *,
+                       budget_bytes: float = 0.0) -> Operations:
     """Latency quantiles, errors, timeouts and drops per route, backend and side.
 
     An error is any status other than ``OK`` and ``DROPPED``; a timeout is
     ``DEADLINE_EXCEEDED``; dropped mirror calls are counted apart and left out of the rates.
+    The latency quantiles (numpy's ``linear`` method) are taken in numpy, one group's
+    latencies at a time, when the largest group's fit ``budget_bytes``, else from the order
+    statistics of a spilling sort in DuckDB (:func:`ordered_quantiles`).
     """
     attempted = "status IS DISTINCT FROM 'DROPPED'"
     columns = {str(r[0]) for r in con.execute(
@@ -46,23 +56,37 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
     # Streaming calls record their time to first message: compared like latency.
     ttfm = ("quantile_cont(first_message_ms, 0.5) FILTER (WHERE first_message_ms IS NOT NULL)"
             if "first_message_ms" in columns else "NULL")
-    sql = f"""
-        SELECT route, backend,
-            CASE WHEN role IN ('shadow', 'replay') THEN 'shadow' ELSE 'primary' END AS side,
+    side = "CASE WHEN role IN ('shadow', 'replay') THEN 'shadow' ELSE 'primary' END"
+    selected = f"(role IN ('shadow', 'replay') OR {primary_sql}) AND {where}"
+    counts = f"""
+        SELECT route, backend, {side} AS side,
             count(*) FILTER (WHERE {attempted}) AS attempts,
             count(*) FILTER (WHERE status NOT IN ('OK', 'DROPPED')) AS errors,
             count(*) FILTER (WHERE status = 'DEADLINE_EXCEEDED') AS timeouts,
             count(*) FILTER (WHERE status = 'DROPPED') AS dropped,
-            quantile_cont(latency_ms, {CDF_POINTS}) FILTER (WHERE {attempted}) AS q,
+            count(latency_ms) FILTER (WHERE {attempted}) AS timed,
             {ttfm} AS ttfm
-        FROM calls WHERE (role IN ('shadow', 'replay') OR {primary_sql}) AND {where} GROUP BY ALL
+        FROM calls WHERE {selected} GROUP BY ALL
     """
+    rows = con.execute(counts).fetchall()
+    quantiles: dict[tuple[Any, ...], list[float] | None] = {}
+    if rows and max(int(r[7]) for r in rows) * 8 <= budget_bytes:
+        for route, backend, side_name, *_ in rows:
+            quantiles[(route, backend, side_name)] = _numpy_quantiles(
+                con, f"{selected} AND {attempted} AND latency_ms IS NOT NULL AND route IS NOT "
+                f"DISTINCT FROM ? AND backend IS NOT DISTINCT FROM ? AND {side} = ?",
+                [route, backend, side_name])
+    elif rows:
+        quantiles = ordered_quantiles(
+            con, f"SELECT route, backend, {side} AS side, latency_ms AS v FROM calls "
+            f"WHERE {selected} AND {attempted} AND latency_ms IS NOT NULL",
+            ["route", "backend", "side"],
+            {(r[0], r[1], r[2]): int(r[7]) for r in rows}, CDF_POINTS)
     out: Operations = {}
-    for route, backend, side, attempts, errors, timeouts, dropped, q, ttfm_p50 in con.execute(
-        sql
-    ).fetchall():
+    for route, backend, side_name, attempts, errors, timeouts, dropped, _, ttfm_p50 in rows:
         n = int(attempts)
-        out[(route, backend, side)] = {
+        q = quantiles.get((route, backend, side_name))
+        out[(route, backend, side_name)] = {
             "latency": {
                 "n": n,
                 "p50": finite_or_none(q[CDF_POINTS.index(0.5)]) if q else None,
@@ -83,6 +107,46 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
             "cdf": {"p": CDF_POINTS, "x": [finite_or_none(x) for x in q]} if q else None,
         }
     return out
+
+
+def ordered_quantiles(
+    con: duckdb.DuckDBPyConnection, select: str, keys: list[str],
+    sizes: dict[tuple[Any, ...], int], probs: list[float],
+) -> dict[tuple[Any, ...], list[float] | None]:
+    """Per group of ``keys`` (``sizes``: the group's count of non-NULL ``v``): numpy's linear
+    quantiles of ``v`` in the rows of ``select``, read at the order statistics a sort picks.
+
+    For groups too large for memory: DuckDB's ``quantile_cont`` holds a group's every value
+    (a 100M-call backend needed 6 GB), a window sort spills; only the rows numpy's
+    interpolation reads come back."""
+    plans, positions = {}, set()
+    for key, n in sizes.items():
+        if n:
+            plans[key] = [(math.floor(at), min(math.floor(at) + 1, n - 1), at - math.floor(at))
+                          for at in (float(n - 1) * float(q) for q in probs)]
+            positions |= {i for lo, hi, _ in plans[key] for i in (lo, hi)}
+    if not plans:
+        return {}
+    by = ", ".join(keys)
+    found = {(tuple(r[:-2]), int(r[-2])): float(r[-1]) for r in con.execute(f"""
+        SELECT {by}, rn, v FROM (
+            SELECT {by}, v, row_number() OVER (PARTITION BY {by} ORDER BY v) - 1 AS rn
+            FROM ({select}))
+        WHERE rn IN ({', '.join(str(i) for i in sorted(positions))})""").fetchall()}
+    return {key: [lerp(found[(key, lo)], found[(key, hi)], w) for lo, hi, w in plan]
+            for key, plan in plans.items()}
+
+
+def _numpy_quantiles(con: duckdb.DuckDBPyConnection, cond: str,
+                     params: list[Any]) -> list[float] | None:
+    """numpy's linear quantiles at :data:`CDF_POINTS` of one group's latencies, sorted in
+    place (the group's column is the only copy held)."""
+    values = con.execute(f"SELECT latency_ms FROM calls WHERE {cond}", params).fetchnumpy()
+    latencies = np.asarray(values.pop("latency_ms"), dtype=np.float64)
+    if not latencies.size:
+        return None
+    latencies.sort()
+    return sorted_quantiles(latencies, CDF_POINTS)
 
 
 def latency_summary(

@@ -18,6 +18,7 @@ from statsmodels.stats.proportion import proportion_confint
 from analysis.distribution import compare_distributions, spearman
 from analysis.divergence import analyze_divergence
 from analysis.load import open_source
+from analysis.paired_figures import BYTES_PER_PAIR
 from sidecar.sink.schema import migrate
 
 ROUTE = "/inference.GRPCInferenceService/ModelInfer"
@@ -182,17 +183,57 @@ class _Recording:
 
 def test_duckdb_path_joins_the_calls_once(recorded: tuple[str, pd.DataFrame]) -> None:
     """Issue 19: the DuckDB path joins a shadow's calls to the primary's once (a temporary
-    pair table every reduction reads) and brings no score column back to numpy (the exact
-    distribution figures are reductions in DuckDB); the temporary table is gone after."""
+    pair table every reduction reads), fetches each pair's two score columns once for
+    numpy's exact figures, and leaves no temporary table behind."""
     path, _ = recorded
     con = _Recording(open_source(db=path))
     report = analyze_divergence(con).to_dict()  # type: ignore[arg-type]
     assert _pair(report, "b")["distribution"]["ks_stat"] is not None
     joins = [s for s in con.statements if "LEFT JOIN prim p" in s]
     assert len(joins) == 1, joins
-    assert "fetchnumpy" not in con.fetches and "fetchdf" not in con.fetches
+    fetched = [s for s in con.statements if s.startswith("SELECT ps, ss FROM")]
+    assert len(fetched) == len(report["pairs"]) - sum(not p["n"] for p in report["pairs"])
     left = con.con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()
     assert left == (0,)
+
+
+def test_score_columns_past_the_memory_limit_stay_in_the_engine(
+    recorded: tuple[str, pd.DataFrame],
+) -> None:
+    """Issue 19: numpy takes a pair's score columns (and a backend's latencies) only while
+    they fit the budget (``memory_limit`` by default); past it the same figures come from
+    DuckDB's spilling reductions (no column fetched), equal to numpy's to 1e-9."""
+    path, _ = recorded
+    in_numpy = analyze_divergence(open_source(db=path)).to_dict()
+    con = _Recording(open_source(db=path))
+    n = sum(p["n"] for p in in_numpy["pairs"])
+    fits = _Recording(open_source(db=path))
+    analyze_divergence(fits, numpy_bytes=BYTES_PER_PAIR * n)  # type: ignore[arg-type]
+    assert [s for s in fits.statements if s.startswith("SELECT ps, ss FROM")]
+    in_engine = analyze_divergence(  # less than one latency: everything stays in DuckDB
+        con, numpy_bytes=7).to_dict()  # type: ignore[arg-type]
+    assert not [s for s in con.statements if s.startswith("SELECT ps, ss FROM")]
+    assert not [s for s in con.statements if s.startswith("SELECT latency_ms FROM")]
+    assert any(" OVER " in s for s in con.statements)
+    # no holistic aggregate: a 100M-call backend's latencies spill in a sort instead
+    assert not [s for s in con.statements
+                if "quantile_cont(latency_ms" in s or "quantile_cont(ratio" in s]
+    assert [s for s in con.statements if "PARTITION BY route, backend, side ORDER BY v" in s]
+    a, b = _pair(in_numpy, "b"), _pair(in_engine, "b")
+    for name, value in a["distribution"].items():
+        if isinstance(value, float):
+            assert b["distribution"][name] == pytest.approx(value, rel=1e-9, abs=1e-300), name
+    assert b["numeric"]["spearman"] == pytest.approx(a["numeric"]["spearman"], rel=1e-9)
+    assert b["plots"]["score_hist"] == a["plots"]["score_hist"]
+    assert b["plots"]["diff_hist"]["counts"] == a["plots"]["diff_hist"]["counts"]
+    assert b["latency_ms"]["ratio_median"] == pytest.approx(a["latency_ms"]["ratio_median"],
+                                                            rel=1e-12)
+    for side in ("primary", "shadow"):
+        for name in ("n", "p50", "p95", "p99"):
+            assert b["latency_ms"][side][name] == pytest.approx(a["latency_ms"][side][name],
+                                                                rel=1e-12)
+        assert b["plots"]["latency_cdf"][side]["x"] == pytest.approx(
+            a["plots"]["latency_cdf"][side]["x"], rel=1e-12)
 
 
 def test_class_figures_match_statsmodels(recorded: tuple[str, pd.DataFrame]) -> None:
