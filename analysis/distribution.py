@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 __all__ = [
     "PSI_FLOOR",
@@ -36,7 +35,9 @@ PSI_QUANTILES = np.arange(1, 10) / 10
 PSI_FLOOR = 1e-4
 #: Up to this many values per side, KS and Wasserstein are scipy's own calls.
 SCIPY_MAX_N = 10_000
-_Z95 = float(stats.norm.ppf(0.975))
+#: ``scipy.stats.norm.ppf(0.975)`` (tests check it), written out: scipy.stats takes 0.4 s to
+#: import and reports warm it beside their first queries.
+_Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ def compare_distributions(
     if max(expected.size, actual.size) > SCIPY_MAX_N:
         return sorted_ks_shift(expected if presorted else np.sort(expected),
                                actual if presorted else np.sort(actual), psi, spread)
+    from scipy import stats
+
     with warnings.catch_warnings():
         # scipy falls back to its asymptotic p-value by itself and says so; the
         # report's figure is that fallback (its documented behaviour), not an error.
@@ -93,6 +96,8 @@ def sorted_ks_shift(expected: np.ndarray, actual: np.ndarray, psi: float,
     """The shift of two sorted samples above :data:`SCIPY_MAX_N`: KS and Wasserstein by one
     merge, the KS p-value scipy's asymptotic branch of ``ks_2samp`` (taken there for more
     than 10000 values); ``psi`` and ``spread`` (std of ``expected``) as computed."""
+    from scipy import stats
+
     ks_stat, distance = _merged_ks_wasserstein(expected, actual)
     big, small = sorted((float(expected.size), float(actual.size)), reverse=True)
     ks_p = float(np.clip(stats.kstwo.sf(ks_stat, np.round(big * small / (big + small))), 0, 1))

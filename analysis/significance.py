@@ -25,7 +25,7 @@ from analysis.confidence_sequence import (
     horizon_alpha,
     mixture_rho2,
 )
-from analysis.stats import PairStats, SampleStats
+from analysis.stats import P_FLOOR, PairStats, SampleStats
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -58,8 +58,6 @@ DEFAULT_POWER = 0.8
 #: SRM flag level (DESIGN section 5).
 SRM_THRESHOLD = 0.001
 
-#: A p-value that underflows to 0.0 is reported as this upper bound (flagged as a bound).
-P_FLOOR = 1e-300
 
 Method = Literal[
     "welch",

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PairStats", "SampleStats", "finite_or_none"]
+__all__ = ["P_FLOOR", "PairStats", "SampleStats", "finite_or_none"]
 
 _NAN = float("nan")
+#: A p-value that underflows to 0.0 is reported as this upper bound (flagged as a bound).
+P_FLOOR = 1e-300
 
 
 def finite_or_none(value: Any) -> float | None:

@@ -416,3 +416,10 @@ async def test_identical_answers_rate_for_raw_routes(echo, start_sidecar, channe
     assert pair["identical"]["identical"] == 30 and pair["identical"]["rate"] == 0.75
     low, high = pair["identical"]["rate_ci"]
     assert low < 0.75 < high
+
+
+def test_the_written_out_normal_quantile_is_scipys() -> None:
+    """The Wilson intervals' z (written out so reports need not import scipy.stats first)."""
+    from analysis import distribution
+
+    assert distribution._Z95 == float(stats.norm.ppf(0.975))
