@@ -24,6 +24,7 @@ from analysis.divergence_pairs import (
     finite_pairs,
     finite_sizes,
     identical_counts,
+    join_passes,
     materialize_pairs,
     pair_rows,
     score_columns,
@@ -214,6 +215,7 @@ def analyze_divergence(
     version: str | None = None,
     all_versions: bool = False,
     numpy_bytes: float | None = None,
+    passes: int | None = None,
 ) -> DivergenceReport:
     """Compare every shadow backend with its route's primary over the recorded calls.
 
@@ -221,6 +223,8 @@ def analyze_divergence(
     ``all_versions``; a replica shadow is paired only with the backend it copies.
     ``numpy_bytes`` bounds the score and latency columns taken into numpy (default: the
     connection's ``memory_limit``); past it the same figures come from DuckDB, slower.
+    ``passes`` splits the pair join by request id (default: sized from ``memory_limit``,
+    :func:`analysis.divergence_pairs.join_passes`).
     """
     # scipy.stats (0.4 s of imports, for the intervals and the KS p-value at the end) loads
     # while DuckDB joins
@@ -253,15 +257,20 @@ def analyze_divergence(
         columns = ("request_id, route, backend, score, latency_ms, " + label
                    + (", output" if has_vectors else "")
                    + (", response_hash" if hashed else ""))
-        base = f"""
-            WITH prim AS (SELECT {columns}, {ids.primary_sql()} AS pid FROM calls
-                          WHERE {PRIMARY_SQL} AND {where}),
-                 shad AS (SELECT {columns}{seg_column}, {ids.shadow_sql()} AS sid FROM calls
-                          WHERE role IN ('shadow', 'replay') AND {where})
-        """
+
+        def base(part: str) -> str:
+            return f"""
+                WITH prim AS (SELECT {columns}, {ids.primary_sql()} AS pid FROM calls
+                              WHERE {PRIMARY_SQL} AND {where} AND {part}),
+                     shad AS (SELECT {columns}{seg_column}, {ids.shadow_sql()} AS sid
+                              FROM calls WHERE role IN ('shadow', 'replay') AND {where}
+                                  AND {part})
+            """
+
         join = f"FROM shad s LEFT JOIN prim p ON p.request_id = s.request_id {seg_join}"
         materialize_pairs(con, base, join, seg_sql if segment is not None else None,
-                          vectors=has_vectors, hashes=hashed, atol=atol, rtol=rtol)
+                          vectors=has_vectors, hashes=hashed, atol=atol, rtol=rtol,
+                          passes=passes or join_passes(ids.primary_calls, _budget(con)))
 
     try:
         materialize(_label_sql(con, where))

@@ -12,7 +12,8 @@ to DuckDB's temporary directory past ``--memory-limit``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "finite_pairs",
     "finite_sizes",
     "identical_counts",
+    "join_passes",
     "materialize_pairs",
     "pair_rows",
     "score_columns",
@@ -62,6 +64,8 @@ class PairIds:
 
     shadows: tuple[tuple[str | None, str | None], ...]
     primaries: tuple[str, ...]
+    #: primary calls in the selection (sizes the pair join)
+    primary_calls: int = 0
 
     @staticmethod
     def scan(con: duckdb.DuckDBPyConnection, where: str, primary_sql: str) -> PairIds:
@@ -72,13 +76,14 @@ class PairIds:
             return value is None, value or ""
 
         found = con.execute(f"""
-            SELECT route, backend, role IN ('shadow', 'replay') AS shadow FROM calls
+            SELECT route, backend, role IN ('shadow', 'replay') AS shadow, count(*) FROM calls
             WHERE (role IN ('shadow', 'replay') OR {primary_sql}) AND {where}
             GROUP BY ALL""").fetchall()
-        shadows = sorted({(r, b) for r, b, shadow in found if shadow},
+        shadows = sorted({(r, b) for r, b, shadow, _ in found if shadow},
                          key=lambda rb: (key(rb[0]), key(rb[1])))
-        primaries = sorted({b for _, b, shadow in found if not shadow and b is not None})
-        return PairIds(tuple(shadows), tuple(primaries))
+        primaries = sorted({b for _, b, shadow, _ in found if not shadow and b is not None})
+        calls = sum(int(n) for _, _, shadow, n in found if not shadow)
+        return PairIds(tuple(shadows), tuple(primaries), calls)
 
     def shadow_sql(self) -> str:
         """The id of a shadow call's (route, backend), from its own columns."""
@@ -112,14 +117,16 @@ def _literal(value: str | None) -> str:
 
 
 def materialize_pairs(
-    con: duckdb.DuckDBPyConnection, base: str, join: str, seg: str | None,
-    *, vectors: bool, hashes: bool, atol: float, rtol: float,
+    con: duckdb.DuckDBPyConnection, base: Callable[[str], str], join: str, seg: str | None,
+    *, vectors: bool, hashes: bool, atol: float, rtol: float, passes: int = 1,
 ) -> None:
     """Join every shadow call to its primary once, into :data:`PAIRS_TABLE`.
 
-    ``base`` selects the primary calls as ``prim`` and the shadow calls as ``shad``, each
-    with its id (:meth:`PairIds.primary_sql`, :meth:`PairIds.shadow_sql`: two small
-    integers through the join instead of three names, a quarter of its time).
+    ``base(part)`` selects the primary calls as ``prim`` and the shadow calls as ``shad``,
+    both with the condition ``part`` (the pass's share of the request ids,
+    :func:`join_passes`), each with its id (:meth:`PairIds.primary_sql`,
+    :meth:`PairIds.shadow_sql`: two small integers through the join instead of three names,
+    a quarter of its time).
 
     ``seg`` is the segment's SQL (None: no segment column); ``vectors`` adds the output
     vectors' flags, Jensen-Shannon term and whole-vector tolerance
@@ -155,8 +162,34 @@ def materialize_pairs(
                     f"CASE WHEN {whole} AND {_vector_out(atol, rtol)} THEN true END AS v_out",
                     f"CASE WHEN {whole} AND len(p.output) <> len(s.output) THEN true END"
                     " AS v_len"]
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE {PAIRS_TABLE} AS {base}
-        SELECT {', '.join(columns)} {join}""")
+    for part, condition in enumerate(_parts(passes)):
+        query = f"{base(condition)} SELECT {', '.join(columns)} {join}"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {PAIRS_TABLE} AS {query}" if part == 0
+                    else f"INSERT INTO {PAIRS_TABLE} {query}")
+
+
+def join_passes(primary_calls: int, memory_limit_bytes: float) -> int:
+    """How many passes the pair join takes: one while the primaries' side of the join is
+    within :data:`_JOIN_SPILL` times the memory limit (DuckDB spills the rest), else as many
+    as keep each pass's share there. DuckDB's own spilling hash join ran out of memory on
+    100M primaries at the 600MB default; four passes of a quarter each completed."""
+    need = primary_calls * _JOIN_ROW_BYTES
+    return max(1, math.ceil(need / (_JOIN_SPILL * max(memory_limit_bytes, 1.0))))
+
+
+#: Bytes a primary call takes in the join's build side (request id, scores, label, latency).
+_JOIN_ROW_BYTES = 64
+#: The build side DuckDB's spilling join handled per pass, in multiples of the memory limit
+#: (10M primaries at 600MB: 1.1x; 25M: 2.8x).
+_JOIN_SPILL = 3.0
+
+
+def _parts(passes: int) -> list[str]:
+    """Each pass's condition on ``request_id`` (a pair's two calls share it, so a shadow call
+    and its primary always fall in the same pass)."""
+    if passes <= 1:
+        return ["true"]
+    return [f"hash(request_id) % {passes} = {k}" for k in range(passes)]
 
 
 def pair_rows(
