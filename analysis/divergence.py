@@ -272,12 +272,12 @@ def analyze_divergence(
                           vectors=has_vectors, hashes=hashed, atol=atol, rtol=rtol,
                           passes=passes or join_passes(ids.primary_calls, _budget(con)))
 
-    try:
-        materialize(_label_sql(con, where))
-    except duckdb.ConversionException:  # a label recorded since the labels were read
-        materialize("label")
     budget = _budget(con) if numpy_bytes is None else numpy_bytes
-    try:
+    try:  # the temporary table goes whatever fails
+        try:
+            materialize(_label_sql(con, where))
+        except duckdb.ConversionException:  # a label recorded since the labels were read
+            materialize("label")
         rows = pair_rows(con, ids, atol, rtol, segment=segment is not None, vectors=has_vectors,
                          budget=budget)
         same = identical_counts(con, ids) if hashed else {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -451,3 +452,30 @@ def _close(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return a == pytest.approx(b, rel=1e-12, abs=1e-300)
     return bool(a == b)
+
+
+class _LabelArrives(_Recording):
+    """A live file: right after the report reads the labels, a new pair with a label never
+    seen before is recorded (the sidecar writes while a trigger's report runs)."""
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        result = super().execute(sql, *args)
+        if " ".join(str(sql).split()).startswith("SELECT DISTINCT label"):
+            labels = result.fetchall()
+            for role in ("primary", "shadow"):
+                self.con.execute(
+                    "INSERT INTO calls SELECT * REPLACE ('late-1' AS request_id, 'late' AS "
+                    f"label) FROM calls WHERE role = '{role}' AND backend <> 'c' LIMIT 1")
+            return SimpleNamespace(fetchall=lambda: labels)
+        return result
+
+
+def test_a_label_recorded_during_the_report_is_counted(tmp_path: Path) -> None:
+    """The pair join carries labels as an ENUM of the labels read first; a label recorded
+    in between is not a conversion error but the strings' path, and it is counted."""
+    path = _make_db(tmp_path / "live.duckdb", _calls_frame(), CONFIG)
+    con = _LabelArrives(duckdb.connect(path))
+    pair = _pair(analyze_divergence(con).to_dict(), "b")  # type: ignore[arg-type]
+    assert "late" in pair["classes"]["confusion"]["labels"]
+    joins = [s for s in con.statements if "LEFT JOIN prim p" in s]
+    assert len(joins) == 2 and "ENUM(" in joins[0] and "ENUM(" not in joins[1]
