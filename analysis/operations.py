@@ -22,6 +22,7 @@ __all__ = [
     "Operations",
     "backend_operations",
     "error_summary",
+    "group_quantiles",
     "latency_cdfs",
     "latency_summary",
     "ordered_quantiles",
@@ -46,16 +47,16 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
 
     An error is any status other than ``OK`` and ``DROPPED``; a timeout is
     ``DEADLINE_EXCEEDED``; dropped mirror calls are counted apart and left out of the rates.
-    The latency quantiles (numpy's ``linear`` method) are taken in numpy, one group's
-    latencies at a time, when the largest group's fit ``budget_bytes``, else from the order
-    statistics of a spilling sort in DuckDB (:func:`ordered_quantiles`).
+    The latency quantiles and the streams' median time to first message (numpy's
+    ``linear`` method) are taken in numpy, one group's values at a time, when the largest
+    group's fit ``budget_bytes``, else from the order statistics of a spilling sort in
+    DuckDB (:func:`ordered_quantiles`): no holistic aggregate holds a group's values.
     """
     attempted = "status IS DISTINCT FROM 'DROPPED'"
     columns = {str(r[0]) for r in con.execute(
         "SELECT column_name FROM (DESCRIBE calls)").fetchall()}
     # Streaming calls record their time to first message: compared like latency.
-    ttfm = ("quantile_cont(first_message_ms, 0.5) FILTER (WHERE first_message_ms IS NOT NULL)"
-            if "first_message_ms" in columns else "NULL")
+    ttfm = "first_message_ms" if "first_message_ms" in columns else "NULL::DOUBLE"
     side = "CASE WHEN role IN ('shadow', 'replay') THEN 'shadow' ELSE 'primary' END"
     selected = f"(role IN ('shadow', 'replay') OR {primary_sql}) AND {where}"
     counts = f"""
@@ -65,27 +66,25 @@ def backend_operations(con: duckdb.DuckDBPyConnection, where: str, primary_sql: 
             count(*) FILTER (WHERE status = 'DEADLINE_EXCEEDED') AS timeouts,
             count(*) FILTER (WHERE status = 'DROPPED') AS dropped,
             count(latency_ms) FILTER (WHERE {attempted}) AS timed,
-            {ttfm} AS ttfm
+            count({ttfm}) AS streamed
         FROM calls WHERE {selected} GROUP BY ALL
     """
     rows = con.execute(counts).fetchall()
-    quantiles: dict[tuple[Any, ...], list[float] | None] = {}
-    if rows and max(int(r[7]) for r in rows) * 8 <= budget_bytes:
-        for route, backend, side_name, *_ in rows:
-            quantiles[(route, backend, side_name)] = _numpy_quantiles(
-                con, f"{selected} AND {attempted} AND latency_ms IS NOT NULL AND route IS NOT "
-                f"DISTINCT FROM ? AND backend IS NOT DISTINCT FROM ? AND {side} = ?",
-                [route, backend, side_name])
-    elif rows:
-        quantiles = ordered_quantiles(
-            con, f"SELECT route, backend, {side} AS side, latency_ms AS v FROM calls "
-            f"WHERE {selected} AND {attempted} AND latency_ms IS NOT NULL",
-            ["route", "backend", "side"],
-            {(r[0], r[1], r[2]): int(r[7]) for r in rows}, CDF_POINTS)
+    keys = ["route", "backend", "side"]
+    quantiles = group_quantiles(
+        con, f"SELECT route, backend, {side} AS side, latency_ms AS v FROM calls "
+        f"WHERE {selected} AND {attempted}", keys,
+        {(r[0], r[1], r[2]): int(r[7]) for r in rows}, CDF_POINTS, budget_bytes)
+    medians = group_quantiles(
+        con, f"SELECT route, backend, {side} AS side, {ttfm} AS v FROM calls "
+        f"WHERE {selected}", keys, {(r[0], r[1], r[2]): int(r[8]) for r in rows}, [0.5],
+        budget_bytes)
     out: Operations = {}
-    for route, backend, side_name, attempts, errors, timeouts, dropped, _, ttfm_p50 in rows:
+    for route, backend, side_name, attempts, errors, timeouts, dropped, _, _ in rows:
         n = int(attempts)
         q = quantiles.get((route, backend, side_name))
+        median = medians.get((route, backend, side_name))
+        ttfm_p50 = median[0] if median else None
         out[(route, backend, side_name)] = {
             "latency": {
                 "n": n,
@@ -131,22 +130,33 @@ def ordered_quantiles(
     found = {(tuple(r[:-2]), int(r[-2])): float(r[-1]) for r in con.execute(f"""
         SELECT {by}, rn, v FROM (
             SELECT {by}, v, row_number() OVER (PARTITION BY {by} ORDER BY v) - 1 AS rn
-            FROM ({select}))
+            FROM ({select}) WHERE v IS NOT NULL)
         WHERE rn IN ({', '.join(str(i) for i in sorted(positions))})""").fetchall()}
     return {key: [lerp(found[(key, lo)], found[(key, hi)], w) for lo, hi, w in plan]
             for key, plan in plans.items()}
 
 
-def _numpy_quantiles(con: duckdb.DuckDBPyConnection, cond: str,
-                     params: list[Any]) -> list[float] | None:
-    """numpy's linear quantiles at :data:`CDF_POINTS` of one group's latencies, sorted in
-    place (the group's column is the only copy held)."""
-    values = con.execute(f"SELECT latency_ms FROM calls WHERE {cond}", params).fetchnumpy()
-    latencies = np.asarray(values.pop("latency_ms"), dtype=np.float64)
-    if not latencies.size:
-        return None
-    latencies.sort()
-    return sorted_quantiles(latencies, CDF_POINTS)
+def group_quantiles(
+    con: duckdb.DuckDBPyConnection, select: str, keys: list[str],
+    sizes: dict[tuple[Any, ...], int], probs: list[float], budget_bytes: float,
+) -> dict[tuple[Any, ...], list[float] | None]:
+    """Per group of ``keys``: numpy's linear quantiles of the non-NULL ``v`` of ``select``
+    (``sizes``: each group's count of them). In numpy, one group's values sorted at a time,
+    while the largest group's fit ``budget_bytes``; else :func:`ordered_quantiles`."""
+    sizes = {key: n for key, n in sizes.items() if n}
+    if not sizes:
+        return {}
+    if max(sizes.values()) * 8 > budget_bytes:
+        return ordered_quantiles(con, select, keys, sizes, probs)
+    match = " AND ".join(f"{k} IS NOT DISTINCT FROM ?" for k in keys)
+    found: dict[tuple[Any, ...], list[float] | None] = {}
+    for key in sizes:
+        fetched = con.execute(f"SELECT v FROM ({select}) WHERE v IS NOT NULL AND {match}",
+                              list(key)).fetchnumpy()
+        values = np.asarray(fetched.pop("v"), dtype=np.float64)
+        values.sort()  # in place: the group's column is the only copy held
+        found[key] = sorted_quantiles(values, probs) if values.size else None
+    return found
 
 
 def latency_summary(

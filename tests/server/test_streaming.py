@@ -144,3 +144,8 @@ async def test_report_compares_time_to_first_message(stream_backends, start_side
         "median(first_message_ms) FILTER (WHERE role = 'shadow') FROM calls").fetchall()[0]
     con.close()
     assert s >= 30 > p  # the slow shadow's first token came later
+    assert latency["primary"]["first_message_p50"] == pytest.approx(p, rel=1e-12)
+    assert latency["shadow"]["first_message_p50"] == pytest.approx(s, rel=1e-12)
+    # past the numpy budget the medians come from a spilling sort, the same figures
+    spilled = analyze_divergence(open_source(db=str(db)), numpy_bytes=0).to_dict()
+    assert spilled["pairs"][0]["latency_ms"] == latency
