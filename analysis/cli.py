@@ -87,8 +87,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--ignore", action="append", default=None, metavar="PATH",
                         help="field path the field diff ignores (fields; repeatable)")
     parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, metavar="SIZE",
-                        help="memory cap, e.g. 1GB: DuckDB's (it spills to disk beyond it) or "
-                        f"Spark's driver heap (default {DEFAULT_MEMORY_LIMIT})")
+                        help="memory cap, e.g. 1GB: DuckDB's (it spills to disk beyond it; the "
+                        "divergence report's numpy work stays within it too) or Spark's "
+                        f"driver heap (default {DEFAULT_MEMORY_LIMIT})")
     parser.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
                         help="where the row work runs: embedded DuckDB (default) or Spark "
                         "over a fleet export (--parquet DIR; docs/engines.md)")
