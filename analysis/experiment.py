@@ -461,6 +461,7 @@ def analyze_experiments(
     all_versions: bool = False,
     canaries: bool = True,
     engine: Engine | None = None,
+    passes: int | None = None,
 ) -> ExperimentReport:
     """Analyse every experiment in ``con``.
 
@@ -542,7 +543,7 @@ def analyze_experiments(
         g = gather(_need(con), source=source, name=name, has_pre=has_pre, since=since, until=until,
                    winsorize=winsorize, ratios=ratios,
                    versions=scope.condition if scope else "TRUE",
-                   window=span, lookback=lookback if has_pre else None)
+                   window=span, lookback=lookback if has_pre else None, passes=passes)
     else:
         g = gather_engine(engine, source=source, name=name, has_pre=has_pre, since=since,
                           until=until, winsorize=winsorize, ratios=ratios, scope=scope,

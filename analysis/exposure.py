@@ -7,6 +7,7 @@ outcomes in ``[first exposure - lookback, first exposure)`` its CUPED covariate.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -135,9 +136,10 @@ def _pre_col(i: int, metric: str, pre: str) -> str:
 
 def _recorded_units(
     metrics: Sequence[str], *, since: Any, until: Any, versions: str,
-    window: timedelta | None, lookback: timedelta | None,
+    window: timedelta | None, lookback: timedelta | None, part: tuple[int, int] = (0, 1),
 ) -> str:
-    """``unit_rows`` CTE body for the recorded schema: one row per (experiment, unit)."""
+    """``unit_rows`` CTE body for the recorded schema: one row per (experiment, unit);
+    ``part`` (k, K) keeps the units whose id hashes to k modulo K (:func:`unit_passes`)."""
     start, end = parse_time(since), parse_time(until)
     req_w = "".join([f" AND ts >= {sql_timestamp(start)}" if start else "",
                      f" AND ts < {sql_timestamp(end)}" if end else ""])
@@ -163,7 +165,7 @@ def _recorded_units(
                    min(variant) = max(variant) AS single, min(ts) AS t0
             FROM requests
             WHERE exposed AND experiment IS NOT NULL AND unit_id IS NOT NULL
-                  AND variant IS NOT NULL{req_w} AND {versions}
+                  AND variant IS NOT NULL{req_w} AND {versions}{_share("unit_id", part)}
                   AND NOT (experiment = {sql_quote(CANARY_EXPERIMENT)}
                            AND variant IN ('stable', 'canary'))
             GROUP BY experiment, unit_id
@@ -176,7 +178,7 @@ def _recorded_units(
                    coalesce(o.ts, o.received_at) AS ts
             FROM outcomes o LEFT JOIN orphan r
                  ON o.unit_id IS NULL AND o.request_id = r.request_id
-            WHERE o.metric IS NOT NULL{out_w}
+            WHERE o.metric IS NOT NULL{out_w}{_share("coalesce(o.unit_id, r.unit_id)", part)}
         ), joined AS (
             SELECT e.experiment, e.unit_id, o.metric, o.value,
                    CASE WHEN o.ts IS NULL OR e.t0 IS NULL THEN 'untimed'
@@ -188,6 +190,51 @@ def _recorded_units(
             SELECT e.experiment, e.variant, e.single, {', '.join(carry)}
             FROM exposed e LEFT JOIN per_unit p USING (experiment, unit_id)
         )"""
+
+
+def _share(column: str, part: tuple[int, int]) -> str:
+    """The condition keeping pass k of K's units (nothing in one pass)."""
+    k, passes = part
+    return f" AND hash({column}) % {passes} = {k}" if passes > 1 else ""
+
+
+def unit_passes(con: duckdb.DuckDBPyConnection) -> int:
+    """How many passes the per-unit aggregate of recorded exposures takes: one while the
+    exposed units' rows (:data:`_UNIT_BYTES` each, an upper bound from the exposures'
+    count) fit twice the memory limit, else enough to keep each pass's share there. 100M
+    units needed a 1500MB cap in one pass; a unit's exposures and outcomes always fall in
+    the same pass, and the per-variant sums of the passes add up."""
+    from analysis.engine import size_mb
+
+    (exposures,) = con.execute("SELECT count(*) FROM requests WHERE exposed").fetchall()[0]
+    limit = size_mb(str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]))
+    return max(1, math.ceil(int(exposures) * _UNIT_BYTES / (2 * limit * 2**20)))
+
+
+#: Bytes of one unit's row in the per-unit aggregate (ids, first exposure, sums and counts).
+_UNIT_BYTES = 100
+
+
+def _merged(rows: list[tuple[Any, ...]], and_columns: set[int]) -> list[tuple[Any, ...]]:
+    """Per-(experiment, variant) rows of several passes added up: sums and counts add,
+    ``bool_and`` columns (``and_columns``) combine with AND, NULL (no units) is neutral."""
+    found: dict[tuple[Any, Any], list[Any]] = {}
+    for row in rows:
+        key = (row[0], row[1])
+        if key not in found:
+            found[key] = list(row)
+            continue
+        acc = found[key]
+        for i in range(2, len(row)):
+            if row[i] is None:
+                continue
+            if acc[i] is None:
+                acc[i] = row[i]
+            elif i in and_columns:
+                acc[i] = bool(acc[i]) and bool(row[i])
+            else:
+                acc[i] = acc[i] + row[i]
+    return [tuple(r) for r in found.values()]
 
 
 def _table_units(metrics: Sequence[str], name: str, has_pre: bool,
@@ -291,11 +338,15 @@ def gather(
     versions: str = "TRUE",
     window: timedelta | None = None,
     lookback: timedelta | None = None,
+    passes: int | None = None,
 ) -> Gathered:
     """One SQL statement: rows -> units (one wide row each) -> per-variant sums.
 
     Metric names come first (a cheap DISTINCT) so the per-unit pivot has fixed columns.
     ``lookback`` (recorded data) makes each metric's covariate its own pre-exposure sum.
+    Recorded units past the memory limit are aggregated in ``passes`` over shares of the
+    unit ids (default :func:`unit_passes`; one pass when winsorizing, whose quantiles need
+    every unit at once) and their per-variant sums added.
     """
     table = INPUT_TABLE if source == "table" else "outcomes"
     shifts = metric_shifts(con, table, has_pre)
@@ -307,13 +358,15 @@ def gather(
         ctes = _table_units(metrics, name, has_pre, frozenset(metrics) - dirty)
         lookback = None
     else:
-        ctes = _recorded_units(metrics, since=since, until=until, versions=versions,
-                               window=window, lookback=lookback)
         has_pre = lookback is not None
+    parts = 1
+    if source != "table" and winsorize is None:
+        parts = passes or unit_passes(con)
     relation = "unit_rows"
     if winsorize is not None and metrics:
-        ctes += _clip(metrics, winsorize)
         relation = "clipped"
+        if source == "table":
+            ctes += _clip(metrics, winsorize)
     index = {m: i for i, m in enumerate(metrics)}
     recorded = counts is None
     aggs = ["count(*)"]
@@ -337,12 +390,22 @@ def gather(
                  f"sum({vb}) {ok}", f"sum({vb} * {vb}) {ok}", f"sum({va} * {vb}) {ok}"]
     if recorded:
         aggs += ["sum(early)", "sum(late)", "sum(untimed)"]
-    sql = f"""WITH {ctes}
-        SELECT experiment, CASE WHEN single THEN variant END AS variant, {', '.join(aggs)}
-        FROM {relation} GROUP BY ALL"""
-    g = Gathered()
     width, rwidth = 11, 6
-    for row in con.execute(sql).fetchall():
+    found: list[tuple[Any, ...]] = []
+    for k in range(parts):
+        if source != "table":
+            ctes = _recorded_units(metrics, since=since, until=until, versions=versions,
+                                   window=window, lookback=lookback, part=(k, parts))
+            if winsorize is not None and metrics:
+                ctes += _clip(metrics, winsorize)
+        sql = f"""WITH {ctes}
+            SELECT experiment, CASE WHEN single THEN variant END AS variant, {', '.join(aggs)}
+            FROM {relation} GROUP BY ALL"""
+        found += con.execute(sql).fetchall()
+    if parts > 1:
+        found = _merged(found, {3 + width * i + 6 for i in range(len(metrics))})
+    g = Gathered()
+    for row in found:
         exp, variant, n = str(row[0]), row[1], int(row[2])
         if recorded:
             timing = g.timing.setdefault(exp, {"early": 0, "late": 0, "untimed": 0})

@@ -245,3 +245,56 @@ def test_underflowing_p_values_are_reported_as_a_bound() -> None:
     r = one_row(analyze_experiments(con, source="table"), "m")
     assert r["p_value"] == 1e-300 and r["p_value_is_bound"] is True
     assert r["p_value_holm"] == 1e-300 and r["p_value_bh"] == 1e-300
+
+
+class _Counting:
+    """A DuckDB connection that keeps every statement's text."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con, self.statements = con, []  # type: list[str]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self.statements.append(str(sql))
+        return self.con.execute(sql, *args)
+
+
+def test_units_aggregated_in_passes_give_the_same_report(tmp_path: Path) -> None:
+    """Issue 19: past twice the memory limit the per-unit aggregate runs in passes over
+    shares of the unit ids (100M units needed a 1500MB cap in one pass); a unit's exposures,
+    outcomes and pre-exposure rows fall in the same pass, so the per-variant sums add up to
+    the one-pass report: CUPED, a binary metric, non-finite values, early outcomes."""
+    rng = np.random.default_rng(8)
+    n = 3000
+    units = [f"u{i}" for i in range(n)]
+    treat = rng.random(n) < 0.5
+    rows = []
+    for i, u in enumerate(units):
+        rows.append((u, "spend", float(rng.normal(10, 2)), T0 - timedelta(days=2)))
+        rows.append((u, "spend", float("nan") if i % 37 == 0 else float(rng.normal(10.3, 2)),
+                     T0 + timedelta(hours=3)))
+        rows.append((u, "conv", float(rng.random() < (0.12 if treat[i] else 0.1)),
+                     T0 + timedelta(hours=1)))
+    outcomes = pd.DataFrame(rows, columns=["unit_id", "metric", "value", "ts"])
+    requests = pd.DataFrame({"request_id": [f"r{i}" for i in range(n)], "unit_id": units,
+                             "variant": np.where(treat, "treat", "control"),
+                             "ts": [T0 + timedelta(minutes=i % 50) for i in range(n)]})
+    con = recorded_db(tmp_path / "p.duckdb", requests, outcomes)
+    one = analyze_experiments(con, cuped=True).to_dict()
+    counting = _Counting(con)
+    split = analyze_experiments(counting, cuped=True, passes=4).to_dict()  # type: ignore[arg-type]
+    assert sum("hash(unit_id) % 4 = " in s for s in counting.statements) == 4
+    got = {(r["metric"], r["variant"]): r for e in split["experiments"] for r in e["results"]}
+    want = {(r["metric"], r["variant"]): r for e in one["experiments"] for r in e["results"]}
+    assert got.keys() == want.keys() and len(want) == 2
+    for key, row in want.items():
+        for name, value in row.items():
+            if isinstance(value, float):
+                assert got[key][name] == pytest.approx(value, rel=1e-9, abs=1e-12), (key, name)
+            elif isinstance(value, list):
+                assert got[key][name] == pytest.approx(value, rel=1e-9, abs=1e-12), (key, name)
+            elif not isinstance(value, dict):
+                assert got[key][name] == value, (key, name)
+    assert want[("conv", "treat")]["method"] != want[("spend", "treat")]["method"]
