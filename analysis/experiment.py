@@ -547,7 +547,7 @@ def analyze_experiments(
     else:
         g = gather_engine(engine, source=source, name=name, has_pre=has_pre, since=since,
                           until=until, winsorize=winsorize, ratios=ratios, scope=scope,
-                          window=span, lookback=lookback if has_pre else None)
+                          window=span, lookback=lookback if has_pre else None, passes=passes)
     use_cuped = has_pre if cuped is None else (cuped and has_pre)
     if cuped and not has_pre:
         notes.append("CUPED needs a pre_value column; analysed without it")

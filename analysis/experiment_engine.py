@@ -22,6 +22,7 @@ from analysis.exposure import (
     MetricSums,
     RatioSums,
     shift_pair,
+    unit_passes,
 )
 from analysis.load import VersionScope, parse_time, pick_versions
 
@@ -151,16 +152,29 @@ def _pivot(j: ir.Table, metrics: Sequence[str], *, pre: ir.BooleanValue | None,
     return out
 
 
+def _share(unit_id: ir.StringValue, part: tuple[int, int]) -> ir.BooleanValue:
+    """Pass k of K's units: their id's hash modulo K is k (always true in one pass)."""
+    import ibis
+
+    k, passes = part
+    if passes <= 1:
+        return ibis.literal(True)
+    h = unit_id.hash() % passes  # a signed hash: the remainder may be negative
+    return ((h + passes) % passes) == k
+
+
 def _recorded_units(
     engine: Engine, metrics: Sequence[str], *, since: Any, until: Any,
     scope: VersionScope | None, window: timedelta | None, lookback: timedelta | None,
+    part: tuple[int, int] = (0, 1),
 ) -> ir.Table:
     import ibis
 
     r = engine.table("requests")
     exposed = r.filter(exposed_condition(r, since, until) & _kept(r, scope)
                        & ~((r.experiment == CANARY_EXPERIMENT)
-                           & r.variant.isin(["stable", "canary"])))
+                           & r.variant.isin(["stable", "canary"]))
+                       & _share(r.unit_id, part))
     exposed = exposed.group_by(["experiment", "unit_id"]).aggregate(
         variant=exposed.variant.min(), single=exposed.variant.min() == exposed.variant.max(),
         t0=exposed.ts.min())
@@ -171,7 +185,7 @@ def _recorded_units(
     o = o.left_join(orphan, (o.unit_id.isnull()) & (o.request_id == orphan.request_id))
     o = o.select(unit_id=ibis.coalesce(o.unit_id, o.o_unit), metric=o.metric, value=o.value,
                  ts=ibis.coalesce(o.ts, o.received_at))
-    o = o.filter(o.metric.notnull())
+    o = o.filter(o.metric.notnull() & _share(o.unit_id, part))
     end = parse_time(until)
     if end is not None:
         o = o.filter(o.ts < ibis.literal(end, type="timestamp"))
@@ -254,9 +268,13 @@ def gather_engine(
     scope: VersionScope | None = None,
     window: timedelta | None = None,
     lookback: timedelta | None = None,
+    passes: int | None = None,
 ) -> Gathered:
-    """:func:`analysis.exposure.gather` as one Ibis expression run by ``engine``."""
-    import ibis
+    """:func:`analysis.exposure.gather` as one Ibis expression run by ``engine``.
+
+    On DuckDB, recorded units past twice the memory limit are aggregated in passes over
+    shares of the unit ids (:func:`analysis.exposure.unit_passes`, as the SQL path does) and
+    the per-variant sums added; Spark spills its aggregates itself."""
 
     table = INPUT_TABLE if source == "table" else "outcomes"
     shifts = _shifts(engine, table, has_pre)
@@ -268,13 +286,61 @@ def gather_engine(
         u = _table_units(engine, metrics, name, has_pre, frozenset(metrics) - dirty)
         lookback = None
     else:
-        u = _recorded_units(engine, metrics, since=since, until=until, scope=scope,
-                            window=window, lookback=lookback)
         has_pre = lookback is not None
+    parts = 1
+    if source != "table" and winsorize is None and engine.con is not None:
+        parts = passes or unit_passes(engine.con)
+    found: list[dict[str, Any]] = []
+    for k in range(parts):
+        if source != "table":
+            u = _recorded_units(engine, metrics, since=since, until=until, scope=scope,
+                                window=window, lookback=lookback, part=(k, parts))
+        found += engine.rows(_per_arm(u, metrics, shifts, winsorize, has_pre, counts is None,
+                                      lookback, ratios))
+    if parts > 1:
+        found = _merged_rows(found)
+    usable = _usable(metrics, ratios)
+    return _assemble(found, metrics, shifts, usable, counts, counts is None,
+                     lookback is not None)
+
+
+def _usable(metrics: Sequence[str],
+            ratios: Mapping[str, tuple[str, str]]) -> dict[str, tuple[int, int]]:
+    index = {m: i for i, m in enumerate(metrics)}
+    return {k: (index[a], index[b]) for k, (a, b) in ratios.items()
+            if a in index and b in index}
+
+
+def _merged_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-(experiment, arm) rows of several passes added up: sums and counts add, the
+    ``bin_`` flags combine with AND, NULL (no units in a pass) is neutral."""
+    found: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["experiment"], row["arm"])
+        if key not in found:
+            found[key] = dict(row)
+            continue
+        acc = found[key]
+        for name, value in row.items():
+            if name in ("experiment", "arm") or value is None:
+                continue
+            if acc[name] is None:
+                acc[name] = value
+            elif name.startswith("bin_"):
+                acc[name] = bool(acc[name]) and bool(value)
+            else:
+                acc[name] = acc[name] + value
+    return list(found.values())
+
+
+def _per_arm(u: ir.Table, metrics: Sequence[str], shifts: Mapping[str, tuple[float, float]],
+             winsorize: float | None, has_pre: bool, recorded: bool,
+             lookback: timedelta | None, ratios: Mapping[str, tuple[str, str]]) -> ir.Table:
+    """The per-(experiment, arm) sufficient statistics of the units ``u``."""
+    import ibis
+
     if winsorize is not None and metrics:
         u = _clip(u, metrics, winsorize)
-    recorded = counts is None
-    index = {m: i for i, m in enumerate(metrics)}
     u = u.mutate(arm=ibis.ifelse(u.single, u.variant, ibis.null("string")))
     aggs: dict[str, Any] = {"n": u.count()}
     for i, m in enumerate(metrics):
@@ -292,9 +358,7 @@ def gather_engine(
             aggs |= {f"bad_{i}": u[f"b_{i}"].sum(), f"rows_{i}": u[f"r_{i}"].sum()}
             if lookback is not None:
                 aggs[f"pre_{i}"] = u[f"c_{i}"].sum()
-    usable = {k: (index[a], index[b]) for k, (a, b) in ratios.items()
-              if a in index and b in index}
-    for j, (a, b) in enumerate(usable.values()):
+    for j, (a, b) in enumerate(_usable(metrics, ratios).values()):
         ok = _ok(u, a) & _ok(u, b)
         y = u[f"v_{a}"] - shifts[metrics[a]][0]
         x = u[f"v_{b}"] - shifts[metrics[b]][0]
@@ -303,9 +367,7 @@ def gather_engine(
                  f"rxx_{j}": (x * x).sum(where=ok), f"rxy_{j}": (x * y).sum(where=ok)}
     if recorded:
         aggs |= {"early": u.early.sum(), "late": u.late.sum(), "untimed": u.untimed.sum()}
-    result = u.group_by(["experiment", "arm"]).aggregate(**aggs)
-    return _assemble(engine.rows(result), metrics, shifts, usable, counts, recorded,
-                     lookback is not None)
+    return u.group_by(["experiment", "arm"]).aggregate(**aggs)
 
 
 def _num(value: Any) -> float:
