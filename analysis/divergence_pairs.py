@@ -5,9 +5,11 @@ Each shadow call is joined to its primary's call on ``request_id`` once, into a 
 table one narrow row per shadow call wide: small integer ids for (route, shadow) and the
 primary backend instead of their names, the finite scores, the label pair, the latency
 ratio, the answers' hash equality and (with output vectors) the Jensen-Shannon term. The
-moments, label cells and identical answers are one ``GROUP BY`` of it and the exact score
-distributions (:mod:`analysis.distribution_engine`) read it too; the temporary table spills
-to DuckDB's temporary directory past ``--memory-limit``.
+moments, label cells and identical answers are one ``GROUP BY`` of it; each pair's two
+score columns come back once for :mod:`analysis.paired_figures` while they fit the budget
+(else :mod:`analysis.distribution_engine`'s reductions read the table). The table spills to
+DuckDB's temporary directory past ``--memory-limit``, and past three times it the join runs
+in passes over shares of the request ids (:func:`join_passes`).
 """
 
 from __future__ import annotations
