@@ -21,6 +21,7 @@ from analysis.exposure import (
     Gathered,
     MetricSums,
     RatioSums,
+    add_passes,
     shift_pair,
     unit_passes,
 )
@@ -298,7 +299,7 @@ def gather_engine(
         found += engine.rows(_per_arm(u, metrics, shifts, winsorize, has_pre, counts is None,
                                       lookback, ratios))
     if parts > 1:
-        found = _merged_rows(found)
+        found = add_passes(found, ("experiment", "arm"), lambda name: name.startswith("bin_"))
     usable = _usable(metrics, ratios)
     return _assemble(found, metrics, shifts, usable, counts, counts is None,
                      lookback is not None)
@@ -309,28 +310,6 @@ def _usable(metrics: Sequence[str],
     index = {m: i for i, m in enumerate(metrics)}
     return {k: (index[a], index[b]) for k, (a, b) in ratios.items()
             if a in index and b in index}
-
-
-def _merged_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-(experiment, arm) rows of several passes added up: sums and counts add, the
-    ``bin_`` flags combine with AND, NULL (no units in a pass) is neutral."""
-    found: dict[tuple[Any, Any], dict[str, Any]] = {}
-    for row in rows:
-        key = (row["experiment"], row["arm"])
-        if key not in found:
-            found[key] = dict(row)
-            continue
-        acc = found[key]
-        for name, value in row.items():
-            if name in ("experiment", "arm") or value is None:
-                continue
-            if acc[name] is None:
-                acc[name] = value
-            elif name.startswith("bin_"):
-                acc[name] = bool(acc[name]) and bool(value)
-            else:
-                acc[name] = acc[name] + value
-    return list(found.values())
 
 
 def _per_arm(u: ir.Table, metrics: Sequence[str], shifts: Mapping[str, tuple[float, float]],

@@ -8,7 +8,7 @@ outcomes in ``[first exposure - lookback, first exposure)`` its CUPED covariate.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -18,8 +18,8 @@ import duckdb
 from analysis.load import parse_time, sql_quote, sql_timestamp
 
 __all__ = [
-    "INPUT_TABLE", "Gathered", "MetricSums", "RatioSums", "gather", "metric_shifts", "shift_pair",
-    "whole",
+    "INPUT_TABLE", "Gathered", "MetricSums", "RatioSums", "add_passes", "gather", "metric_shifts",
+    "shift_pair", "unit_passes", "whole",
 ]
 
 #: The analyst table read by ``source="table"``.
@@ -215,26 +215,28 @@ def unit_passes(con: duckdb.DuckDBPyConnection) -> int:
 _UNIT_BYTES = 100
 
 
-def _merged(rows: list[tuple[Any, ...]], and_columns: set[int]) -> list[tuple[Any, ...]]:
-    """Per-(experiment, variant) rows of several passes added up: sums and counts add,
-    ``bool_and`` columns (``and_columns``) combine with AND, NULL (no units) is neutral."""
-    found: dict[tuple[Any, Any], list[Any]] = {}
+def add_passes(rows: Iterable[Mapping[Any, Any]], group: Sequence[Any],
+               anded: Callable[[Any], bool]) -> list[dict[Any, Any]]:
+    """Per-group rows of several passes added up (the ``group`` columns name a row's group):
+    sums and counts add, the columns ``anded`` says are flags combine with AND, and NULL (a
+    pass without such units) is neutral."""
+    found: dict[tuple[Any, ...], dict[Any, Any]] = {}
     for row in rows:
-        key = (row[0], row[1])
+        key = tuple(row[g] for g in group)
         if key not in found:
-            found[key] = list(row)
+            found[key] = dict(row)
             continue
         acc = found[key]
-        for i in range(2, len(row)):
-            if row[i] is None:
+        for name, value in row.items():
+            if name in group or value is None:
                 continue
-            if acc[i] is None:
-                acc[i] = row[i]
-            elif i in and_columns:
-                acc[i] = bool(acc[i]) and bool(row[i])
+            if acc[name] is None:
+                acc[name] = value
+            elif anded(name):
+                acc[name] = bool(acc[name]) and bool(value)
             else:
-                acc[i] = acc[i] + row[i]
-    return [tuple(r) for r in found.values()]
+                acc[name] = acc[name] + value
+    return list(found.values())
 
 
 def _table_units(metrics: Sequence[str], name: str, has_pre: bool,
@@ -403,7 +405,9 @@ def gather(
             FROM {relation} GROUP BY ALL"""
         found += con.execute(sql).fetchall()
     if parts > 1:
-        found = _merged(found, {3 + width * i + 6 for i in range(len(metrics))})
+        flags = {3 + width * i + 6 for i in range(len(metrics))}  # the bool_and columns
+        merged = add_passes((dict(enumerate(r)) for r in found), (0, 1), flags.__contains__)
+        found = [tuple(r[i] for i in range(len(r))) for r in merged]
     g = Gathered()
     for row in found:
         exp, variant, n = str(row[0]), row[1], int(row[2])
