@@ -21,6 +21,7 @@ __all__ = [
     "compare_distributions",
     "lerp",
     "population_stability_index",
+    "quantile_plan",
     "sort_with_ranks",
     "sorted_ks_shift",
     "sorted_quantiles",
@@ -186,16 +187,22 @@ def lerp(low: float, high: float, t: float) -> float:
     return float(high - span * (1 - t)) if t >= 0.5 else float(low + span * t)
 
 
-def sorted_quantiles(ordered: np.ndarray, probs: Sequence[float]) -> list[float]:
-    """``numpy.quantile(values, probs)`` (method ``linear``) of sorted values, read at the
-    order statistics (no selection pass over the values), interpolated as numpy does."""
-    n = ordered.size
-    out = []
+def quantile_plan(n: int, probs: Sequence[float]) -> list[tuple[int, int, float]]:
+    """For ``numpy.quantile`` (method ``linear``) of ``n`` values: per probability, the two
+    0-based order statistics it reads and the weight :func:`lerp` gives the second."""
+    plan = []
     for q in probs:
         at = float(n - 1) * float(q)  # numpy's virtual index
         prev = math.floor(at)
-        out.append(lerp(float(ordered[prev]), float(ordered[min(prev + 1, n - 1)]), at - prev))
-    return out
+        plan.append((prev, min(prev + 1, n - 1), at - prev))
+    return plan
+
+
+def sorted_quantiles(ordered: np.ndarray, probs: Sequence[float]) -> list[float]:
+    """``numpy.quantile(values, probs)`` (method ``linear``) of sorted values, read at the
+    order statistics (no selection pass over the values), interpolated as numpy does."""
+    return [lerp(float(ordered[lo]), float(ordered[hi]), w)
+            for lo, hi, w in quantile_plan(ordered.size, probs)]
 
 
 def wilson_interval(successes: int, n: int) -> tuple[float, float] | None:

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.distribution import PSI_FLOOR, SCIPY_MAX_N, DistributionShift, lerp
+from analysis.distribution import (
+    PSI_FLOOR,
+    SCIPY_MAX_N,
+    DistributionShift,
+    lerp,
+    quantile_plan,
+)
 from analysis.engine import Engine
 
 if TYPE_CHECKING:
@@ -110,13 +116,8 @@ def linear_quantiles(
     plans: dict[tuple[Any, ...], list[tuple[int, int, float]]] = {}
     positions: set[int] = set()
     for key, n in sizes.items():
-        plan = []
-        for q in probs:
-            at = float(n - 1) * float(q)  # numpy's virtual index
-            prev = math.floor(at)
-            plan.append((prev, min(prev + 1, n - 1), at - prev))
-            positions |= {prev, min(prev + 1, n - 1)}
-        plans[key] = plan
+        plans[key] = quantile_plan(n, probs)
+        positions |= {i for lo, hi, _ in plans[key] for i in (lo, hi)}
     if not plans:
         return {}
     ranked = t.mutate(_rn=ibis.row_number().over(ibis.window(group_by=g, order_by=[t[value]])))

@@ -30,7 +30,7 @@ from analysis.divergence_pairs import (
     score_columns,
     whole_vectors,
 )
-from analysis.engine import duckdb_engine, size_mb
+from analysis.engine import duckdb_engine, memory_limit_bytes
 from analysis.identical import with_identical
 from analysis.load import (
     PRIMARY_SQL,
@@ -270,9 +270,9 @@ def analyze_divergence(
         join = f"FROM shad s LEFT JOIN prim p ON p.request_id = s.request_id {seg_join}"
         materialize_pairs(con, base, join, seg_sql if segment is not None else None,
                           vectors=has_vectors, hashes=hashed, atol=atol, rtol=rtol,
-                          passes=passes or join_passes(ids.primary_calls, _budget(con)))
+                          passes=passes or join_passes(ids.primary_calls, memory_limit_bytes(con)))
 
-    budget = _budget(con) if numpy_bytes is None else numpy_bytes
+    budget = memory_limit_bytes(con) if numpy_bytes is None else numpy_bytes
     try:  # the temporary table goes whatever fails
         try:
             materialize(_label_sql(con, where))
@@ -346,11 +346,6 @@ def _label_sql(con: duckdb.DuckDBPyConnection, where: str) -> str:
     if not labels or len(labels) > _ENUM_LABELS:
         return "label"
     return f"label::ENUM({', '.join(sql_quote(x) for x in sorted(labels))}) AS label"
-
-
-def _budget(con: duckdb.DuckDBPyConnection) -> float:
-    """Bytes of numpy work a report may hold beside DuckDB: its ``memory_limit``."""
-    return size_mb(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]) * 2**20
 
 
 def _figures_of(scores: dict[tuple[Any, ...], list[np.ndarray]],

@@ -28,6 +28,7 @@ __all__ = [
     "EngineName",
     "EngineUnsupported",
     "duckdb_engine",
+    "memory_limit_bytes",
     "size_mb",
     "spark_engine",
     "spark_memory",
@@ -174,6 +175,12 @@ def size_mb(limit: str) -> float:
     if not found or found.group(2).lower() not in _UNIT_MB:
         raise AnalysisSourceError(f"--memory-limit: cannot read {limit!r}; use e.g. 1GB or 800MB")
     return float(found.group(1)) * _UNIT_MB[found.group(2).lower()]
+
+
+def memory_limit_bytes(con: Any) -> float:
+    """A DuckDB connection's ``memory_limit`` in bytes (the cap numpy work is sized by)."""
+    return size_mb(str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+                   ) * 2**20
 
 
 def spark_memory(limit: str | None) -> str | None:

@@ -204,11 +204,10 @@ def unit_passes(con: duckdb.DuckDBPyConnection) -> int:
     count) fit twice the memory limit, else enough to keep each pass's share there. 100M
     units needed a 1500MB cap in one pass; a unit's exposures and outcomes always fall in
     the same pass, and the per-variant sums of the passes add up."""
-    from analysis.engine import size_mb
+    from analysis.engine import memory_limit_bytes
 
     (exposures,) = con.execute("SELECT count(*) FROM requests WHERE exposed").fetchall()[0]
-    limit = size_mb(str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]))
-    return max(1, math.ceil(int(exposures) * _UNIT_BYTES / (2 * limit * 2**20)))
+    return max(1, math.ceil(int(exposures) * _UNIT_BYTES / (2 * memory_limit_bytes(con))))
 
 
 #: Bytes of one unit's row in the per-unit aggregate (ids, first exposure, sums and counts).

@@ -8,13 +8,12 @@ window sort that spills; rates get 95% Wilson intervals.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from analysis.distribution import lerp, sorted_quantiles, wilson_interval
+from analysis.distribution import lerp, quantile_plan, sorted_quantiles, wilson_interval
 from analysis.stats import finite_or_none
 
 __all__ = [
@@ -121,8 +120,7 @@ def ordered_quantiles(
     plans, positions = {}, set()
     for key, n in sizes.items():
         if n:
-            plans[key] = [(math.floor(at), min(math.floor(at) + 1, n - 1), at - math.floor(at))
-                          for at in (float(n - 1) * float(q) for q in probs)]
+            plans[key] = quantile_plan(n, probs)
             positions |= {i for lo, hi, _ in plans[key] for i in (lo, hi)}
     if not plans:
         return {}

@@ -438,8 +438,7 @@ def test_a_join_in_passes_gives_the_same_report(recorded: tuple[str, pd.DataFram
     assert len([s for s in con.statements if "LEFT JOIN prim p" in s]) == 3
     assert [s for s in con.statements if s.startswith("INSERT INTO shadowcar_divergence")]
     assert split["pairs"] and split["pairs"][0]["n"] > 0
-    assert json.dumps(split, sort_keys=True) == json.dumps(whole, sort_keys=True) or (
-        _close(split, whole))
+    assert _close(split, whole)
     assert join_passes(10_000_000, 600e6) == 1
     assert join_passes(100_000_000, 600e6) == 4
 
