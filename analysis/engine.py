@@ -114,15 +114,20 @@ class Engine:
             return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
         return self._spark_rows(expr)
 
-    def materialize(self, expr: ir.Table, name: str) -> ir.Table:
+    def materialize(self, expr: ir.Table, name: str, *, append: bool = False) -> ir.Table:
         """``expr`` computed once and kept as table ``name`` (DuckDB: a temporary table, which
         spills past the memory limit; Spark: a view persisted on disk), so reductions that
-        read it again do not repeat the joins and windows behind it. :meth:`drop` frees it."""
+        read it again do not repeat the joins and windows behind it. :meth:`drop` frees it.
+        ``append`` (DuckDB) adds the rows to the table of an earlier call, by column name."""
         if self.con is not None:
             import ibis
 
-            self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{name}" AS {self._sql(expr)}')
+            into = (f'INSERT INTO "{name}" BY NAME' if append
+                    else f'CREATE OR REPLACE TEMP TABLE "{name}" AS')
+            self.con.execute(f"{into} {self._sql(expr)}")
             return ibis.table(expr.schema(), name=name)
+        if append:
+            raise EngineUnsupported("appending to a materialized table runs on DuckDB only")
         assert self.backend is not None and self.session is not None
         from pyspark import StorageLevel
 

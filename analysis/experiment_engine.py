@@ -10,18 +10,21 @@ here too, so a report on Spark needs nothing but the engine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from analysis.engine import Engine
 from analysis.exposure import (
+    BOUNDS_TABLE,
     CANARY_EXPERIMENT,
     INPUT_TABLE,
+    UNITS_TABLE,
     Gathered,
     MetricSums,
     RatioSums,
     add_passes,
+    clip_bounds,
     shift_pair,
     unit_passes,
 )
@@ -250,10 +253,15 @@ def _clip(u: ir.Table, metrics: Sequence[str], level: float) -> ir.Table:
     bounds = single.group_by("experiment").aggregate(**{
         f"{side}_{i}": single[f"v_{i}"].quantile(q, where=_ok(single, i))
         for i in range(len(metrics)) for side, q in (("lo", 1.0 - level), ("hi", level))})
+    return _clip_to(u, bounds, len(metrics))
+
+
+def _clip_to(u: ir.Table, bounds: ir.Table, count: int) -> ir.Table:
+    """``u``'s values clipped to their experiment's ``lo_i``/``hi_i`` in ``bounds``."""
     joined = u.join(bounds, "experiment")
     return joined.mutate(**{
         f"v_{i}": joined[f"v_{i}"].clip(lower=joined[f"lo_{i}"], upper=joined[f"hi_{i}"])
-        for i in range(len(metrics))})
+        for i in range(count)})
 
 
 def gather_engine(
@@ -275,7 +283,8 @@ def gather_engine(
 
     On DuckDB, recorded units past twice the memory limit are aggregated in passes over
     shares of the unit ids (:func:`analysis.exposure.unit_passes`, as the SQL path does) and
-    the per-variant sums added; Spark spills its aggregates itself."""
+    the per-variant sums added (winsorized: the passes' units kept in a temporary table and
+    clipped to bounds from sorts that spill); Spark spills its aggregates itself."""
 
     table = INPUT_TABLE if source == "table" else "outcomes"
     shifts = _shifts(engine, table, has_pre)
@@ -289,9 +298,16 @@ def gather_engine(
     else:
         has_pre = lookback is not None
     parts = 1
-    if source != "table" and winsorize is None and engine.con is not None:
+    if source != "table" and engine.con is not None:
         parts = passes or unit_passes(engine.con)
     found: list[dict[str, Any]] = []
+    if winsorize is not None and metrics and parts > 1:
+        found = _winsorized_in_passes(engine, parts, winsorize, metrics, shifts, ratios,
+                                      lambda k: _recorded_units(
+                                          engine, metrics, since=since, until=until,
+                                          scope=scope, window=window, lookback=lookback,
+                                          part=(k, parts)), lookback)
+        parts = 0
     for k in range(parts):
         if source != "table":
             u = _recorded_units(engine, metrics, since=since, until=until, scope=scope,
@@ -303,6 +319,30 @@ def gather_engine(
     usable = _usable(metrics, ratios)
     return _assemble(found, metrics, shifts, usable, counts, counts is None,
                      lookback is not None)
+
+
+def _winsorized_in_passes(
+    engine: Engine, parts: int, level: float, metrics: Sequence[str],
+    shifts: Mapping[str, tuple[float, float]], ratios: Mapping[str, tuple[str, str]],
+    units: Callable[[int], ir.Table], lookback: timedelta | None,
+) -> list[dict[str, Any]]:
+    """Recorded units of ``parts`` passes kept in a temporary table (DuckDB: it spills), the
+    clip bounds from sorts that spill, and one aggregate of the clipped units."""
+    import ibis
+
+    assert engine.con is not None
+    try:
+        for k in range(parts):
+            table = engine.materialize(units(k), UNITS_TABLE, append=k > 0)
+        clip_bounds(engine.con, UNITS_TABLE, len(metrics), level, BOUNDS_TABLE)
+        bounds = ibis.table(ibis.schema({"experiment": "string", **{
+            f"{side}_{i}": "float64" for i in range(len(metrics)) for side in ("lo", "hi")}}),
+            name=BOUNDS_TABLE)
+        return engine.rows(_per_arm(_clip_to(table, bounds, len(metrics)), metrics, shifts,
+                                    None, lookback is not None, True, lookback, ratios))
+    finally:
+        engine.drop(UNITS_TABLE)
+        engine.drop(BOUNDS_TABLE)
 
 
 def _usable(metrics: Sequence[str],

@@ -18,8 +18,8 @@ import duckdb
 from analysis.load import parse_time, sql_quote, sql_timestamp
 
 __all__ = [
-    "INPUT_TABLE", "Gathered", "MetricSums", "RatioSums", "add_passes", "gather", "metric_shifts",
-    "shift_pair", "unit_passes", "whole",
+    "BOUNDS_TABLE", "INPUT_TABLE", "UNITS_TABLE", "Gathered", "MetricSums", "RatioSums",
+    "add_passes", "clip_bounds", "gather", "metric_shifts", "shift_pair", "unit_passes", "whole",
 ]
 
 #: The analyst table read by ``source="table"``.
@@ -278,17 +278,57 @@ def _ok(i: int) -> str:
 
 def _clip(metrics: Sequence[str], level: float) -> str:
     """Clip each metric's unit values to its [1 - level, level] linear quantiles over the
-    experiment's units in the metric (units without rows count as 0)."""
+    experiment's units in the metric (units without rows count as 0), in one statement."""
     qs = [f"quantile_cont(v_{i}, [{1.0 - level!r}, {level!r}]) FILTER (WHERE {_ok(i)}) AS q_{i}"
           for i in range(len(metrics))]
-    clipped = [f"least(greatest(u.v_{i}, q.q_{i}[1]), q.q_{i}[2]) AS v_{i}"
-               for i in range(len(metrics))]
+    ends = [f"q_{i}[1] AS lo_{i}, q_{i}[2] AS hi_{i}" for i in range(len(metrics))]
     return f""", bounds AS (
-            SELECT experiment, {', '.join(qs)} FROM unit_rows WHERE single GROUP BY experiment
-        ), clipped AS (
+            SELECT experiment, {', '.join(ends)} FROM (
+                SELECT experiment, {', '.join(qs)} FROM unit_rows WHERE single GROUP BY experiment)
+        ), {_clipped(metrics, "bounds")}"""
+
+
+def _clipped(metrics: Sequence[str], bounds: str) -> str:
+    """The ``clipped`` CTE: ``unit_rows`` with each value clipped to its experiment's
+    ``lo_i``/``hi_i`` in ``bounds``."""
+    clipped = [f"least(greatest(u.v_{i}, q.lo_{i}), q.hi_{i}) AS v_{i}"
+               for i in range(len(metrics))]
+    return f"""clipped AS (
             SELECT u.* REPLACE ({', '.join(clipped)})
-            FROM unit_rows u JOIN bounds q ON q.experiment = u.experiment
+            FROM unit_rows u JOIN {bounds} q ON q.experiment = u.experiment
         )"""
+
+
+#: Temporary tables of a winsorized report whose units are aggregated in passes.
+UNITS_TABLE, BOUNDS_TABLE = "_shadowcar_units", "_shadowcar_bounds"
+
+
+def clip_bounds(con: duckdb.DuckDBPyConnection, units: str, count: int, level: float,
+                into: str) -> None:
+    """Table ``into`` (experiment, lo_i, hi_i for each of ``count`` metrics): the [1 - level,
+    level] linear quantiles of each metric's values over each experiment's single-variant
+    units in the metric, in table ``units``, read at the order statistics of a sort that
+    spills. ``quantile_cont`` holds an experiment's every unit: with 10M units a 300MB cap
+    ran out of memory winsorizing while the plain report ran."""
+    from analysis.operations import ordered_quantiles
+
+    experiments = [str(r[0]) for r in con.execute(
+        f"SELECT DISTINCT experiment FROM {units} WHERE single ORDER BY 1").fetchall()]
+    bounds: dict[str, list[float | None]] = {e: [] for e in experiments}
+    for i in range(count):
+        kept = f"FROM {units} WHERE single AND {_ok(i)}"
+        sizes = {(str(e),): int(n) for e, n in con.execute(
+            f"SELECT experiment, count(v_{i}) {kept} GROUP BY experiment").fetchall()}
+        found = ordered_quantiles(con, f"SELECT experiment, v_{i} AS v {kept}", ["experiment"],
+                                  sizes, [1.0 - level, level])
+        for e in experiments:
+            bounds[e] += found.get((e,)) or [None, None]
+    columns = ", ".join(f"lo_{i} DOUBLE, hi_{i} DOUBLE" for i in range(count))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {into} (experiment VARCHAR, {columns})")
+    if experiments:
+        marks = ", ".join("?" for _ in range(1 + 2 * count))
+        con.executemany(f"INSERT INTO {into} VALUES ({marks})",
+                        [[e, *bounds[e]] for e in experiments])
 
 
 def metric_shifts(
@@ -346,8 +386,9 @@ def gather(
     Metric names come first (a cheap DISTINCT) so the per-unit pivot has fixed columns.
     ``lookback`` (recorded data) makes each metric's covariate its own pre-exposure sum.
     Recorded units past the memory limit are aggregated in ``passes`` over shares of the
-    unit ids (default :func:`unit_passes`; one pass when winsorizing, whose quantiles need
-    every unit at once) and their per-variant sums added.
+    unit ids (default :func:`unit_passes`) and their per-variant sums added; winsorized,
+    the passes' units are kept in a temporary table (it spills), the clip bounds are read
+    from sorts that spill (:func:`clip_bounds`) and one statement sums the clipped units.
     """
     table = INPUT_TABLE if source == "table" else "outcomes"
     shifts = metric_shifts(con, table, has_pre)
@@ -360,9 +401,8 @@ def gather(
         lookback = None
     else:
         has_pre = lookback is not None
-    parts = 1
-    if source != "table" and winsorize is None:
-        parts = passes or unit_passes(con)
+    parts = passes or unit_passes(con) if source != "table" else 1
+    staged = winsorize is not None and bool(metrics) and parts > 1
     relation = "unit_rows"
     if winsorize is not None and metrics:
         relation = "clipped"
@@ -392,17 +432,36 @@ def gather(
     if recorded:
         aggs += ["sum(early)", "sum(late)", "sum(untimed)"]
     width, rwidth = 11, 6
+    def sums(ctes: str) -> list[tuple[Any, ...]]:
+        return con.execute(f"""WITH {ctes}
+            SELECT experiment, CASE WHEN single THEN variant END AS variant, {', '.join(aggs)}
+            FROM {relation} GROUP BY ALL""").fetchall()
+
+    def units(k: int) -> str:
+        return _recorded_units(metrics, since=since, until=until, versions=versions,
+                               window=window, lookback=lookback, part=(k, parts))
+
     found: list[tuple[Any, ...]] = []
-    for k in range(parts):
+    if staged:
+        assert winsorize is not None
+        try:
+            for k in range(parts):
+                into = (f"CREATE OR REPLACE TEMP TABLE {UNITS_TABLE} AS" if k == 0
+                        else f"INSERT INTO {UNITS_TABLE} BY NAME")
+                con.execute(f"{into} WITH {units(k)} SELECT * FROM unit_rows")
+            clip_bounds(con, UNITS_TABLE, len(metrics), winsorize, BOUNDS_TABLE)
+            found = sums(f"unit_rows AS (SELECT * FROM {UNITS_TABLE}), "
+                         + _clipped(metrics, BOUNDS_TABLE))
+        finally:
+            for table in (UNITS_TABLE, BOUNDS_TABLE):
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+        parts = 1
+    for k in range(0 if staged else parts):
         if source != "table":
-            ctes = _recorded_units(metrics, since=since, until=until, versions=versions,
-                                   window=window, lookback=lookback, part=(k, parts))
+            ctes = units(k)
             if winsorize is not None and metrics:
                 ctes += _clip(metrics, winsorize)
-        sql = f"""WITH {ctes}
-            SELECT experiment, CASE WHEN single THEN variant END AS variant, {', '.join(aggs)}
-            FROM {relation} GROUP BY ALL"""
-        found += con.execute(sql).fetchall()
+        found += sums(ctes)
     if parts > 1:
         flags = {3 + width * i + 6 for i in range(len(metrics))}  # the bool_and columns
         merged = add_passes((dict(enumerate(r)) for r in found), (0, 1), flags.__contains__)
