@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from analysis.canary_readout import METHOD, CanaryReport, _assemble
 from analysis.distribution_engine import linear_quantiles
 from analysis.engine import Engine
-from analysis.experiment_engine import _finite, _kept, _time_bounds, scope_engine
+from analysis.experiment_engine import _finite, _kept, _shifts, _time_bounds, scope_engine
 from analysis.exposure import CANARY_EXPERIMENT
 from analysis.load import parse_time
 from analysis.noise_floor import routes_by_match
@@ -121,7 +121,8 @@ def analyze_canaries_engine(
     per_arm.sort(key=lambda a: (a[0], a[1] is None, a[1] or 0, a[5]))
     u = units.select(u_route="route", u_index="step_index", u_unit="unit_id", arm="variant")
     timed = req.filter(fin)
-    timed = timed.inner_join(u, (u.u_route == timed.route) & (u.u_index == timed.step_index)
+    timed = timed.inner_join(u, (u.u_route == timed.route)
+                             & u.u_index.identical_to(timed.step_index)
                              & (u.u_unit == timed.unit_id))
     timed = timed.select("route", "step_index", "arm", "latency_ms")
     quantiles = {key: {"p50": q[0], "p99": q[1]} for key, q in linear_quantiles(
@@ -134,7 +135,7 @@ def analyze_canaries_engine(
 def _outcome_sums(engine: Engine, units: ir.Table, steps: ir.Table, window: timedelta | None,
                   end: datetime | None) -> list[tuple[Any, ...]]:
     """(route, step, variant, metric, units with a finite row, units left out, sum, sum of
-    squares, non-finite rows): :func:`analysis.canary_readout._outcome_sums`."""
+    squares, non-finite rows, shift): :func:`analysis.canary_readout._outcome_sums`."""
     import ibis
 
     if not engine.has("outcomes") or not {"unit_id", "metric", "value", "ts"} <= set(
@@ -163,9 +164,14 @@ def _outcome_sums(engine: Engine, units: ir.Table, steps: ir.Table, window: time
     per_unit = m.group_by(["route", "step_index", "variant", "unit_id", "metric"]).aggregate(
         v=m.value.sum(where=fin).fill_null(0.0), f=m.count(where=fin) > 0,
         bad=m.count(where=~fin))
+    shifts = {m: v for m, (v, _) in _shifts(engine, "outcomes", False).items()}
+    shift = (per_unit.metric.substitute(shifts, else_=0.0) if shifts
+             else ibis.literal(0.0, type="float64"))
+    per_unit = per_unit.mutate(d=per_unit.v - shift, sh=shift)
     agg = per_unit.aggregate(
         by=["route", "step_index", "variant", "metric"], n_f=per_unit.count(where=per_unit.f),
-        n_out=per_unit.count(where=~per_unit.f), s=per_unit.v.sum(),
-        s2=(per_unit.v * per_unit.v).sum(), bad=per_unit.bad.sum())
+        n_out=per_unit.count(where=~per_unit.f), s=per_unit.d.sum(where=per_unit.f),
+        s2=(per_unit.d * per_unit.d).sum(where=per_unit.f), bad=per_unit.bad.sum(),
+        sh=per_unit.sh.max())
     return [(x["route"], x["step_index"], x["variant"], x["metric"], x["n_f"], x["n_out"],
-             x["s"], x["s2"], x["bad"]) for x in engine.rows(agg)]
+             x["s"], x["s2"], x["bad"], x["sh"]) for x in engine.rows(agg)]

@@ -12,15 +12,18 @@ from typing import Any, Literal
 
 import duckdb
 
+from analysis.exposure import metric_shifts
 from analysis.load import (
     parse_time,
     relation_columns,
     relations,
+    sql_quote,
     sql_timestamp,
     time_filter,
     version_scope,
 )
 from analysis.noise_floor import newest_route_configs
+from analysis.operations import ordered_quantiles
 from analysis.report.json import jsonable
 from analysis.significance import DEFAULT_ALPHA, Comparison, ratio_test, welch_test
 from analysis.stats import PairStats, SampleStats
@@ -169,15 +172,16 @@ def analyze_canaries(
     """).fetchall()
     if not per_arm:
         return None
-    quantiles = {
-        (r[0], r[1], r[2]): {"p50": r[3], "p99": r[4]}
-        for r in con.execute(f"""{base}
-            SELECT q.route, q.step_index, u.variant, quantile_cont(q.latency_ms, 0.5),
-                   quantile_cont(q.latency_ms, 0.99)
-            FROM req q JOIN units u USING (route, step_index, unit_id)
-            WHERE isfinite(q.latency_ms) GROUP BY ALL
-        """).fetchall()
-    }
+    # Each arm's latency p50/p99 as order statistics of a sort that spills (quantile_cont
+    # held an arm's every request); the arms' timed requests are counted above.
+    timed = {(r[0], r[1], r[5]): int(r[13] or 0) for r in per_arm}
+    quantiles = {key: {"p50": q[0], "p99": q[1]} for key, q in ordered_quantiles(
+        con, f"""{base}
+            SELECT q.route, q.step_index, u.variant, q.latency_ms AS v
+            FROM req q JOIN units u ON u.route = q.route AND u.unit_id = q.unit_id
+                 AND u.step_index IS NOT DISTINCT FROM q.step_index
+            WHERE isfinite(q.latency_ms)""",
+        ["route", "step_index", "variant"], timed, [0.5, 0.99]).items() if q}
     outcomes = _outcome_sums(con, base, window, end)
     routes = newest_route_configs(con)
     return _assemble(per_arm, quantiles, outcomes, routes, alpha, scope.to_dict(),
@@ -188,9 +192,15 @@ def _outcome_sums(
     con: duckdb.DuckDBPyConnection, base: str, window: timedelta | None, end: datetime | None,
 ) -> list[tuple[Any, ...]]:
     """(route, step, variant, metric, units with a finite row, units left out, sum, sum of
-    squares, non-finite rows) of outcomes from each unit's first exposure to the step's end."""
+    squares, non-finite rows, shift) of outcomes from each unit's first exposure to the
+    step's end. The sums are of the units' values less the metric's shift, a whole number
+    near their mean (:func:`analysis.exposure.metric_shifts`): a metric of 1e7 + N(0, 1)
+    lost about 2e-2 of its variance to raw sums (issue 19.3)."""
     if not {"unit_id", "metric", "value", "ts"} <= relation_columns(con, "outcomes"):
         return []
+    shifts = {m: v for m, (v, _) in metric_shifts(con, "outcomes", False).items()}
+    shift = (f"CASE metric {' '.join(f'WHEN {sql_quote(m)} THEN {v!r}' for m, v in shifts.items())}"
+             " ELSE 0.0 END" if shifts else "0.0")
     limit = f" AND o.ts < u.t0 + INTERVAL {int(window.total_seconds())} SECONDS" if window else ""
     limit += f" AND o.ts < {sql_timestamp(end)}" if end else ""
     return con.execute(f"""{base},
@@ -213,10 +223,13 @@ def _outcome_sums(
             JOIN o ON o.unit_id = u.unit_id AND o.ts >= u.t0
                   AND o.ts < coalesce(st.until, {_FAR}){limit}
             GROUP BY ALL
+        ), shifted AS (
+            SELECT *, {shift} AS sh FROM unit_metric
         )
         SELECT route, step_index, variant, metric, count(*) FILTER (WHERE f),
-               count(*) FILTER (WHERE NOT f), sum(v), sum(v * v), sum(bad)
-        FROM unit_metric GROUP BY ALL ORDER BY ALL
+               count(*) FILTER (WHERE NOT f), sum(v - sh) FILTER (WHERE f),
+               sum((v - sh) * (v - sh)) FILTER (WHERE f), sum(bad), any_value(sh)
+        FROM shifted GROUP BY ALL ORDER BY ALL
     """).fetchall()
 
 
@@ -266,6 +279,18 @@ def _assemble(
     return CanaryReport(out, tuple(notes), versions)
 
 
+def _outcome_stats(n: int, row: tuple[Any, ...] | None) -> SampleStats:
+    """One arm's outcome metric over its ``n`` units in the metric: the units with a finite
+    row from ``row`` (sums less its shift), the units without a row with value 0 (each adds
+    ``0 - shift``: exact, the shift is a whole number)."""
+    if row is None:
+        return SampleStats(n, 0.0, 0.0)
+    shift = float(row[9] or 0.0)
+    absent = n - int(row[4] or 0)
+    return SampleStats(n, float(row[6] or 0) - absent * shift,
+                       float(row[7] or 0) + absent * shift * shift, shift)
+
+
 def _results(
     found: dict[str, tuple[Any, ...]],
     metrics: dict[str, dict[str, tuple[Any, ...]]],
@@ -301,8 +326,7 @@ def _results(
             row = by_arm.get(arm)
             dropped = int(row[5]) if row else 0
             n = units[arm] - dropped
-            stats.append(SampleStats(n, float(row[6] or 0) if row else 0.0,
-                                     float(row[7] or 0) if row else 0.0))
+            stats.append(_outcome_stats(n, row))
             if row and (row[8] or dropped):
                 notes.append(f"{arm}: {int(row[8] or 0)} non-finite row(s) left out, "
                              f"{dropped} unit(s) without a finite value left out")

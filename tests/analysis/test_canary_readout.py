@@ -121,14 +121,89 @@ def test_canary_steps_stable_against_candidate(tmp_path: Path) -> None:
     assert exp.to_dict()["canaries"]["routes"][0]["route"] == ROUTE
 
 
-def test_without_canary_state_the_span_is_one_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["sql", "ibis"])
+def test_without_canary_state_the_span_is_one_step(tmp_path: Path, path: str) -> None:
+    """Without recorded canary state the span is one step, with its latency quantiles (the
+    step's NULL index failed the quantiles' join: p50 and p99 were null)."""
+    from analysis.canary_engine import analyze_canaries_engine
+    from analysis.engine import duckdb_engine
+
     con, requests, _ = canary_db(tmp_path / "plain.duckdb")
     con.execute("DELETE FROM canary_state")
-    report = analyze_canaries(con)
+    report = (analyze_canaries(con) if path == "sql"
+              else analyze_canaries_engine(duckdb_engine(con)))
     assert report is not None
     (step,) = report.routes[0].steps
     assert step.index is None and "one step" in (step.message or "")
     assert sum(step.units.values()) == requests["unit_id"].nunique()
+    first = requests.sort_values("ts").groupby("unit_id")["variant"].first()
+    arm = requests["unit_id"].map(first)
+    for variant, name in (("stable", "stable"), ("canary", "candidate")):
+        want = np.quantile(requests.loc[arm == variant, "latency_ms"], [0.5, 0.99])
+        got = step.latency_ms[name]
+        assert [got["p50"], got["p99"]] == pytest.approx(want.tolist(), rel=1e-12)
     empty = duckdb.connect()
     migrate(empty)
     assert analyze_canaries(empty) is None
+
+
+def huge_mean_canary(path: Path, base: float) -> tuple[duckdb.DuckDBPyConnection, pd.DataFrame]:
+    """One step; each unit one request and one outcome of ``base + N(0, 1)`` (the candidate
+    0.05 higher); the latencies are per-request draws. Returns the requests with values."""
+    rng = np.random.default_rng(23)
+    n = 4000
+    arm = np.where(rng.random(n) < 0.3, "canary", "stable")
+    ts = [T0 + timedelta(seconds=int(s)) for s in rng.integers(0, 3000, n)]
+    requests = pd.DataFrame({
+        "request_id": [f"r{u}" for u in range(n)], "ts": ts, "route": ROUTE,
+        "unit_id": [f"u{u}" for u in range(n)], "experiment": "canary", "variant": arm,
+        "exposed": True, "status": "OK", "latency_ms": rng.gamma(4, 3, n),
+        "config_version": "v1"})
+    value = base + rng.normal(0, 1, n) + np.where(arm == "canary", 0.05, 0.0)
+    outcomes = pd.DataFrame({"event_id": [f"e{u}" for u in range(n)],
+                             "unit_id": requests["unit_id"], "metric": "revenue",
+                             "value": value, "ts": requests["ts"] + timedelta(seconds=30)})
+    con = duckdb.connect(str(path))
+    migrate(con)
+    con.execute("INSERT INTO configs VALUES ('v1', ?, ?)", [T0 - timedelta(days=1),
+                                                           json.dumps(CONFIG)])
+    con.execute("INSERT INTO canary_state (ts, route, state, step_index) VALUES (?, ?, ?, ?)",
+                [T0, ROUTE, "running", 0])
+    con.register("req_df", requests)
+    con.execute("INSERT INTO requests BY NAME SELECT * FROM req_df")
+    con.register("out_df", outcomes)
+    con.execute("INSERT INTO outcomes BY NAME SELECT * FROM out_df")
+    return con, requests.assign(value=value)
+
+
+@pytest.mark.parametrize("path", ["sql", "ibis"])
+def test_canary_outcomes_keep_their_digits_and_latency_quantiles_are_numpys(
+        tmp_path: Path, path: str) -> None:
+    """Issue 19.3's class in the canary readout: an outcome of 1e7 + N(0, 1) gets scipy's
+    Welch standard error and effect to 1e-9 (raw sums lost about 2e-2 of its variance),
+    on the SQL path and on the engine path; and each arm's latency p50/p99 are numpy's
+    linear quantiles, read at order statistics (``quantile_cont`` held an arm's every
+    request)."""
+    from scipy import stats as sps
+
+    from analysis.canary_engine import analyze_canaries_engine
+    from analysis.engine import duckdb_engine
+
+    base = 1e7
+    con, requests = huge_mean_canary(tmp_path / "huge.duckdb", base)
+    report = (analyze_canaries(con) if path == "sql"
+              else analyze_canaries_engine(duckdb_engine(con)))
+    assert report is not None
+    (step,) = report.routes[0].steps
+    results = {r.metric: r.comparison for r in step.results}
+    a = requests.loc[requests.variant == "stable", "value"].to_numpy()
+    b = requests.loc[requests.variant == "canary", "value"].to_numpy()
+    revenue = results["revenue"]
+    assert revenue.se == pytest.approx(float(np.hypot(sps.sem(a), sps.sem(b))), rel=RTOL)
+    assert revenue.abs_effect == pytest.approx((b - base).mean() - (a - base).mean(), rel=RTOL)
+    assert revenue.mean_control == pytest.approx(a.mean(), rel=1e-15)
+    for variant, arm in (("stable", "stable"), ("canary", "candidate")):
+        lat = requests.loc[requests.variant == variant, "latency_ms"].to_numpy()
+        want = np.quantile(lat, [0.5, 0.99])
+        got = step.latency_ms[arm]
+        assert [got["p50"], got["p99"]] == pytest.approx(want.tolist(), rel=1e-12)
