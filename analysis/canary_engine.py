@@ -95,7 +95,7 @@ def analyze_canaries_engine(
     fin = _finite(req.latency_ms)
     units = req.group_by(["route", "step_index", "unit_id"]).aggregate(
         variant=req.variant.argmin(req.ts), t0=req.ts.min(),
-        switched=req.variant.nunique() > 1, n_req=req.count().cast("float64"),
+        switched=req.variant.min() != req.variant.max(), n_req=req.count().cast("float64"),
         n_err=req.count(where=~req.status.identical_to(ibis.literal("OK"))).cast("float64"),
         lat=req.latency_ms.sum(where=fin).fill_null(0.0),
         n_lat=req.count(where=fin).cast("float64"))

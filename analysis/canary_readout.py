@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import duckdb
 
-from analysis.exposure import metric_shifts
+from analysis.exposure import add_passes, metric_shifts, unit_passes, unit_share
 from analysis.load import (
     parse_time,
     relation_columns,
@@ -128,8 +128,13 @@ def analyze_canaries(
     version: str | None = None,
     all_versions: bool = False,
     alpha: float = DEFAULT_ALPHA,
+    passes: int | None = None,
 ) -> CanaryReport | None:
-    """The readout of every canary recorded in ``con``; None when there is none."""
+    """The readout of every canary recorded in ``con``; None when there is none.
+
+    Past twice the memory limit the units are read in ``passes`` over shares of the unit
+    ids (default :func:`analysis.exposure.unit_passes`, as the experiment report does): a
+    unit's requests and outcomes fall in one pass, the per-arm sums add up."""
     if "requests" not in relations(con):
         return None
     canary_rows = ("exposed AND experiment = 'canary' AND variant IN ('stable', 'canary') "
@@ -141,55 +146,94 @@ def analyze_canaries(
                      f" AND r.ts < {sql_timestamp(end)}" if end else ""])
     has_latency = "latency_ms" in relation_columns(con, "requests")
     latency = "r.latency_ms" if has_latency else "NULL::DOUBLE"
-    base = f"""
+    parts = passes or unit_passes(con)
+    head = f"""
         WITH seg AS ({_segments(con)}),
         steps AS (
             SELECT route, step_index, min(ts) AS since, max(coalesce(next_ts, {_FAR})) AS until,
                    arg_max(state, ts) AS state
             FROM seg GROUP BY route, step_index
-        ), req AS (
+        )"""
+
+    def requests_of(k: int) -> str:
+        # A request's step is the state segment [ts, next ts) of its route it falls in: a
+        # join on the route with the range (an ASOF join sorted 10M requests: 24 s of 36).
+        return f"""{head}, req AS (
             SELECT r.route, s.step_index, r.unit_id, r.variant, r.ts, r.status,
                    {latency} AS latency_ms, r.request_id
-            FROM requests r ASOF LEFT JOIN seg s ON r.route = s.route AND r.ts >= s.ts
+            FROM requests r LEFT JOIN seg s ON r.route = s.route AND r.ts >= s.ts
+                 AND r.ts < coalesce(s.next_ts, {_FAR})
             WHERE r.{canary_rows.replace(' AND ', ' AND r.')}{req_w} AND {scope.condition}
-        ), units AS (
-            SELECT route, step_index, unit_id, arg_min(variant, ts) AS variant, min(ts) AS t0,
-                   count(DISTINCT variant) > 1 AS switched, count(*)::DOUBLE AS n_req,
-                   count(*) FILTER (WHERE status IS DISTINCT FROM 'OK')::DOUBLE AS n_err,
-                   coalesce(sum(latency_ms) FILTER (WHERE isfinite(latency_ms)), 0) AS lat,
-                   count(*) FILTER (WHERE isfinite(latency_ms))::DOUBLE AS n_lat
-            FROM req GROUP BY ALL
+                  {unit_share("r.unit_id", (k, parts))}
         )"""
-    per_arm = con.execute(f"""{base}
-        SELECT u.route, u.step_index, any_value(st.state), any_value(st.since),
-               any_value(st.until), u.variant, count(*), sum(switched::INTEGER),
-               sum(n_req), sum(n_req * n_req), sum(n_err), sum(n_err * n_err),
-               sum(n_req * n_err), sum(n_lat), sum(n_lat * n_lat), sum(lat), sum(lat * lat),
-               sum(lat * n_lat)
-        FROM units u LEFT JOIN steps st
-             ON st.route = u.route AND st.step_index IS NOT DISTINCT FROM u.step_index
-        GROUP BY u.route, u.step_index, u.variant ORDER BY ALL
-    """).fetchall()
-    if not per_arm:
-        return None
-    # Each arm's latency p50/p99 as order statistics of a sort that spills (quantile_cont
-    # held an arm's every request); the arms' timed requests are counted above.
-    timed = {(r[0], r[1], r[5]): int(r[13] or 0) for r in per_arm}
-    quantiles = {key: {"p50": q[0], "p99": q[1]} for key, q in ordered_quantiles(
-        con, f"""{base}
-            SELECT q.route, q.step_index, u.variant, q.latency_ms AS v
-            FROM req q JOIN units u ON u.route = q.route AND u.unit_id = q.unit_id
-                 AND u.step_index IS NOT DISTINCT FROM q.step_index
-            WHERE isfinite(q.latency_ms)""",
-        ["route", "step_index", "variant"], timed, [0.5, 0.99]).items() if q}
-    outcomes = _outcome_sums(con, base, window, end)
+
+    per_arm: list[tuple[Any, ...]] = []
+    outcomes: list[tuple[Any, ...]] = []
+    try:
+        for k in range(parts):
+            # The pass's units once (a temporary table, which spills), read by three steps.
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE {_UNITS} AS {requests_of(k)}
+                SELECT route, step_index, unit_id, arg_min(variant, ts) AS variant,
+                       min(ts) AS t0, min(variant) <> max(variant) AS switched,
+                       count(*)::DOUBLE AS n_req,
+                       count(*) FILTER (WHERE status IS DISTINCT FROM 'OK')::DOUBLE AS n_err,
+                       coalesce(sum(latency_ms) FILTER (WHERE isfinite(latency_ms)), 0) AS lat,
+                       count(*) FILTER (WHERE isfinite(latency_ms))::DOUBLE AS n_lat
+                FROM req GROUP BY ALL""")
+            per_arm += con.execute(f"""{head}
+                SELECT u.route, u.step_index, any_value(st.state), any_value(st.since),
+                       any_value(st.until), u.variant, count(*), sum(switched::INTEGER),
+                       sum(n_req), sum(n_req * n_req), sum(n_err), sum(n_err * n_err),
+                       sum(n_req * n_err), sum(n_lat), sum(n_lat * n_lat), sum(lat),
+                       sum(lat * lat), sum(lat * n_lat)
+                FROM {_UNITS} u LEFT JOIN steps st
+                     ON st.route = u.route AND st.step_index IS NOT DISTINCT FROM u.step_index
+                GROUP BY u.route, u.step_index, u.variant""").fetchall()
+            # Each timed request in its unit's arm, for the quantiles below.
+            into = (f"CREATE OR REPLACE TEMP TABLE {_LATENCY} AS" if k == 0
+                    else f"INSERT INTO {_LATENCY}")
+            con.execute(f"""{into} {requests_of(k)}
+                SELECT q.route, q.step_index, u.variant, q.latency_ms AS v
+                FROM req q JOIN {_UNITS} u ON u.route = q.route AND u.unit_id = q.unit_id
+                     AND u.step_index IS NOT DISTINCT FROM q.step_index
+                WHERE isfinite(q.latency_ms)""")
+            outcomes += _outcome_sums(con, head, window, end, (k, parts))
+        if parts > 1:  # a step's state, span and shifts are the same in every pass
+            per_arm = _merge(per_arm, (0, 1, 5), (2, 3, 4))
+            outcomes = _merge(outcomes, (0, 1, 2, 3), (9,))
+        per_arm.sort(key=lambda a: (a[0], a[1] is None, a[1] or 0, a[5]))
+        if not per_arm:
+            return None
+        # Each arm's latency p50/p99 as order statistics of a sort that spills (quantile_cont
+        # held an arm's every request); the arms' timed requests are counted above.
+        timed = {(r[0], r[1], r[5]): int(r[13] or 0) for r in per_arm}
+        quantiles = {key: {"p50": q[0], "p99": q[1]} for key, q in ordered_quantiles(
+            con, f"SELECT * FROM {_LATENCY}", ["route", "step_index", "variant"], timed,
+            [0.5, 0.99]).items() if q}
+    finally:
+        for table in (_UNITS, _LATENCY):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
     routes = newest_route_configs(con)
     return _assemble(per_arm, quantiles, outcomes, routes, alpha, scope.to_dict(),
                      [METHOD, scope.note])
 
 
+#: Temporary tables of one readout: a pass's units, and every timed request with its arm.
+_UNITS, _LATENCY = "_shadowcar_canary_units", "_shadowcar_canary_latency"
+
+
+def _merge(rows: list[tuple[Any, ...]], group: tuple[int, ...],
+           kept: tuple[int, ...]) -> list[tuple[Any, ...]]:
+    """Rows of several passes added up per ``group`` (their sums and counts add, the ``kept``
+    columns are the same in every pass)."""
+    merged = add_passes((dict(enumerate(r)) for r in rows), group, lambda _: False,
+                        kept=set(kept).__contains__)
+    return [tuple(r[i] for i in range(len(r))) for r in merged]
+
+
 def _outcome_sums(
     con: duckdb.DuckDBPyConnection, base: str, window: timedelta | None, end: datetime | None,
+    part: tuple[int, int] = (0, 1),
 ) -> list[tuple[Any, ...]]:
     """(route, step, variant, metric, units with a finite row, units left out, sum, sum of
     squares, non-finite rows, shift) of outcomes from each unit's first exposure to the
@@ -204,6 +248,7 @@ def _outcome_sums(
     limit = f" AND o.ts < u.t0 + INTERVAL {int(window.total_seconds())} SECONDS" if window else ""
     limit += f" AND o.ts < {sql_timestamp(end)}" if end else ""
     return con.execute(f"""{base},
+        units AS (SELECT * FROM {_UNITS}),
         orphan AS (
             SELECT request_id, any_value(unit_id) AS unit_id FROM requests
             WHERE request_id IN (SELECT request_id FROM outcomes WHERE unit_id IS NULL)
@@ -212,6 +257,7 @@ def _outcome_sums(
             SELECT coalesce(o.unit_id, r.unit_id) AS unit_id, o.metric, o.value, o.ts
             FROM outcomes o LEFT JOIN orphan r ON o.unit_id IS NULL AND o.request_id = r.request_id
             WHERE o.metric IS NOT NULL AND o.ts IS NOT NULL
+                  {unit_share("coalesce(o.unit_id, r.unit_id)", part)}
         ), unit_metric AS (
             SELECT u.route, u.step_index, u.variant, u.unit_id, o.metric,
                    coalesce(sum(o.value) FILTER (WHERE isfinite(o.value)), 0) AS v,

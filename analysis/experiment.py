@@ -573,7 +573,7 @@ def analyze_experiments(
 
         readout = analyze_canaries(_need(con if engine is None else engine.con), since=since,
                                    until=until, window=span, version=version,
-                                   all_versions=all_versions, alpha=alpha)
+                                   all_versions=all_versions, alpha=alpha, passes=passes)
     settings = {
         "source": source,
         "since": None if since is None else str(since),

@@ -19,7 +19,8 @@ from analysis.load import parse_time, sql_quote, sql_timestamp
 
 __all__ = [
     "BOUNDS_TABLE", "INPUT_TABLE", "UNITS_TABLE", "Gathered", "MetricSums", "RatioSums",
-    "add_passes", "clip_bounds", "gather", "metric_shifts", "shift_pair", "unit_passes", "whole",
+    "add_passes", "clip_bounds", "gather", "metric_shifts", "shift_pair", "unit_passes",
+    "unit_share", "whole",
 ]
 
 #: The analyst table read by ``source="table"``.
@@ -165,7 +166,7 @@ def _recorded_units(
                    min(variant) = max(variant) AS single, min(ts) AS t0
             FROM requests
             WHERE exposed AND experiment IS NOT NULL AND unit_id IS NOT NULL
-                  AND variant IS NOT NULL{req_w} AND {versions}{_share("unit_id", part)}
+                  AND variant IS NOT NULL{req_w} AND {versions}{unit_share("unit_id", part)}
                   AND NOT (experiment = {sql_quote(CANARY_EXPERIMENT)}
                            AND variant IN ('stable', 'canary'))
             GROUP BY experiment, unit_id
@@ -178,7 +179,7 @@ def _recorded_units(
                    coalesce(o.ts, o.received_at) AS ts
             FROM outcomes o LEFT JOIN orphan r
                  ON o.unit_id IS NULL AND o.request_id = r.request_id
-            WHERE o.metric IS NOT NULL{out_w}{_share("coalesce(o.unit_id, r.unit_id)", part)}
+            WHERE o.metric IS NOT NULL{out_w}{unit_share("coalesce(o.unit_id, r.unit_id)", part)}
         ), joined AS (
             SELECT e.experiment, e.unit_id, o.metric, o.value,
                    CASE WHEN o.ts IS NULL OR e.t0 IS NULL THEN 'untimed'
@@ -192,7 +193,7 @@ def _recorded_units(
         )"""
 
 
-def _share(column: str, part: tuple[int, int]) -> str:
+def unit_share(column: str, part: tuple[int, int]) -> str:
     """The condition keeping pass k of K's units (nothing in one pass)."""
     k, passes = part
     return f" AND hash({column}) % {passes} = {k}" if passes > 1 else ""
@@ -215,10 +216,12 @@ _UNIT_BYTES = 100
 
 
 def add_passes(rows: Iterable[Mapping[Any, Any]], group: Sequence[Any],
-               anded: Callable[[Any], bool]) -> list[dict[Any, Any]]:
+               anded: Callable[[Any], bool],
+               kept: Callable[[Any], bool] = lambda _: False) -> list[dict[Any, Any]]:
     """Per-group rows of several passes added up (the ``group`` columns name a row's group):
-    sums and counts add, the columns ``anded`` says are flags combine with AND, and NULL (a
-    pass without such units) is neutral."""
+    sums and counts add, the columns ``anded`` says are flags combine with AND, those
+    ``kept`` says are the same in every pass keep the first, and NULL (a pass without such
+    units) is neutral."""
     found: dict[tuple[Any, ...], dict[Any, Any]] = {}
     for row in rows:
         key = tuple(row[g] for g in group)
@@ -231,6 +234,8 @@ def add_passes(rows: Iterable[Mapping[Any, Any]], group: Sequence[Any],
                 continue
             if acc[name] is None:
                 acc[name] = value
+            elif kept(name):
+                continue
             elif anded(name):
                 acc[name] = bool(acc[name]) and bool(value)
             else:

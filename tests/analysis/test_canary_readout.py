@@ -17,6 +17,7 @@ from analysis.experiment import analyze_experiments
 from analysis.significance import ratio_test, welch_test
 from analysis.stats import PairStats, SampleStats
 from sidecar.sink.schema import migrate
+from tests.analysis.test_engines import assert_same
 
 T0 = datetime(2026, 6, 1)
 ROUTE = "/inference.GRPCInferenceService/ModelInfer"
@@ -207,3 +208,31 @@ def test_canary_outcomes_keep_their_digits_and_latency_quantiles_are_numpys(
         want = np.quantile(lat, [0.5, 0.99])
         got = step.latency_ms[arm]
         assert [got["p50"], got["p99"]] == pytest.approx(want.tolist(), rel=1e-12)
+
+
+def test_canary_units_read_in_passes_give_the_same_readout(tmp_path: Path) -> None:
+    """The canary readout's per-unit work past the memory limit runs in passes over shares of
+    the unit ids (the experiment report's rule; one pass held every unit of a fleet's
+    canary): a unit's requests and outcomes fall in one pass, so the per-arm sums, the
+    latency quantiles and the outcome metric of three passes are the one-pass readout's,
+    units that switched arm included."""
+    con, _, _ = canary_db(tmp_path / "passes.duckdb")
+    statements: list[str] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> object:
+            return getattr(con, name)
+
+        def execute(self, sql: str, *args: object) -> object:
+            statements.append(str(sql))
+            return con.execute(sql, *args)
+
+    one = analyze_canaries(con)
+    three = analyze_canaries(Recording(), passes=3)  # type: ignore[arg-type]
+    assert one is not None and three is not None
+    assert sum("% 3 = " in s for s in statements) >= 3  # three passes, each on its share
+    assert not any("quantile_cont" in s for s in statements)
+    want, got = one.to_dict(), three.to_dict()
+    assert want["routes"][0]["steps"][1]["switched_units"] > 0
+    assert_same(want, got)
+    assert not con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()

@@ -297,7 +297,8 @@ def test_units_aggregated_in_passes_give_the_same_report(tmp_path: Path, path: s
                               winsorize=winsorize).to_dict()
     split = analyze_experiments(counting, cuped=True, passes=4,  # type: ignore[arg-type]
                                 engine=engine(counting), winsorize=winsorize).to_dict()
-    shares = [s for s in counting.statements if "% 4" in s and "hash(" in s.lower()]
+    shares = [s for s in counting.statements if "% 4" in s and "hash(" in s.lower()
+              and "step_index" not in s]  # the canary readout's passes have their own test
     assert len(shares) == 4
     holistic = [s for s in counting.statements if "quantile_cont" in s.lower()]
     assert not holistic  # winsorized, the bounds come from sorts that spill
