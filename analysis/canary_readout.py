@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import duckdb
 
+from analysis.engine import memory_limit_bytes
 from analysis.exposure import add_passes, metric_shifts, unit_passes, unit_share
 from analysis.load import (
     parse_time,
@@ -23,7 +24,7 @@ from analysis.load import (
     version_scope,
 )
 from analysis.noise_floor import newest_route_configs
-from analysis.operations import ordered_quantiles
+from analysis.operations import group_quantiles
 from analysis.report.json import jsonable
 from analysis.significance import DEFAULT_ALPHA, Comparison, ratio_test, welch_test
 from analysis.stats import PairStats, SampleStats
@@ -189,13 +190,17 @@ def analyze_canaries(
                 FROM {_UNITS} u LEFT JOIN steps st
                      ON st.route = u.route AND st.step_index IS NOT DISTINCT FROM u.step_index
                 GROUP BY u.route, u.step_index, u.variant""").fetchall()
-            # Each timed request in its unit's arm, for the quantiles below.
+            # Each timed request in its unit's arm, for the quantiles below: a unit that never
+            # switched is in its requests' own arm, so only switched units are looked up.
             into = (f"CREATE OR REPLACE TEMP TABLE {_LATENCY} AS" if k == 0
                     else f"INSERT INTO {_LATENCY}")
             con.execute(f"""{into} {requests_of(k)}
-                SELECT q.route, q.step_index, u.variant, q.latency_ms AS v
-                FROM req q JOIN {_UNITS} u ON u.route = q.route AND u.unit_id = q.unit_id
-                     AND u.step_index IS NOT DISTINCT FROM q.step_index
+                SELECT q.route, q.step_index, coalesce(u.variant, q.variant) AS variant,
+                       q.latency_ms AS v
+                FROM req q LEFT JOIN (SELECT route, step_index, unit_id, variant
+                                      FROM {_UNITS} WHERE switched) u
+                     ON u.route = q.route AND u.unit_id = q.unit_id
+                        AND u.step_index IS NOT DISTINCT FROM q.step_index
                 WHERE isfinite(q.latency_ms)""")
             outcomes += _outcome_sums(con, head, window, end, (k, parts))
         if parts > 1:  # a step's state, span and shifts are the same in every pass
@@ -204,12 +209,13 @@ def analyze_canaries(
         per_arm.sort(key=lambda a: (a[0], a[1] is None, a[1] or 0, a[5]))
         if not per_arm:
             return None
-        # Each arm's latency p50/p99 as order statistics of a sort that spills (quantile_cont
-        # held an arm's every request); the arms' timed requests are counted above.
+        # Each arm's latency p50/p99: numpy on the arm's sorted latencies while one fits the
+        # memory limit, else order statistics of a sort that spills (quantile_cont held an
+        # arm's every request); the arms' timed requests are counted above.
         timed = {(r[0], r[1], r[5]): int(r[13] or 0) for r in per_arm}
-        quantiles = {key: {"p50": q[0], "p99": q[1]} for key, q in ordered_quantiles(
+        quantiles = {key: {"p50": q[0], "p99": q[1]} for key, q in group_quantiles(
             con, f"SELECT * FROM {_LATENCY}", ["route", "step_index", "variant"], timed,
-            [0.5, 0.99]).items() if q}
+            [0.5, 0.99], memory_limit_bytes(con)).items() if q}
     finally:
         for table in (_UNITS, _LATENCY):
             con.execute(f"DROP TABLE IF EXISTS {table}")
