@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from analysis.engine import Engine
 from analysis.exposure import (
-    BOUNDS_TABLE,
     CANARY_EXPERIMENT,
     INPUT_TABLE,
     UNITS_TABLE,
@@ -24,7 +23,6 @@ from analysis.exposure import (
     MetricSums,
     RatioSums,
     add_passes,
-    clip_bounds,
     shift_pair,
     unit_passes,
 )
@@ -283,8 +281,8 @@ def gather_engine(
 
     On DuckDB, recorded units past twice the memory limit are aggregated in passes over
     shares of the unit ids (:func:`analysis.exposure.unit_passes`, as the SQL path does) and
-    the per-variant sums added (winsorized: the passes' units kept in a temporary table and
-    clipped to bounds from sorts that spill); Spark spills its aggregates itself."""
+    the per-variant sums added; Spark spills its aggregates itself. Winsorized past the cap,
+    and always on Spark, the clip bounds come from sorts that spill (:func:`_winsorized`)."""
 
     table = INPUT_TABLE if source == "table" else "outcomes"
     shifts = _shifts(engine, table, has_pre)
@@ -301,12 +299,17 @@ def gather_engine(
     if source != "table" and engine.con is not None:
         parts = passes or unit_passes(engine.con)
     found: list[dict[str, Any]] = []
-    if winsorize is not None and metrics and parts > 1:
-        found = _winsorized_in_passes(engine, parts, winsorize, metrics, shifts, ratios,
-                                      lambda k: _recorded_units(
-                                          engine, metrics, since=since, until=until,
-                                          scope=scope, window=window, lookback=lookback,
-                                          part=(k, parts)), lookback)
+    if winsorize is not None and metrics and (parts > 1 or engine.con is None):
+        table_units = u if source == "table" else None
+
+        def units(k: int) -> ir.Table:
+            return table_units if table_units is not None else _recorded_units(
+                engine, metrics, since=since, until=until, scope=scope, window=window,
+                lookback=lookback, part=(k, parts))
+
+        found = _winsorized(engine, parts, winsorize, len(metrics), units, lambda clipped:
+                            _per_arm(clipped, metrics, shifts, None, has_pre, counts is None,
+                                     lookback, ratios))
         parts = 0
     for k in range(parts):
         if source != "table":
@@ -321,28 +324,57 @@ def gather_engine(
                      lookback is not None)
 
 
-def _winsorized_in_passes(
-    engine: Engine, parts: int, level: float, metrics: Sequence[str],
-    shifts: Mapping[str, tuple[float, float]], ratios: Mapping[str, tuple[str, str]],
-    units: Callable[[int], ir.Table], lookback: timedelta | None,
+def _winsorized(
+    engine: Engine, parts: int, level: float, count: int, units: Callable[[int], ir.Table],
+    per_arm: Callable[[ir.Table], ir.Table],
 ) -> list[dict[str, Any]]:
-    """Recorded units of ``parts`` passes kept in a temporary table (DuckDB: it spills), the
-    clip bounds from sorts that spill, and one aggregate of the clipped units."""
-    import ibis
-
-    assert engine.con is not None
+    """Winsorizing that never holds an experiment's units at once: the units of ``parts``
+    passes kept as one table (DuckDB: a temporary table, Spark: a view persisted on disk;
+    both spill), each metric's clip bounds from order statistics a sort picks
+    (:func:`analysis.distribution_engine.linear_quantiles`; DuckDB's ``quantile_cont`` and
+    Spark's exact ``percentile`` hold every unit), and one aggregate of the clipped units."""
     try:
         for k in range(parts):
             table = engine.materialize(units(k), UNITS_TABLE, append=k > 0)
-        clip_bounds(engine.con, UNITS_TABLE, len(metrics), level, BOUNDS_TABLE)
-        bounds = ibis.table(ibis.schema({"experiment": "string", **{
-            f"{side}_{i}": "float64" for i in range(len(metrics)) for side in ("lo", "hi")}}),
-            name=BOUNDS_TABLE)
-        return engine.rows(_per_arm(_clip_to(table, bounds, len(metrics)), metrics, shifts,
-                                    None, lookback is not None, True, lookback, ratios))
+        bounds = _clip_bounds(engine, table, count, level)
+        return engine.rows(per_arm(_clip_literal(table, bounds, count)))
     finally:
         engine.drop(UNITS_TABLE)
-        engine.drop(BOUNDS_TABLE)
+
+
+def _clip_bounds(engine: Engine, u: ir.Table, count: int,
+                 level: float) -> dict[str, list[float | None]]:
+    """experiment -> [lo_0, hi_0, lo_1, ...]: each metric's [1 - level, level] linear
+    quantiles over the experiment's single-variant units in the metric (None: no such
+    unit), for every experiment with a single-variant unit."""
+    from analysis.distribution_engine import linear_quantiles
+
+    single = u.filter(u.single)
+    bounds: dict[str, list[float | None]] = {
+        str(r["experiment"]): [] for r in engine.rows(single.select("experiment").distinct())}
+    for i in range(count):
+        kept = single.filter(_ok(single, i)).select("experiment", v=single[f"v_{i}"])
+        found = linear_quantiles(engine, kept, "v", ["experiment"], [1.0 - level, level])
+        for experiment, values in bounds.items():
+            values += found.get((experiment,)) or [None, None]
+    return bounds
+
+
+def _clip_literal(u: ir.Table, bounds: Mapping[str, Sequence[float | None]],
+                  count: int) -> ir.Table:
+    """``u``'s values clipped to their experiment's bounds, given as literals (the units of
+    experiments without bounds left out, as the join of :func:`_clip_to` leaves them)."""
+    import ibis
+
+    none = ibis.null("float64")
+    u = u.filter(u.experiment.isin(list(bounds)) if bounds else ibis.literal(False))
+
+    def side(j: int) -> Any:
+        given = {e: b[j] for e, b in bounds.items() if b[j] is not None}
+        return u.experiment.substitute(given, else_=none) if given else none
+
+    return u.mutate(**{f"v_{i}": u[f"v_{i}"].clip(lower=side(2 * i), upper=side(2 * i + 1))
+                       for i in range(count)})
 
 
 def _usable(metrics: Sequence[str],
