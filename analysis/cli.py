@@ -351,7 +351,37 @@ def _spark_report(args: argparse.Namespace, source_kind: str | None, color: bool
     except (EngineUnsupported, _UsageError, AnalysisSourceError, ValueError) as exc:
         print(f"report {args.kind}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except _spark_errors() as exc:
+        print(f"report {args.kind}: Spark could not analyse the source: {spark_failure(exc)}",
+              file=sys.stderr)
+        return EXIT_NO_DATA
     return _emit(args, text)
+
+
+def _spark_errors() -> tuple[type[BaseException], ...]:
+    """The errors a Spark job raises in the driver (none without pyspark)."""
+    try:
+        from py4j.protocol import Py4JError
+        from pyspark.errors import PySparkException
+    except ImportError:
+        return ()
+    return (Py4JError, PySparkException)
+
+
+def spark_failure(exc: BaseException) -> str:
+    """One line for a failed Spark job (its Java stack stays in Spark's log), with what to
+    do about a JVM out of heap."""
+    lines = [line.strip().lstrip(": ") for line in str(exc).splitlines() if line.strip()]
+    causes = [line.removeprefix("Caused by: ") for line in lines
+              if line.startswith("Caused by: ")]  # the innermost says what went wrong
+    cause = causes[-1] if causes else next(
+        (line for line in lines if "Exception" in line or "Error" in line),
+        lines[0] if lines else type(exc).__name__)
+    if "OutOfMemoryError" in str(exc):
+        cause = ("java.lang.OutOfMemoryError: Java heap space; raise --memory-limit (the "
+                 "driver's heap in local mode) or run on a cluster (--spark-master, "
+                 "SPARK_REMOTE)")
+    return cause[:400]
 
 
 def _emit(args: argparse.Namespace, text: str) -> int:

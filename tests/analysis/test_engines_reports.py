@@ -351,3 +351,27 @@ def test_cli_fields_spark_refuses_a_quoted_key(tmp_path: Path, spark: Any,
     code = main(["report", "fields", "--parquet", str(tmp_path / "fleet"), "--engine", "spark"])
     assert code == 2
     assert "it's" in capsys.readouterr().err
+
+
+def test_cli_spark_job_failure_is_a_clear_error(fleet: Path, tmp_path: Path, spark: Any,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A Spark job that fails (here a Parquet file that is not Parquet; a JVM out of heap
+    the same way) is one line and exit 3, not a Python traceback with Java's stack
+    (what a 10M-unit winsorized report on a 600MB heap printed before)."""
+    import shutil
+
+    from analysis.cli import spark_failure
+
+    broken = tmp_path / "broken"
+    shutil.copytree(fleet, broken)
+    victim = next((broken / "table=requests").rglob("*.parquet"))
+    victim.write_bytes(b"PAR1 not really parquet PAR1")
+    code = main(["report", "experiment", "--parquet", str(broken), "--engine", "spark",
+                 "--format", "json", "-o", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert err.startswith("report experiment: Spark could not analyse the source: ")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out.json").exists()
+    heap = spark_failure(RuntimeError("Job aborted\njava.lang.OutOfMemoryError: Java heap space"))
+    assert "--memory-limit" in heap and "--spark-master" in heap
