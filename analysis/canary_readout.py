@@ -170,6 +170,7 @@ def analyze_canaries(
 
     per_arm: list[tuple[Any, ...]] = []
     outcomes: list[tuple[Any, ...]] = []
+    shifts = _outcome_shifts(con)
     try:
         for k in range(parts):
             # The pass's units once (a temporary table, which spills), read by three steps.
@@ -202,7 +203,7 @@ def analyze_canaries(
                      ON u.route = q.route AND u.unit_id = q.unit_id
                         AND u.step_index IS NOT DISTINCT FROM q.step_index
                 WHERE isfinite(q.latency_ms)""")
-            outcomes += _outcome_sums(con, head, window, end, (k, parts))
+            outcomes += _outcome_sums(con, head, window, end, shifts, (k, parts))
         if parts > 1:  # a step's state, span and shifts are the same in every pass
             per_arm = _merge(per_arm, (0, 1, 5), (2, 3, 4))
             outcomes = _merge(outcomes, (0, 1, 2, 3), (9,))
@@ -237,18 +238,25 @@ def _merge(rows: list[tuple[Any, ...]], group: tuple[int, ...],
     return [tuple(r[i] for i in range(len(r))) for r in merged]
 
 
+def _outcome_shifts(con: duckdb.DuckDBPyConnection) -> dict[str, float] | None:
+    """Each outcome metric's shift (:func:`analysis.exposure.metric_shifts`), once for every
+    pass; None without usable outcomes."""
+    if not {"unit_id", "metric", "value", "ts"} <= relation_columns(con, "outcomes"):
+        return None
+    return {m: v for m, (v, _) in metric_shifts(con, "outcomes", False).items()}
+
+
 def _outcome_sums(
     con: duckdb.DuckDBPyConnection, base: str, window: timedelta | None, end: datetime | None,
-    part: tuple[int, int] = (0, 1),
+    shifts: dict[str, float] | None, part: tuple[int, int] = (0, 1),
 ) -> list[tuple[Any, ...]]:
     """(route, step, variant, metric, units with a finite row, units left out, sum, sum of
     squares, non-finite rows, shift) of outcomes from each unit's first exposure to the
     step's end. The sums are of the units' values less the metric's shift, a whole number
     near their mean (:func:`analysis.exposure.metric_shifts`): a metric of 1e7 + N(0, 1)
     lost about 2e-2 of its variance to raw sums (issue 19.3)."""
-    if not {"unit_id", "metric", "value", "ts"} <= relation_columns(con, "outcomes"):
+    if shifts is None:
         return []
-    shifts = {m: v for m, (v, _) in metric_shifts(con, "outcomes", False).items()}
     shift = (f"CASE metric {' '.join(f'WHEN {sql_quote(m)} THEN {v!r}' for m, v in shifts.items())}"
              " ELSE 0.0 END" if shifts else "0.0")
     limit = f" AND o.ts < u.t0 + INTERVAL {int(window.total_seconds())} SECONDS" if window else ""
