@@ -1,5 +1,5 @@
 """Backends: named, versioned model endpoints called with raw bytes."""
 
-from sidecar.backends.channel import Backend, CallOutcome, Metadata
+from sidecar.backends.channel import Backend, CallOutcome, Metadata, StreamKind
 
-__all__ = ["Backend", "CallOutcome", "Metadata"]
+__all__ = ["Backend", "CallOutcome", "Metadata", "StreamKind"]

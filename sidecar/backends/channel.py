@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -23,9 +23,11 @@ from sidecar.codecs.tensor import CodecError
 from sidecar.config import BackendConfig
 from sidecar.resilience.breaker import CircuitBreaker
 
-__all__ = ["Backend", "CallOutcome", "Metadata"]
+__all__ = ["Backend", "CallOutcome", "Metadata", "StreamKind"]
 
 Metadata = tuple[tuple[str, str | bytes], ...]
+#: A streaming call's shape: one request and many answers, many and one, many and many.
+StreamKind = Literal["server", "client", "bidi"]
 
 _OK = grpc.StatusCode.OK
 #: OIP methods whose requests are ModelInferRequests: the ones a model name is rewritten in.
@@ -152,7 +154,7 @@ class Backend:
             latency,
         )
 
-    def stream(self, kind: str, method: str) -> Any:
+    def stream(self, kind: StreamKind, method: str) -> Any:
         """A raw-bytes multicallable for a streaming method (``server``, ``client``, ``bidi``)."""
         key = f"{kind}:{method}"
         stub = self._streams.get(key)
@@ -187,7 +189,7 @@ class _Renaming:
     """A stream multicallable whose request messages name the backend's model; on a bidi
     stream (``ModelStreamInfer``) its answers name the caller's model again."""
 
-    def __init__(self, inner: Any, kind: str, method: str, prepare: Any,
+    def __init__(self, inner: Any, kind: StreamKind, method: str, prepare: Any,
                  rewrite: ModelRewrite | None = None) -> None:
         self._inner, self._kind, self._method, self._prepare = inner, kind, method, prepare
         self._rewrite = rewrite

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from sidecar.backends import Backend, CallOutcome, Metadata
+from sidecar.backends import Backend, CallOutcome, Metadata, StreamKind
 from sidecar.mirror.streams import CUT_DETAILS, StreamRead, ended_with, our_cancel
 
 __all__ = ["BEHIND_DETAILS", "Feed", "Feeds", "read_fed_stream"]
@@ -84,7 +84,7 @@ class Feeds:
 
 
 async def read_fed_stream(
-    backend: Backend, kind: str, method: str, feed: Feed, *, timeout: float,
+    backend: Backend, kind: StreamKind, method: str, feed: Feed, *, timeout: float,
     metadata: Metadata, cut: asyncio.Event | None, bounds: tuple[int, int],
 ) -> tuple[CallOutcome, list[tuple[float, bytes]]]:
     """Call client- or bidi-streaming ``method`` with the messages ``feed`` hands over and

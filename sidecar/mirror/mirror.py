@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from sidecar.backends import CallOutcome
+from sidecar.backends import CallOutcome, StreamKind
 from sidecar.mirror.feeds import BEHIND_DETAILS, Feed, Feeds, read_fed_stream
 from sidecar.mirror.streams import CUT_DETAILS, call_messages, read_stream
 from sidecar.resilience import Ticket
@@ -62,7 +62,7 @@ class Mirror:
         return len(self._tasks)
 
     def start(self, call: Call, *, stream: bool = False,
-              recorder: StreamRecorder | None = None, kind: str = "server") -> Feeds | None:
+              recorder: StreamRecorder | None = None, kind: StreamKind = "server") -> Feeds | None:
         """Start a copy of ``call`` for every shadow lane that samples it (never to the
         backend serving it); ``stream``: a streaming call of ``kind``, its answers read to
         their end (or the caller's) and handed to ``recorder`` within its bounds. For a
@@ -133,7 +133,8 @@ class Mirror:
     async def _shadow(
         self, call: Call, lane: ShadowLane, counters: LaneCounters, metadata: Any,
         span: ClientSpan, ticket: Ticket, stream: bool,
-        recorder: StreamRecorder | None = None, kind: str = "server", feed: Feed | None = None,
+        recorder: StreamRecorder | None = None, kind: StreamKind = "server",
+        feed: Feed | None = None,
     ) -> None:
         backend = lane.backend
         breaker = backend.breaker

@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from sidecar.backends import CallOutcome, Metadata
+from sidecar.backends import CallOutcome, Metadata, StreamKind
 from sidecar.backends.channel import MAX_RECORDED
 from sidecar.mirror.feeds import Feeds
 from sidecar.mirror.streams import call_messages
@@ -185,7 +185,7 @@ class StreamForwarder:
         async for message in self._answer_stream(call, stream, context, lambda: request):
             yield message
 
-    def _mirrored(self, call: Call, kind: str) -> Feeds | None:
+    def _mirrored(self, call: Call, kind: StreamKind) -> Feeds | None:
         """Shadow copies of a client or bidi stream: the feeds of the caller's messages."""
         if not call.plan.shadows:
             return None
