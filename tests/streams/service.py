@@ -155,3 +155,18 @@ def routes(codec: str, methods: Iterable[str] = (SCORE, GENERATE, COLLECT, CHAT)
 def codec_spec(kind: str, pb_path: Path) -> str:
     """``reflection`` or ``descriptor:FILE`` for the parametrized codec ``kind``."""
     return "reflection" if kind == "reflection" else f"descriptor:{pb_path}"
+
+
+async def shadow_copy_done(sidecar: Any, shadow: GenServer, timeout: float = 20) -> None:
+    """Wait until the sidecar's copy of a cut stream is over: its shadow read has ended
+    (``mirror_in_flight`` back to 0) and, if the copy reached the shadow, the shadow's
+    handler has ended too. A copy that starts after the caller is already gone is cancelled
+    before it is sent (under load the fire-and-forget copy can start that late), so the
+    shadow may never see it: waiting on the shadow alone hung for the timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while sidecar.mirror_in_flight:
+        assert loop.time() < deadline, "the shadow's copy is still in flight"
+        await asyncio.sleep(0.01)
+    if shadow.calls:
+        await asyncio.wait_for(shadow.ended.wait(), max(deadline - loop.time(), 0.1))

@@ -3,7 +3,6 @@ asks for full shadow streams; both over a service of our own under both JSON cod
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,14 @@ import pytest
 from analysis.divergence import analyze_divergence
 from analysis.load import open_source
 from sidecar.mirror.streams import CUT_DETAILS
-from tests.streams.service import GENERATE, GenServer, build_file_set, codec_spec, routes
+from tests.streams.service import (
+    GENERATE,
+    GenServer,
+    build_file_set,
+    codec_spec,
+    routes,
+    shadow_copy_done,
+)
 
 MESSAGES = 1000
 
@@ -50,7 +56,7 @@ async def test_shadow_stream_ends_with_the_callers(
         got = await _cancel_after(channel_to(sc.port), body, 10)
         assert len(got) == 10
         # The shadow's stream ends soon after the caller's (it would run 2 s more if not).
-        await asyncio.wait_for(shadow.ended.wait(), 20)
+        await shadow_copy_done(sc, shadow)
         await sc.aclose()
     finally:
         await primary.stop()

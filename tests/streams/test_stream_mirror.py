@@ -17,7 +17,15 @@ from analysis.load import open_source
 from sidecar.mirror import feeds
 from sidecar.mirror.feeds import BEHIND_DETAILS
 from sidecar.mirror.streams import CUT_DETAILS
-from tests.streams.service import CHAT, COLLECT, GenServer, build_file_set, codec_spec, routes
+from tests.streams.service import (
+    CHAT,
+    COLLECT,
+    GenServer,
+    build_file_set,
+    codec_spec,
+    routes,
+    shadow_copy_done,
+)
 
 
 def _rows(db: Path) -> dict[str, tuple[Any, ...]]:
@@ -165,7 +173,7 @@ async def test_a_caller_who_cancels_a_bidi_stream_ends_the_shadows_copy(
             if len(got) == 3:
                 call.cancel()
                 break
-        await asyncio.wait_for(shadow.ended.wait(), 20)
+        await shadow_copy_done(sc, shadow)
         await sc.aclose()
     finally:
         await primary.stop()
