@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from analysis.load import sql_quote
+from analysis.load import relation_columns, sql_quote
 
 __all__ = [
     "STREAM_FIELDS_NOTE",
@@ -113,6 +113,27 @@ def stream_messages_sql(calls_where: str, primary: str) -> str:
     """
 
 
+def _stream_counts(con: duckdb.DuckDBPyConnection, calls_where: str, primary: str) -> str:
+    """SQL: each streaming call's route, request id, backend, side, status and kept response
+    messages. A call recorded as a stream (``calls.messages`` set) counts with 0 messages
+    when none was kept: a shadow stream cut before its first message, or failing at once,
+    is a cut stream, not no stream (it vanished from the figures before)."""
+    kept = """SELECT request_id, backend, role, count(*) AS n FROM stream_messages
+              WHERE direction = 'response' GROUP BY ALL"""
+    # A streaming call: one with a kept message, or recorded as a stream (calls.messages).
+    recorded = "messages IS NOT NULL" if "messages" in relation_columns(con, "calls") else "false"
+    return f"""
+            SELECT c.route, c.request_id, c.backend, c.side, c.status, coalesce(k.n, 0) AS n
+            FROM (SELECT route, request_id, backend, role, status,
+                         {recorded} AS recorded,
+                         CASE WHEN {primary} THEN 'p' ELSE 's' END AS side
+                  FROM calls WHERE ({primary} OR role IN ('shadow', 'replay'))
+                       AND {calls_where}) c
+            LEFT JOIN ({kept}) k ON k.request_id = c.request_id AND k.backend = c.backend
+                 AND k.role = c.role
+            WHERE k.n IS NOT NULL OR c.recorded"""
+
+
 def stream_divergence(
     con: duckdb.DuckDBPyConnection, calls_where: str, primary: str, atol: float, rtol: float,
 ) -> dict[tuple[Any, Any, Any], dict[str, Any]]:
@@ -140,10 +161,7 @@ def stream_divergence(
                    max(p.idx) OVER (PARTITION BY p.request_id, p.backend, s.backend) AS last_idx
             FROM pm p JOIN sm s ON s.request_id = p.request_id AND s.route = p.route
                  AND s.k = p.k),
-        counts AS (
-            SELECT route, request_id, backend, side, any_value(call_status) AS status,
-                   count(*) AS n
-            FROM msgs GROUP BY ALL),
+        counts AS ({_stream_counts(con, calls_where, primary)}),
         streams AS (
             SELECT p.route, p.backend AS pb, s.backend AS sb, p.request_id,
                    p.status <> 'OK' OR s.status <> 'OK' AS cut,

@@ -65,6 +65,28 @@ def _differs(p: ir.Table, s: ir.Table, atol: float, rtol: float) -> ir.BooleanVa
                & ~p.message_json.identical_to(s.message_json)))
 
 
+def _stream_counts(engine: Engine, calls: ir.Table, cond: ir.BooleanValue,
+                   primary: ir.BooleanValue, shadow_role: ir.BooleanValue) -> ir.Table:
+    """Each streaming call's route, request id, backend, side, status and kept response
+    messages, 0 when none was kept (:func:`analysis.stream_diff._stream_counts`)."""
+    import ibis
+
+    m = engine.table("stream_messages")
+    m = m.filter(m.direction == "response")
+    kept = m.aggregate(by=["request_id", "backend", "role"], k_n=m.count()).rename(
+        k_rid="request_id", k_backend="backend", k_role="role")
+    c = calls.filter((primary | shadow_role) & cond)
+    recorded = (c.messages.notnull() if "messages" in engine.columns("calls")
+                else ibis.literal(False))
+    c = c.select(route=c.route, request_id=c.request_id, backend=c.backend, role=c.role,
+                 status=c.status, side=ibis.ifelse(primary, "p", "s"), recorded=recorded)
+    j = c.left_join(kept, (kept.k_rid == c.request_id) & (kept.k_backend == c.backend)
+                    & (kept.k_role == c.role))
+    j = j.filter(j.k_n.notnull() | j.recorded)  # a kept message, or recorded as a stream
+    return j.select(route=j.route, request_id=j.request_id, backend=j.backend, side=j.side,
+                    status=j.status, n=ibis.coalesce(j.k_n, 0))
+
+
 def stream_divergence_engine(
     engine: Engine, calls: ir.Table, cond: ir.BooleanValue, primary: ir.BooleanValue,
     shadow_role: ir.BooleanValue, atol: float, rtol: float,
@@ -93,8 +115,7 @@ def stream_divergence_engine(
         at_first=paired.count(where=hit & (paired.idx == 0)),
         at_last=paired.count(where=hit & (paired.idx == paired.last_idx) & (paired.idx > 0)))
     per_stream = paired.aggregate(by=[*keys, "request_id"], differ=paired.count(where=hit))
-    counts = msgs.aggregate(by=["route", "request_id", "backend", "side"],
-                            status=msgs.call_status.arbitrary(), n=msgs.count())
+    counts = _stream_counts(engine, calls, cond, primary, shadow_role)
     cp = counts.filter(counts.side == "p")
     cs = counts.filter(counts.side == "s").view()
     sj = cp.inner_join(cs, (cs.request_id == cp.request_id) & (cs.route == cp.route))

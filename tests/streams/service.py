@@ -107,8 +107,8 @@ class GenServer:
         return self.make(request.n, request.text)
 
     async def _generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        await self._enter(context)
         try:
+            await self._enter(context)
             for j in range(self.lead_for.get(request.text, 0), 0, -1):
                 yield self.make(-j, f"lead{j}", request.text)
             for i in range(request.n + self.extra_for.get(request.text, 0)):
@@ -125,8 +125,8 @@ class GenServer:
         return self.make(len(texts), "|".join(texts))
 
     async def _chat(self, requests: Any, context: Any) -> AsyncIterator[Any]:
-        await self._enter(context)
         try:
+            await self._enter(context)
             i = 0
             async for request in requests:
                 if self.delay_s:

@@ -87,3 +87,48 @@ async def test_shadow_stream_ends_with_the_callers(
     assert compared["n"] == min(primary_kept, messages) and compared["differ"] == 0
     assert pair["numeric"] is None or pair["numeric"]["mean_diff"] in (None, 0.0)
     assert any("only messages both sides sent" in note for note in report["notes"])
+
+
+@pytest.mark.parametrize("path", ["sql", "engine"])
+async def test_a_shadow_stream_without_a_message_counts_as_cut(
+    path: str, tmp_path: Path, start_sidecar: Any, channel_to: Any,
+) -> None:
+    """A shadow whose stream fails before its first message (or is cut before it is sent)
+    is a cut stream in the report, the primary's messages counted as only the primary's;
+    before, a stream side without a kept message vanished and the pair had no stream
+    figures at all (``streams: null``), so a shadow failing every stream looked like none."""
+    from analysis.divergence_engine import analyze_divergence_engine
+    from analysis.engine import duckdb_engine
+
+    file_set, pb = build_file_set(tmp_path)
+    primary = await GenServer(file_set).start()
+    shadow = await GenServer(file_set).start()
+    shadow.fail = True
+    db = tmp_path / "fail.duckdb"
+    try:
+        route = routes(codec_spec("descriptor", pb), (GENERATE,))[0]
+        route["shadows"] = [{"backend": "s", "timeout_ms": 5000}]
+        sc = await start_sidecar({"p": primary.target, "s": shadow.target}, [route],
+                                 db_path=db)
+        ch = channel_to(sc.port)
+        for i in range(3):
+            body = primary.prompt(text=f"t{i}", n=4).SerializeToString()
+            got = [m async for m in ch.unary_stream(GENERATE)(
+                body, metadata=(("x-request-id", f"f-{i}"),), timeout=10)]
+            assert len(got) == 4
+        await shadow_copy_done(sc, shadow)
+        await sc.aclose()
+    finally:
+        await primary.stop()
+        await shadow.stop()
+    src = open_source(db=str(db))
+    try:
+        report = (analyze_divergence(src, route=GENERATE) if path == "sql"
+                  else analyze_divergence_engine(duckdb_engine(src), route=GENERATE)).to_dict()
+    finally:
+        src.close()
+    (pair,) = report["pairs"]
+    streams = pair["streams"]["streams"]
+    assert (streams["n"], streams["cut"], streams["length_mismatch"]) == (3, 3, 0)
+    assert (streams["only_primary_messages"], streams["only_shadow_messages"]) == (12, 0)
+    assert pair["streams"]["messages"]["n"] == 0
