@@ -13,7 +13,7 @@ from typing import Any, Literal
 import duckdb
 
 from analysis.engine import memory_limit_bytes
-from analysis.exposure import add_passes, metric_shifts, unit_passes, unit_share
+from analysis.exposure import add_pass_rows, metric_shifts, unit_passes, unit_share
 from analysis.load import (
     parse_time,
     relation_columns,
@@ -205,8 +205,8 @@ def analyze_canaries(
                 WHERE isfinite(q.latency_ms)""")
             outcomes += _outcome_sums(con, head, window, end, shifts, (k, parts))
         if parts > 1:  # a step's state, span and shifts are the same in every pass
-            per_arm = _merge(per_arm, (0, 1, 5), (2, 3, 4))
-            outcomes = _merge(outcomes, (0, 1, 2, 3), (9,))
+            per_arm = add_pass_rows(per_arm, (0, 1, 5), kept=(2, 3, 4))
+            outcomes = add_pass_rows(outcomes, (0, 1, 2, 3), kept=(9,))
         per_arm.sort(key=lambda a: (a[0], a[1] is None, a[1] or 0, a[5]))
         if not per_arm:
             return None
@@ -227,15 +227,6 @@ def analyze_canaries(
 
 #: Temporary tables of one readout: a pass's units, and every timed request with its arm.
 _UNITS, _LATENCY = "_shadowcar_canary_units", "_shadowcar_canary_latency"
-
-
-def _merge(rows: list[tuple[Any, ...]], group: tuple[int, ...],
-           kept: tuple[int, ...]) -> list[tuple[Any, ...]]:
-    """Rows of several passes added up per ``group`` (their sums and counts add, the ``kept``
-    columns are the same in every pass)."""
-    merged = add_passes((dict(enumerate(r)) for r in rows), group, lambda _: False,
-                        kept=set(kept).__contains__)
-    return [tuple(r[i] for i in range(len(r))) for r in merged]
 
 
 def _outcome_shifts(con: duckdb.DuckDBPyConnection) -> dict[str, float] | None:

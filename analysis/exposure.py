@@ -8,7 +8,7 @@ outcomes in ``[first exposure - lookback, first exposure)`` its CUPED covariate.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -19,8 +19,8 @@ from analysis.load import parse_time, sql_quote, sql_timestamp
 
 __all__ = [
     "BOUNDS_TABLE", "INPUT_TABLE", "UNITS_TABLE", "Gathered", "MetricSums", "RatioSums",
-    "add_passes", "clip_bounds", "gather", "metric_shifts", "shift_pair", "unit_passes",
-    "unit_share", "whole",
+    "add_pass_rows", "add_passes", "clip_bounds", "gather", "metric_shifts", "shift_pair",
+    "unit_passes", "unit_share", "whole",
 ]
 
 #: The analyst table read by ``source="table"``.
@@ -241,6 +241,15 @@ def add_passes(rows: Iterable[Mapping[Any, Any]], group: Sequence[Any],
             else:
                 acc[name] = acc[name] + value
     return list(found.values())
+
+
+def add_pass_rows(rows: Iterable[Sequence[Any]], group: Sequence[int],
+                  anded: Collection[int] = (), kept: Collection[int] = ()) -> list[tuple[Any, ...]]:
+    """:func:`add_passes` for positional rows (``fetchall``'s tuples): the columns at the
+    positions in ``group``, ``anded`` and ``kept`` play those parts."""
+    merged = add_passes((dict(enumerate(r)) for r in rows), group, anded.__contains__,
+                        kept=kept.__contains__)
+    return [tuple(r[i] for i in range(len(r))) for r in merged]
 
 
 def _table_units(metrics: Sequence[str], name: str, has_pre: bool,
@@ -469,8 +478,7 @@ def gather(
         found += sums(ctes)
     if parts > 1:
         flags = {3 + width * i + 6 for i in range(len(metrics))}  # the bool_and columns
-        merged = add_passes((dict(enumerate(r)) for r in found), (0, 1), flags.__contains__)
-        found = [tuple(r[i] for i in range(len(r))) for r in merged]
+        found = add_pass_rows(found, (0, 1), anded=flags)
     g = Gathered()
     for row in found:
         exp, variant, n = str(row[0]), row[1], int(row[2])
