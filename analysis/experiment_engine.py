@@ -251,15 +251,10 @@ def _clip(u: ir.Table, metrics: Sequence[str], level: float) -> ir.Table:
     bounds = single.group_by("experiment").aggregate(**{
         f"{side}_{i}": single[f"v_{i}"].quantile(q, where=_ok(single, i))
         for i in range(len(metrics)) for side, q in (("lo", 1.0 - level), ("hi", level))})
-    return _clip_to(u, bounds, len(metrics))
-
-
-def _clip_to(u: ir.Table, bounds: ir.Table, count: int) -> ir.Table:
-    """``u``'s values clipped to their experiment's ``lo_i``/``hi_i`` in ``bounds``."""
     joined = u.join(bounds, "experiment")
     return joined.mutate(**{
         f"v_{i}": joined[f"v_{i}"].clip(lower=joined[f"lo_{i}"], upper=joined[f"hi_{i}"])
-        for i in range(count)})
+        for i in range(len(metrics))})
 
 
 def gather_engine(
@@ -363,7 +358,7 @@ def _clip_bounds(engine: Engine, u: ir.Table, count: int,
 def _clip_literal(u: ir.Table, bounds: Mapping[str, Sequence[float | None]],
                   count: int) -> ir.Table:
     """``u``'s values clipped to their experiment's bounds, given as literals (the units of
-    experiments without bounds left out, as the join of :func:`_clip_to` leaves them)."""
+    experiments without bounds left out, as the join of :func:`_clip` leaves them)."""
     import ibis
 
     none = ibis.null("float64")
